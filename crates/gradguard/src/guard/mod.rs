@@ -1,0 +1,370 @@
+//! The step guard: rules and detectors combined into one decision per step.
+
+mod config;
+mod report;
+
+pub use config::{GuardConfig, LrBackoff, NonFinitePolicy, SpikeAction};
+pub use report::{Decision, StepReport, TensorReport};
+
+use serde::{Deserialize, Serialize};
+
+use crate::detect::{SpikeCheck, SpikeDetector, find_non_finite};
+use crate::error::{GuardError, Result};
+use crate::gradients::Gradients;
+use crate::rules::{Chain, RuleAction, RuleState};
+use crate::stats::{TensorStats, combined};
+
+/// Counters the guard keeps; part of its saved state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuardCounters {
+    /// Steps seen.
+    pub step: u64,
+    /// Steps applied.
+    pub applied: u64,
+    /// Steps skipped.
+    pub skipped: u64,
+    /// Steps answered with a rollback.
+    pub rolled_back: u64,
+    /// Steps with non-finite gradients or loss.
+    pub non_finite_steps: u64,
+    /// Spikes detected (gradient norm or loss).
+    pub spikes: u64,
+    /// Bad steps in a row.
+    pub consecutive_bad: u32,
+    /// Good steps since the last bad one or the last LR recovery.
+    pub calm_steps: u32,
+    /// Good steps since the last snapshot.
+    pub since_snapshot: u64,
+    /// The step whose snapshot a rollback restores.
+    pub snapshot_step: Option<u64>,
+    /// The current learning-rate multiplier.
+    pub lr_multiplier: f64,
+}
+
+impl Default for GuardCounters {
+    fn default() -> Self {
+        GuardCounters {
+            step: 0,
+            applied: 0,
+            skipped: 0,
+            rolled_back: 0,
+            non_finite_steps: 0,
+            spikes: 0,
+            consecutive_bad: 0,
+            calm_steps: 0,
+            since_snapshot: 0,
+            snapshot_step: None,
+            lr_multiplier: 1.0,
+        }
+    }
+}
+
+/// The guard's whole state as plain data: save it with the checkpoint, and a guard built from the
+/// same configuration and rules and restored from it decides exactly as the original would.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuardState {
+    /// Counters and the LR multiplier.
+    pub counters: GuardCounters,
+    /// Window of the gradient-norm spike detector.
+    pub grad_spike_window: Option<Vec<f64>>,
+    /// Window of the loss spike detector.
+    pub loss_spike_window: Option<Vec<f64>>,
+    /// State of each rule of the chain.
+    pub rules: Vec<RuleState>,
+}
+
+/// Why a step is bad, before the decision is made.
+enum Trouble {
+    Skip,
+    Rollback(u32),
+}
+
+/// Sits between `backward()` and the optimizer step and decides what the step does.
+///
+/// Per step: one statistics pass; the loss and gradients are checked for non-finite values (the
+/// [`NonFinitePolicy`] decides); the pre-clip global norm and the loss go to the spike detectors
+/// (the [`SpikeAction`] decides); the rule chain clips; then the decision, the counters and the
+/// learning-rate multiplier are updated and a [`StepReport`] is returned. After
+/// `max_consecutive_bad` bad steps in a row the guard stops with a typed error instead of
+/// skipping forever.
+#[derive(Debug)]
+pub struct Guard {
+    config: GuardConfig,
+    chain: Chain,
+    grad_spike: Option<SpikeDetector>,
+    loss_spike: Option<SpikeDetector>,
+    counters: GuardCounters,
+}
+
+impl Guard {
+    /// A guard with a checked configuration and a rule chain.
+    pub fn new(config: GuardConfig, chain: Chain) -> Result<Self> {
+        config.validate()?;
+        Ok(Guard {
+            grad_spike: config.grad_spike.map(SpikeDetector::new).transpose()?,
+            loss_spike: config.loss_spike.map(SpikeDetector::new).transpose()?,
+            config,
+            chain,
+            counters: GuardCounters::default(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GuardConfig {
+        &self.config
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> &GuardCounters {
+        &self.counters
+    }
+
+    /// The learning-rate multiplier in force.
+    pub fn lr_multiplier(&self) -> f64 {
+        self.counters.lr_multiplier
+    }
+
+    /// The whole state, as plain serializable data.
+    pub fn state(&self) -> GuardState {
+        GuardState {
+            counters: self.counters.clone(),
+            grad_spike_window: self.grad_spike.as_ref().map(SpikeDetector::state),
+            loss_spike_window: self.loss_spike.as_ref().map(SpikeDetector::state),
+            rules: self.chain.state(),
+        }
+    }
+
+    /// Loads a state saved by [`Guard::state`] from a guard of the same configuration and rules.
+    pub fn restore(&mut self, state: &GuardState) -> Result<()> {
+        fn load(
+            detector: &mut Option<SpikeDetector>,
+            window: &Option<Vec<f64>>,
+            what: &str,
+        ) -> Result<()> {
+            match (detector, window) {
+                (Some(d), Some(w)) => d.restore(w),
+                (None, None) => Ok(()),
+                _ => Err(GuardError::BadState {
+                    what: what.into(),
+                    reason: "enabled in one of the configuration and the state, not both".into(),
+                }),
+            }
+        }
+        load(
+            &mut self.grad_spike,
+            &state.grad_spike_window,
+            "gradient spike detector",
+        )?;
+        load(
+            &mut self.loss_spike,
+            &state.loss_spike_window,
+            "loss spike detector",
+        )?;
+        self.chain.restore(&state.rules)?;
+        self.counters = state.counters.clone();
+        Ok(())
+    }
+
+    /// Judges one step: reads the gradients once, may change them through the rules, and says
+    /// what the optimizer must do. Errors are the stops the configuration asks for (and bad
+    /// rule input such as AGC without parameters).
+    pub fn step(&mut self, grads: &mut dyn Gradients, loss: Option<f64>) -> Result<StepReport> {
+        let step = self.counters.step;
+        let mut stats = grads.stats();
+        let before = stats.clone();
+        let mut reasons = Vec::new();
+        let mut trouble: Option<Trouble> = None;
+        let mut non_finite_seen = false;
+
+        if let Some(l) = loss.filter(|l| !l.is_finite()) {
+            non_finite_seen = true;
+            if self.config.non_finite == NonFinitePolicy::Error {
+                return Err(GuardError::NonFiniteLoss { step, loss: l });
+            }
+            reasons.push(format!("non-finite loss {l}"));
+            trouble = Some(Trouble::Skip);
+        }
+
+        if let Some(found) = find_non_finite(grads, &stats) {
+            non_finite_seen = true;
+            let what = format!(
+                "{} non-finite gradient values, first {} in '{}' at index {}",
+                found.count, found.kind, found.tensor, found.index
+            );
+            match self.config.non_finite {
+                NonFinitePolicy::Error => {
+                    return Err(GuardError::NonFiniteGradient {
+                        step,
+                        tensor: found.tensor,
+                        index: found.index,
+                        value: found.kind.to_string(),
+                        count: found.count,
+                    });
+                }
+                NonFinitePolicy::Skip => {
+                    reasons.push(what);
+                    trouble = Some(Trouble::Skip);
+                }
+                NonFinitePolicy::Zero => {
+                    reasons.push(format!("zeroed {what}"));
+                    stats = grads.zero_non_finite();
+                }
+            }
+        }
+
+        let mut grad_check = None;
+        let mut loss_check = None;
+        let mut spiked = false;
+        if trouble.is_none() {
+            let norm = combined(&stats).l2();
+            grad_check = self.grad_spike.as_mut().map(|d| d.observe(norm));
+            loss_check = match (self.loss_spike.as_mut(), loss) {
+                (Some(d), Some(l)) => Some(d.observe(l)),
+                _ => None,
+            };
+            for (check, metric) in [(grad_check, "gradient norm"), (loss_check, "loss")] {
+                let Some(SpikeCheck {
+                    value,
+                    threshold: Some(threshold),
+                    is_spike: true,
+                }) = check
+                else {
+                    continue;
+                };
+                spiked = true;
+                reasons.push(format!("{metric} spike: {value:.4e} above {threshold:.4e}"));
+                match self.config.on_spike {
+                    SpikeAction::Ignore => {}
+                    SpikeAction::Skip => trouble = Some(Trouble::Skip),
+                    SpikeAction::Rollback { skip_batches } => {
+                        trouble = Some(Trouble::Rollback(skip_batches));
+                    }
+                    SpikeAction::Stop => {
+                        return Err(GuardError::GradientSpike {
+                            step,
+                            metric: metric.into(),
+                            value,
+                            threshold,
+                        });
+                    }
+                }
+            }
+        }
+
+        let mut outcomes = Vec::new();
+        if trouble.is_none() {
+            outcomes = self.chain.apply(grads, &mut stats)?;
+            if let Some(skip) = outcomes.iter().find(|o| o.action == RuleAction::Skip) {
+                reasons.push(format!(
+                    "rule '{}': norm {:.4e} above {:.4e}",
+                    skip.rule,
+                    skip.norm.unwrap_or(f64::NAN),
+                    skip.threshold.unwrap_or(f64::NAN)
+                ));
+                trouble = Some(Trouble::Skip);
+            }
+        }
+
+        let decision = match trouble {
+            None => Decision::Apply,
+            Some(Trouble::Skip) => Decision::Skip,
+            Some(Trouble::Rollback(skip_batches)) => match self.counters.snapshot_step {
+                Some(to_step) => Decision::Rollback {
+                    to_step,
+                    skip_batches,
+                },
+                None => {
+                    reasons.push("no snapshot yet: skipping instead of rolling back".into());
+                    Decision::Skip
+                }
+            },
+        };
+        let take_snapshot = self.account(decision, spiked, non_finite_seen, &reasons)?;
+
+        Ok(StepReport {
+            step,
+            loss,
+            norm_before: combined(&before).l2(),
+            norm_after: combined(&stats).l2(),
+            tensors: tensor_reports(grads, &before, &stats),
+            rules: outcomes,
+            grad_spike: grad_check,
+            loss_spike: loss_check,
+            decision,
+            reasons,
+            lr_multiplier: self.counters.lr_multiplier,
+            take_snapshot,
+            consecutive_bad: self.counters.consecutive_bad,
+        })
+    }
+
+    /// Updates counters and the LR multiplier; returns whether to snapshot after this step.
+    fn account(
+        &mut self,
+        decision: Decision,
+        spiked: bool,
+        non_finite: bool,
+        reasons: &[String],
+    ) -> Result<bool> {
+        let c = &mut self.counters;
+        let lr = &self.config.lr;
+        let step = c.step;
+        c.step += 1;
+        c.non_finite_steps += u64::from(non_finite);
+        c.spikes += u64::from(spiked);
+        if decision != Decision::Apply || spiked {
+            c.lr_multiplier = (c.lr_multiplier * lr.backoff).max(lr.min);
+            c.calm_steps = 0;
+        }
+        if decision != Decision::Apply {
+            match decision {
+                Decision::Rollback { .. } => c.rolled_back += 1,
+                _ => c.skipped += 1,
+            }
+            c.consecutive_bad += 1;
+            if c.consecutive_bad >= self.config.max_consecutive_bad {
+                return Err(GuardError::TooManyBadSteps {
+                    step,
+                    count: c.consecutive_bad,
+                    reason: reasons.join("; "),
+                });
+            }
+            return Ok(false);
+        }
+        c.applied += 1;
+        c.consecutive_bad = 0;
+        if !spiked {
+            c.calm_steps += 1;
+            if c.calm_steps >= lr.recover_after && c.lr_multiplier < 1.0 {
+                c.lr_multiplier = (c.lr_multiplier * lr.recover).min(1.0);
+                c.calm_steps = 0;
+            }
+        }
+        c.since_snapshot += 1;
+        let take = c.snapshot_step.is_none() || c.since_snapshot >= self.config.snapshot_every;
+        if take {
+            c.snapshot_step = Some(step);
+            c.since_snapshot = 0;
+        }
+        Ok(take)
+    }
+}
+
+fn tensor_reports(
+    grads: &dyn Gradients,
+    before: &[TensorStats],
+    after: &[TensorStats],
+) -> Vec<TensorReport> {
+    before
+        .iter()
+        .zip(after)
+        .enumerate()
+        .map(|(i, (b, a))| TensorReport {
+            name: grads.name(i).to_string(),
+            norm_before: b.l2(),
+            norm_after: a.l2(),
+            max_abs_before: b.max_abs,
+            non_finite: b.non_finite(),
+        })
+        .collect()
+}

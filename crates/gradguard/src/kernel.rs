@@ -1,0 +1,290 @@
+//! Host kernels over `&[f32]`: the fused statistics pass, and in-place scale / clamp / zero.
+//!
+//! Speed comes from block-wise f32 accumulation (DESIGN.md, "Performance rules"): within a block of
+//! [`BLOCK`] values, 32 independent f32 lanes accumulate Σg², Σ|g| and max|g|, which the compiler
+//! turns into SIMD code; each block's result is then added to f64 totals. A block is trusted only
+//! when its sums are finite and its max |g| lies in [2⁻⁵⁰, 2⁵⁰] (or is 0): there Σg² over 1,024
+//! values cannot overflow f32 and no square is small enough to lose precision. Any other block
+//! (huge, tiny, NaN or inf) is redone exactly in f64, which also counts the non-finite values and
+//! finds the first one. Results do not depend on the instruction set or the thread count: the lane
+//! structure and the order of every addition are fixed by this code.
+//!
+//! The default x86-64 target only guarantees SSE2, so the kernels are compiled a second and third
+//! time for AVX2 and AVX-512 and chosen at run time with `is_x86_feature_detected!`.
+
+#![allow(unsafe_code)]
+
+use crate::stats::{NonFiniteAt, NonFiniteKind, TensorStats};
+
+/// Values per block of f32 accumulation.
+pub const BLOCK: usize = 1024;
+const LANES: usize = 32;
+/// 2⁵⁰: the largest block max |g| the f32 fast path accepts (1024 · 2¹⁰⁰ ≪ f32::MAX).
+const FAST_MAX: f32 = 1_125_899_906_842_624.0;
+/// 2⁻⁵⁰: the smallest non-zero block max |g| the fast path accepts.
+const FAST_MIN: f32 = 1.0 / 1_125_899_906_842_624.0;
+
+/// Σg², Σ|g|, max|g| of one block in f32 lanes. NaN never wins the max (`a > m` is false).
+#[inline(always)]
+fn block_f32(xs: &[f32]) -> (f32, f32, f32) {
+    let mut sq = [0f32; LANES];
+    let mut ab = [0f32; LANES];
+    let mut mx = [0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for i in 0..LANES {
+            let a = c[i].abs();
+            sq[i] += a * a;
+            ab[i] += a;
+            mx[i] = if a > mx[i] { a } else { mx[i] };
+        }
+    }
+    for (i, &x) in rest.iter().enumerate() {
+        let a = x.abs();
+        sq[i] += a * a;
+        ab[i] += a;
+        mx[i] = if a > mx[i] { a } else { mx[i] };
+    }
+    let mut s = 0f32;
+    let mut b = 0f32;
+    let mut m = 0f32;
+    for i in 0..LANES {
+        s += sq[i];
+        b += ab[i];
+        m = if mx[i] > m { mx[i] } else { m };
+    }
+    (s, b, m)
+}
+
+/// The exact f64 path for one block starting at flat index `start`.
+#[inline(never)]
+fn block_exact(xs: &[f32], start: usize, acc: &mut TensorStats) {
+    for (i, &x) in xs.iter().enumerate() {
+        if x.is_finite() {
+            let a = f64::from(x.abs());
+            acc.sum_squares += a * a;
+            acc.sum_abs += a;
+            if a > acc.max_abs {
+                acc.max_abs = a;
+            }
+        } else if let Some(kind) = NonFiniteKind::of(x) {
+            if kind == NonFiniteKind::Nan {
+                acc.nan_count += 1;
+            } else {
+                acc.inf_count += 1;
+            }
+            acc.first_non_finite.get_or_insert(NonFiniteAt {
+                index: start + i,
+                kind,
+            });
+        }
+    }
+}
+
+#[inline(always)]
+fn fast_path_ok(s: f32, b: f32, m: f32) -> bool {
+    s.is_finite() && b.is_finite() && m <= FAST_MAX && (m >= FAST_MIN || m == 0.0)
+}
+
+#[inline(always)]
+fn add_block(block: &[f32], start: usize, acc: &mut TensorStats) {
+    let (s, b, m) = block_f32(block);
+    if fast_path_ok(s, b, m) {
+        acc.sum_squares += f64::from(s);
+        acc.sum_abs += f64::from(b);
+        if f64::from(m) > acc.max_abs {
+            acc.max_abs = f64::from(m);
+        }
+    } else {
+        block_exact(block, start, acc);
+    }
+}
+
+#[inline(always)]
+fn stats_generic(xs: &[f32]) -> TensorStats {
+    let mut acc = TensorStats {
+        len: xs.len(),
+        ..TensorStats::default()
+    };
+    for (b, block) in xs.chunks(BLOCK).enumerate() {
+        add_block(block, b * BLOCK, &mut acc);
+    }
+    acc
+}
+
+#[inline(always)]
+fn clamp_stats_generic(xs: &mut [f32], limit: f32) -> TensorStats {
+    let mut acc = TensorStats {
+        len: xs.len(),
+        ..TensorStats::default()
+    };
+    for (b, block) in xs.chunks_mut(BLOCK).enumerate() {
+        for x in block.iter_mut() {
+            // NaN stays NaN, as in torch.clamp and jnp.clip.
+            *x = x.clamp(-limit, limit);
+        }
+        add_block(block, b * BLOCK, &mut acc);
+    }
+    acc
+}
+
+#[inline(always)]
+fn scale_generic(xs: &mut [f32], factor: f32) {
+    for x in xs.iter_mut() {
+        *x *= factor;
+    }
+}
+
+macro_rules! dispatch {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty => $generic:ident) => {
+        $(#[$doc])*
+        $vis fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn avx512($($arg: $ty),*) -> $ret { $generic($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) -> $ret { $generic($($arg),*) }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports AVX-512F, checked just above.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $generic($($arg),*)
+        }
+    };
+}
+
+dispatch! {
+    /// Fused statistics of a slice: one read of every value.
+    pub fn slice_stats(xs: &[f32]) -> TensorStats => stats_generic
+}
+
+dispatch! {
+    /// Clamps every value to `[-limit, limit]` in place and returns the statistics after the clamp,
+    /// in the same pass (one read-modify-write).
+    pub fn clamp_with_stats(xs: &mut [f32], limit: f32) -> TensorStats => clamp_stats_generic
+}
+
+dispatch! {
+    /// Multiplies every value by `factor` in place.
+    pub fn scale_in_place(xs: &mut [f32], factor: f32) -> () => scale_generic
+}
+
+/// Replaces NaN and ±inf by 0 in place and returns the statistics after, in the same pass.
+pub fn zero_non_finite_with_stats(xs: &mut [f32]) -> TensorStats {
+    let mut acc = TensorStats {
+        len: xs.len(),
+        ..TensorStats::default()
+    };
+    for (b, block) in xs.chunks_mut(BLOCK).enumerate() {
+        for x in block.iter_mut() {
+            if !x.is_finite() {
+                *x = 0.0;
+            }
+        }
+        add_block(block, b * BLOCK, &mut acc);
+    }
+    acc
+}
+
+/// Σ (|g| / scale)^p over the finite values, in f64. Dividing by a scale ≥ max |g| keeps every
+/// term ≤ 1, so large p cannot overflow (‖g‖_p = scale · (Σ (|g|/scale)^p)^(1/p)).
+pub fn scaled_power_sum(xs: &[f32], p: f64, scale: f64) -> f64 {
+    xs.iter()
+        .filter(|x| x.is_finite())
+        .map(|&x| (f64::from(x.abs()) / scale).powf(p))
+        .sum()
+}
+
+/// Σ g² of each column of a row-major `[rows, cols]` matrix, in f64 (non-finite values propagate).
+pub fn column_sum_squares(xs: &[f32], rows: usize, cols: usize) -> Vec<f64> {
+    let mut acc = vec![0f64; cols];
+    for row in xs.chunks_exact(cols).take(rows) {
+        for (a, &x) in acc.iter_mut().zip(row) {
+            let x = f64::from(x);
+            *a += x * x;
+        }
+    }
+    acc
+}
+
+/// Σ g² of each row of a row-major `[rows, cols]` matrix, in f64 (non-finite values propagate).
+pub fn row_sum_squares(xs: &[f32], cols: usize) -> Vec<f64> {
+    if cols == 0 {
+        return vec![0.0; 0];
+    }
+    xs.chunks_exact(cols)
+        .map(|row| {
+            let s = slice_stats(row);
+            if s.nan_count > 0 {
+                f64::NAN
+            } else if s.inf_count > 0 {
+                f64::INFINITY
+            } else {
+                s.sum_squares
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exact(xs: &[f32]) -> TensorStats {
+        let mut acc = TensorStats {
+            len: xs.len(),
+            ..Default::default()
+        };
+        block_exact(xs, 0, &mut acc);
+        acc
+    }
+
+    #[test]
+    fn fast_path_matches_exact_within_f32_rounding() {
+        let xs: Vec<f32> = (0..10_000)
+            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+            .collect();
+        let fast = slice_stats(&xs);
+        let slow = exact(&xs);
+        assert!((fast.sum_squares - slow.sum_squares).abs() <= 1e-6 * slow.sum_squares);
+        assert!((fast.sum_abs - slow.sum_abs).abs() <= 1e-6 * slow.sum_abs);
+        assert_eq!(fast.max_abs, slow.max_abs);
+    }
+
+    #[test]
+    fn extreme_blocks_take_the_exact_path() {
+        let mut xs = vec![3e38f32; 3000];
+        xs[2500] = f32::NAN;
+        xs[2700] = f32::NEG_INFINITY;
+        let s = slice_stats(&xs);
+        assert_eq!(s.nan_count, 1);
+        assert_eq!(s.inf_count, 1);
+        assert_eq!(s.first_non_finite.map(|at| at.index), Some(2500));
+        let expected = 2998.0 * (3e38f32 as f64).powi(2);
+        assert!((s.sum_squares - expected).abs() <= 1e-12 * expected);
+        let tiny = vec![1e-30f32; 100];
+        let t = slice_stats(&tiny);
+        let expected = 100.0 * (1e-30f32 as f64).powi(2);
+        assert!((t.sum_squares - expected).abs() <= 1e-12 * expected);
+    }
+
+    #[test]
+    fn clamp_keeps_nan_and_bounds_infinities() {
+        let mut xs = vec![5.0, -5.0, f32::NAN, f32::INFINITY, 0.5];
+        let s = clamp_with_stats(&mut xs, 1.0);
+        assert_eq!(&xs[..2], &[1.0, -1.0]);
+        assert!(xs[2].is_nan());
+        assert_eq!(xs[3], 1.0);
+        assert_eq!(s.nan_count, 1);
+        assert_eq!(s.inf_count, 0);
+    }
+}

@@ -1,0 +1,55 @@
+//! # gradguard
+//!
+//! Framework-free defences against exploding gradients, for the moment between `backward()` and
+//! the optimizer step:
+//!
+//! - [`Gradients`]: a view of a framework's named gradient tensors; [`HostGradients`] holds them in
+//!   host memory. [`Gradients::stats`] reads every byte once and yields Σg², Σ|g|, max|g| and the
+//!   non-finite count per tensor, accumulated so that finite f32 gradients never overflow.
+//! - [`rules`]: clip by value, per-tensor norm, global p-norm (PyTorch semantics), AGC, AutoClip,
+//!   ZClip; zero non-finite values; skip large updates; composed by [`rules::Chain`].
+//! - [`detect`]: non-finite values by tensor and index, spikes against a rolling window, and the
+//!   depth profile of gradient norms.
+//! - [`Guard`]: one [`Decision`] per step — apply, skip, roll back — with a learning-rate
+//!   multiplier, counters, a limit on bad steps in a row, and a [`StepReport`]. Its state is plain
+//!   data, so a resumed run decides exactly as an uninterrupted one.
+//!
+//! ```
+//! use gradguard::{Guard, GuardConfig, HostGradients, HostTensor, Decision};
+//! use gradguard::rules::{Chain, ClipByGlobalNorm, Rule};
+//!
+//! let grads = vec![HostTensor::new("layer.weight", vec![2, 2], vec![3.0, 0.0, 0.0, 4.0])?];
+//! let mut grads = HostGradients::new(grads)?;
+//! let rules: Vec<Box<dyn Rule>> = vec![Box::new(ClipByGlobalNorm::new(1.0)?)];
+//! let mut guard = Guard::new(GuardConfig::default(), Chain::new(rules)?)?;
+//! let report = guard.step(&mut grads, Some(0.7))?;
+//! assert_eq!(report.decision, Decision::Apply);
+//! assert_eq!(report.norm_before, 5.0);
+//! assert!((report.norm_after - 1.0).abs() < 1e-6);
+//! # Ok::<(), gradguard::GuardError>(())
+//! ```
+
+#![deny(missing_docs)]
+#![deny(unsafe_code)]
+
+pub mod detect;
+mod error;
+mod gradients;
+mod guard;
+mod host;
+pub mod kernel;
+pub mod norm;
+pub mod rules;
+#[cfg(feature = "safetensors")]
+pub mod safetensors_io;
+mod stats;
+
+pub use error::{GuardError, Result};
+pub use gradients::{Gradients, Source, UnitLayout, UnitSpan};
+pub use guard::{
+    Decision, Guard, GuardConfig, GuardCounters, GuardState, LrBackoff, NonFinitePolicy,
+    SpikeAction, StepReport, TensorReport,
+};
+pub use host::{HostGradients, HostTensor};
+pub use norm::NormType;
+pub use stats::{NonFiniteAt, NonFiniteKind, TensorStats, combined, first_non_finite};

@@ -1,1 +1,40 @@
-fn main() {}
+//! The `gradguard` command: a thin layer that parses arguments and calls the libraries.
+//!
+//! Exit codes: 0 success; 1 the run itself failed; 2 bad input (file, flag, config) with a
+//! one-line reason; 3 non-finite gradients under the `error` policy.
+
+mod args;
+mod clip;
+mod exit;
+mod files;
+mod inspect;
+mod table;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches};
+
+use crate::args::{Cli, Command};
+
+fn main() -> ExitCode {
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let (cli, matches) = match parsed {
+        Ok(p) => p,
+        Err(e) => return exit::clap_error(e),
+    };
+    let result = match cli.command {
+        Command::Inspect(a) => inspect::run(&a),
+        Command::Clip(a) => {
+            let sub = matches
+                .subcommand_matches("clip")
+                .expect("clap parsed the clip subcommand");
+            clip::run(&a, &clip::rule_order(sub))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => exit::report(&e),
+    }
+}

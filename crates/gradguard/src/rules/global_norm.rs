@@ -64,6 +64,33 @@ impl ClipByGlobalNorm {
     }
 }
 
+/// Below this, an f32 factor loses precision (f32 normals end at ~1.2e-38; 2⁻¹⁰⁰ leaves margin).
+const SMALLEST_ONE_STEP_FACTOR: f64 = 7.888609052210118e-31;
+
+/// Multiplies tensor t by `factors[t]` (1 leaves it untouched) and updates its statistics. A
+/// factor too small for an accurate f32 (a total norm of ~1e31 or more) is applied in two steps
+/// of √factor each, so clipping 3e38s does not go through a subnormal coefficient.
+pub(crate) fn scale_tensors(grads: &mut dyn Gradients, stats: &mut [TensorStats], factors: &[f64]) {
+    let first: Vec<f64> = factors
+        .iter()
+        .map(|&f| {
+            if f < SMALLEST_ONE_STEP_FACTOR {
+                f.sqrt()
+            } else {
+                f
+            }
+        })
+        .collect();
+    grads.scale(&first.iter().map(|&f| f as f32).collect::<Vec<_>>());
+    let second: Vec<f64> = factors.iter().zip(&first).map(|(f, a)| f / a).collect();
+    if second.iter().any(|&f| f != 1.0) {
+        grads.scale(&second.iter().map(|&f| f as f32).collect::<Vec<_>>());
+    }
+    for (s, (&a, &b)) in stats.iter_mut().zip(first.iter().zip(&second)) {
+        *s = s.scaled(f64::from(a as f32) * f64::from(b as f32));
+    }
+}
+
 /// Clips all tensors by one coefficient computed from `total`; shared by the adaptive rules.
 pub(crate) fn scale_all_to(
     rule: &str,
@@ -80,13 +107,9 @@ pub(crate) fn scale_all_to(
         return outcome;
     }
     if let Some(coef) = clip_coefficient(total, max_norm) {
-        let factor = coef as f32;
-        grads.scale(&vec![factor; stats.len()]);
-        for s in stats.iter_mut() {
-            *s = s.scaled(f64::from(factor));
-        }
+        scale_tensors(grads, stats, &vec![coef; stats.len()]);
         outcome.action = RuleAction::Scaled;
-        outcome.scale = Some(f64::from(factor));
+        outcome.scale = Some(coef);
         outcome.tensors_changed = stats.len();
     } else {
         outcome.scale = Some(1.0);

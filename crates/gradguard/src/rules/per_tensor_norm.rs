@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::global_norm::scale_tensors;
 use super::{Rule, RuleAction, RuleOutcome, check_positive, clip_coefficient};
 use crate::error::Result;
 use crate::gradients::Gradients;
@@ -44,19 +45,16 @@ impl Rule for ClipPerTensorNorm {
         stats: &mut [TensorStats],
     ) -> Result<RuleOutcome> {
         let norms = tensor_norms(grads, stats, self.norm_type);
-        let factors: Vec<f32> = norms
+        let factors: Vec<f64> = norms
             .iter()
-            .map(|&n| clip_coefficient(n, self.max_norm).map_or(1.0, |c| c as f32))
+            .map(|&n| clip_coefficient(n, self.max_norm).unwrap_or(1.0))
             .collect();
         let changed = factors.iter().filter(|&&f| f != 1.0).count();
         let mut outcome = RuleOutcome::new(self.name(), RuleAction::Unchanged);
         outcome.norm = norms.iter().copied().reduce(f64::max);
         outcome.threshold = Some(self.max_norm);
         if changed > 0 {
-            grads.scale(&factors);
-            for (s, &f) in stats.iter_mut().zip(&factors) {
-                *s = s.scaled(f64::from(f));
-            }
+            scale_tensors(grads, stats, &factors);
             outcome.action = RuleAction::Scaled;
         }
         outcome.tensors_changed = changed;

@@ -1,0 +1,191 @@
+//! `gradguard clip IN OUT RULE… [--json]`: apply clipping rules to a gradient file.
+
+use anyhow::Result;
+use clap::ArgMatches;
+use gradguard::rules::{
+    AdaptiveGradClip, Chain, ClipByGlobalNorm, ClipByValue, ClipPerTensorNorm, Rule, RuleOutcome,
+};
+use gradguard::safetensors_io::write_tensors;
+use gradguard::{Decision, Guard, GuardConfig, HostGradients, NormType, StepReport};
+use serde::Serialize;
+
+use crate::args::ClipArgs;
+use crate::exit::BadInput;
+use crate::files::{print_json, read_gradient_file, write_atomically};
+use crate::table::{num, render};
+
+/// A rule flag, in the order the user gave them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleFlag {
+    /// `--value`.
+    Value,
+    /// `--per-tensor-norm`.
+    PerTensorNorm,
+    /// `--global-norm`.
+    GlobalNorm,
+    /// `--agc`.
+    Agc,
+}
+
+/// The rule flags present, in command-line order.
+pub fn rule_order(m: &ArgMatches) -> Vec<RuleFlag> {
+    let mut found: Vec<(usize, RuleFlag)> = [
+        ("value", RuleFlag::Value),
+        ("per_tensor_norm", RuleFlag::PerTensorNorm),
+        ("global_norm", RuleFlag::GlobalNorm),
+        ("agc", RuleFlag::Agc),
+    ]
+    .into_iter()
+    .filter_map(|(id, flag)| {
+        m.indices_of(id)
+            .and_then(|mut i| i.next())
+            .map(|i| (i, flag))
+    })
+    .collect();
+    found.sort_by_key(|(i, _)| *i);
+    found.into_iter().map(|(_, f)| f).collect()
+}
+
+fn build_rules(args: &ClipArgs, order: &[RuleFlag]) -> Result<Vec<Box<dyn Rule>>> {
+    let mut rules: Vec<Box<dyn Rule>> = Vec::new();
+    for flag in order {
+        let rule: Box<dyn Rule> = match flag {
+            RuleFlag::Value => Box::new(ClipByValue::new(args.value.expect("flag present"))?),
+            RuleFlag::PerTensorNorm => Box::new(ClipPerTensorNorm::new(
+                args.per_tensor_norm.expect("flag present"),
+                args.norm_type,
+            )?),
+            RuleFlag::GlobalNorm => Box::new(ClipByGlobalNorm::with_norm(
+                args.global_norm.expect("flag present"),
+                args.norm_type,
+            )?),
+            RuleFlag::Agc => Box::new(
+                AdaptiveGradClip {
+                    clipping: args.agc.expect("flag present"),
+                    eps: args.eps,
+                    layout: args.layout.into(),
+                }
+                .validated()?,
+            ),
+        };
+        rules.push(rule);
+    }
+    if rules.is_empty() {
+        return Err(BadInput(
+            "no rule given: use --value, --per-tensor-norm, --global-norm or --agc".into(),
+        )
+        .into());
+    }
+    Ok(rules)
+}
+
+#[derive(Serialize)]
+struct ClipSummary<'a> {
+    input: String,
+    output: Option<String>,
+    decision: Decision,
+    norm_type: NormType,
+    /// Global L2 norm before and after the rules.
+    total_norm_before: f64,
+    total_norm_after: f64,
+    /// The factor of the last global-norm rule, when one ran.
+    scale: Option<f64>,
+    rules: &'a [RuleOutcome],
+    reasons: &'a [String],
+    non_finite: u64,
+}
+
+/// Runs the command.
+pub fn run(args: &ClipArgs, order: &[RuleFlag]) -> Result<()> {
+    let rules = build_rules(args, order)?;
+    let (tensors, metadata) = read_gradient_file(&args.input)?;
+    let mut grads = HostGradients::new(tensors)?;
+    if let Some(path) = &args.params {
+        let (params, _) = read_gradient_file(path)?;
+        grads = grads
+            .with_parameters(params)
+            .map_err(|e| BadInput(format!("'{}': {e}", path.display())))?;
+    }
+    let config = GuardConfig {
+        non_finite: args.on_non_finite.into(),
+        grad_spike: None,
+        loss_spike: None,
+        max_consecutive_bad: u32::MAX,
+        ..GuardConfig::default()
+    };
+    let mut guard = Guard::new(config, Chain::new(rules)?)?;
+    let report = guard.step(&mut grads, None)?;
+    let written = report.decision == Decision::Apply;
+    if written {
+        let bytes = write_tensors(grads.tensors(), metadata)?;
+        write_atomically(&args.output, &bytes)?;
+    }
+    let summary = ClipSummary {
+        input: args.input.display().to_string(),
+        output: written.then(|| args.output.display().to_string()),
+        decision: report.decision,
+        norm_type: args.norm_type,
+        total_norm_before: report.norm_before,
+        total_norm_after: report.norm_after,
+        scale: report
+            .rules
+            .iter()
+            .rev()
+            .find(|o| o.rule == "global_norm")
+            .and_then(|o| o.scale),
+        rules: &report.rules,
+        reasons: &report.reasons,
+        non_finite: report.tensors.iter().map(|t| t.non_finite).sum(),
+    };
+    if args.json {
+        return print_json(&summary);
+    }
+    print_text(&summary, &report);
+    Ok(())
+}
+
+fn print_text(s: &ClipSummary<'_>, report: &StepReport) {
+    let rows: Vec<Vec<String>> = s
+        .rules
+        .iter()
+        .map(|o| {
+            vec![
+                o.rule.clone(),
+                format!("{:?}", o.action).to_lowercase(),
+                o.norm.map_or("-".into(), num),
+                o.threshold.map_or("-".into(), num),
+                o.scale.map_or("-".into(), num),
+                o.tensors_changed.to_string(),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        print!(
+            "{}",
+            render(
+                &[
+                    "rule",
+                    "action",
+                    "norm",
+                    "threshold",
+                    "scale",
+                    "tensors changed"
+                ],
+                &rows
+            )
+        );
+    }
+    println!(
+        "total norm (L2) before {}, after {}; {} tensors",
+        num(s.total_norm_before),
+        num(s.total_norm_after),
+        report.tensors.len()
+    );
+    for r in s.reasons {
+        println!("note: {r}");
+    }
+    match &s.output {
+        Some(out) => println!("wrote {out}"),
+        None => println!("skipped: no output written"),
+    }
+}

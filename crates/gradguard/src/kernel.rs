@@ -217,21 +217,14 @@ pub fn column_sum_squares(xs: &[f32], rows: usize, cols: usize) -> Vec<f64> {
 }
 
 /// Σ g² of each row of a row-major `[rows, cols]` matrix, in f64 (non-finite values propagate).
+/// Each unit is summed in index order, as in [`column_sum_squares`], so both layouts give the
+/// same bits for the same unit.
 pub fn row_sum_squares(xs: &[f32], cols: usize) -> Vec<f64> {
     if cols == 0 {
-        return vec![0.0; 0];
+        return Vec::new();
     }
     xs.chunks_exact(cols)
-        .map(|row| {
-            let s = slice_stats(row);
-            if s.nan_count > 0 {
-                f64::NAN
-            } else if s.inf_count > 0 {
-                f64::INFINITY
-            } else {
-                s.sum_squares
-            }
-        })
+        .map(|row| row.iter().map(|&x| f64::from(x) * f64::from(x)).sum())
         .collect()
 }
 

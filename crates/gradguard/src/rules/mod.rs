@@ -17,13 +17,13 @@ mod zclip;
 mod zero_non_finite;
 
 pub use agc::AdaptiveGradClip;
-pub use autoclip::AutoClip;
+pub use autoclip::{AutoClip, percentile};
 pub use chain::{Chain, RuleState};
 pub use clip_value::ClipByValue;
 pub use global_norm::{ClipByGlobalNorm, NORM_EPS, clip_coefficient};
 pub use per_tensor_norm::ClipPerTensorNorm;
 pub use skip_above::SkipIfNormAbove;
-pub use zclip::ZClip;
+pub use zclip::{ZClip, ZClipConfig};
 pub use zero_non_finite::ZeroNonFinite;
 
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,82 @@
+//! AutoClip and ZClip against hand-computed sequences.
+
+mod common;
+
+use common::{apply, grads};
+use gradguard::rules::{AutoClip, RuleAction, ZClip, ZClipConfig, percentile};
+
+fn of_norm(n: f32) -> gradguard::HostGradients {
+    // A single tensor [3n/5, 4n/5] has L2 norm n.
+    grads(&[("w", &[2], vec![0.6 * n, 0.8 * n])])
+}
+
+#[test]
+fn autoclip_clips_to_the_percentile_of_the_history() {
+    let mut rule = AutoClip::new(50.0, 4).unwrap();
+    let norms = [1.0f32, 3.0, 2.0, 10.0, 4.0];
+    let mut thresholds = Vec::new();
+    for &n in &norms {
+        let (o, _) = apply(&mut rule, &of_norm(n));
+        thresholds.push(o.threshold.unwrap());
+    }
+    // Window of 4: medians of [1], [1,3], [1,3,2], [1,3,2,10], [3,2,10,4].
+    let expected = [1.0, 2.0, 2.0, 2.5, 3.5];
+    for (t, e) in thresholds.iter().zip(expected) {
+        assert!((t - e).abs() < 1e-6, "{thresholds:?}");
+    }
+    assert_eq!(rule.history().count(), 4);
+    let mut v = vec![3.0, 2.0, 10.0, 4.0];
+    assert_eq!(percentile(&mut v, 50.0), 3.5);
+}
+
+#[test]
+fn autoclip_keeps_non_finite_norms_out_of_its_history() {
+    let mut rule = AutoClip::new(10.0, 8).unwrap();
+    apply(&mut rule, &of_norm(1.0));
+    let (o, g) = apply(&mut rule, &grads(&[("w", &[2], vec![f32::NAN, 1.0])]));
+    assert_eq!(o.action, RuleAction::NonFinite);
+    assert!(g.tensors()[0].values[0].is_nan());
+    assert_eq!(rule.history().collect::<Vec<_>>(), vec![1.0]);
+}
+
+#[test]
+fn zclip_warms_up_then_clips_a_spike_with_the_reciprocal_threshold() {
+    let mut rule = ZClip::new(ZClipConfig {
+        warmup_steps: 4,
+        ..Default::default()
+    })
+    .unwrap();
+    for n in [1.0, 2.0, 1.0, 2.0] {
+        let (o, _) = apply(&mut rule, &of_norm(n));
+        assert_eq!(o.action, RuleAction::Unchanged);
+    }
+    let (mean, var) = rule.ema().unwrap();
+    assert!((mean - 1.5).abs() < 1e-6 && (var - 0.25).abs() < 1e-6);
+    // z = (10 − 1.5) / (0.5 + 1e-6) ≈ 17; threshold = μ + z_t·σ/(z/z_t) = 1.5 + 2.5²·0.5/z.
+    let z = (10.0 - 1.5) / (0.5 + 1e-6);
+    let threshold = 1.5 + 2.5 * 0.5 / (z / 2.5);
+    let (o, clipped) = apply(&mut rule, &of_norm(10.0));
+    assert_eq!(o.action, RuleAction::Scaled);
+    assert!((o.threshold.unwrap() - threshold).abs() < 1e-9);
+    assert!((common::exact_l2(&clipped) - threshold).abs() < 1e-5);
+    // The EMA takes the clipped value, not the spike.
+    let (mean2, var2) = rule.ema().unwrap();
+    let expected_mean = 0.97 * 1.5 + 0.03 * threshold;
+    assert!((mean2 - expected_mean).abs() < 1e-9);
+    let expected_var = 0.97 * 0.25 + 0.03 * (threshold - expected_mean).powi(2);
+    assert!((var2 - expected_var).abs() < 1e-9);
+}
+
+#[test]
+fn zclip_leaves_normal_norms_alone() {
+    let mut rule = ZClip::new(ZClipConfig {
+        warmup_steps: 2,
+        ..Default::default()
+    })
+    .unwrap();
+    for n in [1.0, 1.2, 1.1, 0.9, 1.15] {
+        let g = of_norm(n);
+        let (_, out) = apply(&mut rule, &g);
+        assert_eq!(out, g);
+    }
+}

@@ -84,26 +84,37 @@ pub struct ClipArgs {
     /// Where to write the clipped gradients (written atomically; nothing is left on error).
     pub output: PathBuf,
     /// Clamp every value to [-V, V] (PyTorch clip_grad_value_).
-    #[arg(long, value_name = "V")]
+    #[arg(long, value_name = "V", allow_negative_numbers = true)]
     pub value: Option<f64>,
     /// Scale each tensor so that its own norm is at most M.
-    #[arg(long, value_name = "M")]
+    #[arg(long, value_name = "M", allow_negative_numbers = true)]
     pub per_tensor_norm: Option<f64>,
     /// Scale all tensors by one factor so that their global norm is at most M (PyTorch
     /// clip_grad_norm_).
-    #[arg(long, value_name = "M")]
+    #[arg(long, value_name = "M", allow_negative_numbers = true)]
     pub global_norm: Option<f64>,
     /// The p of the norms: 1, 2, inf, or any number >= 1.
     #[arg(long, value_name = "P", default_value = "2", value_parser = parse_norm)]
     pub norm_type: NormType,
     /// Adaptive gradient clipping with ratio λ (needs --params).
-    #[arg(long, value_name = "LAMBDA", requires = "params")]
+    #[arg(
+        long,
+        value_name = "LAMBDA",
+        requires = "params",
+        allow_negative_numbers = true
+    )]
     pub agc: Option<f64>,
     /// The parameters the gradients belong to, for --agc (safetensors, same names and shapes).
     #[arg(long, value_name = "FILE")]
     pub params: Option<PathBuf>,
     /// AGC's floor on weight norms.
-    #[arg(long, value_name = "E", default_value_t = 1e-3, requires = "agc")]
+    #[arg(
+        long,
+        value_name = "E",
+        default_value_t = 1e-3,
+        requires = "agc",
+        allow_negative_numbers = true
+    )]
     pub eps: f64,
     /// Which axis of a weight holds its units, for --agc.
     #[arg(long, value_enum, default_value = "input-first")]

@@ -60,9 +60,15 @@ pub fn clap_error(e: clap::Error) -> ExitCode {
             }
         }
         _ => {
+            // clap's first paragraph, folded onto one line; usage and tips follow a blank line.
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
+            let first: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let first = first.join(" ");
+            let first = first.strip_prefix("error: ").unwrap_or(&first);
             eprintln!("error: {first} (see --help)");
             ExitCode::from(BAD_INPUT)
         }

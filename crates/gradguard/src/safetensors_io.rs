@@ -1,8 +1,12 @@
 //! Gradient sets as safetensors bytes (the format of PyTorch, Candle and Hugging Face).
 //!
-//! Parsing and serializing only: reading and writing files is the caller's business. Tensors
-//! keep the order of their data in the file, so what was saved layer by layer reads back that way.
+//! Parsing and serializing only: reading and writing files is the caller's business.
+//!
+//! A safetensors file does not keep the model's order (writers sort tensors by dtype and name), so
+//! tensors are read back in *natural* name order — numeric parts compare as numbers, so
+//! `layers.2.weight` comes before `layers.10.weight` — which for indexed layer names is model order.
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -23,12 +27,7 @@ pub fn read_tensors(bytes: &[u8]) -> Result<(Vec<HostTensor>, Option<FileMetadat
     let (_, metadata) = SafeTensors::read_metadata(bytes)
         .map_err(|e| GuardError::BadFile(format!("not a valid safetensors file: {e}")))?;
     let mut views: Vec<(String, TensorView<'_>)> = file.tensors();
-    let offsets: HashMap<String, usize> = metadata
-        .tensors()
-        .iter()
-        .map(|(name, info)| (name.clone(), info.data_offsets.0))
-        .collect();
-    views.sort_by(|(a, _), (b, _)| offsets[a].cmp(&offsets[b]).then_with(|| a.cmp(b)));
+    views.sort_by(|(a, _), (b, _)| natural_cmp(a, b));
     let mut out = Vec::with_capacity(views.len());
     for (name, view) in views {
         if view.dtype() != Dtype::F32 {
@@ -45,6 +44,31 @@ pub fn read_tensors(bytes: &[u8]) -> Result<(Vec<HostTensor>, Option<FileMetadat
         out.push(HostTensor::new(name, view.shape().to_vec(), values)?);
     }
     Ok((out, metadata.metadata().clone()))
+}
+
+/// Compares names with runs of digits taken as numbers: `l.2` < `l.10`.
+pub fn natural_cmp(a: &str, b: &str) -> Ordering {
+    fn parts(s: &str) -> Vec<Result<u128, &str>> {
+        let mut out = Vec::new();
+        let mut rest = s;
+        while !rest.is_empty() {
+            let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+            let len = if digits > 0 {
+                digits
+            } else {
+                rest.len() - rest.trim_start_matches(|c: char| !c.is_ascii_digit()).len()
+            };
+            let (head, tail) = rest.split_at(len);
+            out.push(if digits > 0 {
+                head.parse::<u128>().map_err(|_| head)
+            } else {
+                Err(head)
+            });
+            rest = tail;
+        }
+        out
+    }
+    parts(a).cmp(&parts(b)).then_with(|| a.cmp(b))
 }
 
 /// Serializes f32 tensors (and optional `__metadata__`) to safetensors bytes.
@@ -67,4 +91,19 @@ pub fn write_tensors(tensors: &[HostTensor], metadata: Option<FileMetadata>) -> 
         .collect::<Result<Vec<_>>>()?;
     safetensors::serialize(views, metadata)
         .map_err(|e| GuardError::BadFile(format!("cannot serialize tensors: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::natural_cmp;
+
+    #[test]
+    fn natural_order_puts_layer_2_before_layer_10() {
+        let mut names = vec!["l.10.weight", "l.2.weight", "l.2.bias", "emb", "l.1.weight"];
+        names.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(
+            names,
+            vec!["emb", "l.1.weight", "l.2.bias", "l.2.weight", "l.10.weight"]
+        );
+    }
 }

@@ -14,7 +14,11 @@ use gradguard::{
 
 fn batch(scale: f32) -> HostGradients {
     grads(&[
-        ("layers.0.weight", &[2, 2], vec![scale, -scale, 0.5 * scale, 0.25 * scale]),
+        (
+            "layers.0.weight",
+            &[2, 2],
+            vec![scale, -scale, 0.5 * scale, 0.25 * scale],
+        ),
         ("layers.0.bias", &[2], vec![0.1 * scale, -0.1 * scale]),
     ])
 }
@@ -56,11 +60,17 @@ fn nan_under_error_names_the_tensor_and_index() {
             count,
             step,
         } => {
-            assert_eq!((tensor.as_str(), *index, value.as_str(), *count, *step), ("layers.1.weight", 1, "NaN", 2, 0));
+            assert_eq!(
+                (tensor.as_str(), *index, value.as_str(), *count, *step),
+                ("layers.1.weight", 1, "NaN", 2, 0)
+            );
         }
         other => panic!("unexpected {other:?}"),
     }
-    assert!(err.to_string().contains("'layers.1.weight' flat index 1 is NaN"));
+    assert!(
+        err.to_string()
+            .contains("'layers.1.weight' flat index 1 is NaN")
+    );
 }
 
 #[test]
@@ -97,7 +107,10 @@ fn non_finite_under_zero_repairs_then_clips() {
 #[test]
 fn non_finite_loss_is_skipped_or_an_error() {
     let mut g = guard(quiet(), vec![]);
-    assert_eq!(g.step(&mut batch(1.0), Some(f64::NAN)).unwrap().decision, Decision::Skip);
+    assert_eq!(
+        g.step(&mut batch(1.0), Some(f64::NAN)).unwrap().decision,
+        Decision::Skip
+    );
     let mut strict = guard(
         GuardConfig {
             non_finite: NonFinitePolicy::Error,
@@ -133,7 +146,9 @@ fn spiky(on_spike: SpikeAction) -> Guard {
 fn a_gradient_spike_is_skipped_and_the_lr_backs_off_then_recovers() {
     let mut g = spiky(SpikeAction::Skip);
     for i in 0..8 {
-        let r = g.step(&mut batch(1.0 + 0.01 * (i % 2) as f32), Some(1.0)).unwrap();
+        let r = g
+            .step(&mut batch(1.0 + 0.01 * (i % 2) as f32), Some(1.0))
+            .unwrap();
         assert_eq!(r.decision, Decision::Apply);
     }
     let r = g.step(&mut batch(1e3), Some(1.0)).unwrap();
@@ -177,7 +192,10 @@ fn a_spike_under_stop_is_a_typed_error() {
         g.step(&mut batch(1.0), Some(1.0)).unwrap();
     }
     let err = g.step(&mut batch(1e4), Some(1.0)).unwrap_err();
-    assert!(matches!(err, GuardError::GradientSpike { step: 6, .. }), "{err:?}");
+    assert!(
+        matches!(err, GuardError::GradientSpike { step: 6, .. }),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -192,7 +210,17 @@ fn the_guard_gives_up_after_too_many_bad_steps() {
     g.step(&mut poisoned(f32::NAN), None).unwrap();
     g.step(&mut poisoned(f32::NAN), None).unwrap();
     let err = g.step(&mut poisoned(f32::NAN), None).unwrap_err();
-    assert!(matches!(err, GuardError::TooManyBadSteps { step: 2, count: 3, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            GuardError::TooManyBadSteps {
+                step: 2,
+                count: 3,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     // A good step in between resets the count.
     let mut g = guard(
         GuardConfig {
@@ -229,14 +257,20 @@ fn lr_multiplier_never_drops_below_its_floor() {
 
 #[test]
 fn a_skip_rule_skips_the_step_and_reports_why() {
-    let mut g = guard(quiet(), vec![Box::new(SkipIfNormAbove::new(2.0, NormType::L2).unwrap())]);
+    let mut g = guard(
+        quiet(),
+        vec![Box::new(SkipIfNormAbove::new(2.0, NormType::L2).unwrap())],
+    );
     let mut big = batch(10.0);
     let before = big.clone();
     let r = g.step(&mut big, None).unwrap();
     assert_eq!(r.decision, Decision::Skip);
     assert!(r.reasons[0].starts_with("rule 'skip_above'"));
     assert_eq!(big, before);
-    assert_eq!(g.step(&mut batch(1.0), None).unwrap().decision, Decision::Apply);
+    assert_eq!(
+        g.step(&mut batch(1.0), None).unwrap().decision,
+        Decision::Apply
+    );
 }
 
 #[test]
@@ -260,19 +294,32 @@ fn inconsistent_chains_are_rejected_loudly() {
         Box::new(ZeroNonFinite),
     ];
     let err = Chain::new(zero_after_clip).unwrap_err().to_string();
-    assert!(err.contains("'zero_non_finite' must come before 'global_norm'"), "{err}");
+    assert!(
+        err.contains("'zero_non_finite' must come before 'global_norm'"),
+        "{err}"
+    );
 
     let two_zclips: Vec<Box<dyn Rule>> = vec![
         Box::new(ZClip::new(ZClipConfig::default()).unwrap()),
         Box::new(ZClip::new(ZClipConfig::default()).unwrap()),
     ];
-    assert!(Chain::new(two_zclips).unwrap_err().to_string().contains("'zclip' appears twice"));
+    assert!(
+        Chain::new(two_zclips)
+            .unwrap_err()
+            .to_string()
+            .contains("'zclip' appears twice")
+    );
 
     let dead_skip: Vec<Box<dyn Rule>> = vec![
         Box::new(ClipByGlobalNorm::new(1.0).unwrap()),
         Box::new(SkipIfNormAbove::new(5.0, NormType::L2).unwrap()),
     ];
-    assert!(Chain::new(dead_skip).unwrap_err().to_string().contains("can never fire"));
+    assert!(
+        Chain::new(dead_skip)
+            .unwrap_err()
+            .to_string()
+            .contains("can never fire")
+    );
 
     let fine: Vec<Box<dyn Rule>> = vec![
         Box::new(ZeroNonFinite),

@@ -28,7 +28,9 @@ fn gradients() -> impl Strategy<Value = HostGradients> {
         HostGradients::new(
             ts.into_iter()
                 .enumerate()
-                .map(|(i, v)| HostTensor::new(format!("layers.{i}.weight"), vec![v.len()], v).unwrap())
+                .map(|(i, v)| {
+                    HostTensor::new(format!("layers.{i}.weight"), vec![v.len()], v).unwrap()
+                })
                 .collect(),
         )
         .unwrap()
@@ -45,7 +47,11 @@ fn norm_type() -> impl Strategy<Value = NormType> {
 }
 
 fn exact_norm(g: &HostGradients, p: NormType) -> f64 {
-    let all = g.tensors().iter().flat_map(|t| t.values.iter()).map(|&x| f64::from(x).abs());
+    let all = g
+        .tensors()
+        .iter()
+        .flat_map(|t| t.values.iter())
+        .map(|&x| f64::from(x).abs());
     match p {
         NormType::Inf => all.fold(0.0, f64::max),
         p => all.map(|x| x.powf(p.p())).sum::<f64>().powf(1.0 / p.p()),
@@ -53,7 +59,10 @@ fn exact_norm(g: &HostGradients, p: NormType) -> f64 {
 }
 
 fn bits(g: &HostGradients) -> Vec<u32> {
-    g.tensors().iter().flat_map(|t| t.values.iter().map(|v| v.to_bits())).collect()
+    g.tensors()
+        .iter()
+        .flat_map(|t| t.values.iter().map(|v| v.to_bits()))
+        .collect()
 }
 
 proptest! {

@@ -1,0 +1,382 @@
+//! The `gradguard` binary end to end: outputs, exit codes, and nothing left behind on error.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use gradguard::HostTensor;
+use gradguard::safetensors_io::{read_tensors, write_tensors};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_gradguard"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("the binary runs")
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn save(path: &Path, tensors: &[(&str, &[usize], Vec<f32>)]) {
+    let ts: Vec<HostTensor> = tensors
+        .iter()
+        .map(|(n, s, v)| HostTensor::new(*n, s.to_vec(), v.clone()).unwrap())
+        .collect();
+    std::fs::write(path, write_tensors(&ts, None).unwrap()).unwrap();
+}
+
+fn sample(dir: &Path) -> PathBuf {
+    let p = dir.join("grads.safetensors");
+    save(
+        &p,
+        &[
+            (
+                "layers.0.weight",
+                &[2, 3],
+                vec![3.0, 0.0, 0.0, 4.0, 0.0, 0.0],
+            ),
+            ("layers.0.bias", &[3], vec![0.0, 0.0, 12.0]),
+            ("layers.1.weight", &[3, 1], vec![0.1, 0.2, 0.2]),
+        ],
+    );
+    p
+}
+
+fn load(path: &Path) -> Vec<HostTensor> {
+    read_tensors(&std::fs::read(path).unwrap()).unwrap().0
+}
+
+fn l2(ts: &[HostTensor]) -> f64 {
+    ts.iter()
+        .flat_map(|t| &t.values)
+        .map(|&x| f64::from(x).powi(2))
+        .sum::<f64>()
+        .sqrt()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).expect("stdout is JSON")
+}
+
+/// Exit code 2, exactly one line on stderr that contains `needle`.
+fn assert_bad_input(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one line expected: {err}"
+    );
+    assert!(err.contains(needle), "'{needle}' not in: {err}");
+}
+
+#[test]
+fn inspect_prints_per_tensor_and_global_statistics() {
+    let dir = tmp();
+    let f = sample(dir.path());
+    let o = run(&["inspect", f.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = json(&o);
+    // Natural name order: bias before weight within a layer, layer 0 before layer 1.
+    assert_eq!(v["tensors"][0]["name"], "layers.0.bias");
+    assert_eq!(v["tensors"][1]["name"], "layers.0.weight");
+    assert_eq!(v["tensors"][1]["l2"], 5.0);
+    assert_eq!(v["tensors"][0]["linf"], 12.0);
+    let expected = (169.0f64 + 0.09).sqrt();
+    assert!((v["global"]["l2"].as_f64().unwrap() - expected).abs() < 1e-6);
+    assert_eq!(v["global"]["tensors"], 3);
+    assert_eq!(v["depth"]["layers"][0]["layer"], "layers.0");
+    let text = run(&["inspect", f.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        out.contains("layers.1.weight") && out.contains("global: 3 tensors"),
+        "{out}"
+    );
+}
+
+#[test]
+fn clip_by_global_norm_writes_clipped_gradients_and_reports_the_scale() {
+    let dir = tmp();
+    let f = sample(dir.path());
+    let out = dir.path().join("out.safetensors");
+    let o = run(&[
+        "clip",
+        f.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--global-norm",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = json(&o);
+    let before = (169.0f64 + 0.09).sqrt();
+    assert!((v["total_norm_before"].as_f64().unwrap() - before).abs() < 1e-6);
+    assert!((v["scale"].as_f64().unwrap() - 1.0 / (before + 1e-6)).abs() < 1e-9);
+    assert_eq!(v["decision"]["kind"], "apply");
+    let clipped = load(&out);
+    assert_eq!(clipped[2].name, "layers.1.weight");
+    assert!((l2(&clipped) - 1.0).abs() < 1e-5);
+}
+
+#[test]
+fn rules_apply_in_command_line_order() {
+    let dir = tmp();
+    let f = sample(dir.path());
+    let a = dir.path().join("a.safetensors");
+    let b = dir.path().join("b.safetensors");
+    let fs = f.to_str().unwrap();
+    assert!(
+        run(&[
+            "clip",
+            fs,
+            a.to_str().unwrap(),
+            "--value",
+            "1",
+            "--global-norm",
+            "1"
+        ])
+        .status
+        .success()
+    );
+    assert!(
+        run(&[
+            "clip",
+            fs,
+            b.to_str().unwrap(),
+            "--global-norm",
+            "1",
+            "--value",
+            "1"
+        ])
+        .status
+        .success()
+    );
+    // Clamping first leaves [1, 1, 1, 0.1, 0.2, 0.2]: norm ≈ 1.77, then scaled to 1.
+    assert!((l2(&load(&a)) - 1.0).abs() < 1e-5);
+    // Scaling first makes every value < 1: the clamp then changes nothing.
+    let bias = load(&b)
+        .into_iter()
+        .find(|t| t.name == "layers.0.bias")
+        .unwrap();
+    assert!((bias.values[2] - 12.0 / 13.0035).abs() < 1e-4, "{bias:?}");
+}
+
+#[test]
+fn agc_with_parameters_clips_units() {
+    let dir = tmp();
+    let g = dir.path().join("g.safetensors");
+    let p = dir.path().join("p.safetensors");
+    let out = dir.path().join("o.safetensors");
+    save(&g, &[("w", &[2, 2], vec![1.0, 0.001, 1.0, 0.001])]);
+    save(&p, &[("w", &[2, 2], vec![1.0, 1.0, 0.0, 1.0])]);
+    let o = run(&[
+        "clip",
+        g.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--agc",
+        "0.1",
+        "--params",
+        p.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let w = &load(&out)[0].values;
+    // Column 0 (input-first): ‖G‖ = √2 > 0.1·‖W‖ = 0.1 → scaled to norm 0.1. Column 1 untouched.
+    assert!(((f64::from(w[0]).powi(2) + f64::from(w[2]).powi(2)).sqrt() - 0.1).abs() < 1e-6);
+    assert_eq!(w[1], 0.001);
+}
+
+#[test]
+fn non_finite_gradients_follow_the_policy() {
+    let dir = tmp();
+    let f = dir.path().join("nan.safetensors");
+    save(
+        &f,
+        &[
+            ("a", &[2], vec![1.0, 2.0]),
+            ("b.weight", &[3], vec![0.0, 0.0, f32::NAN]),
+        ],
+    );
+    let out = dir.path().join("out.safetensors");
+    let (fs, os) = (f.to_str().unwrap(), out.to_str().unwrap());
+
+    let o = run(&["clip", fs, os, "--global-norm", "1"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("'b.weight' flat index 2 is NaN"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
+
+    let o = run(&[
+        "clip",
+        fs,
+        os,
+        "--global-norm",
+        "1",
+        "--on-nonfinite",
+        "skip",
+        "--json",
+    ]);
+    assert!(o.status.success());
+    assert_eq!(json(&o)["decision"]["kind"], "skip");
+    assert!(!out.exists());
+
+    let o = run(&[
+        "clip",
+        fs,
+        os,
+        "--global-norm",
+        "1",
+        "--on-nonfinite",
+        "zero",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let repaired = load(&out);
+    assert_eq!(repaired[1].values[2], 0.0);
+    assert!((l2(&repaired) - 1.0).abs() < 1e-5);
+}
+
+#[test]
+fn bad_input_is_one_line_exit_2_and_leaves_nothing_behind() {
+    let dir = tmp();
+    let good = sample(dir.path());
+    let gs = good.to_str().unwrap();
+    let truncated = dir.path().join("truncated.safetensors");
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() - 5]).unwrap();
+    let garbage = dir.path().join("garbage.safetensors");
+    std::fs::write(&garbage, b"this is not a tensor file at all").unwrap();
+    let f64_file = dir.path().join("f64.safetensors");
+    let header = br#"{"x":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}}"#;
+    let mut f64_bytes = (header.len() as u64).to_le_bytes().to_vec();
+    f64_bytes.extend_from_slice(header);
+    f64_bytes.extend_from_slice(&1.5f64.to_le_bytes());
+    std::fs::write(&f64_file, f64_bytes).unwrap();
+    let params = dir.path().join("params.safetensors");
+    save(&params, &[("layers.0.weight", &[3, 2], vec![0.0; 6])]);
+    let out = dir.path().join("out.safetensors");
+    let os = out.to_str().unwrap();
+    let missing_dir = dir.path().join("no/such/dir/out.safetensors");
+
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["inspect", "/no/such/file.safetensors"],
+            "cannot read '/no/such/file.safetensors'",
+        ),
+        (
+            vec!["inspect", truncated.to_str().unwrap()],
+            "truncated.safetensors",
+        ),
+        (
+            vec!["inspect", garbage.to_str().unwrap()],
+            "not a valid safetensors file",
+        ),
+        (vec!["inspect", f64_file.to_str().unwrap()], "dtype F64"),
+        (
+            vec![
+                "clip",
+                truncated.to_str().unwrap(),
+                os,
+                "--global-norm",
+                "1",
+            ],
+            "truncated.safetensors",
+        ),
+        (
+            vec!["clip", gs, os, "--global-norm", "-1"],
+            "max_norm must be > 0",
+        ),
+        (
+            vec!["clip", gs, os, "--global-norm", "abc"],
+            "invalid value 'abc'",
+        ),
+        (
+            vec!["clip", gs, os, "--global-norm", "1", "--norm-type", "0.5"],
+            "norm type must be",
+        ),
+        (
+            vec!["clip", gs, os, "--value", "-2"],
+            "clip value must be >= 0",
+        ),
+        (vec!["clip", gs, os], "no rule given"),
+        (vec!["clip", gs, os, "--agc", "0.1"], "--params"),
+        (
+            vec![
+                "clip",
+                gs,
+                os,
+                "--agc",
+                "0.1",
+                "--params",
+                params.to_str().unwrap(),
+            ],
+            "no parameter of this name",
+        ),
+        (
+            vec!["clip", gs, os, "--agc", "0", "--params", gs],
+            "AGC clipping ratio must be > 0",
+        ),
+        (
+            vec!["clip", gs, os, "--frobnicate"],
+            "unexpected argument '--frobnicate'",
+        ),
+        (
+            vec![
+                "clip",
+                gs,
+                missing_dir.to_str().unwrap(),
+                "--global-norm",
+                "1",
+            ],
+            "cannot write",
+        ),
+        (
+            vec![
+                "clip",
+                gs,
+                dir.path().to_str().unwrap(),
+                "--global-norm",
+                "1",
+            ],
+            "it is a directory",
+        ),
+        (vec!["frobnicate"], "unrecognized subcommand"),
+    ];
+    for (args, needle) in cases {
+        let o = run(&args);
+        assert_bad_input(&o, needle);
+        assert!(!out.exists(), "{args:?} left an output file");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn a_failed_run_leaves_an_existing_output_untouched() {
+    let dir = tmp();
+    let f = dir.path().join("nan.safetensors");
+    save(&f, &[("a", &[1], vec![f32::INFINITY])]);
+    let out = dir.path().join("out.safetensors");
+    std::fs::write(&out, b"previous").unwrap();
+    let o = run(&[
+        "clip",
+        f.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--value",
+        "1",
+        "--on-nonfinite",
+        "error",
+    ]);
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(std::fs::read(&out).unwrap(), b"previous");
+}

@@ -7,7 +7,8 @@
 //! values cannot overflow f32 and no square is small enough to lose precision. Any other block
 //! (huge, tiny, NaN or inf) is redone exactly in f64, which also counts the non-finite values and
 //! finds the first one. Results do not depend on the instruction set or the thread count: the lane
-//! structure and the order of every addition are fixed by this code.
+//! structure and the order of every addition are fixed by this code (on CPUs with FMA, Σg² uses
+//! fused multiply-adds, so there the last bits differ from a CPU without).
 //!
 //! The default x86-64 target only guarantees SSE2, so the kernels are compiled a second and third
 //! time for AVX2 and AVX-512 and chosen at run time with `is_x86_feature_detected!`.
@@ -24,37 +25,121 @@ const FAST_MAX: f32 = 1_125_899_906_842_624.0;
 /// 2⁻⁵⁰: the smallest non-zero block max |g| the fast path accepts.
 const FAST_MIN: f32 = 1.0 / 1_125_899_906_842_624.0;
 
-/// Σg², Σ|g|, max|g| of one block in f32 lanes. NaN never wins the max (`a > m` is false).
+/// Σg², Σ|g|, max|g| of one block, per f32 lane. The max is kept on bit patterns: for
+/// non-negative floats integer order is float order, and a NaN's pattern lies above +inf's, so
+/// the block max is NaN or inf exactly when the block holds one.
+/// With `FMA`, Σg² uses fused multiply-adds (one rounding instead of two per value), which is
+/// only fast where the CPU has FMA; results then differ from the portable path in the last bits.
 #[inline(always)]
-fn block_f32(xs: &[f32]) -> (f32, f32, f32) {
+fn block_lanes<const FMA: bool>(xs: &[f32]) -> ([f32; LANES], [f32; LANES], [u32; LANES]) {
     let mut sq = [0f32; LANES];
     let mut ab = [0f32; LANES];
-    let mut mx = [0f32; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for c in chunks {
+    let mut mx = [0u32; LANES];
+    // Callers pass whole multiples of LANES: with no remainder loop indexing the lanes at run
+    // time, the accumulators stay in registers.
+    for c in xs.chunks_exact(LANES) {
         for i in 0..LANES {
-            let a = c[i].abs();
-            sq[i] += a * a;
+            let bits = c[i].to_bits() & 0x7fff_ffff;
+            let a = f32::from_bits(bits);
+            sq[i] = if FMA {
+                a.mul_add(a, sq[i])
+            } else {
+                sq[i] + a * a
+            };
             ab[i] += a;
-            mx[i] = if a > mx[i] { a } else { mx[i] };
+            mx[i] = mx[i].max(bits);
         }
     }
-    for (i, &x) in rest.iter().enumerate() {
-        let a = x.abs();
-        sq[i] += a * a;
-        ab[i] += a;
-        mx[i] = if a > mx[i] { a } else { mx[i] };
+    (sq, ab, mx)
+}
+
+/// Pairwise sum of lanes (halves added in place): a fixed order that vectorizes.
+#[inline(always)]
+fn tree_sum(mut v: [f64; LANES]) -> f64 {
+    let mut n = LANES;
+    while n > 1 {
+        n /= 2;
+        for i in 0..n {
+            v[i] += v[i + n];
+        }
     }
-    let mut s = 0f32;
-    let mut b = 0f32;
-    let mut m = 0f32;
-    for i in 0..LANES {
-        s += sq[i];
-        b += ab[i];
-        m = if mx[i] > m { mx[i] } else { m };
+    v[0]
+}
+
+/// Pairwise max of lanes.
+#[inline(always)]
+fn tree_max(mut v: [u32; LANES]) -> u32 {
+    let mut n = LANES;
+    while n > 1 {
+        n /= 2;
+        for i in 0..n {
+            v[i] = v[i].max(v[i + n]);
+        }
     }
-    (s, b, m)
+    v[0]
+}
+
+/// Running statistics of a slice: f64 lane sums of the trusted blocks, plus the exact results of
+/// the blocks that needed the f64 path. Lanes are only reduced once, at the end, so a block costs
+/// no horizontal reduction but its max.
+struct Accumulator {
+    sq: [f64; LANES],
+    ab: [f64; LANES],
+    mx: [u32; LANES],
+    exact: TensorStats,
+}
+
+impl Accumulator {
+    #[inline(always)]
+    fn new() -> Self {
+        Accumulator {
+            sq: [0.0; LANES],
+            ab: [0.0; LANES],
+            mx: [0; LANES],
+            exact: TensorStats::default(),
+        }
+    }
+
+    /// Adds one block that starts at flat index `start`. The last < LANES values of a short
+    /// block take the exact path.
+    #[inline(always)]
+    fn add<const FMA: bool>(&mut self, block: &[f32], start: usize) {
+        let whole = block.len() - block.len() % LANES;
+        let (head, tail) = block.split_at(whole);
+        self.add_lanes::<FMA>(head, start);
+        if !tail.is_empty() {
+            block_exact(tail, start + whole, &mut self.exact);
+        }
+    }
+
+    #[inline(always)]
+    fn add_lanes<const FMA: bool>(&mut self, block: &[f32], start: usize) {
+        let (sq, ab, mx) = block_lanes::<FMA>(block);
+        let m = f32::from_bits(tree_max(mx));
+        // NaN-safe: a NaN or inf block max fails `m <= FAST_MAX`. Below 2⁵⁰, 1024 squares cannot
+        // overflow f32; above 2⁻⁵⁰, no square is small enough to lose precision.
+        if m <= FAST_MAX && (m >= FAST_MIN || m == 0.0) {
+            for i in 0..LANES {
+                self.sq[i] += f64::from(sq[i]);
+                self.ab[i] += f64::from(ab[i]);
+                self.mx[i] = self.mx[i].max(mx[i]);
+            }
+        } else {
+            block_exact(block, start, &mut self.exact);
+        }
+    }
+
+    #[inline(always)]
+    fn finish(self, len: usize) -> TensorStats {
+        let fast_max = f64::from(f32::from_bits(tree_max(self.mx)));
+        TensorStats {
+            len,
+            sum_squares: tree_sum(self.sq) + self.exact.sum_squares,
+            sum_abs: tree_sum(self.ab) + self.exact.sum_abs,
+            max_abs: fast_max.max(self.exact.max_abs),
+            ..self.exact
+        }
+    }
 }
 
 /// The exact f64 path for one block starting at flat index `start`.
@@ -83,54 +168,30 @@ fn block_exact(xs: &[f32], start: usize, acc: &mut TensorStats) {
 }
 
 #[inline(always)]
-fn fast_path_ok(s: f32, b: f32, m: f32) -> bool {
-    s.is_finite() && b.is_finite() && m <= FAST_MAX && (m >= FAST_MIN || m == 0.0)
-}
-
-#[inline(always)]
-fn add_block(block: &[f32], start: usize, acc: &mut TensorStats) {
-    let (s, b, m) = block_f32(block);
-    if fast_path_ok(s, b, m) {
-        acc.sum_squares += f64::from(s);
-        acc.sum_abs += f64::from(b);
-        if f64::from(m) > acc.max_abs {
-            acc.max_abs = f64::from(m);
-        }
-    } else {
-        block_exact(block, start, acc);
-    }
-}
-
-#[inline(always)]
-fn stats_generic(xs: &[f32]) -> TensorStats {
-    let mut acc = TensorStats {
-        len: xs.len(),
-        ..TensorStats::default()
-    };
+fn stats_generic<const FMA: bool>(xs: &[f32]) -> TensorStats {
+    let mut acc = Accumulator::new();
     for (b, block) in xs.chunks(BLOCK).enumerate() {
-        add_block(block, b * BLOCK, &mut acc);
+        acc.add::<FMA>(block, b * BLOCK);
     }
-    acc
+    acc.finish(xs.len())
 }
 
 #[inline(always)]
-fn clamp_stats_generic(xs: &mut [f32], limit: f32) -> TensorStats {
-    let mut acc = TensorStats {
-        len: xs.len(),
-        ..TensorStats::default()
-    };
+fn clamp_stats_generic<const FMA: bool>(xs: &mut [f32], limit: f32) -> TensorStats {
+    let len = xs.len();
+    let mut acc = Accumulator::new();
     for (b, block) in xs.chunks_mut(BLOCK).enumerate() {
         for x in block.iter_mut() {
             // NaN stays NaN, as in torch.clamp and jnp.clip.
             *x = x.clamp(-limit, limit);
         }
-        add_block(block, b * BLOCK, &mut acc);
+        acc.add::<FMA>(block, b * BLOCK);
     }
-    acc
+    acc.finish(len)
 }
 
 #[inline(always)]
-fn scale_generic(xs: &mut [f32], factor: f32) {
+fn scale_generic<const FMA: bool>(xs: &mut [f32], factor: f32) {
     for x in xs.iter_mut() {
         *x *= factor;
     }
@@ -142,11 +203,13 @@ macro_rules! dispatch {
         $vis fn $name($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx512f")]
-                fn avx512($($arg: $ty),*) -> $ret { $generic($($arg),*) }
+                #[target_feature(enable = "avx512f,fma")]
+                fn avx512($($arg: $ty),*) -> $ret { $generic::<true>($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
-                fn avx2($($arg: $ty),*) -> $ret { $generic($($arg),*) }
-                if std::arch::is_x86_feature_detected!("avx512f") {
+                fn avx2($($arg: $ty),*) -> $ret { $generic::<true>($($arg),*) }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
                     // SAFETY: the CPU supports AVX-512F, checked just above.
                     return unsafe { avx512($($arg),*) };
                 }
@@ -157,7 +220,7 @@ macro_rules! dispatch {
                     return unsafe { avx2($($arg),*) };
                 }
             }
-            $generic($($arg),*)
+            $generic::<false>($($arg),*)
         }
     };
 }
@@ -180,19 +243,17 @@ dispatch! {
 
 /// Replaces NaN and ±inf by 0 in place and returns the statistics after, in the same pass.
 pub fn zero_non_finite_with_stats(xs: &mut [f32]) -> TensorStats {
-    let mut acc = TensorStats {
-        len: xs.len(),
-        ..TensorStats::default()
-    };
+    let len = xs.len();
+    let mut acc = Accumulator::new();
     for (b, block) in xs.chunks_mut(BLOCK).enumerate() {
         for x in block.iter_mut() {
             if !x.is_finite() {
                 *x = 0.0;
             }
         }
-        add_block(block, b * BLOCK, &mut acc);
+        acc.add::<false>(block, b * BLOCK);
     }
-    acc
+    acc.finish(len)
 }
 
 /// Σ (|g| / scale)^p over the finite values, in f64. Dividing by a scale ≥ max |g| keeps every
@@ -268,6 +329,22 @@ mod tests {
         let t = slice_stats(&tiny);
         let expected = 100.0 * (1e-30f32 as f64).powi(2);
         assert!((t.sum_squares - expected).abs() <= 1e-12 * expected);
+    }
+
+    #[test]
+    fn first_non_finite_is_the_earliest_even_with_a_ragged_tail() {
+        // 1030 = one full block + 6 values; 37 = one lane group + 5 values.
+        for len in [37usize, 1030, 3000] {
+            let mut xs = vec![0.5f32; len];
+            xs[len - 1] = f32::INFINITY;
+            xs[3] = f32::NAN;
+            let s = slice_stats(&xs);
+            assert_eq!(s.first_non_finite.map(|at| at.index), Some(3), "len {len}");
+            assert_eq!((s.nan_count, s.inf_count), (1, 1));
+            let expected = (len - 2) as f64 * 0.25;
+            assert!((s.sum_squares - expected).abs() < 1e-9, "len {len}");
+            assert_eq!(s.max_abs, 0.5);
+        }
     }
 
     #[test]

@@ -6,8 +6,8 @@ use common::{apply, grads};
 use gradguard::rules::{AutoClip, RuleAction, ZClip, ZClipConfig, percentile};
 
 fn of_norm(n: f32) -> gradguard::HostGradients {
-    // A single tensor [3n/5, 4n/5] has L2 norm n.
-    grads(&[("w", &[2], vec![0.6 * n, 0.8 * n])])
+    // [n, 0] has L2 norm exactly n.
+    grads(&[("w", &[2], vec![n, 0.0])])
 }
 
 #[test]

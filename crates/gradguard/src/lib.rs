@@ -45,6 +45,11 @@ pub mod safetensors_io;
 mod stats;
 
 pub use error::{GuardError, Result};
+
+/// The README's examples, compiled and run as doctests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
 pub use gradients::{Gradients, Source, UnitLayout, UnitSpan};
 pub use guard::{
     Decision, Guard, GuardConfig, GuardCounters, GuardState, LrBackoff, NonFinitePolicy,

@@ -114,6 +114,11 @@ impl Guard {
         &self.config
     }
 
+    /// The rule chain.
+    pub fn chain(&self) -> &Chain {
+        &self.chain
+    }
+
     /// The counters so far.
     pub fn counters(&self) -> &GuardCounters {
         &self.counters

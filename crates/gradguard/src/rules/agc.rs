@@ -115,4 +115,8 @@ impl Rule for AdaptiveGradClip {
     fn needs_finite_input(&self) -> bool {
         true
     }
+
+    fn needs_parameters(&self) -> bool {
+        true
+    }
 }

@@ -72,6 +72,11 @@ impl Chain {
         &self.rules
     }
 
+    /// Whether any rule reads the parameters (see [`Rule::needs_parameters`]).
+    pub fn needs_parameters(&self) -> bool {
+        self.rules.iter().any(|r| r.needs_parameters())
+    }
+
     /// Whether the chain holds no rule.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()

@@ -104,6 +104,12 @@ pub trait Rule: Send + std::fmt::Debug {
         false
     }
 
+    /// Whether the rule reads the parameters next to the gradients (AGC): an adapter then
+    /// provides them ([`crate::Source::Parameter`]).
+    fn needs_parameters(&self) -> bool {
+        false
+    }
+
     /// Whether the rule replaces non-finite values (it must then come before every rule that
     /// [needs finite input](Rule::needs_finite_input)).
     fn repairs_non_finite(&self) -> bool {

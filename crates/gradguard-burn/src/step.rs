@@ -1,0 +1,188 @@
+//! The guarded optimizer step: the guard decides, the optimizer steps — or does not.
+
+use burn::module::Module;
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::Tensor;
+use gradguard::{Decision, Guard, GuardError, StepReport};
+
+use crate::view::{BurnGradients, Placement};
+
+/// The module and optimizer state after a good step, to roll back to.
+///
+/// Burn tensors are reference-counted and the optimizer steps produce new tensors rather than
+/// writing in place, so a snapshot is a clone of handles: it costs no copy when taken. It keeps
+/// one extra version of the weights and of the optimizer state alive in memory until the next
+/// snapshot replaces it — at most the model's size plus its optimizer state (2× the model for
+/// Adam's two moments).
+#[derive(Clone)]
+struct Snapshot<M> {
+    step: u64,
+    module: M,
+    optimizer: ModuleOptimizer,
+}
+
+/// The guard stopped training; the module comes back unchanged with the error.
+#[derive(Debug)]
+pub struct Stopped<M> {
+    /// The module as it was before the failed step.
+    pub module: M,
+    /// Why the guard stopped.
+    pub error: GuardError,
+}
+
+impl<M: std::fmt::Debug> std::fmt::Display for Stopped<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl<M: std::fmt::Debug> std::error::Error for Stopped<M> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// A Burn optimizer behind a gradguard [`Guard`].
+///
+/// ```ignore
+/// let mut optim = GuardedOptimizer::new(AdamConfig::new().init(), guard);
+/// for batch in batches {
+///     if optim.skip_batch() { continue; }          // after a rollback
+///     let loss = model.forward_loss(batch);
+///     let grads = GradientsParams::from_grads(loss.backward(), &model);
+///     let step = optim.step(lr, model, grads, Some(loss))?;
+///     model = step.module;                          // step.report has the telemetry
+/// }
+/// ```
+///
+/// - `Apply`: the gradients (already clipped on the device) go to the optimizer at
+///   `lr · lr_multiplier`.
+/// - `Skip`: neither the module's weights nor the optimizer state change.
+/// - `Rollback`: both are restored to the last snapshot, and [`GuardedOptimizer::skip_batch`]
+///   answers `true` for the next `skip_batches` calls.
+pub struct GuardedOptimizer<M> {
+    optimizer: ModuleOptimizer,
+    guard: Guard,
+    snapshot: Option<Snapshot<M>>,
+    batches_to_skip: u32,
+    placement: Placement,
+}
+
+impl<M> std::fmt::Debug for GuardedOptimizer<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardedOptimizer")
+            .field("guard", &self.guard)
+            .field("snapshot_step", &self.snapshot.as_ref().map(|s| s.step))
+            .field("batches_to_skip", &self.batches_to_skip)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result of one guarded step.
+#[derive(Debug)]
+pub struct GuardedStep<M> {
+    /// The module after the step (unchanged when skipped, restored after a rollback).
+    pub module: M,
+    /// What the guard measured and decided.
+    pub report: StepReport,
+}
+
+impl<M: Module + Clone> GuardedOptimizer<M> {
+    /// Wraps any Burn optimizer (`SgdConfig::new().init()`, `AdamConfig::new().init()`, …).
+    pub fn new(optimizer: impl Into<ModuleOptimizer>, guard: Guard) -> Self {
+        GuardedOptimizer {
+            optimizer: optimizer.into(),
+            guard,
+            snapshot: None,
+            batches_to_skip: 0,
+            placement: Placement::Auto,
+        }
+    }
+
+    /// Where statistics and rules run (default [`Placement::Auto`]).
+    pub fn with_placement(mut self, placement: Placement) -> Self {
+        self.placement = placement;
+        self
+    }
+
+    /// The guard (counters, state, configuration).
+    pub fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
+    /// The guard, mutably (e.g. to restore its state from a checkpoint).
+    pub fn guard_mut(&mut self) -> &mut Guard {
+        &mut self.guard
+    }
+
+    /// The wrapped optimizer (e.g. to save its record).
+    pub fn optimizer(&self) -> &ModuleOptimizer {
+        &self.optimizer
+    }
+
+    /// Replaces the wrapped optimizer (e.g. one loaded from a checkpoint).
+    pub fn set_optimizer(&mut self, optimizer: ModuleOptimizer) {
+        self.optimizer = optimizer;
+    }
+
+    /// Call once per batch before computing it: `true` while batches are being skipped after a
+    /// rollback (and counts that batch as skipped).
+    pub fn skip_batch(&mut self) -> bool {
+        if self.batches_to_skip > 0 {
+            self.batches_to_skip -= 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Guards one step: reads the statistics and the loss in one host read, runs the rules on
+    /// the device, then steps the optimizer at `lr · lr_multiplier`, skips, or rolls back.
+    pub fn step(
+        &mut self,
+        lr: f64,
+        module: M,
+        mut grads: GradientsParams,
+        loss: Option<Tensor<1>>,
+    ) -> Result<GuardedStep<M>, Box<Stopped<M>>> {
+        let with_values = self.guard.chain().needs_parameters();
+        let mut view =
+            BurnGradients::collect_with(&module, &mut grads, loss, with_values, self.placement);
+        let loss = view.loss();
+        let mut report = match self.guard.step(&mut view, loss) {
+            Ok(r) => r,
+            Err(error) => return Err(Box::new(Stopped { module, error })),
+        };
+        if matches!(report.decision, Decision::Rollback { .. }) && self.snapshot.is_none() {
+            // A guard restored from a checkpoint may name a snapshot this process never took.
+            report.decision = Decision::Skip;
+            report
+                .reasons
+                .push("no snapshot in this process: skipped instead of rolling back".into());
+        }
+        let module = match report.decision {
+            Decision::Apply => {
+                let grads = view.into_gradients_params(&module);
+                let module = self
+                    .optimizer
+                    .step(lr * report.lr_multiplier, module, grads);
+                if report.take_snapshot {
+                    self.snapshot = Some(Snapshot {
+                        step: report.step,
+                        module: module.clone(),
+                        optimizer: self.optimizer.clone(),
+                    });
+                }
+                module
+            }
+            Decision::Skip => module,
+            Decision::Rollback { skip_batches, .. } => {
+                let snap = self.snapshot.clone().expect("checked above");
+                self.optimizer = snap.optimizer;
+                self.batches_to_skip = skip_batches;
+                snap.module
+            }
+        };
+        Ok(GuardedStep { module, report })
+    }
+}

@@ -1,0 +1,264 @@
+//! `BurnGradients`: gradguard's `Gradients` view over Burn's `GradientsParams`.
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor, TensorData};
+use burn_dispatch::DispatchDevice;
+use gradguard::{
+    Gradients, HostGradients, HostTensor, Result, Source, TensorStats, UnitLayout, UnitSpan,
+};
+
+use crate::collect::{Collector, Entry, Restorer};
+use crate::on_device::DeviceGradients;
+
+/// Where the statistics and rules run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Placement {
+    /// Host memory when the device *is* host memory (the CPU backends), the device otherwise.
+    #[default]
+    Auto,
+    /// Take ownership of the gradient buffers and run gradguard's fused host kernels on them
+    /// (multi-threaded, SIMD, one read). On a CPU backend this moves no data: Burn hands over a
+    /// uniquely owned buffer without copying and takes it back the same way. On an accelerator
+    /// it would copy every gradient to the host: use `Device` there.
+    Host,
+    /// Tensor ops on the gradients' device, f64 accumulation, one stacked host read per step.
+    Device,
+}
+
+impl Placement {
+    fn on_host(self, device: Option<&Device>) -> bool {
+        match self {
+            Placement::Host => true,
+            Placement::Device => false,
+            Placement::Auto => device.is_some_and(is_host_memory),
+        }
+    }
+}
+
+/// Whether a device's memory is host memory: Burn's `flex` CPU backend, directly or under
+/// autodiff.
+fn is_host_memory(device: &Device) -> bool {
+    fn flex(d: &DispatchDevice) -> bool {
+        match d {
+            DispatchDevice::Flex(_) => true,
+            DispatchDevice::Autodiff(a) => flex(&a.clone().inner()),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+    flex(device.as_dispatch())
+}
+
+#[derive(Debug)]
+enum Storage {
+    Host {
+        grads: HostGradients,
+        device: Option<Device>,
+    },
+    Device(DeviceGradients),
+}
+
+/// The gradients of one step, named by module path (`encoder.layers.3.weight`), as gradguard's
+/// [`Gradients`].
+///
+/// Build it with [`BurnGradients::collect`], run a [`gradguard::Guard`] or rules on it, then hand
+/// the gradients back with [`BurnGradients::into_gradients_params`]. Only parameters that have a
+/// gradient appear. The statistics and the loss are read when it is built: on an accelerator in
+/// one host read of a small stacked tensor; on a CPU backend with no copy at all.
+#[derive(Debug)]
+pub struct BurnGradients {
+    entries: Vec<Entry>,
+    storage: Storage,
+    loss: Option<f64>,
+}
+
+impl BurnGradients {
+    /// Takes the gradients of `module`'s parameters out of `grads`, with the loss (a tensor of one
+    /// element, autodiff or not). With `with_values`, parameter values are kept too (for AGC).
+    pub fn collect<M: Module>(
+        module: &M,
+        grads: &mut GradientsParams,
+        loss: Option<Tensor<1>>,
+        with_values: bool,
+    ) -> Self {
+        Self::collect_with(module, grads, loss, with_values, Placement::Auto)
+    }
+
+    /// [`BurnGradients::collect`] with an explicit [`Placement`].
+    pub fn collect_with<M: Module>(
+        module: &M,
+        grads: &mut GradientsParams,
+        loss: Option<Tensor<1>>,
+        with_values: bool,
+        placement: Placement,
+    ) -> Self {
+        let mut c = Collector::new(grads, with_values);
+        module.visit(&mut c);
+        let device = c.flat_grads.first().map(Tensor::device);
+        if placement.on_host(device.as_ref()) {
+            let loss = loss.map(|l| f64::from(l.inner().into_scalar::<f32>()));
+            let to_host = |e: &Entry, t: Tensor<1>| {
+                let values = t
+                    .into_data()
+                    .convert::<f32>()
+                    .try_into_vec::<f32>()
+                    .expect("f32 gradients");
+                HostTensor::new(e.name.clone(), e.shape.clone(), values)
+                    .expect("the shape was read from the tensor")
+            };
+            let tensors: Vec<HostTensor> = c
+                .entries
+                .iter()
+                .zip(c.flat_grads)
+                .map(|(e, t)| to_host(e, t))
+                .collect();
+            let mut host = HostGradients::new(tensors).expect("module paths are unique");
+            if with_values {
+                let values = c
+                    .entries
+                    .iter()
+                    .zip(c.flat_values)
+                    .map(|(e, t)| to_host(e, t))
+                    .collect();
+                host = host.with_parameters(values).expect("same names and shapes");
+            }
+            BurnGradients {
+                entries: c.entries,
+                storage: Storage::Host {
+                    grads: host,
+                    device,
+                },
+                loss,
+            }
+        } else {
+            let mut d = DeviceGradients::new(c.flat_grads, c.flat_values);
+            let (stats, loss) = d.read_stats(loss);
+            d.cached = Some(stats);
+            BurnGradients {
+                entries: c.entries,
+                storage: Storage::Device(d),
+                loss,
+            }
+        }
+    }
+
+    /// The loss read with the statistics.
+    pub fn loss(&self) -> Option<f64> {
+        self.loss
+    }
+
+    /// Whether the rules run on the host (see [`Placement`]).
+    pub fn on_host(&self) -> bool {
+        matches!(self.storage, Storage::Host { .. })
+    }
+
+    /// Device-to-host reads of statistics so far (on an accelerator: one per clean step, the
+    /// statistics and the loss together; on the host path: zero, nothing crosses).
+    pub fn host_reads(&self) -> u32 {
+        match &self.storage {
+            Storage::Host { .. } => 0,
+            Storage::Device(d) => d.host_reads.get(),
+        }
+    }
+
+    /// Puts the (possibly clipped) gradients back for the optimizer.
+    pub fn into_gradients_params<M: Module>(self, module: &M) -> GradientsParams {
+        let flat: Vec<Tensor<1>> = match self.storage {
+            Storage::Device(d) => d.grads,
+            Storage::Host { grads, device } => {
+                let device = device.unwrap_or_default();
+                grads
+                    .into_tensors()
+                    .into_iter()
+                    .map(|t| {
+                        let n = t.values.len();
+                        Tensor::from_data(TensorData::new(t.values, [n]), &device)
+                    })
+                    .collect()
+            }
+        };
+        let mut r = Restorer::new(&self.entries, flat);
+        module.visit(&mut r);
+        r.out
+    }
+
+    fn spans(&self, layout: UnitLayout) -> Result<Vec<UnitSpan>> {
+        self.entries
+            .iter()
+            .map(|e| layout.span(&e.name, &e.shape))
+            .collect()
+    }
+}
+
+impl Gradients for BurnGradients {
+    fn tensor_count(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn name(&self, index: usize) -> &str {
+        &self.entries[index].name
+    }
+
+    fn shape(&self, index: usize) -> &[usize] {
+        &self.entries[index].shape
+    }
+
+    fn stats(&self) -> Vec<TensorStats> {
+        match &self.storage {
+            Storage::Host { grads, .. } => grads.stats(),
+            Storage::Device(d) => d.stats(),
+        }
+    }
+
+    fn power_sums(&self, p: f64, scales: &[f64]) -> Vec<f64> {
+        match &self.storage {
+            Storage::Host { grads, .. } => grads.power_sums(p, scales),
+            Storage::Device(d) => d.power_sums(p, scales),
+        }
+    }
+
+    fn scale(&mut self, factors: &[f32]) {
+        match &mut self.storage {
+            Storage::Host { grads, .. } => grads.scale(factors),
+            Storage::Device(d) => d.scale(factors),
+        }
+    }
+
+    fn clamp(&mut self, limit: f32) -> Vec<TensorStats> {
+        match &mut self.storage {
+            Storage::Host { grads, .. } => grads.clamp(limit),
+            Storage::Device(d) => d.clamp(limit),
+        }
+    }
+
+    fn zero_non_finite(&mut self) -> Vec<TensorStats> {
+        match &mut self.storage {
+            Storage::Host { grads, .. } => grads.zero_non_finite(),
+            Storage::Device(d) => d.zero_non_finite(),
+        }
+    }
+
+    fn unit_norms(&self, source: Source, layout: UnitLayout) -> Result<Vec<Vec<f64>>> {
+        match &self.storage {
+            Storage::Host { grads, .. } => grads.unit_norms(source, layout),
+            Storage::Device(d) => d.unit_norms(source, &self.spans(layout)?),
+        }
+    }
+
+    fn scale_units(
+        &mut self,
+        layout: UnitLayout,
+        factors: &[Option<Vec<f32>>],
+    ) -> Result<Vec<Option<TensorStats>>> {
+        let named: Vec<(String, UnitSpan)> = self
+            .entries
+            .iter()
+            .map(|e| Ok((e.name.clone(), layout.span(&e.name, &e.shape)?)))
+            .collect::<Result<_>>()?;
+        match &mut self.storage {
+            Storage::Host { grads, .. } => grads.scale_units(layout, factors),
+            Storage::Device(d) => d.scale_units(&named, factors),
+        }
+    }
+}

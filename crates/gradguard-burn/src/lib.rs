@@ -1,16 +1,21 @@
 //! # gradguard-burn
 //!
 //! gradguard for [Burn](https://burn.dev) 0.22: the core [`gradguard::Gradients`] view over Burn's
-//! `GradientsParams` ([`BurnGradients`]), and [`GuardedOptimizer`], one call that runs the guard
-//! and steps any Burn optimizer — or does not.
+//! `GradientsParams` ([`BurnGradients`]), [`GuardedOptimizer`] — one call that runs the guard and
+//! steps any Burn optimizer, or does not — and, with the `learner` feature, `LearnerGuard` for
+//! burn-train's `Learner`.
 
 #![deny(missing_docs)]
 
 mod collect;
+#[cfg(feature = "learner")]
+mod learner;
 mod on_device;
 mod step;
 mod view;
 
 pub use collect::parameter_names;
+#[cfg(feature = "learner")]
+pub use learner::LearnerGuard;
 pub use step::{GuardedOptimizer, GuardedStep, Stopped};
 pub use view::{BurnGradients, Placement};

@@ -1,5 +1,6 @@
 //! The guarded optimizer step: the guard decides, the optimizer steps — or does not.
 
+use burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
@@ -42,56 +43,18 @@ impl<M: std::fmt::Debug> std::error::Error for Stopped<M> {
     }
 }
 
-/// A Burn optimizer behind a gradguard [`Guard`].
-///
-/// ```ignore
-/// let mut optim = GuardedOptimizer::new(AdamConfig::new().init(), guard);
-/// for batch in batches {
-///     if optim.skip_batch() { continue; }          // after a rollback
-///     let loss = model.forward_loss(batch);
-///     let grads = GradientsParams::from_grads(loss.backward(), &model);
-///     let step = optim.step(lr, model, grads, Some(loss))?;
-///     model = step.module;                          // step.report has the telemetry
-/// }
-/// ```
-///
-/// - `Apply`: the gradients (already clipped on the device) go to the optimizer at
-///   `lr · lr_multiplier`.
-/// - `Skip`: neither the module's weights nor the optimizer state change.
-/// - `Rollback`: both are restored to the last snapshot, and [`GuardedOptimizer::skip_batch`]
-///   answers `true` for the next `skip_batches` calls.
-pub struct GuardedOptimizer<M> {
-    optimizer: ModuleOptimizer,
-    guard: Guard,
+/// The guard's side of a guarded step, for any owner of the optimizer: the guard, the last
+/// snapshot, the batches still to skip after a rollback, and where the statistics run.
+pub(crate) struct GuardCore<M> {
+    pub guard: Guard,
     snapshot: Option<Snapshot<M>>,
     batches_to_skip: u32,
-    placement: Placement,
+    pub placement: Placement,
 }
 
-impl<M> std::fmt::Debug for GuardedOptimizer<M> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GuardedOptimizer")
-            .field("guard", &self.guard)
-            .field("snapshot_step", &self.snapshot.as_ref().map(|s| s.step))
-            .field("batches_to_skip", &self.batches_to_skip)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The result of one guarded step.
-#[derive(Debug)]
-pub struct GuardedStep<M> {
-    /// The module after the step (unchanged when skipped, restored after a rollback).
-    pub module: M,
-    /// What the guard measured and decided.
-    pub report: StepReport,
-}
-
-impl<M: Module + Clone> GuardedOptimizer<M> {
-    /// Wraps any Burn optimizer (`SgdConfig::new().init()`, `AdamConfig::new().init()`, …).
-    pub fn new(optimizer: impl Into<ModuleOptimizer>, guard: Guard) -> Self {
-        GuardedOptimizer {
-            optimizer: optimizer.into(),
+impl<M: Module + Clone> GuardCore<M> {
+    pub fn new(guard: Guard) -> Self {
+        GuardCore {
             guard,
             snapshot: None,
             batches_to_skip: 0,
@@ -99,34 +62,6 @@ impl<M: Module + Clone> GuardedOptimizer<M> {
         }
     }
 
-    /// Where statistics and rules run (default [`Placement::Auto`]).
-    pub fn with_placement(mut self, placement: Placement) -> Self {
-        self.placement = placement;
-        self
-    }
-
-    /// The guard (counters, state, configuration).
-    pub fn guard(&self) -> &Guard {
-        &self.guard
-    }
-
-    /// The guard, mutably (e.g. to restore its state from a checkpoint).
-    pub fn guard_mut(&mut self) -> &mut Guard {
-        &mut self.guard
-    }
-
-    /// The wrapped optimizer (e.g. to save its record).
-    pub fn optimizer(&self) -> &ModuleOptimizer {
-        &self.optimizer
-    }
-
-    /// Replaces the wrapped optimizer (e.g. one loaded from a checkpoint).
-    pub fn set_optimizer(&mut self, optimizer: ModuleOptimizer) {
-        self.optimizer = optimizer;
-    }
-
-    /// Call once per batch before computing it: `true` while batches are being skipped after a
-    /// rollback (and counts that batch as skipped).
     pub fn skip_batch(&mut self) -> bool {
         if self.batches_to_skip > 0 {
             self.batches_to_skip -= 1;
@@ -136,11 +71,16 @@ impl<M: Module + Clone> GuardedOptimizer<M> {
         }
     }
 
-    /// Guards one step: reads the statistics and the loss in one host read, runs the rules on
-    /// the device, then steps the optimizer at `lr · lr_multiplier`, skips, or rolls back.
+    pub fn snapshot_step(&self) -> Option<u64> {
+        self.snapshot.as_ref().map(|s| s.step)
+    }
+
+    /// Runs the guard on `grads`, then steps `optimizer` at `lr · lr_multiplier`, or skips, or
+    /// restores the snapshot into `module` and `optimizer`.
     pub fn step(
         &mut self,
-        lr: f64,
+        optimizer: &mut ModuleOptimizer,
+        lr: ModuleLearningRate,
         module: M,
         mut grads: GradientsParams,
         loss: Option<Tensor<1>>,
@@ -163,14 +103,19 @@ impl<M: Module + Clone> GuardedOptimizer<M> {
         let module = match report.decision {
             Decision::Apply => {
                 let grads = view.into_gradients_params(&module);
-                let module = self
-                    .optimizer
-                    .step(lr * report.lr_multiplier, module, grads);
+                // With one rate for all parameters the multiplier scales it; per-group rates are
+                // passed through untouched while the multiplier is 1.
+                let lr = if report.lr_multiplier == 1.0 {
+                    lr
+                } else {
+                    (lr.base() * report.lr_multiplier).into()
+                };
+                let module = optimizer.step(lr, module, grads);
                 if report.take_snapshot {
                     self.snapshot = Some(Snapshot {
                         step: report.step,
                         module: module.clone(),
-                        optimizer: self.optimizer.clone(),
+                        optimizer: optimizer.clone(),
                     });
                 }
                 module
@@ -178,11 +123,113 @@ impl<M: Module + Clone> GuardedOptimizer<M> {
             Decision::Skip => module,
             Decision::Rollback { skip_batches, .. } => {
                 let snap = self.snapshot.clone().expect("checked above");
-                self.optimizer = snap.optimizer;
+                *optimizer = snap.optimizer;
                 self.batches_to_skip = skip_batches;
                 snap.module
             }
         };
         Ok(GuardedStep { module, report })
+    }
+}
+
+/// A Burn optimizer behind a gradguard [`Guard`].
+///
+/// ```ignore
+/// let mut optim = GuardedOptimizer::new(AdamConfig::new().init(), guard);
+/// for batch in batches {
+///     if optim.skip_batch() { continue; }          // after a rollback
+///     let loss = model.forward_loss(batch);
+///     let grads = GradientsParams::from_grads(loss.backward(), &model);
+///     let step = optim.step(lr, model, grads, Some(loss))?;
+///     model = step.module;                          // step.report has the telemetry
+/// }
+/// ```
+/// (`examples/plain_loop.rs` is the complete program; a test runs it.)
+///
+/// - `Apply`: the gradients (already clipped) go to the optimizer at `lr · lr_multiplier`.
+/// - `Skip`: neither the module's weights nor the optimizer state change.
+/// - `Rollback`: both are restored to the last snapshot, and [`GuardedOptimizer::skip_batch`]
+///   answers `true` for the next `skip_batches` calls.
+pub struct GuardedOptimizer<M> {
+    optimizer: ModuleOptimizer,
+    core: GuardCore<M>,
+}
+
+impl<M> std::fmt::Debug for GuardedOptimizer<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardedOptimizer")
+            .field("guard", &self.core.guard)
+            .field("batches_to_skip", &self.core.batches_to_skip)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The result of one guarded step.
+#[derive(Debug)]
+pub struct GuardedStep<M> {
+    /// The module after the step (unchanged when skipped, restored after a rollback).
+    pub module: M,
+    /// What the guard measured and decided.
+    pub report: StepReport,
+}
+
+impl<M: Module + Clone> GuardedOptimizer<M> {
+    /// Wraps any Burn optimizer (`SgdConfig::new().init()`, `AdamConfig::new().init()`, …).
+    pub fn new(optimizer: impl Into<ModuleOptimizer>, guard: Guard) -> Self {
+        GuardedOptimizer {
+            optimizer: optimizer.into(),
+            core: GuardCore::new(guard),
+        }
+    }
+
+    /// Where statistics and rules run (default [`Placement::Auto`]).
+    pub fn with_placement(mut self, placement: Placement) -> Self {
+        self.core.placement = placement;
+        self
+    }
+
+    /// The guard (counters, state, configuration).
+    pub fn guard(&self) -> &Guard {
+        &self.core.guard
+    }
+
+    /// The guard, mutably (e.g. to restore its state from a checkpoint).
+    pub fn guard_mut(&mut self) -> &mut Guard {
+        &mut self.core.guard
+    }
+
+    /// The wrapped optimizer (e.g. to save its record).
+    pub fn optimizer(&self) -> &ModuleOptimizer {
+        &self.optimizer
+    }
+
+    /// Replaces the wrapped optimizer (e.g. one loaded from a checkpoint).
+    pub fn set_optimizer(&mut self, optimizer: ModuleOptimizer) {
+        self.optimizer = optimizer;
+    }
+
+    /// The step of the snapshot a rollback would restore.
+    pub fn snapshot_step(&self) -> Option<u64> {
+        self.core.snapshot_step()
+    }
+
+    /// Call once per batch before computing it: `true` while batches are being skipped after a
+    /// rollback (and counts that batch as skipped).
+    pub fn skip_batch(&mut self) -> bool {
+        self.core.skip_batch()
+    }
+
+    /// Guards one step: reads the statistics and the loss (one host read on an accelerator),
+    /// runs the rules where the gradients live, then steps the optimizer at
+    /// `lr · lr_multiplier`, skips, or rolls back. A stop returns the module unchanged.
+    pub fn step(
+        &mut self,
+        lr: f64,
+        module: M,
+        grads: GradientsParams,
+        loss: Option<Tensor<1>>,
+    ) -> Result<GuardedStep<M>, Box<Stopped<M>>> {
+        self.core
+            .step(&mut self.optimizer, lr.into(), module, grads, loss)
     }
 }

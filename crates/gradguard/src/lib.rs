@@ -32,6 +32,7 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
+mod collective_local;
 pub mod detect;
 mod error;
 mod gradients;
@@ -42,6 +43,7 @@ pub mod norm;
 pub mod rules;
 #[cfg(feature = "safetensors")]
 pub mod safetensors_io;
+pub mod shard;
 mod stats;
 
 pub use error::{GuardError, Result};
@@ -50,6 +52,7 @@ pub use error::{GuardError, Result};
 #[doc = include_str!("../../../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+pub use collective_local::ThreadCollective;
 pub use gradients::{Gradients, Source, UnitLayout, UnitSpan};
 pub use guard::{
     Decision, Guard, GuardConfig, GuardCounters, GuardState, LrBackoff, NonFinitePolicy,

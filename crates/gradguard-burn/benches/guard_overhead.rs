@@ -1,0 +1,94 @@
+//! What the guard costs in a lab-sized training step.
+//!
+//! Model: 24 × Linear(256) + tanh and a linear head (1.6M parameters), batch 128, Adam, on the
+//! default CPU backend. Each iteration times one full training step (forward, backward, Adam), and
+//! separately the guard's part of a guarded step: collecting the gradients, the default guard
+//! (non-finite and spike detection, LR back-off) with global-norm clipping, per-layer telemetry
+//! into a JSONL record, and handing the gradients back. Prints medians and the overhead as a
+//! percentage of the step, for both placements, and the host reads per step.
+//!
+//! Run: `cargo bench -p gradguard-burn --bench guard_overhead` (about a minute).
+
+use std::time::{Duration, Instant};
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Distribution, Tensor};
+use gradguard::rules::{Chain, ClipByGlobalNorm, Rule};
+use gradguard::{Guard, GuardConfig};
+use gradguard_burn::{BurnGradients, Placement};
+use gradguard_report::{JsonlSink, MetricsRecord, Sink};
+
+#[derive(Module, Debug)]
+struct Mlp {
+    layers: Vec<Linear>,
+    head: Linear,
+}
+
+impl Mlp {
+    fn loss(&self, x: Tensor<2>, y: Tensor<2>) -> Tensor<1> {
+        let mut h = x;
+        for l in &self.layers {
+            h = l.forward(h).tanh();
+        }
+        (self.head.forward(h) - y).square().mean()
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    let device = Device::flex().autodiff();
+    let width = 256;
+    let mut model = Mlp {
+        layers: (0..24)
+            .map(|_| LinearConfig::new(width, width).init(&device))
+            .collect(),
+        head: LinearConfig::new(width, 1).init(&device),
+    };
+    let params: usize = model.num_params();
+    let x = Tensor::<2>::random([128, width], Distribution::Default, &device);
+    let y = Tensor::<2>::random([128, 1], Distribution::Default, &device);
+    let mut optim: ModuleOptimizer = AdamConfig::new().init();
+    let dir = tempfile::tempdir().unwrap();
+    println!("model: {params} parameters, batch 128");
+    for placement in [Placement::Auto, Placement::Device] {
+        let rules: Vec<Box<dyn Rule>> = vec![Box::new(ClipByGlobalNorm::new(1.0).unwrap())];
+        let mut guard = Guard::new(GuardConfig::default(), Chain::new(rules).unwrap()).unwrap();
+        let (mut steps, mut guards, mut reads) = (Vec::new(), Vec::new(), 0u32);
+        let mut log = JsonlSink::create(dir.path().join(format!("{placement:?}.jsonl"))).unwrap();
+        for i in 0..25 {
+            let start = Instant::now();
+            let loss = model.loss(x.clone(), y.clone());
+            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            let before_guard = Instant::now();
+            let mut view =
+                BurnGradients::collect_with(&model, &mut grads, Some(loss), false, placement);
+            let loss = view.loss();
+            let report = guard.step(&mut view, loss).unwrap();
+            log.write(&MetricsRecord::from_report(&report, 1e-3))
+                .unwrap();
+            reads += view.host_reads();
+            let grads = view.into_gradients_params(&model);
+            let guard_time = before_guard.elapsed();
+            model = optim.step(1e-3 * report.lr_multiplier, model, grads);
+            let step_time = start.elapsed();
+            if i >= 5 {
+                steps.push(step_time - guard_time);
+                guards.push(guard_time);
+            }
+        }
+        let (s, g) = (median(steps), median(guards));
+        println!(
+            "{placement:?}: unguarded step {:.2} ms, guard {:.3} ms = {:.2}% of the step, {:.1} host reads per step",
+            s.as_secs_f64() * 1e3,
+            g.as_secs_f64() * 1e3,
+            100.0 * g.as_secs_f64() / s.as_secs_f64(),
+            f64::from(reads) / 25.0
+        );
+    }
+}

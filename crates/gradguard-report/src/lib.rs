@@ -1,0 +1,22 @@
+//! # gradguard-report
+//!
+//! Telemetry for guarded training runs. Each [`gradguard::StepReport`] becomes a
+//! [`MetricsRecord`] that [`Sink`]s write as JSON Lines ([`JsonlSink`]), CSV ([`CsvSink`]) or
+//! TensorBoard event files ([`TensorBoardSink`], read by TensorBoard itself). [`read_metrics`]
+//! parses a JSONL file back, naming the line and the field of any malformed record.
+
+#![deny(missing_docs)]
+
+mod csv_sink;
+mod error;
+mod jsonl;
+mod record;
+mod sink;
+mod tensorboard;
+
+pub use csv_sink::CsvSink;
+pub use error::{MetricsError, SinkError};
+pub use jsonl::{JsonlSink, read_metrics};
+pub use record::MetricsRecord;
+pub use sink::{Sink, Sinks};
+pub use tensorboard::{TensorBoardSink, encode_scalar_event};

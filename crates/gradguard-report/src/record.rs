@@ -1,0 +1,67 @@
+//! One line of telemetry per step.
+
+use std::collections::BTreeMap;
+
+use gradguard::{Decision, StepReport};
+use serde::{Deserialize, Serialize};
+
+/// What every sink writes for one step: the loss, the global gradient norm before and after the
+/// rules, the per-tensor norms (before the rules), the decision and the learning rate in force.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsRecord {
+    /// Step index, from 0.
+    pub step: u64,
+    /// The loss, when known (`null` for NaN/inf or none).
+    pub loss: Option<f64>,
+    /// Global L2 gradient norm before the rules (`null` when not finite).
+    pub grad_norm: Option<f64>,
+    /// Global L2 gradient norm after the rules.
+    pub grad_norm_clipped: Option<f64>,
+    /// The learning rate applied (base rate × the guard's multiplier).
+    pub lr: f64,
+    /// The guard's multiplier.
+    pub lr_multiplier: f64,
+    /// `apply`, `skip` or `rollback`.
+    pub decision: String,
+    /// Why the step was not a plain apply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+    /// L2 norm of each tensor before the rules, by name (`null` when not finite).
+    pub tensor_norms: BTreeMap<String, Option<f64>>,
+}
+
+fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+
+impl MetricsRecord {
+    /// The record of `report` at base learning rate `lr`.
+    pub fn from_report(report: &StepReport, lr: f64) -> Self {
+        MetricsRecord {
+            step: report.step,
+            loss: report.loss.and_then(finite),
+            grad_norm: finite(report.norm_before),
+            grad_norm_clipped: finite(report.norm_after),
+            lr: lr * report.lr_multiplier,
+            lr_multiplier: report.lr_multiplier,
+            decision: match report.decision {
+                Decision::Apply => "apply",
+                Decision::Skip => "skip",
+                Decision::Rollback { .. } => "rollback",
+            }
+            .to_string(),
+            reasons: report.reasons.clone(),
+            tensor_norms: report
+                .tensors
+                .iter()
+                .map(|t| (t.name.clone(), finite(t.norm_before)))
+                .collect(),
+        }
+    }
+
+    /// Whether the optimizer did not step.
+    pub fn skipped(&self) -> bool {
+        self.decision != "apply"
+    }
+}

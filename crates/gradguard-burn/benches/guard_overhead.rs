@@ -3,9 +3,10 @@
 //! Model: 24 × Linear(256) + tanh and a linear head (1.6M parameters), batch 128, Adam, on the
 //! default CPU backend. Each iteration times one full training step (forward, backward, Adam), and
 //! separately the guard's part of a guarded step: collecting the gradients, the default guard
-//! (non-finite and spike detection, LR back-off) with global-norm clipping, per-layer telemetry
-//! into a JSONL record, and handing the gradients back. Prints medians and the overhead as a
-//! percentage of the step, for both placements, and the host reads per step.
+//! (non-finite and spike detection on gradient norm and loss, LR back-off; then also with
+//! global-norm clipping, which rewrites every gradient), per-layer telemetry into a JSONL file,
+//! and handing the gradients back. Prints medians, the overhead as a percentage of the step, the
+//! phases, and the host reads per step, for both placements.
 //!
 //! Run: `cargo bench -p gradguard-burn --bench guard_overhead` (about a minute).
 
@@ -56,11 +57,22 @@ fn main() {
     let mut optim: ModuleOptimizer = AdamConfig::new().init();
     let dir = tempfile::tempdir().unwrap();
     println!("model: {params} parameters, batch 128");
-    for placement in [Placement::Auto, Placement::Device] {
-        let rules: Vec<Box<dyn Rule>> = vec![Box::new(ClipByGlobalNorm::new(1.0).unwrap())];
+    let runs = [
+        (Placement::Auto, false),
+        (Placement::Auto, true),
+        (Placement::Device, false),
+    ];
+    for (placement, clip) in runs {
+        let rules: Vec<Box<dyn Rule>> = if clip {
+            vec![Box::new(ClipByGlobalNorm::new(1.0).unwrap())]
+        } else {
+            Vec::new()
+        };
         let mut guard = Guard::new(GuardConfig::default(), Chain::new(rules).unwrap()).unwrap();
         let (mut steps, mut guards, mut reads) = (Vec::new(), Vec::new(), 0u32);
-        let mut log = JsonlSink::create(dir.path().join(format!("{placement:?}.jsonl"))).unwrap();
+        let mut phases = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+        let mut log =
+            JsonlSink::create(dir.path().join(format!("{placement:?}-{clip}.jsonl"))).unwrap();
         for i in 0..25 {
             let start = Instant::now();
             let loss = model.loss(x.clone(), y.clone());
@@ -68,13 +80,22 @@ fn main() {
             let before_guard = Instant::now();
             let mut view =
                 BurnGradients::collect_with(&model, &mut grads, Some(loss), false, placement);
+            let t1 = Instant::now();
             let loss = view.loss();
             let report = guard.step(&mut view, loss).unwrap();
+            let t2 = Instant::now();
             log.write(&MetricsRecord::from_report(&report, 1e-3))
                 .unwrap();
             reads += view.host_reads();
+            let t3 = Instant::now();
             let grads = view.into_gradients_params(&model);
             let guard_time = before_guard.elapsed();
+            if i >= 5 {
+                phases[0].push(t1 - before_guard);
+                phases[1].push(t2 - t1);
+                phases[2].push(t3 - t2);
+                phases[3].push(t3.elapsed());
+            }
             model = optim.step(1e-3 * report.lr_multiplier, model, grads);
             let step_time = start.elapsed();
             if i >= 5 {
@@ -83,12 +104,21 @@ fn main() {
             }
         }
         let (s, g) = (median(steps), median(guards));
+        let policy = if clip {
+            "default guard + global-norm clip"
+        } else {
+            "default guard"
+        };
         println!(
-            "{placement:?}: unguarded step {:.2} ms, guard {:.3} ms = {:.2}% of the step, {:.1} host reads per step",
+            "{placement:?}, {policy}: unguarded step {:.2} ms, guard {:.3} ms = {:.2}% of the step, {:.1} host reads per step",
             s.as_secs_f64() * 1e3,
             g.as_secs_f64() * 1e3,
             100.0 * g.as_secs_f64() / s.as_secs_f64(),
             f64::from(reads) / 25.0
+        );
+        let [collect, rules, telemetry, restore] = phases.map(|p| median(p).as_secs_f64() * 1e3);
+        println!(
+            "  collect {collect:.3} ms, guard and rules {rules:.3} ms, telemetry {telemetry:.3} ms, hand back {restore:.3} ms"
         );
     }
 }

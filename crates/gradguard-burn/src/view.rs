@@ -50,10 +50,26 @@ fn is_host_memory(device: &Device) -> bool {
     flex(device.as_dispatch())
 }
 
+/// A gradient's own buffer, lent to the host kernels as `[f32]` without a copy.
+#[derive(Debug, Clone)]
+struct Buffer(TensorData);
+
+impl AsRef<[f32]> for Buffer {
+    fn as_ref(&self) -> &[f32] {
+        self.0.as_slice().expect("f32 gradients")
+    }
+}
+
+impl AsMut<[f32]> for Buffer {
+    fn as_mut(&mut self) -> &mut [f32] {
+        self.0.as_mut_slice().expect("f32 gradients")
+    }
+}
+
 #[derive(Debug)]
 enum Storage {
     Host {
-        grads: HostGradients,
+        grads: HostGradients<Buffer>,
         device: Option<Device>,
     },
     Device(DeviceGradients),
@@ -98,16 +114,13 @@ impl BurnGradients {
         let device = c.flat_grads.first().map(Tensor::device);
         if placement.on_host(device.as_ref()) {
             let loss = loss.map(|l| f64::from(l.inner().into_scalar::<f32>()));
+            // On a CPU backend a uniquely owned buffer leaves the tensor without a copy.
             let to_host = |e: &Entry, t: Tensor<1>| {
-                let values = t
-                    .into_data()
-                    .convert::<f32>()
-                    .try_into_vec::<f32>()
-                    .expect("f32 gradients");
-                HostTensor::new(e.name.clone(), e.shape.clone(), values)
+                let data = t.into_data().convert::<f32>();
+                HostTensor::new(e.name.clone(), e.shape.clone(), Buffer(data))
                     .expect("the shape was read from the tensor")
             };
-            let tensors: Vec<HostTensor> = c
+            let tensors: Vec<HostTensor<Buffer>> = c
                 .entries
                 .iter()
                 .zip(c.flat_grads)
@@ -171,10 +184,7 @@ impl BurnGradients {
                 grads
                     .into_tensors()
                     .into_iter()
-                    .map(|t| {
-                        let n = t.values.len();
-                        Tensor::from_data(TensorData::new(t.values, [n]), &device)
-                    })
+                    .map(|t| Tensor::from_data(t.values.0, &device))
                     .collect()
             }
         };

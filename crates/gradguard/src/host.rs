@@ -16,19 +16,28 @@ const CHUNK: usize = 1 << 18;
 const PARALLEL_MIN: usize = 1 << 16;
 
 /// One named f32 tensor in host memory, row-major.
+///
+/// The values live in any storage that lends a `[f32]` — a `Vec<f32>` by default, or a
+/// framework's own buffer, so that an adapter can run the host kernels on memory it does not
+/// copy.
 #[derive(Debug, Clone, PartialEq)]
-pub struct HostTensor {
+pub struct HostTensor<V = Vec<f32>> {
     /// Name, e.g. `layers.0.weight`.
     pub name: String,
-    /// Shape; the product equals `values.len()`.
+    /// Shape; the product equals the number of values.
     pub shape: Vec<usize>,
     /// Values, row-major.
-    pub values: Vec<f32>,
+    pub values: V,
 }
 
-impl HostTensor {
+/// What [`HostTensor`] and [`HostGradients`] need of their storage.
+pub trait Values: AsRef<[f32]> + AsMut<[f32]> + Send + Sync {}
+
+impl<V: AsRef<[f32]> + AsMut<[f32]> + Send + Sync> Values for V {}
+
+impl<V: Values> HostTensor<V> {
     /// A tensor, checking that the shape's product is the number of values.
-    pub fn new(name: impl Into<String>, shape: Vec<usize>, values: Vec<f32>) -> Result<Self> {
+    pub fn new(name: impl Into<String>, shape: Vec<usize>, values: V) -> Result<Self> {
         let name = name.into();
         let expected = shape
             .iter()
@@ -37,13 +46,11 @@ impl HostTensor {
                 tensor: name.clone(),
                 reason: format!("shape {shape:?} overflows"),
             })?;
-        if expected != values.len() {
+        let len = values.as_ref().len();
+        if expected != len {
             return Err(GuardError::BadTensor {
                 tensor: name,
-                reason: format!(
-                    "shape {shape:?} holds {expected} values but {} were given",
-                    values.len()
-                ),
+                reason: format!("shape {shape:?} holds {expected} values but {len} were given"),
             });
         }
         Ok(HostTensor {
@@ -56,15 +63,24 @@ impl HostTensor {
 
 /// A set of named gradient tensors in host memory, optionally with the parameters they belong to
 /// (needed by adaptive gradient clipping).
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct HostGradients {
-    tensors: Vec<HostTensor>,
-    parameters: Option<Vec<HostTensor>>,
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostGradients<V = Vec<f32>> {
+    tensors: Vec<HostTensor<V>>,
+    parameters: Option<Vec<HostTensor<V>>>,
 }
 
-impl HostGradients {
+impl<V> Default for HostGradients<V> {
+    fn default() -> Self {
+        HostGradients {
+            tensors: Vec::new(),
+            parameters: None,
+        }
+    }
+}
+
+impl<V: Values> HostGradients<V> {
     /// Gradients from tensors with distinct names, kept in the given order.
-    pub fn new(tensors: Vec<HostTensor>) -> Result<Self> {
+    pub fn new(tensors: Vec<HostTensor<V>>) -> Result<Self> {
         let mut seen = HashSet::new();
         for t in &tensors {
             if !seen.insert(t.name.as_str()) {
@@ -81,8 +97,8 @@ impl HostGradients {
     }
 
     /// Attaches the parameters: one per gradient tensor, matched by name, of the same shape.
-    pub fn with_parameters(mut self, parameters: Vec<HostTensor>) -> Result<Self> {
-        let mut by_name: std::collections::HashMap<String, HostTensor> = parameters
+    pub fn with_parameters(mut self, parameters: Vec<HostTensor<V>>) -> Result<Self> {
+        let mut by_name: std::collections::HashMap<String, HostTensor<V>> = parameters
             .into_iter()
             .map(|p| (p.name.clone(), p))
             .collect();
@@ -110,27 +126,27 @@ impl HostGradients {
     }
 
     /// The tensors, in order.
-    pub fn tensors(&self) -> &[HostTensor] {
+    pub fn tensors(&self) -> &[HostTensor<V>] {
         &self.tensors
     }
 
     /// The tensors, mutably (names and shapes are the caller's to keep consistent).
-    pub fn tensors_mut(&mut self) -> &mut [HostTensor] {
+    pub fn tensors_mut(&mut self) -> &mut [HostTensor<V>] {
         &mut self.tensors
     }
 
     /// Takes the tensors out.
-    pub fn into_tensors(self) -> Vec<HostTensor> {
+    pub fn into_tensors(self) -> Vec<HostTensor<V>> {
         self.tensors
     }
 
     /// The tensor of a given name.
-    pub fn get(&self, name: &str) -> Option<&HostTensor> {
+    pub fn get(&self, name: &str) -> Option<&HostTensor<V>> {
         self.tensors.iter().find(|t| t.name == name)
     }
 
     fn total_len(&self) -> usize {
-        self.tensors.iter().map(|t| t.values.len()).sum()
+        self.tensors.iter().map(|t| t.values.as_ref().len()).sum()
     }
 
     /// Runs `f` over every (tensor, chunk) in parallel when the set is large, and merges the
@@ -142,7 +158,7 @@ impl HostGradients {
         let parallel = self.total_len() >= PARALLEL_MIN;
         let mut jobs: Vec<(usize, usize, &mut [f32])> = Vec::new();
         for (t, tensor) in self.tensors.iter_mut().enumerate() {
-            for (c, chunk) in tensor.values.chunks_mut(CHUNK).enumerate() {
+            for (c, chunk) in tensor.values.as_mut().chunks_mut(CHUNK).enumerate() {
                 jobs.push((t, c * CHUNK, chunk));
             }
         }
@@ -167,17 +183,17 @@ fn merge_partials(count: usize, partials: Vec<(usize, usize, TensorStats)>) -> V
     out
 }
 
-fn read_chunks(tensors: &[HostTensor]) -> Vec<(usize, usize, &[f32])> {
+fn read_chunks<V: Values>(tensors: &[HostTensor<V>]) -> Vec<(usize, usize, &[f32])> {
     let mut jobs = Vec::new();
     for (t, tensor) in tensors.iter().enumerate() {
-        for (c, chunk) in tensor.values.chunks(CHUNK).enumerate() {
+        for (c, chunk) in tensor.values.as_ref().chunks(CHUNK).enumerate() {
             jobs.push((t, c * CHUNK, chunk));
         }
     }
     jobs
 }
 
-impl Gradients for HostGradients {
+impl<V: Values> Gradients for HostGradients<V> {
     fn tensor_count(&self) -> usize {
         self.tensors.len()
     }
@@ -232,7 +248,7 @@ impl Gradients for HostGradients {
             .iter_mut()
             .zip(factors)
             .filter(|(_, f)| **f != 1.0)
-            .flat_map(|(t, &f)| t.values.chunks_mut(CHUNK).map(move |c| (c, f)))
+            .flat_map(|(t, &f)| t.values.as_mut().chunks_mut(CHUNK).map(move |c| (c, f)))
             .collect();
         if parallel {
             jobs.into_par_iter()
@@ -266,10 +282,11 @@ impl Gradients for HostGradients {
             .par_iter()
             .map(|t| {
                 let span = layout.span(&t.name, &t.shape)?;
+                let values = t.values.as_ref();
                 let sums = if span.units_are_columns {
-                    kernel::column_sum_squares(&t.values, span.rows, span.cols)
+                    kernel::column_sum_squares(values, span.rows, span.cols)
                 } else {
-                    kernel::row_sum_squares(&t.values, span.cols)
+                    kernel::row_sum_squares(values, span.cols)
                 };
                 Ok(sums.into_iter().map(f64::sqrt).collect())
             })
@@ -293,13 +310,13 @@ impl Gradients for HostGradients {
                         reason: format!("{} unit factors for {} units", f.len(), span.units()),
                     });
                 }
-                for (i, x) in t.values.iter_mut().enumerate() {
+                for (i, x) in t.values.as_mut().iter_mut().enumerate() {
                     let factor = f[span.unit_of(i)];
                     if factor != 1.0 {
                         *x *= factor;
                     }
                 }
-                Ok(Some(kernel::slice_stats(&t.values)))
+                Ok(Some(kernel::slice_stats(t.values.as_ref())))
             })
             .collect()
     }

@@ -58,6 +58,6 @@ pub use guard::{
     Decision, Guard, GuardConfig, GuardCounters, GuardState, LrBackoff, NonFinitePolicy,
     SpikeAction, StepReport, TensorReport,
 };
-pub use host::{HostGradients, HostTensor};
+pub use host::{HostGradients, HostTensor, Values};
 pub use norm::NormType;
 pub use stats::{NonFiniteAt, NonFiniteKind, TensorStats, combined, first_non_finite};

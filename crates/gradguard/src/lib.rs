@@ -48,10 +48,6 @@ mod stats;
 
 pub use error::{GuardError, Result};
 
-/// The README's examples, compiled and run as doctests.
-#[doc = include_str!("../../../README.md")]
-#[cfg(doctest)]
-pub struct ReadmeDoctests;
 pub use collective_local::ThreadCollective;
 pub use gradients::{Gradients, Source, UnitLayout, UnitSpan};
 pub use guard::{

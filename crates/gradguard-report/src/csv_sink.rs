@@ -3,7 +3,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use crate::error::SinkError;
+use crate::error::{SinkError, create_file};
 use crate::record::MetricsRecord;
 use crate::sink::Sink;
 
@@ -21,10 +21,7 @@ impl CsvSink {
     /// Creates (or truncates) the file.
     pub fn create(path: impl AsRef<Path>) -> Result<Self, SinkError> {
         let path = path.as_ref().to_path_buf();
-        let file = File::create(&path).map_err(|source| SinkError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let file = create_file(&path)?;
         Ok(CsvSink {
             path,
             out: csv::Writer::from_writer(file),

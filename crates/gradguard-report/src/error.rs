@@ -40,3 +40,18 @@ pub enum MetricsError {
         message: String,
     },
 }
+
+impl SinkError {
+    /// An I/O error on `path`.
+    pub(crate) fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        SinkError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// Creates (or truncates) `path`, naming it in the error.
+pub(crate) fn create_file(path: &std::path::Path) -> Result<std::fs::File, SinkError> {
+    std::fs::File::create(path).map_err(|e| SinkError::io(path, e))
+}

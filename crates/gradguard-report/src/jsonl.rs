@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use crate::error::{MetricsError, SinkError};
+use crate::error::{MetricsError, SinkError, create_file};
 use crate::record::MetricsRecord;
 use crate::sink::Sink;
 
@@ -19,10 +19,7 @@ impl JsonlSink {
     /// Creates (or truncates) the file.
     pub fn create(path: impl AsRef<Path>) -> Result<Self, SinkError> {
         let path = path.as_ref().to_path_buf();
-        let file = File::create(&path).map_err(|source| SinkError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let file = create_file(&path)?;
         Ok(JsonlSink {
             path,
             out: BufWriter::new(file),
@@ -36,10 +33,7 @@ impl JsonlSink {
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|source| SinkError::Io {
-                path: path.display().to_string(),
-                source,
-            })?;
+            .map_err(|e| SinkError::io(&path, e))?;
         Ok(JsonlSink {
             path,
             out: BufWriter::new(file),
@@ -47,10 +41,7 @@ impl JsonlSink {
     }
 
     fn io(&self, source: std::io::Error) -> SinkError {
-        SinkError::Io {
-            path: self.path.display().to_string(),
-            source,
-        }
+        SinkError::io(&self.path, source)
     }
 }
 

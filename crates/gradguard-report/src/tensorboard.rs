@@ -12,7 +12,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::error::SinkError;
+use crate::error::{SinkError, create_file};
 use crate::record::MetricsRecord;
 use crate::sink::Sink;
 
@@ -87,10 +87,7 @@ impl TensorBoardSink {
         let path = dir
             .as_ref()
             .join(format!("events.out.tfevents.{}.gradguard", wall as u64));
-        let file = File::create(&path).map_err(|source| SinkError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let file = create_file(&path)?;
         let mut sink = TensorBoardSink {
             path,
             out: BufWriter::new(file),
@@ -112,10 +109,7 @@ impl TensorBoardSink {
             self.out.write_all(data)?;
             self.out.write_all(&masked_crc(data).to_le_bytes())
         };
-        write().map_err(|source| SinkError::Io {
-            path: self.path.display().to_string(),
-            source,
-        })
+        write().map_err(|e| SinkError::io(&self.path, e))
     }
 }
 
@@ -150,10 +144,7 @@ impl Sink for TensorBoardSink {
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
-        self.out.flush().map_err(|source| SinkError::Io {
-            path: self.path.display().to_string(),
-            source,
-        })
+        self.out.flush().map_err(|e| SinkError::io(&self.path, e))
     }
 }
 

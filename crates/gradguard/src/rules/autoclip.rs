@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use super::global_norm::scale_all_to;
-use super::{Rule, RuleAction, RuleOutcome, parse_state};
+use super::{Rule, RuleOutcome, parse_state};
 use crate::error::{GuardError, Result};
 use crate::gradients::Gradients;
 use crate::norm::{NormType, total_norm};
@@ -92,9 +92,7 @@ impl Rule for AutoClip {
     ) -> Result<RuleOutcome> {
         let total = total_norm(grads, stats, NormType::L2);
         if !total.is_finite() {
-            let mut outcome = RuleOutcome::new(self.name(), RuleAction::NonFinite);
-            outcome.norm = Some(total);
-            return Ok(outcome);
+            return Ok(RuleOutcome::untouched(self.name(), total));
         }
         if self.history.len() == self.window {
             self.history.pop_front();
@@ -104,10 +102,10 @@ impl Rule for AutoClip {
         let threshold = percentile(&mut scratch, self.percentile);
         if threshold <= 0.0 {
             // Every norm so far was 0: there is nothing to clip and no scale to clip to.
-            let mut outcome = RuleOutcome::new(self.name(), RuleAction::Unchanged);
-            outcome.norm = Some(total);
-            outcome.threshold = Some(threshold);
-            return Ok(outcome);
+            return Ok(RuleOutcome {
+                threshold: Some(threshold),
+                ..RuleOutcome::untouched(self.name(), total)
+            });
         }
         Ok(scale_all_to(self.name(), grads, stats, total, threshold))
     }

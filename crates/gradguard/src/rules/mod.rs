@@ -80,6 +80,20 @@ impl RuleOutcome {
             tensors_changed: 0,
         }
     }
+
+    /// The outcome of a rule that measured `norm` and changed nothing (`NonFinite` when the
+    /// norm is NaN or inf, `Unchanged` otherwise).
+    pub fn untouched(rule: &str, norm: f64) -> Self {
+        let action = if norm.is_finite() {
+            RuleAction::Unchanged
+        } else {
+            RuleAction::NonFinite
+        };
+        RuleOutcome {
+            norm: Some(norm),
+            ..RuleOutcome::new(rule, action)
+        }
+    }
 }
 
 /// A gradient transformation applied between `backward()` and the optimizer step.

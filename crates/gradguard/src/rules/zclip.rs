@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::global_norm::scale_all_to;
-use super::{Rule, RuleAction, RuleOutcome, check_positive, parse_state};
+use super::{Rule, RuleOutcome, check_positive, parse_state};
 use crate::error::{GuardError, Result};
 use crate::gradients::Gradients;
 use crate::norm::{NormType, total_norm};
@@ -119,9 +119,7 @@ impl Rule for ZClip {
     ) -> Result<RuleOutcome> {
         let total = total_norm(grads, stats, NormType::L2);
         if !total.is_finite() {
-            let mut outcome = RuleOutcome::new(self.name(), RuleAction::NonFinite);
-            outcome.norm = Some(total);
-            return Ok(outcome);
+            return Ok(RuleOutcome::untouched(self.name(), total));
         }
         let Some((mean, var)) = self.state.ema else {
             self.state.warmup.push(total);
@@ -140,11 +138,7 @@ impl Rule for ZClip {
             }
             return Ok(match self.config.max_norm {
                 Some(m) => scale_all_to(self.name(), grads, stats, total, m),
-                None => {
-                    let mut o = RuleOutcome::new(self.name(), RuleAction::Unchanged);
-                    o.norm = Some(total);
-                    o
-                }
+                None => RuleOutcome::untouched(self.name(), total),
             });
         };
         let spike = self.spike_threshold(total, mean, var);
@@ -156,10 +150,10 @@ impl Rule for ZClip {
         let outcome = if total > effective {
             scale_all_to(self.name(), grads, stats, total, effective)
         } else {
-            let mut o = RuleOutcome::new(self.name(), RuleAction::Unchanged);
-            o.norm = Some(total);
-            o.threshold = Some(effective);
-            o
+            RuleOutcome {
+                threshold: Some(effective),
+                ..RuleOutcome::untouched(self.name(), total)
+            }
         };
         let x = spike.unwrap_or(total);
         let a = self.config.alpha;

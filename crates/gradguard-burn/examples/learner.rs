@@ -3,7 +3,7 @@
 //! The same task as `plain_loop.rs` — a deep tanh MLP, every 40th item of the data set corrupt
 //! (a NaN input) — trained by `SupervisedTraining`. The model carries a [`LearnerGuard`]: its
 //! `step` records the loss, its `optimize` lets the guard decide. Batches holding a corrupt item
-//! are skipped; the weights stay finite.
+//! are skipped; the weights stay finite; every step's report goes to `metrics.jsonl`.
 //!
 //! Run: `cargo run --release -p gradguard-burn --features learner --example learner`
 
@@ -24,6 +24,7 @@ use burn::train::{
 use gradguard::rules::{Chain, ClipByGlobalNorm, Rule};
 use gradguard::{Guard, GuardConfig};
 use gradguard_burn::LearnerGuard;
+use gradguard_report::{JsonlSink, MetricsRecord, Sink};
 
 /// One sample of `y = sin(x₀ + … + x₇)`.
 #[derive(Clone, Debug)]
@@ -155,6 +156,13 @@ pub fn run(n: usize, epochs: usize, dir: &Path) -> (LearnerGuard<Model>, Model) 
     let guard = LearnerGuard::new(
         Guard::new(config, Chain::new(rules).expect("consistent")).expect("valid"),
     );
+    std::fs::create_dir_all(dir).expect("output folder");
+    let mut sink = JsonlSink::create(dir.join("metrics.jsonl")).expect("metrics file");
+    guard.on_report(move |report| {
+        sink.write(&MetricsRecord::from_report(report, 1e-3))
+            .and_then(|()| sink.flush())
+            .expect("telemetry");
+    });
     let loader = |items: Vec<Item>| {
         DataLoaderBuilder::new(ItemBatcher)
             .batch_size(16)
@@ -163,7 +171,8 @@ pub fn run(n: usize, epochs: usize, dir: &Path) -> (LearnerGuard<Model>, Model) 
     };
     let model = Model::new(&device, guard.clone());
     let learner = Learner::new(model, AdamConfig::new().init(), 1e-3);
-    let result = SupervisedTraining::new(dir, loader(items(n)), loader(items(64)))
+    // The Learner keeps its logs and checkpoints in a folder of its own; ours sits beside it.
+    let result = SupervisedTraining::new(dir.join("learner"), loader(items(n)), loader(items(64)))
         .metric_train_numeric(LossMetric::new())
         .num_epochs(epochs)
         .launch(learner);

@@ -126,8 +126,15 @@ impl<M: Module + Clone> LearnerGuard<M> {
         });
         match shared.core.step(optim, lr, module, grads, loss_tensor) {
             Ok(step) => {
-                if let Some(hook) = shared.hook.as_mut() {
-                    hook(&step.report);
+                // Call the hook without the lock, so it may use this guard (e.g. `counters`).
+                let mut hook = shared.hook.take();
+                drop(shared);
+                if let Some(h) = hook.as_mut() {
+                    h(&step.report);
+                }
+                let mut shared = self.lock();
+                if shared.hook.is_none() {
+                    shared.hook = hook;
                 }
                 step.module
             }

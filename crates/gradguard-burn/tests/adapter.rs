@@ -302,10 +302,16 @@ fn poison(grads: &mut GradientsParams, id: burn::module::ParamId, index: usize) 
 
 #[test]
 fn an_injected_nan_is_named_and_under_skip_changes_nothing() {
+    for placement in PLACEMENTS {
+        injected_nan(placement);
+    }
+}
+
+fn injected_nan(placement: Placement) {
     let dev = device();
     let mut model = Mlp::new(3, 16, &dev);
     let mut optim = GuardedOptimizer::new(AdamConfig::new().init(), guard(quiet(), vec![]))
-        .with_placement(Placement::Device);
+        .with_placement(placement);
     // Two good steps so Adam has state.
     for s in 0..2 {
         let (x, y) = batch(&dev, s as f32);
@@ -337,7 +343,8 @@ fn an_injected_nan_is_named_and_under_skip_changes_nothing() {
             },
             vec![],
         ),
-    );
+    )
+    .with_placement(placement);
     let model = step.module;
     let (x, y) = batch(&dev, 3.0);
     let mut grads = GradientsParams::from_grads(model.loss(x, y).backward(), &model);

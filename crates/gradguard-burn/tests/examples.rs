@@ -41,4 +41,8 @@ fn the_learner_example_skips_corrupt_batches_and_stays_finite() {
     assert_eq!(c.skipped, 8, "{c:?}");
     assert!(model.is_finite());
     assert!(guard.take_error().is_none());
+    let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
+    let records = gradguard_report::read_metrics(metrics.as_bytes()).unwrap();
+    assert_eq!(records.len(), 20);
+    assert_eq!(records.iter().filter(|r| r.decision == "skip").count(), 8);
 }

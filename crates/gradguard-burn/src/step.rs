@@ -10,11 +10,11 @@ use crate::view::{BurnGradients, Placement};
 
 /// The module and optimizer state after a good step, to roll back to.
 ///
-/// Burn tensors are reference-counted and the optimizer steps produce new tensors rather than
-/// writing in place, so a snapshot is a clone of handles: it costs no copy when taken. It keeps
-/// one extra version of the weights and of the optimizer state alive in memory until the next
-/// snapshot replaces it — at most the model's size plus its optimizer state (2× the model for
-/// Adam's two moments).
+/// Burn tensors are reference-counted and write in place only into buffers nobody else holds, so a
+/// snapshot is a clone of handles: it costs no copy when taken, and the next optimizer step copies
+/// what it changes instead of touching the snapshot. It keeps one extra version of the weights and
+/// of the optimizer state alive until the next snapshot replaces it: the model's size plus its
+/// optimizer state (for Adam, two moments per weight).
 #[derive(Clone)]
 struct Snapshot<M> {
     step: u64,

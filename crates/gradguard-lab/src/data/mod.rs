@@ -1,0 +1,5 @@
+//! Data sets the lab ships.
+
+mod digits;
+
+pub use digits::{Digits, Split};

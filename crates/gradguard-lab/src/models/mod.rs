@@ -1,0 +1,5 @@
+//! Models of the lab's tasks.
+
+mod mlp;
+
+pub use mlp::{Activation, DeepMlp, MlpConfig};

@@ -255,21 +255,22 @@ impl DeviceGradients {
             .collect())
     }
 
-    /// Multiplies units by factors; `spans[t]` is tensor t's split into units.
+    /// Multiplies units by factors; `spans[t]` is tensor t's split into units, `names[t]` its
+    /// name (for errors).
     pub fn scale_units(
         &mut self,
-        spans: &[(String, UnitSpan)],
+        spans: &[UnitSpan],
+        names: &[&str],
         factors: &[Option<Vec<f32>>],
     ) -> Result<Vec<Option<TensorStats>>> {
         let device = self.device();
-        for (((name, span), g), f) in spans.iter().zip(&mut self.grads).zip(factors) {
+        for (((&span, name), g), f) in spans.iter().zip(names).zip(&mut self.grads).zip(factors) {
             let (Some(f), Some(device)) = (f, &device) else {
                 continue;
             };
-            let span = *span;
             if f.len() != span.units() {
                 return Err(GuardError::BadTensor {
-                    tensor: name.clone(),
+                    tensor: name.to_string(),
                     reason: format!("{} unit factors for {} units", f.len(), span.units()),
                 });
             }

@@ -261,14 +261,14 @@ impl Gradients for BurnGradients {
         layout: UnitLayout,
         factors: &[Option<Vec<f32>>],
     ) -> Result<Vec<Option<TensorStats>>> {
-        let named: Vec<(String, UnitSpan)> = self
-            .entries
-            .iter()
-            .map(|e| Ok((e.name.clone(), layout.span(&e.name, &e.shape)?)))
-            .collect::<Result<_>>()?;
+        let spans = match &self.storage {
+            Storage::Host { .. } => Vec::new(),
+            Storage::Device(_) => self.spans(layout)?,
+        };
+        let names: Vec<&str> = self.entries.iter().map(|e| e.name.as_str()).collect();
         match &mut self.storage {
             Storage::Host { grads, .. } => grads.scale_units(layout, factors),
-            Storage::Device(d) => d.scale_units(&named, factors),
+            Storage::Device(d) => d.scale_units(&spans, &names, factors),
         }
     }
 }

@@ -8,7 +8,7 @@ use gradguard::{Guard, GuardConfig};
 use gradguard_burn::GuardedOptimizer;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Digits, Split};
+use crate::data::{CLASSES, Digits, FEATURES, Split};
 use crate::error::LabError;
 use crate::models::{DeepMlp, MlpConfig};
 
@@ -73,11 +73,15 @@ fn batch(data: &Digits, step: usize, size: usize, device: &Device) -> (Tensor<2>
     let idx: Vec<usize> = (0..size).map(|k| (step * size + k) % n).collect();
     let x: Vec<f32> = idx
         .iter()
-        .flat_map(|&i| data.features[i * 64..(i + 1) * 64].iter().copied())
+        .flat_map(|&i| {
+            data.features[i * FEATURES..(i + 1) * FEATURES]
+                .iter()
+                .copied()
+        })
         .collect();
     let y: Vec<i64> = idx.iter().map(|&i| i64::from(data.labels[i])).collect();
     (
-        Tensor::from_data(TensorData::new(x, [size, 64]), device),
+        Tensor::from_data(TensorData::new(x, [size, FEATURES]), device),
         Tensor::from_data(TensorData::new(y, [size]), device),
     )
 }
@@ -90,7 +94,7 @@ fn accuracy(model: &DeepMlp, test: &Digits, device: &Device) -> f64 {
         .try_to_vec()
         .expect("f32 logits");
     let correct = logits
-        .chunks(10)
+        .chunks(CLASSES)
         .zip(&test.labels)
         .filter(|&(row, label)| {
             let best = row

@@ -221,19 +221,21 @@ impl<V: Values> Gradients for HostGradients<V> {
     }
 
     fn power_sums(&self, p: f64, scales: &[f64]) -> Vec<f64> {
+        let sum_of = |(t, _, xs): (usize, usize, &[f32])| {
+            let scale = scales[t];
+            let sum = if scale > 0.0 && scale.is_finite() {
+                kernel::scaled_power_sum(xs, p, scale)
+            } else {
+                0.0
+            };
+            (t, sum)
+        };
         let jobs = read_chunks(&self.tensors);
-        let parts: Vec<(usize, f64)> = jobs
-            .into_par_iter()
-            .map(|(t, _, xs)| {
-                let scale = scales[t];
-                let sum = if scale > 0.0 && scale.is_finite() {
-                    kernel::scaled_power_sum(xs, p, scale)
-                } else {
-                    0.0
-                };
-                (t, sum)
-            })
-            .collect();
+        let parts: Vec<(usize, f64)> = if self.total_len() >= PARALLEL_MIN {
+            jobs.into_par_iter().map(sum_of).collect()
+        } else {
+            jobs.into_iter().map(sum_of).collect()
+        };
         let mut out = vec![0.0; self.tensors.len()];
         for (t, s) in parts {
             out[t] += s;

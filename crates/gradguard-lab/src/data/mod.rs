@@ -2,4 +2,4 @@
 
 mod digits;
 
-pub use digits::{Digits, Split};
+pub use digits::{CLASSES, Digits, FEATURES, Split};

@@ -75,6 +75,14 @@ impl<M: Module + Clone> GuardCore<M> {
         self.snapshot.as_ref().map(|s| s.step)
     }
 
+    pub fn set_snapshot(&mut self, step: u64, module: M, optimizer: &ModuleOptimizer) {
+        self.snapshot = Some(Snapshot {
+            step,
+            module,
+            optimizer: optimizer.clone(),
+        });
+    }
+
     /// Runs the guard on `grads`, then steps `optimizer` at `lr · lr_multiplier`, or skips, or
     /// restores the snapshot into `module` and `optimizer`.
     pub fn step(
@@ -211,6 +219,14 @@ impl<M: Module + Clone> GuardedOptimizer<M> {
     /// The step of the snapshot a rollback would restore.
     pub fn snapshot_step(&self) -> Option<u64> {
         self.core.snapshot_step()
+    }
+
+    /// Makes `module`, with the wrapped optimizer's current state, the snapshot a rollback
+    /// restores, as taken at `step`. A run resumed from a checkpoint written when the report said
+    /// `take_snapshot` calls this with the loaded module, so it rolls back exactly as the
+    /// uninterrupted run would have.
+    pub fn set_snapshot(&mut self, step: u64, module: M) {
+        self.core.set_snapshot(step, module, &self.optimizer);
     }
 
     /// Call once per batch before computing it: `true` while batches are being skipped after a

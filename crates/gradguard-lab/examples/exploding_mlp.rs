@@ -1,44 +1,43 @@
-//! A 16-layer ReLU network on the handwritten digits, initialized with gain 3 (the critical gain
-//! for ReLU is √2): without a remedy its first SGD step turns the weights into NaN; clipping the
-//! global norm to 1 keeps it finite and learning; the default guard (no clipping) refuses the NaN
-//! steps and stops with a typed error instead of training on garbage.
-//!
-//! Run: `cargo run --release -p gradguard-lab --example exploding_mlp`
+//! Trains the lab's default exploding configurations with and without remedies and prints what
+//! happened: `cargo run --release -p gradguard-lab --example exploding_mlp [-- TASK REMEDY…]`.
 
-use gradguard_lab::models::{Activation, MlpConfig};
-use gradguard_lab::run::{Remedy, RunConfig, train_digits};
+use gradguard_lab::{Remedy, RunConfig, TrainOptions, TrainOutcome, train};
 
-fn main() {
-    let model = MlpConfig {
-        inputs: 64,
-        depth: 16,
-        width: 64,
-        outputs: 10,
-        activation: Activation::Relu,
-        init_gain: 3.0,
-    };
-    for remedy in [
-        Remedy::None,
-        Remedy::GlobalNorm { max_norm: 1.0 },
-        Remedy::Guard,
-    ] {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let task = args.next().unwrap_or_else(|| "mlp".into()).parse()?;
+    let mut remedies: Vec<String> = args.collect();
+    if remedies.is_empty() {
+        remedies = vec!["none".into(), "clip-global".into(), "guard".into()];
+    }
+    println!(
+        "{:<28} {:>9} {:>10} {:>10} {:>8} {:>7}",
+        "remedy", "outcome", "first", "final", "acc", "secs"
+    );
+    for spec in remedies {
         let config = RunConfig {
-            model,
-            lr: 0.1,
-            steps: 60,
-            batch: 64,
-            seed: 1,
-            remedy,
+            remedies: Remedy::parse_list(&spec)?,
+            ..RunConfig::for_task(task)
         };
-        match train_digits(&config) {
-            Ok(s) => println!(
-                "{remedy:?}: loss {:.3e} -> {:.3e}, first non-finite loss at {:?}, test accuracy {:.1}%",
-                s.losses[0],
-                s.losses.last().copied().unwrap_or(f64::NAN),
-                s.diverged_at,
-                100.0 * s.accuracy
-            ),
-            Err(e) => println!("{remedy:?}: {e}"),
+        let TrainOutcome::Finished(s) = train(&config, &TrainOptions::default())? else {
+            unreachable!("not interrupted")
+        };
+        let show = |v: Option<f64>| v.map_or("NaN".into(), |v| format!("{v:.4}"));
+        println!(
+            "{:<28} {:>9} {:>10} {:>10} {:>8} {:>7.1}",
+            spec,
+            s.outcome(),
+            show(s.initial_loss),
+            show(s.final_loss),
+            show(s.accuracy),
+            s.wall_time_s
+        );
+        if let Some(why) = &s.stopped {
+            println!("    stopped: {why}");
+        }
+        if let Some(why) = &s.stopped {
+            println!("    stopped: {why}");
         }
     }
+    Ok(())
 }

@@ -16,10 +16,37 @@ pub enum LabError {
         /// What is wrong.
         reason: String,
     },
-    /// A configuration value out of range.
+    /// A configuration value out of range, or remedies that do not fit the task.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// The guard stopped the run.
-    #[error("the guard stopped the run: {0}")]
+    /// A checkpoint that cannot be read or written.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A file or directory that cannot be read or written.
+    #[error("{path}: {reason}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A sweep grid file that does not parse.
+    #[error("{path}: {reason}")]
+    Grid {
+        /// The file.
+        path: String,
+        /// Where and what.
+        reason: String,
+    },
+    /// The guard refused its configuration.
+    #[error("the guard: {0}")]
     Guard(#[from] gradguard::GuardError),
+    /// Telemetry could not be written.
+    #[error(transparent)]
+    Sink(#[from] gradguard_report::SinkError),
 }

@@ -1,15 +1,26 @@
 //! # gradguard-lab
 //!
-//! Tasks that reproduce exploding gradients on real data, and runs that measure what a remedy
-//! does. This first part holds the UCI handwritten digits task (data shipped in `data/digits`),
-//! the deep MLP with a chosen activation and initialization gain, and a training run that reports
-//! whether it diverged. Remedies, sweeps and reports build on it (issue: the lab).
+//! Reproduces exploding gradients on real tasks and measures what each classic remedy does:
+//! a deep MLP on the UCI handwritten digits (shipped in `data/digits`), and vanilla RNN, LSTM
+//! and GRU networks on the adding and temporal-order problems. A run ([`train`]) writes a run
+//! directory with per-step telemetry, checkpoints it can resume from, and a summary; a sweep
+//! ([`sweep`]) runs a grid in parallel and ranks remedies by their measured effect.
 
 #![deny(missing_docs)]
 
-pub mod data;
+pub mod checkpoint;
+mod config;
 mod error;
+pub mod lr_find;
 pub mod models;
-pub mod run;
+pub mod objective;
+mod plan;
+mod remedy;
+pub mod tasks;
+mod train;
 
+pub use config::RunConfig;
 pub use error::LabError;
+pub use plan::{ModelPlan, Plan};
+pub use remedy::{Family, Remedy};
+pub use train::{CONFIG_FILE, TENSORBOARD_DIR, TrainOptions, TrainOutcome, train};

@@ -12,6 +12,7 @@ mod error;
 mod jsonl;
 mod record;
 mod sink;
+mod summary;
 mod tensorboard;
 
 pub use csv_sink::CsvSink;
@@ -19,4 +20,7 @@ pub use error::{MetricsError, SinkError};
 pub use jsonl::{JsonlSink, read_metrics};
 pub use record::MetricsRecord;
 pub use sink::{Sink, Sinks};
+pub use summary::{
+    METRICS_FILE, RunData, RunDirError, RunSummary, SUMMARY_FILE, read_run, write_atomic,
+};
 pub use tensorboard::{TensorBoardSink, encode_scalar_event};

@@ -29,6 +29,12 @@ pub struct MetricsRecord {
     pub reasons: Vec<String>,
     /// L2 norm of each tensor before the rules, by name (`null` when not finite).
     pub tensor_norms: BTreeMap<String, Option<f64>>,
+    /// The threshold the first norm-based rule compared the gradients against this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_threshold: Option<f64>,
+    /// Whether a spike detector fired on this step (gradient norm or loss).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub spike: bool,
 }
 
 fn finite(x: f64) -> Option<f64> {
@@ -57,6 +63,11 @@ impl MetricsRecord {
                 .iter()
                 .map(|t| (t.name.clone(), finite(t.norm_before)))
                 .collect(),
+            clip_threshold: report.rules.iter().find_map(|r| r.threshold),
+            spike: [&report.grad_spike, &report.loss_spike]
+                .into_iter()
+                .flatten()
+                .any(|c| c.is_spike),
         }
     }
 

@@ -105,6 +105,43 @@ fn non_finite_under_zero_repairs_then_clips() {
 }
 
 #[test]
+fn non_finite_under_apply_passes_through_without_rules() {
+    let config = GuardConfig {
+        non_finite: NonFinitePolicy::Apply,
+        ..GuardConfig::default()
+    };
+    let mut g = guard(config, vec![Box::new(ClipByGlobalNorm::new(1.0).unwrap())]);
+    let mut grads = poisoned(f32::INFINITY);
+    let before = grads.clone();
+    let report = g.step(&mut grads, Some(f64::NAN)).unwrap();
+    assert_eq!(report.decision, Decision::Apply);
+    assert!(
+        report.rules.is_empty(),
+        "no rule runs on a pass-through step"
+    );
+    assert_eq!(grads, before);
+    assert!(
+        report
+            .reasons
+            .iter()
+            .any(|r| r.starts_with("applied 2 non-finite"))
+    );
+    assert!(
+        report
+            .reasons
+            .iter()
+            .any(|r| r.contains("non-finite loss NaN, applied"))
+    );
+    assert_eq!(g.counters().non_finite_steps, 1);
+    assert_eq!(g.counters().skipped, 0);
+    assert_eq!(report.lr_multiplier, 1.0);
+    // A finite step afterwards is clipped as usual.
+    let report = g.step(&mut batch(10.0), Some(1.0)).unwrap();
+    assert_eq!(report.rules.len(), 1);
+    assert!((report.norm_after - 1.0).abs() < 1e-5);
+}
+
+#[test]
 fn non_finite_loss_is_skipped_or_an_error() {
     let mut g = guard(quiet(), vec![]);
     assert_eq!(

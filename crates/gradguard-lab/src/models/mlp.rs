@@ -1,10 +1,13 @@
-//! A deep fully connected network whose depth, activation and initialization gain are the knobs.
+//! A deep fully connected network whose depth, activation, initialization, normalization and
+//! skip connections are the knobs.
 
-use burn::module::Module;
-use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::module::{Module, Param};
+use burn::nn::{BatchNorm, BatchNormConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{RmsNorm, RmsNormConfig};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::init::Init;
 use crate::error::LabError;
 
 /// The hidden layers' nonlinearity.
@@ -15,6 +18,46 @@ pub enum Activation {
     Tanh,
     /// ReLU: critical at gain √2 (He et al. 2015).
     Relu,
+}
+
+impl Activation {
+    /// `φ(x)`.
+    pub fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Activation::Tanh => x.tanh(),
+            Activation::Relu => burn::tensor::activation::relu(x),
+        }
+    }
+}
+
+impl std::str::FromStr for Activation {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tanh" => Ok(Activation::Tanh),
+            "relu" => Ok(Activation::Relu),
+            other => Err(format!(
+                "unknown activation '{other}' (expected tanh or relu)"
+            )),
+        }
+    }
+}
+
+/// Normalization between each hidden layer's linear map and its nonlinearity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Norm {
+    /// None.
+    #[default]
+    None,
+    /// Batch normalization (Ioffe & Szegedy 2015): batch statistics in training, running ones
+    /// in evaluation.
+    Batch,
+    /// Layer normalization (Ba et al. 2016).
+    Layer,
+    /// RMS normalization (Zhang & Sennrich 2019).
+    Rms,
 }
 
 /// Shape and initialization of a [`DeepMlp`].
@@ -30,8 +73,14 @@ pub struct MlpConfig {
     pub outputs: usize,
     /// Nonlinearity.
     pub activation: Activation,
-    /// Weights are drawn from N(0, gain² / fan_in) — biases too.
+    /// How the weights are drawn.
+    pub init: Init,
+    /// Multiplies the scheme's standard deviation.
     pub init_gain: f64,
+    /// Normalization before each nonlinearity.
+    pub norm: Norm,
+    /// Skip connections `h ← h + φ(norm(W h + b))` around every hidden layer after the first.
+    pub residual: bool,
 }
 
 impl MlpConfig {
@@ -39,7 +88,8 @@ impl MlpConfig {
     pub fn validate(&self) -> Result<(), LabError> {
         if self.depth == 0 || self.width == 0 || self.inputs == 0 || self.outputs == 0 {
             return Err(LabError::Config(format!(
-                "depth, width, inputs and outputs must be at least 1, got {self:?}"
+                "depth, width, inputs and outputs must be at least 1, got depth {}, width {}",
+                self.depth, self.width
             )));
         }
         if !(self.init_gain > 0.0 && self.init_gain.is_finite()) {
@@ -52,47 +102,85 @@ impl MlpConfig {
     }
 
     /// The network, initialized on `device` (seed the device first for a reproducible draw).
+    /// [`Init::Lsuv`] starts orthogonal here; [`DeepMlp::lsuv`] then scales it on data.
     pub fn init(&self, device: &Device) -> Result<DeepMlp, LabError> {
         self.validate()?;
         let layer = |fan_in: usize, fan_out: usize| {
-            LinearConfig::new(fan_in, fan_out)
-                .with_initializer(Initializer::Normal {
-                    mean: 0.0,
-                    std: self.init_gain / (fan_in as f64).sqrt(),
-                })
-                .init(device)
+            let mut linear = LinearConfig::new(fan_in, fan_out)
+                .with_initializer(self.init.initializer(self.init_gain, fan_in))
+                .init(device);
+            linear.bias = Some(Param::from_tensor(Tensor::zeros([fan_out], device)));
+            linear
         };
+        let (mut batch, mut layer_norms, mut rms) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..self.depth {
+            match self.norm {
+                Norm::None => {}
+                Norm::Batch => batch.push(BatchNormConfig::new(self.width).init(device)),
+                Norm::Layer => layer_norms.push(LayerNormConfig::new(self.width).init(device)),
+                Norm::Rms => rms.push(RmsNormConfig::new(self.width).init(device)),
+            }
+        }
         Ok(DeepMlp {
             layers: (0..self.depth)
                 .map(|i| layer(if i == 0 { self.inputs } else { self.width }, self.width))
                 .collect(),
+            batch_norms: batch,
+            layer_norms,
+            rms_norms: rms,
             head: layer(self.width, self.outputs),
             relu: self.activation == Activation::Relu,
+            residual: self.residual,
         })
     }
 }
 
-/// `depth` × (Linear → activation), then a linear head producing logits.
+/// `depth` × (Linear → norm → activation, with an optional skip), then a linear head.
 #[derive(Module, Debug)]
 pub struct DeepMlp {
     layers: Vec<Linear>,
+    batch_norms: Vec<BatchNorm>,
+    layer_norms: Vec<LayerNorm>,
+    rms_norms: Vec<RmsNorm>,
     head: Linear,
     #[module(skip)]
     relu: bool,
+    #[module(skip)]
+    residual: bool,
 }
 
 impl DeepMlp {
+    fn activation(&self) -> Activation {
+        if self.relu {
+            Activation::Relu
+        } else {
+            Activation::Tanh
+        }
+    }
+
+    fn normalize(&self, i: usize, z: Tensor<2>) -> Tensor<2> {
+        if let Some(n) = self.batch_norms.get(i) {
+            n.forward(z)
+        } else if let Some(n) = self.layer_norms.get(i) {
+            n.forward(z)
+        } else if let Some(n) = self.rms_norms.get(i) {
+            n.forward(z)
+        } else {
+            z
+        }
+    }
+
+    /// Hidden layer `i` applied to `h`.
+    fn hidden(&self, i: usize, h: Tensor<2>) -> Tensor<2> {
+        let out = self
+            .activation()
+            .apply(self.normalize(i, self.layers[i].forward(h.clone())));
+        if self.residual && i > 0 { h + out } else { out }
+    }
+
     /// Logits for a batch `[n, inputs]`.
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let mut h = x;
-        for layer in &self.layers {
-            h = layer.forward(h);
-            h = if self.relu {
-                burn::tensor::activation::relu(h)
-            } else {
-                h.tanh()
-            };
-        }
+        let h = (0..self.layers.len()).fold(x, |h, i| self.hidden(i, h));
         self.head.forward(h)
     }
 
@@ -100,4 +188,42 @@ impl DeepMlp {
     pub fn depth(&self) -> usize {
         self.layers.len()
     }
+
+    /// Layer-sequential unit variance (Mishkin & Matas 2016): for each hidden layer in order,
+    /// rescales `W` (and `b`) by `1/√Var(Wh + b)` over the batch `x` until the variance is within
+    /// `tolerance` of 1 (at most 10 passes per layer). Returns the variances reached.
+    pub fn lsuv(mut self, x: Tensor<2>, tolerance: f64) -> (Self, Vec<f64>) {
+        let mut h = x.detach();
+        let mut reached = Vec::with_capacity(self.layers.len());
+        for i in 0..self.layers.len() {
+            let mut var = f64::NAN;
+            for _ in 0..10 {
+                var = variance(self.layers[i].forward(h.clone()));
+                if !(var > 0.0 && var.is_finite()) || (var - 1.0).abs() <= tolerance {
+                    break;
+                }
+                let scale = (1.0 / var.sqrt()) as f32;
+                let layer = &mut self.layers[i];
+                layer.weight = Param::from_tensor((layer.weight.val().inner() * scale).autodiff());
+                if let Some(b) = &layer.bias {
+                    layer.bias = Some(Param::from_tensor((b.val().inner() * scale).autodiff()));
+                }
+            }
+            reached.push(var);
+            h = self.hidden(i, h).detach();
+        }
+        (self, reached)
+    }
+}
+
+/// Variance of every value of `z`, on the host, in f64.
+fn variance(z: Tensor<2>) -> f64 {
+    let values: Vec<f32> = z.into_data().try_to_vec::<f32>().unwrap_or_default();
+    let n = values.len().max(1) as f64;
+    let mean = values.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+    values
+        .iter()
+        .map(|&v| (f64::from(v) - mean).powi(2))
+        .sum::<f64>()
+        / n
 }

@@ -1,5 +1,11 @@
 //! Models of the lab's tasks.
 
+mod init;
 mod mlp;
+mod net;
+mod recurrent;
 
-pub use mlp::{Activation, DeepMlp, MlpConfig};
+pub use init::Init;
+pub use mlp::{Activation, DeepMlp, MlpConfig, Norm};
+pub use net::Net;
+pub use recurrent::{Cell, RecurrentConfig, RecurrentNet};

@@ -16,6 +16,10 @@ pub enum NonFinitePolicy {
     Skip,
     /// Replace the non-finite gradient values by 0 and go on. A non-finite loss is still skipped.
     Zero,
+    /// Let the step through unchanged: the rules and spike detectors sit out that step and the
+    /// optimizer receives the non-finite values — what an unprotected loop does. For measuring a
+    /// baseline (the lab's `none` runs); never a protection.
+    Apply,
 }
 
 impl std::str::FromStr for NonFinitePolicy {
@@ -26,8 +30,9 @@ impl std::str::FromStr for NonFinitePolicy {
             "error" => Ok(NonFinitePolicy::Error),
             "skip" => Ok(NonFinitePolicy::Skip),
             "zero" => Ok(NonFinitePolicy::Zero),
+            "apply" => Ok(NonFinitePolicy::Apply),
             other => Err(GuardError::InvalidConfig(format!(
-                "non-finite policy must be error, skip or zero, got '{other}'"
+                "non-finite policy must be error, skip, zero or apply, got '{other}'"
             ))),
         }
     }

@@ -186,8 +186,12 @@ impl Guard {
             if self.config.non_finite == NonFinitePolicy::Error {
                 return Err(GuardError::NonFiniteLoss { step, loss: l });
             }
-            reasons.push(format!("non-finite loss {l}"));
-            trouble = Some(Trouble::Skip);
+            if self.config.non_finite == NonFinitePolicy::Apply {
+                reasons.push(format!("non-finite loss {l}, applied"));
+            } else {
+                reasons.push(format!("non-finite loss {l}"));
+                trouble = Some(Trouble::Skip);
+            }
         }
 
         if let Some(found) = find_non_finite(grads, &stats) {
@@ -214,13 +218,16 @@ impl Guard {
                     reasons.push(format!("zeroed {what}"));
                     stats = grads.zero_non_finite();
                 }
+                NonFinitePolicy::Apply => reasons.push(format!("applied {what}")),
             }
         }
+        // Under `Apply` a non-finite step goes to the optimizer as it is: no rule, no detector.
+        let passthrough = non_finite_seen && self.config.non_finite == NonFinitePolicy::Apply;
 
         let mut grad_check = None;
         let mut loss_check = None;
         let mut spiked = false;
-        if trouble.is_none() {
+        if trouble.is_none() && !passthrough {
             let norm = combined(&stats).l2();
             grad_check = self.grad_spike.as_mut().map(|d| d.observe(norm));
             loss_check = match (self.loss_spike.as_mut(), loss) {
@@ -257,7 +264,7 @@ impl Guard {
         }
 
         let mut outcomes = Vec::new();
-        if trouble.is_none() {
+        if trouble.is_none() && !passthrough {
             outcomes = self.chain.apply(grads, &mut stats)?;
             if let Some(skip) = outcomes.iter().find(|o| o.action == RuleAction::Skip) {
                 reasons.push(format!(

@@ -1,0 +1,114 @@
+//! What a user asks of one run.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::LabError;
+use crate::models::{Activation, Cell, Init};
+use crate::remedy::Remedy;
+use crate::tasks::Task;
+
+/// The settings of one run, before remedies change them. Everything that decides the result is
+/// here, so two runs with equal configs end with equal weights (on the CPU backend).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// The task.
+    pub task: Task,
+    /// Hidden layers of the MLP.
+    pub depth: usize,
+    /// Units per hidden layer (MLP) or hidden units (recurrent).
+    pub width: usize,
+    /// The MLP's nonlinearity.
+    pub activation: Activation,
+    /// The recurrent cell.
+    pub cell: Cell,
+    /// Sequence length of the recurrent tasks.
+    pub seq_len: usize,
+    /// Weight initialization (the recurrent weight's, for recurrent tasks).
+    pub init: Init,
+    /// Multiplies the initialization's standard deviation.
+    pub init_gain: f64,
+    /// Learning rate (SGD unless a remedy says otherwise).
+    pub lr: f64,
+    /// Batches to train on.
+    pub steps: u64,
+    /// Examples per batch.
+    pub batch: usize,
+    /// Seed of the weights, the split and the batches.
+    pub seed: u64,
+    /// What is done about exploding gradients (empty: nothing).
+    pub remedies: Vec<Remedy>,
+    /// Training loss (mean over 10 steps) counted as reached for `steps_to_target`.
+    pub target_loss: f64,
+    /// Good steps between checkpoints (and rollback snapshots).
+    pub checkpoint_every: u64,
+}
+
+impl RunConfig {
+    /// The lab's defaults for `task`, chosen to explode without a remedy: a deep ReLU MLP (gain 2
+    /// over 24 layers, SGD at 0.01), or a vanilla RNN (recurrent gain 1.5 over 100 steps, SGD at
+    /// 0.1 — the setting of Pascanu et al. 2013).
+    pub fn for_task(task: Task) -> Self {
+        let mlp = !task.is_recurrent();
+        RunConfig {
+            task,
+            depth: 24,
+            width: if mlp { 64 } else { 32 },
+            activation: Activation::Relu,
+            cell: Cell::Rnn,
+            seq_len: 100,
+            init: Init::Gaussian,
+            init_gain: if mlp { 2.0 } else { 1.5 },
+            lr: if mlp { 0.01 } else { 0.1 },
+            steps: 300,
+            batch: 32,
+            seed: 0,
+            remedies: Vec::new(),
+            target_loss: match task {
+                Task::Mlp => 0.5,
+                Task::Adding => 0.05,
+                Task::Order => 0.3,
+            },
+            checkpoint_every: 50,
+        }
+    }
+
+    /// The remedies as text (`none` when there are none).
+    pub fn remedy_name(&self) -> String {
+        Remedy::list_name(&self.remedies)
+    }
+
+    /// Checks every range.
+    pub fn validate(&self) -> Result<(), LabError> {
+        let bad = |what: String| Err(LabError::Config(what));
+        if !(1..=1024).contains(&self.depth) {
+            return bad(format!("depth must be in 1..=1024, got {}", self.depth));
+        }
+        if !(1..=4096).contains(&self.width) {
+            return bad(format!("width must be in 1..=4096, got {}", self.width));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad(format!("learning rate must be positive, got {}", self.lr));
+        }
+        if !(self.init_gain > 0.0 && self.init_gain.is_finite()) {
+            return bad(format!(
+                "init gain must be positive, got {}",
+                self.init_gain
+            ));
+        }
+        if self.steps == 0 || self.batch == 0 || self.checkpoint_every == 0 {
+            return bad("steps, batch and checkpoint interval must be at least 1".into());
+        }
+        if !(self.target_loss >= 0.0) {
+            return bad(format!("target loss must be ≥ 0, got {}", self.target_loss));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for r in &self.remedies {
+            let key = std::mem::discriminant(r);
+            if !seen.insert(format!("{key:?}")) {
+                return bad(format!("remedy '{r}' is given twice"));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,177 @@
+//! Recurrent networks — a vanilla tanh RNN, an LSTM and a GRU — whose recurrent weight's
+//! initialization gain is the knob (Pascanu et al. 2013: the backward pass multiplies by the
+//! recurrent Jacobian once per time step, so its spectral radius decides explosion).
+
+use burn::module::{Module, Param};
+use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::tensor::activation::sigmoid;
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::init::Init;
+use crate::error::LabError;
+
+/// The recurrent cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cell {
+    /// `h ← tanh(W x + U h + b)` (Elman 1990).
+    Rnn,
+    /// Long short-term memory (Hochreiter & Schmidhuber 1997; forget gate of Gers et al. 2000,
+    /// forget bias 1 as in Jozefowicz et al. 2015): the cell state's additive path carries the
+    /// gradient without repeated multiplication by `U`.
+    Lstm,
+    /// Gated recurrent unit (Cho et al. 2014), reset applied after the recurrent product.
+    Gru,
+}
+
+impl Cell {
+    /// The cell's command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cell::Rnn => "rnn",
+            Cell::Lstm => "lstm",
+            Cell::Gru => "gru",
+        }
+    }
+
+    fn gates(self) -> usize {
+        match self {
+            Cell::Rnn => 1,
+            Cell::Lstm => 4,
+            Cell::Gru => 3,
+        }
+    }
+}
+
+impl std::str::FromStr for Cell {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "rnn" => Ok(Cell::Rnn),
+            "lstm" => Ok(Cell::Lstm),
+            "gru" => Ok(Cell::Gru),
+            other => Err(format!(
+                "unknown cell '{other}' (expected rnn, lstm or gru)"
+            )),
+        }
+    }
+}
+
+/// Shape and initialization of a [`RecurrentNet`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RecurrentConfig {
+    /// Input features per time step.
+    pub inputs: usize,
+    /// Hidden units.
+    pub hidden: usize,
+    /// Outputs read from the last hidden state.
+    pub outputs: usize,
+    /// The cell.
+    pub cell: Cell,
+    /// How the recurrent weight `U` is drawn (input weights are Xavier, gain 1).
+    pub init: Init,
+    /// Multiplies the recurrent scheme's standard deviation.
+    pub init_gain: f64,
+}
+
+impl RecurrentConfig {
+    /// The network, initialized on `device` (seed the device first for a reproducible draw).
+    pub fn init(&self, device: &Device) -> Result<RecurrentNet, LabError> {
+        if self.inputs == 0 || self.hidden == 0 || self.outputs == 0 {
+            return Err(LabError::Config(format!(
+                "inputs, hidden and outputs must be at least 1, got hidden {}",
+                self.hidden
+            )));
+        }
+        if !(self.init_gain > 0.0 && self.init_gain.is_finite()) {
+            return Err(LabError::Config(format!(
+                "init gain must be a positive number, got {}",
+                self.init_gain
+            )));
+        }
+        if self.init == Init::Lsuv {
+            return Err(LabError::Config(
+                "lsuv initializes the mlp task's layers; recurrent tasks take gaussian, xavier, \
+                 he or orthogonal"
+                    .into(),
+            ));
+        }
+        let k = self.cell.gates() * self.hidden;
+        let mut input = LinearConfig::new(self.inputs, k)
+            .with_initializer(Initializer::XavierNormal { gain: 1.0 })
+            .init(device);
+        let mut bias = vec![0.0f32; k];
+        if self.cell == Cell::Lstm {
+            // Gate order i, f, g, o: the forget gate starts open.
+            bias[self.hidden..2 * self.hidden].fill(1.0);
+        }
+        input.bias = Some(Param::from_data(
+            burn::tensor::TensorData::new(bias, [k]),
+            device,
+        ));
+        let recurrent = LinearConfig::new(self.hidden, k)
+            .with_bias(false)
+            .with_initializer(self.init.initializer(self.init_gain, self.hidden))
+            .init(device);
+        let mut head = LinearConfig::new(self.hidden, self.outputs)
+            .with_initializer(Initializer::XavierNormal { gain: 1.0 })
+            .init(device);
+        head.bias = Some(Param::from_tensor(Tensor::zeros([self.outputs], device)));
+        Ok(RecurrentNet {
+            input,
+            recurrent,
+            head,
+            cell: self.cell,
+            hidden: self.hidden,
+        })
+    }
+}
+
+/// A recurrent network reading a sequence and predicting from its last hidden state.
+#[derive(Module, Debug)]
+pub struct RecurrentNet {
+    input: Linear,
+    recurrent: Linear,
+    head: Linear,
+    #[module(skip)]
+    cell: Cell,
+    #[module(skip)]
+    hidden: usize,
+}
+
+impl RecurrentNet {
+    /// Outputs `[n, outputs]` for sequences `[n, T, inputs]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<2> {
+        let [n, steps, _] = x.dims();
+        let k = self.cell.gates() * self.hidden;
+        // Input projections of every step at once; only the recurrence is sequential.
+        let projected = self.input.forward(x);
+        let mut h: Tensor<2> = Tensor::zeros([n, self.hidden], &projected.device());
+        let mut c = h.clone();
+        for t in 0..steps {
+            let xt = projected.clone().narrow(1, t, 1).reshape([n, k]);
+            let uh = self.recurrent.forward(h.clone());
+            h = match self.cell {
+                Cell::Rnn => (xt + uh).tanh(),
+                Cell::Lstm => {
+                    let mut z = (xt + uh).chunk(4, 1).into_iter();
+                    let mut next = || z.next().expect("four gates");
+                    let (i, f, g, o) = (sigmoid(next()), sigmoid(next()), next().tanh(), next());
+                    c = f * c + i * g;
+                    sigmoid(o) * c.clone().tanh()
+                }
+                Cell::Gru => {
+                    let x3 = xt.chunk(3, 1);
+                    let h3 = uh.chunk(3, 1);
+                    let r = sigmoid(x3[0].clone() + h3[0].clone());
+                    let u = sigmoid(x3[1].clone() + h3[1].clone());
+                    let candidate = (x3[2].clone() + r * h3[2].clone()).tanh();
+                    candidate.clone() + u * (h - candidate)
+                }
+            };
+        }
+        self.head.forward(h)
+    }
+}

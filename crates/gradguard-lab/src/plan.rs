@@ -1,0 +1,208 @@
+//! A run's settings after its remedies: the model, the optimizer, the rules and the guard.
+
+use gradguard::rules::{
+    AdaptiveGradClip, AutoClip, Chain, ClipByGlobalNorm, ClipByValue, ClipPerTensorNorm, Rule,
+    ZClip, ZClipConfig,
+};
+use gradguard::{Guard, GuardConfig, NonFinitePolicy, NormType, SpikeAction};
+
+use crate::config::RunConfig;
+use crate::error::LabError;
+use crate::models::{Cell, Init, MlpConfig, Norm, RecurrentConfig};
+use crate::remedy::Remedy;
+use crate::tasks::{Task, TaskData};
+
+/// AutoClip's history window (steps).
+const AUTOCLIP_WINDOW: usize = 1000;
+
+/// The network to build.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ModelPlan {
+    /// A deep MLP.
+    Mlp(MlpConfig),
+    /// A recurrent network.
+    Recurrent(RecurrentConfig),
+}
+
+/// Everything the training loop needs, derived from a [`RunConfig`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The network.
+    pub model: ModelPlan,
+    /// The learning rate after `small-lr` (and before `lr-find`, which the run measures).
+    pub lr: f64,
+    /// Linear warm-up steps (0: none).
+    pub warmup: u64,
+    /// Adam instead of SGD.
+    pub adam: bool,
+    /// Coupled L2 coefficient λ (loss + λ/2 Σ‖W‖²).
+    pub l2: f64,
+    /// Decoupled weight decay λ (W ← W(1 − ηλ) after each step).
+    pub weight_decay: f64,
+    /// Max-norm cap on each unit's incoming weights.
+    pub max_norm: Option<f64>,
+    /// Run a learning-rate range test first.
+    pub lr_find: bool,
+    /// The guard's configuration.
+    pub guard: GuardConfig,
+    remedies: Vec<Remedy>,
+}
+
+impl Plan {
+    /// Applies `config.remedies` to `config` for a task whose data is `data`.
+    pub fn new(config: &RunConfig, data: &TaskData) -> Result<Self, LabError> {
+        config.validate()?;
+        let recurrent = config.task.is_recurrent();
+        let mut mlp = MlpConfig {
+            inputs: data.inputs(),
+            depth: config.depth,
+            width: config.width,
+            outputs: data.outputs(),
+            activation: config.activation,
+            init: config.init,
+            init_gain: config.init_gain,
+            norm: Norm::None,
+            residual: false,
+        };
+        let mut rnn = RecurrentConfig {
+            inputs: data.inputs(),
+            hidden: config.width,
+            outputs: data.outputs(),
+            cell: config.cell,
+            init: config.init,
+            init_gain: config.init_gain,
+        };
+        let mut plan = Plan {
+            model: ModelPlan::Mlp(mlp),
+            lr: config.lr,
+            warmup: 0,
+            adam: false,
+            l2: 0.0,
+            weight_decay: 0.0,
+            max_norm: None,
+            lr_find: false,
+            guard: passthrough(config.checkpoint_every),
+            remedies: config.remedies.clone(),
+        };
+        let only = |task_ok: bool, r: &Remedy, which: &str| {
+            if task_ok {
+                Ok(())
+            } else {
+                Err(LabError::Config(format!(
+                    "remedy '{r}' applies to the {which} only (task '{}')",
+                    config.task
+                )))
+            }
+        };
+        let mut guarded = false;
+        let mut backoff = false;
+        for r in &config.remedies {
+            match *r {
+                Remedy::L2(l) => plan.l2 = l,
+                Remedy::WeightDecay(l) => plan.weight_decay = l,
+                Remedy::MaxNorm(c) => plan.max_norm = Some(c),
+                Remedy::Init(init) => {
+                    if init == Init::Lsuv {
+                        only(!recurrent, r, "mlp task")?;
+                    }
+                    (mlp.init, mlp.init_gain, rnn.init, rnn.init_gain) = (init, 1.0, init, 1.0);
+                }
+                Remedy::Gain(g) => (mlp.init_gain, rnn.init_gain) = (g, g),
+                Remedy::Norm(n) => {
+                    only(!recurrent, r, "mlp task")?;
+                    mlp.norm = n;
+                }
+                Remedy::Shallow(n) => {
+                    only(!recurrent, r, "mlp task")?;
+                    mlp.depth = mlp.depth.min(n);
+                }
+                Remedy::Residual => {
+                    only(!recurrent, r, "mlp task")?;
+                    mlp.residual = true;
+                }
+                Remedy::Cell(c) => {
+                    only(recurrent, r, "recurrent tasks")?;
+                    if config.cell != Cell::Rnn {
+                        return Err(LabError::Config(format!(
+                            "remedy '{r}' replaces a vanilla rnn, but the run's cell is already {}",
+                            config.cell.name()
+                        )));
+                    }
+                    rnn.cell = c;
+                }
+                Remedy::SmallLr(f) => plan.lr *= f,
+                Remedy::Warmup(n) => plan.warmup = n,
+                Remedy::Adam => plan.adam = true,
+                Remedy::LrFind => plan.lr_find = true,
+                Remedy::Backoff => backoff = true,
+                Remedy::Guard => guarded = true,
+                Remedy::ClipValue(_)
+                | Remedy::ClipNorm(_)
+                | Remedy::ClipGlobal(_)
+                | Remedy::Agc(_)
+                | Remedy::AutoClip(_)
+                | Remedy::ZClip => {}
+            }
+        }
+        if guarded {
+            plan.guard = GuardConfig {
+                on_spike: SpikeAction::Rollback { skip_batches: 1 },
+                snapshot_every: config.checkpoint_every,
+                ..GuardConfig::default()
+            };
+        } else if backoff {
+            plan.guard.grad_spike = Some(Default::default());
+            plan.guard.loss_spike = Some(Default::default());
+            plan.guard.on_spike = SpikeAction::Ignore;
+        }
+        plan.model = match config.task {
+            Task::Mlp => ModelPlan::Mlp(mlp),
+            Task::Adding | Task::Order => ModelPlan::Recurrent(rnn),
+        };
+        // Build the guard once now so a bad setting fails before training starts.
+        plan.build_guard()?;
+        Ok(plan)
+    }
+
+    /// A fresh guard with this plan's rules (clip remedies, in the order given).
+    pub fn build_guard(&self) -> Result<Guard, LabError> {
+        let mut rules: Vec<Box<dyn Rule>> = Vec::new();
+        for r in &self.remedies {
+            match *r {
+                Remedy::ClipValue(c) => rules.push(Box::new(ClipByValue::new(c)?)),
+                Remedy::ClipNorm(c) => {
+                    rules.push(Box::new(ClipPerTensorNorm::new(c, NormType::L2)?));
+                }
+                Remedy::ClipGlobal(c) => rules.push(Box::new(ClipByGlobalNorm::new(c)?)),
+                Remedy::Agc(l) => rules.push(Box::new(AdaptiveGradClip::new(l)?)),
+                Remedy::AutoClip(p) => rules.push(Box::new(AutoClip::new(p, AUTOCLIP_WINDOW)?)),
+                Remedy::ZClip => rules.push(Box::new(ZClip::new(ZClipConfig::default())?)),
+                _ => {}
+            }
+        }
+        Ok(Guard::new(self.guard.clone(), Chain::new(rules)?)?)
+    }
+
+    /// The learning rate at `step` for a base rate `lr`: linear warm-up, then constant.
+    pub fn lr_at(&self, lr: f64, step: u64) -> f64 {
+        if step < self.warmup {
+            lr * (step + 1) as f64 / self.warmup as f64
+        } else {
+            lr
+        }
+    }
+}
+
+/// A guard that only measures: non-finite steps reach the optimizer as an unguarded loop's
+/// would, nothing is skipped, and snapshots (checkpoints) come every `every` steps.
+fn passthrough(every: u64) -> GuardConfig {
+    GuardConfig {
+        non_finite: NonFinitePolicy::Apply,
+        grad_spike: None,
+        loss_spike: None,
+        on_spike: SpikeAction::Ignore,
+        snapshot_every: every,
+        max_consecutive_bad: u32::MAX,
+        ..GuardConfig::default()
+    }
+}

@@ -1,0 +1,310 @@
+//! The classic remedies for exploding gradients, each a named option: `NAME` or `NAME=VALUE`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::models::{Cell, Init, Norm};
+
+/// The family a remedy belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Family {
+    /// No remedy.
+    None,
+    /// Clip the gradients.
+    Clip,
+    /// Regularize the weights.
+    Regularize,
+    /// Initialize differently.
+    Init,
+    /// Normalize activations.
+    Normalize,
+    /// Use a simpler or better-conditioned architecture.
+    Architecture,
+    /// Change the step size.
+    StepSize,
+    /// The full guard.
+    Guard,
+}
+
+impl Family {
+    /// The family's name in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::None => "none",
+            Family::Clip => "clip",
+            Family::Regularize => "regularize",
+            Family::Init => "init",
+            Family::Normalize => "normalize",
+            Family::Architecture => "architecture",
+            Family::StepSize => "step size",
+            Family::Guard => "guard",
+        }
+    }
+}
+
+/// One remedy and its setting.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "name", content = "value")]
+pub enum Remedy {
+    /// Clamp every gradient value to `[-c, c]`.
+    ClipValue(f64),
+    /// Scale each tensor whose L2 norm exceeds `c` down to `c`.
+    ClipNorm(f64),
+    /// Scale all gradients by `min(1, c / ‖g‖₂)` (Pascanu et al. 2013).
+    ClipGlobal(f64),
+    /// Adaptive gradient clipping with ratio λ (Brock et al. 2021).
+    Agc(f64),
+    /// Clip to the p-th percentile of the norms seen so far (Seetharaman et al. 2020).
+    AutoClip(f64),
+    /// Clip norms whose z-score over an EMA exceeds the threshold (Kumar et al. 2025).
+    ZClip,
+    /// Add `λ/2 · Σ‖W‖²` to the loss (coupled L2 regularization: the penalty is clipped too).
+    L2(f64),
+    /// After each step `W ← W · (1 − η λ)` on weight matrices (decoupled, Loshchilov & Hutter 2019).
+    WeightDecay(f64),
+    /// After each step, cap each unit's incoming weight vector at L2 norm `c` (Srebro et al. 2005;
+    /// Srivastava et al. 2014).
+    MaxNorm(f64),
+    /// Initialize with this scheme at gain 1.
+    Init(Init),
+    /// Initialize with this gain (the scheme unchanged).
+    Gain(f64),
+    /// Normalize before each nonlinearity (MLP).
+    Norm(Norm),
+    /// Use at most this many hidden layers (MLP).
+    Shallow(usize),
+    /// Skip connections around hidden layers (MLP; He et al. 2016).
+    Residual,
+    /// Use this gated cell instead of a vanilla RNN.
+    Cell(Cell),
+    /// Multiply the learning rate by this factor.
+    SmallLr(f64),
+    /// Ramp the learning rate linearly from 0 over this many steps (Goyal et al. 2017).
+    Warmup(u64),
+    /// Detect spikes of the gradient norm or loss and back off the learning rate on them.
+    Backoff,
+    /// Adam instead of SGD: a per-parameter adaptive step (Kingma & Ba 2015).
+    Adam,
+    /// Run a learning-rate range test first (Smith 2017) and train at a tenth of the largest
+    /// stable rate, never above the requested one.
+    LrFind,
+    /// The full guard with its defaults: skip non-finite steps, roll back on spikes, back off the
+    /// learning rate, give up after 20 bad steps in a row.
+    Guard,
+}
+
+fn positive(name: &str, v: f64) -> Result<f64, String> {
+    if v > 0.0 && v.is_finite() {
+        Ok(v)
+    } else {
+        Err(format!("remedy '{name}' needs a positive number, got {v}"))
+    }
+}
+
+impl Remedy {
+    /// The names `FromStr` accepts, for help texts.
+    pub const NAMES: &'static str = "none, clip-value[=C], clip-norm[=C], clip-global[=C], \
+        agc[=λ], autoclip[=P], zclip, l2[=λ], weight-decay[=λ], max-norm[=C], xavier, he, \
+        orthogonal, lsuv, gain=G, batch-norm, layer-norm, rms-norm, shallow[=N], residual, lstm, \
+        gru, small-lr[=F], warmup[=N], backoff, adam, lr-find, guard";
+
+    /// The remedy's family.
+    pub fn family(&self) -> Family {
+        match self {
+            Remedy::ClipValue(_)
+            | Remedy::ClipNorm(_)
+            | Remedy::ClipGlobal(_)
+            | Remedy::Agc(_)
+            | Remedy::AutoClip(_)
+            | Remedy::ZClip => Family::Clip,
+            Remedy::L2(_) | Remedy::WeightDecay(_) | Remedy::MaxNorm(_) => Family::Regularize,
+            Remedy::Init(_) | Remedy::Gain(_) => Family::Init,
+            Remedy::Norm(_) => Family::Normalize,
+            Remedy::Shallow(_) | Remedy::Residual | Remedy::Cell(_) => Family::Architecture,
+            Remedy::SmallLr(_)
+            | Remedy::Warmup(_)
+            | Remedy::Backoff
+            | Remedy::Adam
+            | Remedy::LrFind => Family::StepSize,
+            Remedy::Guard => Family::Guard,
+        }
+    }
+
+    /// Parses a comma-separated list; `none` (alone) is the empty list.
+    pub fn parse_list(spec: &str) -> Result<Vec<Remedy>, String> {
+        let spec = spec.trim();
+        if spec == "none" || spec.is_empty() {
+            return Ok(Vec::new());
+        }
+        let remedies = spec
+            .split(',')
+            .map(|s| s.trim().parse())
+            .collect::<Result<Vec<Remedy>, String>>()?;
+        Ok(remedies)
+    }
+
+    /// The canonical text of a list (`none` when empty).
+    pub fn list_name(remedies: &[Remedy]) -> String {
+        if remedies.is_empty() {
+            return "none".into();
+        }
+        remedies
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl std::str::FromStr for Remedy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, value) = match s.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim())),
+            None => (s.trim(), None),
+        };
+        let number = |default: f64| -> Result<f64, String> {
+            match value {
+                None => Ok(default),
+                Some(v) => v
+                    .parse::<f64>()
+                    .map_err(|_| format!("remedy '{name}': '{v}' is not a number"))
+                    .and_then(|v| positive(name, v)),
+            }
+        };
+        let count = |default: u64| -> Result<u64, String> {
+            match value {
+                None => Ok(default),
+                Some(v) => match v.parse::<u64>() {
+                    Ok(n) if n > 0 => Ok(n),
+                    _ => Err(format!(
+                        "remedy '{name}' needs a whole number ≥ 1, got '{v}'"
+                    )),
+                },
+            }
+        };
+        let flag = |r: Remedy| match value {
+            None => Ok(r),
+            Some(v) => Err(format!("remedy '{name}' takes no value, got '{v}'")),
+        };
+        match name {
+            "clip-value" => Ok(Remedy::ClipValue(number(1.0)?)),
+            "clip-norm" => Ok(Remedy::ClipNorm(number(1.0)?)),
+            "clip-global" => Ok(Remedy::ClipGlobal(number(1.0)?)),
+            "agc" => Ok(Remedy::Agc(number(0.01)?)),
+            "autoclip" => {
+                let p = number(10.0)?;
+                if p > 100.0 {
+                    return Err(format!("remedy 'autoclip': percentile {p} is above 100"));
+                }
+                Ok(Remedy::AutoClip(p))
+            }
+            "zclip" => flag(Remedy::ZClip),
+            "l2" => Ok(Remedy::L2(number(1e-4)?)),
+            "weight-decay" => Ok(Remedy::WeightDecay(number(0.01)?)),
+            "max-norm" => Ok(Remedy::MaxNorm(number(3.0)?)),
+            "xavier" => flag(Remedy::Init(Init::Xavier)),
+            "he" => flag(Remedy::Init(Init::He)),
+            "orthogonal" => flag(Remedy::Init(Init::Orthogonal)),
+            "lsuv" => flag(Remedy::Init(Init::Lsuv)),
+            "gain" => match value {
+                Some(_) => Ok(Remedy::Gain(number(1.0)?)),
+                None => Err("remedy 'gain' needs a value: gain=G".into()),
+            },
+            "batch-norm" => flag(Remedy::Norm(Norm::Batch)),
+            "layer-norm" => flag(Remedy::Norm(Norm::Layer)),
+            "rms-norm" => flag(Remedy::Norm(Norm::Rms)),
+            "shallow" => Ok(Remedy::Shallow(count(4)? as usize)),
+            "residual" => flag(Remedy::Residual),
+            "lstm" => flag(Remedy::Cell(Cell::Lstm)),
+            "gru" => flag(Remedy::Cell(Cell::Gru)),
+            "small-lr" => {
+                let f = number(0.1)?;
+                if f >= 1.0 {
+                    return Err(format!("remedy 'small-lr': factor {f} must be below 1"));
+                }
+                Ok(Remedy::SmallLr(f))
+            }
+            "warmup" => Ok(Remedy::Warmup(count(100)?)),
+            "backoff" => flag(Remedy::Backoff),
+            "adam" => flag(Remedy::Adam),
+            "lr-find" => flag(Remedy::LrFind),
+            "guard" => flag(Remedy::Guard),
+            "none" => Err("'none' cannot be combined with other remedies".into()),
+            other => Err(format!(
+                "unknown remedy '{other}' (expected one of: {})",
+                Remedy::NAMES
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Remedy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Remedy::ClipValue(c) => write!(f, "clip-value={c}"),
+            Remedy::ClipNorm(c) => write!(f, "clip-norm={c}"),
+            Remedy::ClipGlobal(c) => write!(f, "clip-global={c}"),
+            Remedy::Agc(l) => write!(f, "agc={l}"),
+            Remedy::AutoClip(p) => write!(f, "autoclip={p}"),
+            Remedy::ZClip => f.write_str("zclip"),
+            Remedy::L2(l) => write!(f, "l2={l}"),
+            Remedy::WeightDecay(l) => write!(f, "weight-decay={l}"),
+            Remedy::MaxNorm(c) => write!(f, "max-norm={c}"),
+            Remedy::Init(i) => f.write_str(i.name()),
+            Remedy::Gain(g) => write!(f, "gain={g}"),
+            Remedy::Norm(n) => f.write_str(match n {
+                Norm::None => "no-norm",
+                Norm::Batch => "batch-norm",
+                Norm::Layer => "layer-norm",
+                Norm::Rms => "rms-norm",
+            }),
+            Remedy::Shallow(n) => write!(f, "shallow={n}"),
+            Remedy::Residual => f.write_str("residual"),
+            Remedy::Cell(c) => f.write_str(c.name()),
+            Remedy::SmallLr(x) => write!(f, "small-lr={x}"),
+            Remedy::Warmup(n) => write!(f, "warmup={n}"),
+            Remedy::Backoff => f.write_str("backoff"),
+            Remedy::Adam => f.write_str("adam"),
+            Remedy::LrFind => f.write_str("lr-find"),
+            Remedy::Guard => f.write_str("guard"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_parses_and_prints_back() {
+        let list = "clip-value,clip-norm=2,clip-global,agc,autoclip=50,zclip,l2,weight-decay,\
+                    max-norm,xavier,he,orthogonal,lsuv,gain=1.5,batch-norm,layer-norm,rms-norm,\
+                    shallow,residual,lstm,gru,small-lr,warmup=10,backoff,adam,lr-find,guard";
+        let remedies = Remedy::parse_list(list).unwrap();
+        assert_eq!(remedies.len(), 27);
+        let printed = Remedy::list_name(&remedies);
+        assert_eq!(Remedy::parse_list(&printed).unwrap(), remedies);
+        assert_eq!(remedies[1], Remedy::ClipNorm(2.0));
+        assert_eq!(remedies[4], Remedy::AutoClip(50.0));
+        assert!(Remedy::parse_list("none").unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        for (spec, needle) in [
+            ("clip-global=-1", "positive"),
+            ("autoclip=120", "above 100"),
+            ("warmup=0", "whole number"),
+            ("zclip=3", "takes no value"),
+            ("clip", "unknown remedy 'clip'"),
+            ("gain", "needs a value"),
+            ("none,guard", "cannot be combined"),
+            ("small-lr=2", "below 1"),
+        ] {
+            let err = Remedy::parse_list(spec).unwrap_err();
+            assert!(err.contains(needle), "{spec}: {err}");
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! A run directory's summary (`summary.json`) and how a finished run is read back.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::MetricsError;
+use crate::jsonl::read_metrics;
+use crate::record::MetricsRecord;
+
+/// The per-step log of a run directory.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+/// The summary of a run directory.
+pub const SUMMARY_FILE: &str = "summary.json";
+
+/// What a finished (or stopped) run did, measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSummary {
+    /// The task's name.
+    pub task: String,
+    /// The remedies, comma-separated (`none`).
+    pub remedy: String,
+    /// The seed.
+    pub seed: u64,
+    /// Batches trained on (skipped ones included).
+    pub steps: u64,
+    /// Loss on the held-out set at the end (`null` when not finite).
+    pub final_loss: Option<f64>,
+    /// Mean training loss over the last 10 steps (`null` when not finite).
+    pub final_train_loss: Option<f64>,
+    /// Loss on the held-out set before the first step (`null` when not finite).
+    pub initial_loss: Option<f64>,
+    /// Held-out accuracy at the end, for classification tasks.
+    pub accuracy: Option<f64>,
+    /// The held-out loss ended non-finite, or not below `initial_loss`.
+    pub diverged: bool,
+    /// For a diverged run, the first step whose training loss was non-finite or above 10× the
+    /// first step's.
+    pub diverged_at: Option<u64>,
+    /// Why the guard stopped the run, if it did.
+    pub stopped: Option<String>,
+    /// Steps the guard skipped.
+    pub skipped_steps: u64,
+    /// Rollbacks to a snapshot.
+    pub rollbacks: u64,
+    /// Steps with NaN/inf in the loss or gradients.
+    pub non_finite_steps: u64,
+    /// The loss counted as reached for `steps_to_target`.
+    pub target_loss: f64,
+    /// The first step after which the 10-step mean training loss was at or below the target.
+    pub steps_to_target: Option<u64>,
+    /// The learning rate trained at (after `small-lr` and `lr-find`).
+    pub lr: f64,
+    /// The largest stable rate a range test found (`lr-find`).
+    pub largest_stable_lr: Option<f64>,
+    /// Seconds of training, summed over interrupted sessions.
+    pub wall_time_s: f64,
+    /// The run's full configuration.
+    pub config: serde_json::Value,
+}
+
+impl RunSummary {
+    /// The run's outcome in one word: `stopped`, `diverged` or `stable`.
+    pub fn outcome(&self) -> &'static str {
+        if self.stopped.is_some() {
+            "stopped"
+        } else if self.diverged {
+            "diverged"
+        } else {
+            "stable"
+        }
+    }
+}
+
+/// A finished run read back from its directory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunData {
+    /// The directory.
+    pub dir: PathBuf,
+    /// Its summary.
+    pub summary: RunSummary,
+    /// Its per-step records.
+    pub metrics: Vec<MetricsRecord>,
+}
+
+/// Reading a run directory failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunDirError {
+    /// A file is missing or unreadable.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A file does not parse.
+    #[error("{path}: {message}")]
+    Malformed {
+        /// The file.
+        path: String,
+        /// Where and what.
+        message: String,
+    },
+}
+
+/// Reads `dir/summary.json` and `dir/metrics.jsonl`.
+pub fn read_run(dir: impl AsRef<Path>) -> Result<RunData, RunDirError> {
+    let dir = dir.as_ref();
+    let summary_path = dir.join(SUMMARY_FILE);
+    let text = std::fs::read_to_string(&summary_path).map_err(|e| RunDirError::Io {
+        path: summary_path.display().to_string(),
+        message: format!("{e} (is this a finished run directory?)"),
+    })?;
+    let summary = serde_json::from_str(&text).map_err(|e| RunDirError::Malformed {
+        path: summary_path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let metrics_path = dir.join(METRICS_FILE);
+    let file = std::fs::File::open(&metrics_path).map_err(|e| RunDirError::Io {
+        path: metrics_path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let metrics = read_metrics(std::io::BufReader::new(file)).map_err(|e: MetricsError| {
+        RunDirError::Malformed {
+            path: metrics_path.display().to_string(),
+            message: e.to_string(),
+        }
+    })?;
+    Ok(RunData {
+        dir: dir.to_path_buf(),
+        summary,
+        metrics,
+    })
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, flushed to disk,
+/// then renamed over `path`. A reader sees the old file or the new one, never a part.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    // The rename is durable once the directory entry is.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}

@@ -21,6 +21,14 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Apply clipping rules to a gradient file and write the result.
     Clip(ClipArgs),
+    /// Train one run of a lab task with chosen remedies (resumable run directory).
+    Train(crate::lab_args::TrainArgs),
+    /// Run a grid of lab runs in parallel and rank the remedies by measured effect.
+    Sweep(crate::lab_args::SweepArgs),
+    /// Write the HTML report of finished runs, sweeps or demos.
+    Report(crate::lab_args::ReportArgs),
+    /// Show exploding gradients and every remedy family, measured, in about two minutes.
+    Demo(crate::lab_args::DemoArgs),
 }
 
 /// `gradguard inspect`.

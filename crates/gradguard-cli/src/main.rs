@@ -5,10 +5,16 @@
 
 mod args;
 mod clip;
+mod demo;
 mod exit;
 mod files;
 mod inspect;
+mod lab;
+mod lab_args;
+mod report_cmd;
+mod sweep_cmd;
 mod table;
+mod train_cmd;
 
 use std::process::ExitCode;
 
@@ -17,6 +23,12 @@ use clap::{CommandFactory, FromArgMatches};
 use crate::args::{Cli, Command};
 
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::WARN)
+        .without_time()
+        .with_target(false)
+        .init();
     let parsed = Cli::command()
         .try_get_matches()
         .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
@@ -32,6 +44,10 @@ fn main() -> ExitCode {
                 .expect("clap parsed the clip subcommand");
             clip::run(&a, &clip::rule_order(sub))
         }
+        Command::Train(a) => train_cmd::run(&a),
+        Command::Sweep(a) => sweep_cmd::run(&a),
+        Command::Report(a) => report_cmd::run(&a),
+        Command::Demo(a) => demo::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

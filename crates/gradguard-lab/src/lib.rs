@@ -16,6 +16,7 @@ pub mod models;
 pub mod objective;
 mod plan;
 mod remedy;
+pub mod sweep;
 pub mod tasks;
 mod train;
 

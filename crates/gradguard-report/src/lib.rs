@@ -9,6 +9,7 @@
 
 mod csv_sink;
 mod error;
+pub mod html;
 mod jsonl;
 mod record;
 mod sink;

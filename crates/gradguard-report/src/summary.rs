@@ -61,14 +61,18 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
-    /// The run's outcome in one word: `stopped`, `diverged` or `stable`.
+    /// The run's outcome in one word: `stopped` (by the guard), `diverged` (the held-out loss
+    /// ended non-finite or more than 10% above its start), `stalled` (finite but not below its
+    /// start — typically vanishing gradients) or `learning`.
     pub fn outcome(&self) -> &'static str {
         if self.stopped.is_some() {
-            "stopped"
-        } else if self.diverged {
-            "diverged"
-        } else {
-            "stable"
+            return "stopped";
+        }
+        match (self.initial_loss, self.final_loss) {
+            (_, None) => "diverged",
+            (Some(start), Some(end)) if end > 1.1 * start => "diverged",
+            _ if self.diverged => "stalled",
+            _ => "learning",
         }
     }
 }

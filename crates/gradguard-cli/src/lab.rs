@@ -1,0 +1,85 @@
+//! Shared pieces of the lab's commands: error mapping, progress bars, the outcome table.
+
+use std::path::{Path, PathBuf};
+
+use gradguard_lab::LabError;
+use gradguard_report::RunSummary;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::exit::BadInput;
+use crate::table;
+
+/// Lab errors as CLI errors: configuration, files and checkpoints are bad input (exit 2).
+pub fn lab_error(e: LabError) -> anyhow::Error {
+    match e {
+        LabError::Config(_)
+        | LabError::Grid { .. }
+        | LabError::Data { .. }
+        | LabError::Checkpoint { .. }
+        | LabError::Io { .. } => BadInput(e.to_string()).into(),
+        other => anyhow::Error::new(other),
+    }
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+pub fn bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} {what} [{{bar:36}}] {{pos}}/{{len}} {{msg}} ({{elapsed}}, eta {{eta}})"
+        ))
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+fn short(v: Option<f64>) -> String {
+    v.map_or("NaN".into(), |v| {
+        if v != 0.0 && !(1e-3..1e5).contains(&v.abs()) {
+            format!("{v:.2e}")
+        } else {
+            format!("{v:.4}")
+        }
+    })
+}
+
+/// The terminal table of runs: remedy, outcome, losses, accuracy, steps to target, guard work.
+pub fn outcome_table(runs: &[&RunSummary]) -> String {
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|s| {
+            vec![
+                format!("{} {}", s.task, s.remedy),
+                s.outcome().to_string(),
+                s.diverged_at.map_or("–".into(), |v| v.to_string()),
+                short(s.initial_loss),
+                short(s.final_loss),
+                s.accuracy
+                    .map_or("–".into(), |a| format!("{:.1}%", 100.0 * a)),
+                s.steps_to_target.map_or("–".into(), |v| v.to_string()),
+                format!("{}/{}", s.skipped_steps, s.rollbacks),
+            ]
+        })
+        .collect();
+    table::render(
+        &[
+            "run",
+            "outcome",
+            "diverged at",
+            "start loss",
+            "final loss",
+            "accuracy",
+            "to target",
+            "skip/rollback",
+        ],
+        &rows,
+    )
+}
+
+/// Creates `dir` (and parents), as bad input naming it when that fails.
+pub fn ensure_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| BadInput(format!("cannot create directory '{}': {e}", dir.display())))?;
+    Ok(dir.to_path_buf())
+}

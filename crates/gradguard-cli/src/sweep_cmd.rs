@@ -1,0 +1,91 @@
+//! `gradguard sweep`: a grid of runs in parallel, resumable, ranked by measured effect.
+
+use anyhow::Result;
+use gradguard_lab::RunConfig;
+use gradguard_lab::sweep::{Grid, run_sweep};
+use gradguard_report::RunSummary;
+use gradguard_report::html::{Report, render};
+
+use crate::exit::BadInput;
+use crate::files::write_atomically;
+use crate::lab::{bar, ensure_dir, lab_error};
+use crate::lab_args::SweepArgs;
+use crate::report_cmd::{ranking_table, read_runs};
+
+fn grid_of(args: &SweepArgs) -> Result<Grid> {
+    if let Some(path) = &args.grid {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| BadInput(format!("cannot read '{}': {e}", path.display())))?;
+        let mut grid = Grid::from_toml(&text, path).map_err(lab_error)?;
+        if let Some(v) = args.steps {
+            grid.base.steps = v;
+        }
+        return Ok(grid);
+    }
+    let mut base = RunConfig::for_task(args.task);
+    if let Some(v) = args.steps {
+        base.steps = v;
+    }
+    if let Some(v) = args.seq_len {
+        base.seq_len = usize::try_from(v).unwrap_or(usize::MAX);
+    }
+    let mut grid = Grid::single(base);
+    fn set<T>(dst: &mut Vec<T>, src: Vec<T>) {
+        if !src.is_empty() {
+            *dst = src;
+        }
+    }
+    set(
+        &mut grid.depths,
+        args.depth
+            .iter()
+            .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
+            .collect(),
+    );
+    set(&mut grid.lrs, args.lr.clone());
+    set(&mut grid.inits, args.init.clone());
+    set(&mut grid.init_gains, args.init_gain.clone());
+    set(&mut grid.remedies, args.remedy.clone());
+    set(&mut grid.seeds, args.seed.clone());
+    Ok(grid)
+}
+
+/// Runs `gradguard sweep`.
+pub fn run(args: &SweepArgs) -> Result<()> {
+    let grid = grid_of(args)?;
+    let runs = grid.runs().map_err(lab_error)?;
+    let out = ensure_dir(&args.out)?;
+    let progress = bar(runs.len() as u64, "sweep");
+    let done = |config: &RunConfig, summary: &RunSummary| {
+        progress.inc(1);
+        progress.set_message(format!(
+            "{} {}: {}",
+            config.task,
+            summary.remedy,
+            summary.outcome()
+        ));
+    };
+    let result = run_sweep(&runs, &out, args.jobs, &done).map_err(lab_error)?;
+    progress.finish_and_clear();
+    let data = read_runs(std::slice::from_ref(&out))?;
+    let table = ranking_table(&result);
+    let html = render(&Report {
+        title: "gradguard sweep",
+        intro: &[format!("{} runs in {}.", result.runs.len(), out.display())],
+        tables: std::slice::from_ref(&table),
+        runs: &data,
+    });
+    write_atomically(&out.join("report.html"), html.as_bytes())?;
+    if args.json {
+        return crate::files::print_json(&result);
+    }
+    let rows: Vec<Vec<String>> = table.rows.clone();
+    let headers: Vec<&str> = table.headers.iter().map(String::as_str).collect();
+    print!("{}", crate::table::render(&headers, &rows));
+    println!(
+        "{} runs; results in {} (sweep.json, report.html)",
+        result.runs.len(),
+        out.display()
+    );
+    Ok(())
+}

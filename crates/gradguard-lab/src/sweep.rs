@@ -1,0 +1,421 @@
+//! A grid of runs — depth × learning rate × init × gain × remedy × seed — run in parallel,
+//! resumable (a finished run directory is read back, not redone), and ranked by measured effect.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use gradguard_report::{RunSummary, write_atomic};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::config::RunConfig;
+use crate::error::LabError;
+use crate::models::{Activation, Cell, Init};
+use crate::plan::Plan;
+use crate::remedy::Remedy;
+use crate::tasks::{Task, TaskData};
+use crate::train::{TrainOptions, TrainOutcome, train};
+
+/// The sweep's summary file in its output directory.
+pub const SWEEP_FILE: &str = "sweep.json";
+/// The folder of the sweep's run directories.
+pub const RUNS_DIR: &str = "runs";
+
+/// The axes of a sweep; every combination is one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grid {
+    /// Settings shared by every run (its depth, lr, init, gain, remedies and seed are replaced).
+    pub base: RunConfig,
+    /// Hidden layers (MLP).
+    pub depths: Vec<usize>,
+    /// Learning rates.
+    pub lrs: Vec<f64>,
+    /// Initialization schemes.
+    pub inits: Vec<Init>,
+    /// Initialization gains.
+    pub init_gains: Vec<f64>,
+    /// Remedy lists (empty: none).
+    pub remedies: Vec<Vec<Remedy>>,
+    /// Seeds.
+    pub seeds: Vec<u64>,
+}
+
+/// A value or a list of values in a grid file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::One(v) => vec![v],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// The grid file (TOML): scalars for shared settings, a value or a list for each axis.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GridFile {
+    task: Option<String>,
+    width: Option<usize>,
+    activation: Option<String>,
+    cell: Option<String>,
+    seq_len: Option<usize>,
+    steps: Option<u64>,
+    batch: Option<usize>,
+    target_loss: Option<f64>,
+    depth: Option<OneOrMany<usize>>,
+    lr: Option<OneOrMany<f64>>,
+    init: Option<OneOrMany<String>>,
+    init_gain: Option<OneOrMany<f64>>,
+    remedy: Option<OneOrMany<String>>,
+    seed: Option<OneOrMany<u64>>,
+}
+
+impl Grid {
+    /// A one-run grid of `base`.
+    pub fn single(base: RunConfig) -> Self {
+        Grid {
+            depths: vec![base.depth],
+            lrs: vec![base.lr],
+            inits: vec![base.init],
+            init_gains: vec![base.init_gain],
+            remedies: vec![base.remedies.clone()],
+            seeds: vec![base.seed],
+            base,
+        }
+    }
+
+    /// Parses a TOML grid file; `path` names it in errors. Keys: `task`, `width`, `activation`,
+    /// `cell`, `seq_len`, `steps`, `batch`, `target_loss` (one value each) and `depth`, `lr`,
+    /// `init`, `init_gain`, `remedy`, `seed` (a value or a list). Unset keys take the task's
+    /// defaults ([`RunConfig::for_task`]).
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, LabError> {
+        let bad = |reason: String| LabError::Grid {
+            path: path.display().to_string(),
+            reason,
+        };
+        let file: GridFile = toml::from_str(text).map_err(|e| {
+            let message = e.message().to_string();
+            match e.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    bad(format!("line {line}: {message}"))
+                }
+                None => bad(message),
+            }
+        })?;
+        fn parse<T>(path: &Path, what: &str, r: Result<T, String>) -> Result<T, LabError> {
+            r.map_err(|e| LabError::Grid {
+                path: path.display().to_string(),
+                reason: format!("{what}: {e}"),
+            })
+        }
+        let task: Task = match &file.task {
+            Some(t) => parse(path, "task", t.parse())?,
+            None => Task::Mlp,
+        };
+        let mut base = RunConfig::for_task(task);
+        if let Some(v) = file.width {
+            base.width = v;
+        }
+        if let Some(v) = &file.activation {
+            base.activation = parse(path, "activation", v.parse::<Activation>())?;
+        }
+        if let Some(v) = &file.cell {
+            base.cell = parse(path, "cell", v.parse::<Cell>())?;
+        }
+        if let Some(v) = file.seq_len {
+            base.seq_len = v;
+        }
+        if let Some(v) = file.steps {
+            base.steps = v;
+        }
+        if let Some(v) = file.batch {
+            base.batch = v;
+        }
+        if let Some(v) = file.target_loss {
+            base.target_loss = v;
+        }
+        let mut grid = Grid::single(base);
+        if let Some(v) = file.depth {
+            grid.depths = v.into_vec();
+        }
+        if let Some(v) = file.lr {
+            grid.lrs = v.into_vec();
+        }
+        if let Some(v) = file.init {
+            grid.inits = v
+                .into_vec()
+                .iter()
+                .map(|s| parse(path, "init", s.parse::<Init>()))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = file.init_gain {
+            grid.init_gains = v.into_vec();
+        }
+        if let Some(v) = file.remedy {
+            grid.remedies = v
+                .into_vec()
+                .iter()
+                .map(|s| parse(path, "remedy", Remedy::parse_list(s)))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = file.seed {
+            grid.seeds = v.into_vec();
+        }
+        Ok(grid)
+    }
+
+    /// Every run of the grid, each checked (remedies that do not fit the task are refused here,
+    /// before anything runs).
+    pub fn runs(&self) -> Result<Vec<RunConfig>, LabError> {
+        let axes = [
+            ("depth", self.depths.len()),
+            ("lr", self.lrs.len()),
+            ("init", self.inits.len()),
+            ("init_gain", self.init_gains.len()),
+            ("remedy", self.remedies.len()),
+            ("seed", self.seeds.len()),
+        ];
+        if let Some((name, _)) = axes.iter().find(|(_, n)| *n == 0) {
+            return Err(LabError::Config(format!("the grid's {name} list is empty")));
+        }
+        let data = TaskData::new(self.base.task, self.base.seq_len, 0)?;
+        let mut runs = Vec::new();
+        for &depth in &self.depths {
+            for &lr in &self.lrs {
+                for &init in &self.inits {
+                    for &init_gain in &self.init_gains {
+                        for remedies in &self.remedies {
+                            for &seed in &self.seeds {
+                                let config = RunConfig {
+                                    depth,
+                                    lr,
+                                    init,
+                                    init_gain,
+                                    remedies: remedies.clone(),
+                                    seed,
+                                    ..self.base.clone()
+                                };
+                                Plan::new(&config, &data)?;
+                                runs.push(config);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(runs)
+    }
+}
+
+/// The directory name of a run: its axes, readable and unique within a grid.
+pub fn run_name(config: &RunConfig) -> String {
+    let remedy: String = config
+        .remedy_name()
+        .chars()
+        .map(|c| match c {
+            ',' => '+',
+            c if c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '=' => c,
+            _ => '_',
+        })
+        .collect();
+    let arch = if config.task.is_recurrent() {
+        format!("{}-T{}", config.cell.name(), config.seq_len)
+    } else {
+        format!("d{}", config.depth)
+    };
+    format!(
+        "{}-{arch}-lr{}-{}-g{}-{remedy}-s{}",
+        config.task, config.lr, config.init, config.init_gain, config.seed
+    )
+}
+
+/// One run of a sweep, finished.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepRun {
+    /// Its directory, relative to the sweep's.
+    pub dir: String,
+    /// What it did.
+    pub summary: RunSummary,
+}
+
+/// A remedy's measured effect over the grid's cells.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemedyEffect {
+    /// The task.
+    pub task: String,
+    /// The remedy list, as text.
+    pub remedy: String,
+    /// Runs with it.
+    pub runs: usize,
+    /// Of those, diverged (non-finite or not learning).
+    pub diverged: usize,
+    /// Stopped by the guard.
+    pub stopped: usize,
+    /// Reached the target loss.
+    pub reached_target: usize,
+    /// Median steps to the target over the runs that reached it.
+    pub median_steps_to_target: Option<u64>,
+    /// Median held-out loss at the end over the runs where it was finite.
+    pub median_final_loss: Option<f64>,
+    /// Mean held-out accuracy (classification).
+    pub mean_accuracy: Option<f64>,
+    /// Runs that diverged without a remedy in the same cell (same depth, rate, init, gain, seed)
+    /// and did not with this one.
+    pub rescued: usize,
+}
+
+/// What a sweep found.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepResult {
+    /// Every run, in grid order.
+    pub runs: Vec<SweepRun>,
+    /// Remedies per task, best first: fewest diverged or stopped, then most reaching the target, then
+    /// fewest steps to it, then the lowest final loss.
+    pub ranking: Vec<RemedyEffect>,
+}
+
+fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> Option<T> {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v.get(v.len().checked_sub(1)? / 2).copied()
+}
+
+/// Ranks the remedies of `runs` by their measured effect.
+pub fn rank(runs: &[SweepRun]) -> Vec<RemedyEffect> {
+    let cell = |s: &RunSummary| {
+        let mut c = s.config.clone();
+        if let Some(obj) = c.as_object_mut() {
+            obj.remove("remedies");
+        }
+        c.to_string()
+    };
+    let baseline: BTreeMap<String, bool> = runs
+        .iter()
+        .filter(|r| r.summary.remedy == "none")
+        .map(|r| {
+            (
+                cell(&r.summary),
+                r.summary.diverged || r.summary.stopped.is_some(),
+            )
+        })
+        .collect();
+    let mut by_remedy: BTreeMap<(&str, &str), Vec<&RunSummary>> = BTreeMap::new();
+    for r in runs {
+        by_remedy
+            .entry((&r.summary.task, &r.summary.remedy))
+            .or_default()
+            .push(&r.summary);
+    }
+    let mut effects: Vec<RemedyEffect> = by_remedy
+        .into_iter()
+        .map(|((task, remedy), list)| {
+            let failed = |s: &&RunSummary| s.diverged || s.stopped.is_some();
+            let accuracies: Vec<f64> = list.iter().filter_map(|s| s.accuracy).collect();
+            RemedyEffect {
+                task: task.to_string(),
+                remedy: remedy.to_string(),
+                runs: list.len(),
+                diverged: list
+                    .iter()
+                    .filter(|s| s.diverged && s.stopped.is_none())
+                    .count(),
+                stopped: list.iter().filter(|s| s.stopped.is_some()).count(),
+                reached_target: list.iter().filter(|s| s.steps_to_target.is_some()).count(),
+                median_steps_to_target: median(
+                    list.iter().filter_map(|s| s.steps_to_target).collect(),
+                ),
+                median_final_loss: median(list.iter().filter_map(|s| s.final_loss).collect()),
+                mean_accuracy: (!accuracies.is_empty())
+                    .then(|| accuracies.iter().sum::<f64>() / accuracies.len() as f64),
+                rescued: list
+                    .iter()
+                    .filter(|s| !failed(s) && baseline.get(&cell(s)) == Some(&true))
+                    .count(),
+            }
+        })
+        .collect();
+    effects.sort_by(|a, b| a.task.cmp(&b.task).then_with(|| rank_order(a, b)));
+    effects
+}
+
+/// Best first: fewest failures, most reaching the target, fewest steps to it, lowest loss.
+fn rank_order(a: &RemedyEffect, b: &RemedyEffect) -> std::cmp::Ordering {
+    {
+        let fail = |e: &RemedyEffect| (e.diverged + e.stopped) as f64 / e.runs.max(1) as f64;
+        let reach = |e: &RemedyEffect| e.reached_target as f64 / e.runs.max(1) as f64;
+        fail(a)
+            .total_cmp(&fail(b))
+            .then(reach(b).total_cmp(&reach(a)))
+            .then(
+                a.median_steps_to_target
+                    .unwrap_or(u64::MAX)
+                    .cmp(&b.median_steps_to_target.unwrap_or(u64::MAX)),
+            )
+            .then(
+                a.median_final_loss
+                    .unwrap_or(f64::INFINITY)
+                    .total_cmp(&b.median_final_loss.unwrap_or(f64::INFINITY)),
+            )
+    }
+}
+
+/// Runs every run of `runs` under `out/runs/NAME` on `jobs` threads (0: one per core). Finished
+/// runs are read back; interrupted ones resume from their checkpoints. `on_done` is called as
+/// each run finishes. Writes `out/sweep.json`.
+pub fn run_sweep(
+    runs: &[RunConfig],
+    out: &Path,
+    jobs: usize,
+    on_done: &(dyn Fn(&RunConfig, &RunSummary) + Sync),
+) -> Result<SweepResult, LabError> {
+    let runs_dir = out.join(RUNS_DIR);
+    std::fs::create_dir_all(&runs_dir).map_err(|e| LabError::Io {
+        path: runs_dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .build()
+        .map_err(|e| LabError::Config(format!("cannot start {jobs} workers: {e}")))?;
+    let finished: Vec<Result<SweepRun, LabError>> = pool.install(|| {
+        runs.par_iter()
+            .map(|config| {
+                let name = run_name(config);
+                let dir: PathBuf = runs_dir.join(&name);
+                let options = TrainOptions {
+                    out: Some(dir),
+                    ..TrainOptions::default()
+                };
+                match train(config, &options)? {
+                    TrainOutcome::Finished(summary) => {
+                        on_done(config, &summary);
+                        Ok(SweepRun {
+                            dir: format!("{RUNS_DIR}/{name}"),
+                            summary: *summary,
+                        })
+                    }
+                    TrainOutcome::Interrupted { .. } => unreachable!("no interruption requested"),
+                }
+            })
+            .collect()
+    });
+    let runs = finished.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let result = SweepResult {
+        ranking: rank(&runs),
+        runs,
+    };
+    let path = out.join(SWEEP_FILE);
+    let text = serde_json::to_vec_pretty(&result).expect("results serialize");
+    write_atomic(&path, &text).map_err(|e| LabError::Io {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(result)
+}

@@ -7,8 +7,12 @@ use gradguard_lab::models::{Activation, Cell, Init};
 use gradguard_lab::tasks::Task;
 use gradguard_lab::{Remedy, RunConfig};
 
-fn remedy_list(s: &str) -> Result<Vec<Remedy>, String> {
-    Remedy::parse_list(s)
+/// A comma-separated remedy list, one flag value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemedyList(pub Vec<Remedy>);
+
+fn remedy_list(s: &str) -> Result<RemedyList, String> {
+    Remedy::parse_list(s).map(RemedyList)
 }
 
 fn positive_f64(s: &str) -> Result<f64, String> {
@@ -70,7 +74,7 @@ pub struct RunFlags {
     /// xavier, he, orthogonal, lsuv, gain=G, batch-norm, layer-norm, rms-norm, shallow[=N],
     /// residual, lstm, gru, small-lr[=F], warmup[=N], backoff, adam, lr-find, guard.
     #[arg(long, value_parser = remedy_list, default_value = "none", value_name = "NAME[,NAME…]")]
-    pub remedy: Vec<Remedy>,
+    pub remedy: RemedyList,
     /// Training loss (mean of 10 steps) counted as reached [default: 0.5 (mlp), 0.05 (adding),
     /// 0.3 (order)].
     #[arg(long, value_name = "L")]
@@ -118,7 +122,7 @@ impl RunFlags {
         if let Some(v) = self.seed {
             c.seed = v;
         }
-        c.remedies = self.remedy.clone();
+        c.remedies = self.remedy.0.clone();
         if let Some(v) = self.target_loss {
             c.target_loss = v;
         }
@@ -180,7 +184,7 @@ pub struct SweepArgs {
     pub init_gain: Vec<f64>,
     /// Remedy lists separated by `;`, e.g. `none;clip-global;he`.
     #[arg(long, value_delimiter = ';', value_parser = remedy_list)]
-    pub remedy: Vec<Vec<Remedy>>,
+    pub remedy: Vec<RemedyList>,
     /// Seeds, e.g. `0,1,2`.
     #[arg(long, value_delimiter = ',')]
     pub seed: Vec<u64>,

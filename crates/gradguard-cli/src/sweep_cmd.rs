@@ -45,7 +45,10 @@ fn grid_of(args: &SweepArgs) -> Result<Grid> {
     set(&mut grid.lrs, args.lr.clone());
     set(&mut grid.inits, args.init.clone());
     set(&mut grid.init_gains, args.init_gain.clone());
-    set(&mut grid.remedies, args.remedy.clone());
+    set(
+        &mut grid.remedies,
+        args.remedy.iter().map(|r| r.0.clone()).collect(),
+    );
     set(&mut grid.seeds, args.seed.clone());
     Ok(grid)
 }

@@ -24,4 +24,4 @@ pub use config::RunConfig;
 pub use error::LabError;
 pub use plan::{ModelPlan, Plan};
 pub use remedy::{Family, Remedy};
-pub use train::{CONFIG_FILE, TENSORBOARD_DIR, TrainOptions, TrainOutcome, train};
+pub use train::{CONFIG_FILE, TENSORBOARD_DIR, TrainOptions, TrainOutcome, load_run_model, train};

@@ -71,7 +71,7 @@ fn build_net(plan: &Plan, data: &TaskData, seed: u64, device: &Device) -> Result
     device.seed(seed);
     Ok(match plan.model {
         ModelPlan::Mlp(config) => {
-            let mut mlp = config.init(device)?;
+            let mut mlp = config.init(device, seed)?;
             if config.init == Init::Lsuv {
                 let batch = data.train_batch(0, LSUV_BATCH, seed);
                 let x = burn::tensor::Tensor::from_data(
@@ -82,8 +82,29 @@ fn build_net(plan: &Plan, data: &TaskData, seed: u64, device: &Device) -> Result
             }
             Net::Mlp(mlp)
         }
-        ModelPlan::Recurrent(config) => Net::Recurrent(config.init(device)?),
+        ModelPlan::Recurrent(config) => Net::Recurrent(config.init(device, seed)?),
     })
+}
+
+/// The trained network of a run directory: its configuration and the weights of its latest
+/// readable checkpoint.
+pub fn load_run_model(dir: &Path) -> Result<(RunConfig, Net), LabError> {
+    let path = dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
+    let config: RunConfig = serde_json::from_str(&text)
+        .map_err(|e| io_err(&path, format!("not a run configuration: {e}")))?;
+    let data = TaskData::new(config.task, config.seq_len, config.seed)?;
+    let plan = Plan::new(&config, &data)?;
+    let device = Device::flex().autodiff();
+    let net = build_net(&plan, &data, config.seed, &device)?;
+    let (found, warnings) = checkpoint::load_latest(dir);
+    let Some((ckpt, path)) = found else {
+        return Err(LabError::Checkpoint {
+            path: dir.join(checkpoint::CHECKPOINT_FILE).display().to_string(),
+            reason: format!("no readable checkpoint ({})", warnings.join("; ")),
+        });
+    };
+    Ok((config, ckpt.load_model(net, &path)?))
 }
 
 fn fresh_optimizer(plan: &Plan) -> ModuleOptimizer {

@@ -2,12 +2,12 @@
 //! skip connections are the knobs.
 
 use burn::module::{Module, Param};
-use burn::nn::{BatchNorm, BatchNormConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, LayerNorm, LayerNormConfig, Linear};
 use burn::nn::{RmsNorm, RmsNormConfig};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::init::Init;
+use super::init::{Init, draw_weight, linear, weight_rng};
 use crate::error::LabError;
 
 /// The hidden layers' nonlinearity.
@@ -101,16 +101,14 @@ impl MlpConfig {
         Ok(())
     }
 
-    /// The network, initialized on `device` (seed the device first for a reproducible draw).
+    /// The network on `device`, its weights drawn from `seed` (biases 0).
     /// [`Init::Lsuv`] starts orthogonal here; [`DeepMlp::lsuv`] then scales it on data.
-    pub fn init(&self, device: &Device) -> Result<DeepMlp, LabError> {
+    pub fn init(&self, device: &Device, seed: u64) -> Result<DeepMlp, LabError> {
         self.validate()?;
-        let layer = |fan_in: usize, fan_out: usize| {
-            let mut linear = LinearConfig::new(fan_in, fan_out)
-                .with_initializer(self.init.initializer(self.init_gain, fan_in))
-                .init(device);
-            linear.bias = Some(Param::from_tensor(Tensor::zeros([fan_out], device)));
-            linear
+        let mut rng = weight_rng(seed);
+        let mut layer = |fan_in: usize, fan_out: usize| {
+            let w = draw_weight(self.init, self.init_gain, fan_in, fan_out, &mut rng);
+            linear(fan_in, fan_out, w, Some(vec![0.0; fan_out]), device)
         };
         let (mut batch, mut layer_norms, mut rms) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..self.depth {
@@ -121,14 +119,16 @@ impl MlpConfig {
                 Norm::Rms => rms.push(RmsNormConfig::new(self.width).init(device)),
             }
         }
+        let layers = (0..self.depth)
+            .map(|i| layer(if i == 0 { self.inputs } else { self.width }, self.width))
+            .collect();
+        let head = layer(self.width, self.outputs);
         Ok(DeepMlp {
-            layers: (0..self.depth)
-                .map(|i| layer(if i == 0 { self.inputs } else { self.width }, self.width))
-                .collect(),
+            layers,
             batch_norms: batch,
             layer_norms,
             rms_norms: rms,
-            head: layer(self.width, self.outputs),
+            head,
             relu: self.activation == Activation::Relu,
             residual: self.residual,
         })

@@ -2,13 +2,13 @@
 //! initialization gain is the knob (Pascanu et al. 2013: the backward pass multiplies by the
 //! recurrent Jacobian once per time step, so its spectral radius decides explosion).
 
-use burn::module::{Module, Param};
-use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::module::Module;
+use burn::nn::Linear;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::init::Init;
+use super::init::{Init, draw_weight, linear, weight_rng};
 use crate::error::LabError;
 
 /// The recurrent cell.
@@ -77,8 +77,8 @@ pub struct RecurrentConfig {
 }
 
 impl RecurrentConfig {
-    /// The network, initialized on `device` (seed the device first for a reproducible draw).
-    pub fn init(&self, device: &Device) -> Result<RecurrentNet, LabError> {
+    /// The network on `device`, its weights drawn from `seed`.
+    pub fn init(&self, device: &Device, seed: u64) -> Result<RecurrentNet, LabError> {
         if self.inputs == 0 || self.hidden == 0 || self.outputs == 0 {
             return Err(LabError::Config(format!(
                 "inputs, hidden and outputs must be at least 1, got hidden {}",
@@ -99,26 +99,24 @@ impl RecurrentConfig {
             ));
         }
         let k = self.cell.gates() * self.hidden;
-        let mut input = LinearConfig::new(self.inputs, k)
-            .with_initializer(Initializer::XavierNormal { gain: 1.0 })
-            .init(device);
+        let mut rng = weight_rng(seed);
+        let w_in = draw_weight(Init::Xavier, 1.0, self.inputs, k, &mut rng);
         let mut bias = vec![0.0f32; k];
         if self.cell == Cell::Lstm {
             // Gate order i, f, g, o: the forget gate starts open.
             bias[self.hidden..2 * self.hidden].fill(1.0);
         }
-        input.bias = Some(Param::from_data(
-            burn::tensor::TensorData::new(bias, [k]),
+        let input = linear(self.inputs, k, w_in, Some(bias), device);
+        let w_rec = draw_weight(self.init, self.init_gain, self.hidden, k, &mut rng);
+        let recurrent = linear(self.hidden, k, w_rec, None, device);
+        let w_head = draw_weight(Init::Xavier, 1.0, self.hidden, self.outputs, &mut rng);
+        let head = linear(
+            self.hidden,
+            self.outputs,
+            w_head,
+            Some(vec![0.0; self.outputs]),
             device,
-        ));
-        let recurrent = LinearConfig::new(self.hidden, k)
-            .with_bias(false)
-            .with_initializer(self.init.initializer(self.init_gain, self.hidden))
-            .init(device);
-        let mut head = LinearConfig::new(self.hidden, self.outputs)
-            .with_initializer(Initializer::XavierNormal { gain: 1.0 })
-            .init(device);
-        head.bias = Some(Param::from_tensor(Tensor::zeros([self.outputs], device)));
+        );
         Ok(RecurrentNet {
             input,
             recurrent,

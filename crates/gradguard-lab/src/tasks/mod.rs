@@ -8,6 +8,7 @@ mod sequences;
 use serde::{Deserialize, Serialize};
 
 pub use digits_data::{CLASSES, Digits, FEATURES, Split};
+pub(crate) use sequences::rng;
 pub use sequences::{ORDER_CLASSES, ORDER_SYMBOLS, adding, temporal_order};
 
 use crate::error::LabError;

@@ -55,10 +55,10 @@ pub struct RunFlags {
     #[arg(long)]
     pub init: Option<Init>,
     /// Multiplies the init's standard deviation [default: 2 (mlp), 1.5 (recurrent)].
-    #[arg(long, value_parser = positive_f64, value_name = "G")]
+    #[arg(long, value_parser = positive_f64, value_name = "G", allow_negative_numbers = true)]
     pub init_gain: Option<f64>,
     /// SGD learning rate [default: 0.01 (mlp), 0.1 (recurrent)].
-    #[arg(long, value_parser = positive_f64, value_name = "X")]
+    #[arg(long, value_parser = positive_f64, value_name = "X", allow_negative_numbers = true)]
     pub lr: Option<f64>,
     /// Batches to train on [default: 300].
     #[arg(long, value_parser = at_least_one, value_name = "N")]
@@ -77,7 +77,7 @@ pub struct RunFlags {
     pub remedy: RemedyList,
     /// Training loss (mean of 10 steps) counted as reached [default: 0.5 (mlp), 0.05 (adding),
     /// 0.3 (order)].
-    #[arg(long, value_name = "L")]
+    #[arg(long, value_name = "L", allow_negative_numbers = true)]
     pub target_loss: Option<f64>,
     /// Good steps between checkpoints (and rollback snapshots) [default: 50].
     #[arg(long, value_parser = at_least_one, value_name = "N")]
@@ -174,13 +174,13 @@ pub struct SweepArgs {
     #[arg(long, value_delimiter = ',', value_parser = at_least_one)]
     pub depth: Vec<u64>,
     /// Learning rates, e.g. `0.001,0.01,0.1`.
-    #[arg(long, value_delimiter = ',', value_parser = positive_f64)]
+    #[arg(long, value_delimiter = ',', value_parser = positive_f64, allow_negative_numbers = true)]
     pub lr: Vec<f64>,
     /// Initializations, e.g. `gaussian,he`.
     #[arg(long, value_delimiter = ',')]
     pub init: Vec<Init>,
     /// Initialization gains, e.g. `1,1.5,2`.
-    #[arg(long, value_delimiter = ',', value_parser = positive_f64)]
+    #[arg(long, value_delimiter = ',', value_parser = positive_f64, allow_negative_numbers = true)]
     pub init_gain: Vec<f64>,
     /// Remedy lists separated by `;`, e.g. `none;clip-global;he`.
     #[arg(long, value_delimiter = ';', value_parser = remedy_list)]

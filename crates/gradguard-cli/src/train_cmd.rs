@@ -25,7 +25,7 @@ impl std::fmt::Display for Diverged {
 /// Runs `gradguard train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
     let config = args.run.config();
-    config.validate().map_err(lab_error)?;
+    gradguard_lab::check(&config).map_err(lab_error)?;
     let out = args
         .out
         .clone()

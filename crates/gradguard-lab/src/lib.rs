@@ -24,4 +24,6 @@ pub use config::RunConfig;
 pub use error::LabError;
 pub use plan::{ModelPlan, Plan};
 pub use remedy::{Family, Remedy};
-pub use train::{CONFIG_FILE, TENSORBOARD_DIR, TrainOptions, TrainOutcome, load_run_model, train};
+pub use train::{
+    CONFIG_FILE, TENSORBOARD_DIR, TrainOptions, TrainOutcome, check, load_run_model, train,
+};

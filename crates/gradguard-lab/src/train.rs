@@ -109,9 +109,9 @@ pub fn load_run_model(dir: &Path) -> Result<(RunConfig, Net), LabError> {
 
 fn fresh_optimizer(plan: &Plan) -> ModuleOptimizer {
     if plan.adam {
-        AdamConfig::new().init().into()
+        AdamConfig::new().init()
     } else {
-        SgdConfig::new().init().into()
+        SgdConfig::new().init()
     }
 }
 
@@ -120,6 +120,12 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> LabError {
         path: path.display().to_string(),
         reason: e.to_string(),
     }
+}
+
+/// Checks `config` completely — ranges, and remedies against the task — without training.
+pub fn check(config: &RunConfig) -> Result<(), LabError> {
+    let data = TaskData::new(config.task, config.seq_len, config.seed)?;
+    Plan::new(config, &data).map(|_| ())
 }
 
 /// Prepares `dir`: creates it, checks or writes its configuration. Returns the finished summary
@@ -332,7 +338,7 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainOutcome,
         let report = step.report;
         if report.decision == Decision::Apply {
             let effective = lr * report.lr_multiplier;
-            let decay = (plan.weight_decay > 0.0).then(|| 1.0 - effective * plan.weight_decay);
+            let decay = (plan.weight_decay > 0.0).then_some(1.0 - effective * plan.weight_decay);
             net = constrain(net, decay, plan.max_norm);
             if report.take_snapshot && (decay.is_some() || plan.max_norm.is_some()) {
                 optim.set_snapshot(report.step, net.clone());

@@ -8,6 +8,8 @@ use super::recurrent::RecurrentNet;
 use crate::tasks::HostBatch;
 
 /// The network a run trains.
+// One value per run, moved once per step: a few hundred bytes of handles, not worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Net {
     /// A deep MLP (the digits task).

@@ -1,0 +1,369 @@
+//! The lab's commands end to end: `train`, `sweep`, `report`, `demo`.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_gradguard"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("the binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o.stdout)))
+}
+
+fn summary_without_time(dir: &Path) -> serde_json::Value {
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("wall_time_s");
+    v
+}
+
+#[test]
+fn train_writes_a_run_directory_and_prints_its_summary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let o = run(&[
+        "train",
+        "--task",
+        "mlp",
+        "--depth",
+        "6",
+        "--steps",
+        "20",
+        "--remedy",
+        "clip-global,warmup=5",
+        "--out",
+        dir.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let s = json(&o);
+    for key in [
+        "task",
+        "remedy",
+        "seed",
+        "steps",
+        "final_loss",
+        "accuracy",
+        "diverged",
+        "diverged_at",
+        "skipped_steps",
+        "rollbacks",
+        "wall_time_s",
+    ] {
+        assert!(s.get(key).is_some(), "summary lacks {key}: {s}");
+    }
+    assert_eq!(s["task"], "mlp");
+    assert_eq!(s["remedy"], "clip-global=1,warmup=5");
+    assert_eq!(s["steps"], 20);
+    let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 20);
+    let events: Vec<_> = std::fs::read_dir(dir.join("tensorboard"))
+        .unwrap()
+        .collect();
+    assert_eq!(events.len(), 1);
+    for file in ["config.json", "checkpoint.ggck", "summary.json"] {
+        assert!(dir.join(file).is_file(), "{file} missing");
+    }
+}
+
+#[test]
+fn a_killed_run_resumes_and_ends_as_an_uninterrupted_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (killed, whole) = (tmp.path().join("killed"), tmp.path().join("whole"));
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "train",
+            "--task",
+            "adding",
+            "--seq-len",
+            "40",
+            "--steps",
+            "400",
+            "--checkpoint-every",
+            "10",
+            "--remedy",
+            "guard,clip-global",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([out.display().to_string()])
+        .collect()
+    };
+    let mut child = bin()
+        .args(args(&killed))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !killed.join("checkpoint.ggck").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run ended before it could be killed"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!killed.join("summary.json").exists());
+
+    let resumed = bin().args(args(&killed)).output().unwrap();
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    let reference = bin().args(args(&whole)).output().unwrap();
+    assert!(reference.status.success());
+    assert_eq!(summary_without_time(&killed), summary_without_time(&whole));
+    let (a, b) = (
+        std::fs::read_to_string(killed.join("metrics.jsonl")).unwrap(),
+        std::fs::read_to_string(whole.join("metrics.jsonl")).unwrap(),
+    );
+    assert_eq!(a.lines().count(), b.lines().count());
+    assert!(
+        a == b,
+        "every step's loss and norms match the uninterrupted run's"
+    );
+}
+
+#[test]
+fn bad_input_gets_one_line_and_exit_code_2_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let grid = tmp.path().join("grid.toml");
+    std::fs::write(&grid, "depth = [4, 8]\nlearning_rate = 0.1\n").unwrap();
+    let out = tmp.path().join("out");
+    let o = out.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["train", "--remedy", "clip-glob", "--out", o],
+            "unknown remedy 'clip-glob'",
+        ),
+        (vec!["train", "--lr", "-1", "--out", o], "positive"),
+        (
+            vec!["train", "--remedy", "autoclip=120", "--out", o],
+            "above 100",
+        ),
+        (vec!["train", "--steps", "0", "--out", o], "≥ 1"),
+        (
+            vec![
+                "train",
+                "--task",
+                "adding",
+                "--remedy",
+                "batch-norm",
+                "--out",
+                o,
+            ],
+            "mlp task only",
+        ),
+        (
+            vec!["train", "--task", "cnn", "--out", o],
+            "unknown task 'cnn'",
+        ),
+        (vec!["train", "--out", file.to_str().unwrap()], "is a file"),
+        (
+            vec!["sweep", "--grid", grid.to_str().unwrap(), "--out", o],
+            "unknown field `learning_rate`",
+        ),
+        (
+            vec!["sweep", "--grid", "/no/such/grid.toml", "--out", o],
+            "cannot read",
+        ),
+        (
+            vec!["sweep", "--remedy", "none;zclip=3", "--out", o],
+            "takes no value",
+        ),
+        (
+            vec!["report", tmp.path().to_str().unwrap()],
+            "neither a finished run",
+        ),
+        (vec!["demo", "--bogus"], "--bogus"),
+    ];
+    for (args, needle) in cases {
+        let r = run(&args);
+        let err = text(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(needle),
+            "{args:?}: {err}"
+        );
+        assert!(!out.exists(), "{args:?} left {}", out.display());
+    }
+}
+
+#[test]
+fn fail_on_divergence_exits_1_for_an_exploding_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("r");
+    let r = run(&[
+        "train",
+        "--steps",
+        "10",
+        "--fail-on-divergence",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r.stderr));
+    assert!(text(&r.stderr).contains("diverged"));
+    assert!(out.join("summary.json").is_file(), "the evidence stays");
+}
+
+#[test]
+fn a_sweep_ranks_remedies_writes_a_report_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("sweep");
+    let args = [
+        "sweep",
+        "--task",
+        "mlp",
+        "--steps",
+        "25",
+        "--remedy",
+        "none;clip-global;he",
+        "--seed",
+        "0,1",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ];
+    let first = run(&args);
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    let result = json(&first);
+    assert_eq!(result["runs"].as_array().unwrap().len(), 6);
+    let ranking: Vec<&str> = result["ranking"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["remedy"].as_str().unwrap())
+        .collect();
+    assert_eq!(ranking.last(), Some(&"none"), "{ranking:?}");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("Remedies ranked by measured effect"));
+    let again = run(&args);
+    assert_eq!(
+        json(&again),
+        result,
+        "finished runs are read back, not redone"
+    );
+
+    let report = tmp.path().join("r.html");
+    let r = run(&[
+        "report",
+        out.to_str().unwrap(),
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    assert!(std::fs::read_to_string(report).unwrap().contains("<svg"));
+}
+
+/// `GRADGUARD_CHROMIUM` names a Chromium binary to check that the report renders (CI sets it).
+fn check_renders(report: &Path) {
+    let Ok(chromium) = std::env::var("GRADGUARD_CHROMIUM") else {
+        eprintln!("GRADGUARD_CHROMIUM not set: the report's rendering is not checked here");
+        return;
+    };
+    let profile = tempfile::tempdir().unwrap();
+    let screenshot = profile.path().join("report.png");
+    let url = format!("file://{}", report.canonicalize().unwrap().display());
+    let flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+    ];
+    let chrome = |extra: &[String]| {
+        Command::new(&chromium)
+            .args(flags)
+            .arg(format!(
+                "--user-data-dir={}",
+                profile.path().join("ud").display()
+            ))
+            .args(extra)
+            .output()
+            .expect("chromium runs")
+    };
+    let dom = chrome(&["--dump-dom".into(), url.clone()]);
+    assert!(dom.status.success(), "{}", text(&dom.stderr));
+    let dom = text(&dom.stdout);
+    let source = std::fs::read_to_string(report).unwrap();
+    assert_eq!(
+        dom.matches("<svg").count(),
+        source.matches("<svg").count(),
+        "every chart parses"
+    );
+    assert!(dom.contains("Outcome of every run"));
+    let shot = chrome(&[
+        format!("--screenshot={}", screenshot.display()),
+        "--window-size=1280,2400".into(),
+        url,
+    ]);
+    assert!(shot.status.success(), "{}", text(&shot.stderr));
+    let png = std::fs::read(&screenshot).unwrap();
+    assert_eq!(&png[1..4], b"PNG");
+    let (w, h) = (
+        u32::from_be_bytes(png[16..20].try_into().unwrap()),
+        u32::from_be_bytes(png[20..24].try_into().unwrap()),
+    );
+    assert_eq!((w, h), (1280, 2400));
+    // A blank page compresses to a few kilobytes; charts and tables do not.
+    assert!(
+        png.len() > 60_000,
+        "screenshot of {} bytes looks empty",
+        png.len()
+    );
+}
+
+#[test]
+fn the_quick_demo_prints_its_table_and_writes_the_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("demo");
+    let o = run(&["demo", "--quick", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let stdout = text(&o.stdout);
+    for needle in [
+        "mlp none",
+        "adding none",
+        "mlp clip-global=1",
+        "adding lstm",
+        "family",
+        "report:",
+    ] {
+        assert!(stdout.contains(needle), "{needle} missing from:\n{stdout}");
+    }
+    let report = out.join("report.html");
+    let html = std::fs::read_to_string(&report).unwrap();
+    for needle in [
+        "Outcome of every run",
+        "Training loss of each remedy",
+        "Gradient norm per layer at step 0",
+        "Global gradient norm",
+        "Per-layer gradient norm over steps",
+        "clip threshold",
+        "data:image/png;base64,",
+    ] {
+        assert!(html.contains(needle), "report lacks {needle}");
+    }
+    assert!(html.matches("<svg").count() > 60);
+    check_renders(&report);
+}

@@ -114,19 +114,30 @@ pub fn claims(task: &str, runs: &[&RunSummary]) -> Vec<String> {
             loss(none.final_loss)
         ),
     });
-    let stable: Vec<String> = runs
-        .iter()
-        .filter(|s| s.remedy != "none" && s.outcome() == "learning")
-        .map(|s| format!("{} ({})", s.remedy, loss(s.final_loss)))
-        .collect();
+    let list = |outcome: &str| -> Vec<String> {
+        runs.iter()
+            .filter(|s| s.remedy != "none" && s.outcome() == outcome)
+            .map(|s| format!("{} ({})", s.remedy, loss(s.final_loss)))
+            .collect()
+    };
+    let trivial = runs.iter().find_map(|s| s.trivial_loss);
+    let (learning, stable) = (list("learning"), list("stable"));
     let failed: Vec<String> = runs
         .iter()
-        .filter(|s| s.remedy != "none" && s.outcome() != "learning")
+        .filter(|s| s.remedy != "none" && matches!(s.outcome(), "diverged" | "stopped"))
         .map(|s| format!("{} ({})", s.remedy, s.outcome()))
         .collect();
+    if !learning.is_empty() {
+        out.push(format!(
+            "{task}: finite and learning, below the trivial predictor's {} (final held-out loss): {}.",
+            loss(trivial),
+            learning.join(", ")
+        ));
+    }
     if !stable.is_empty() {
         out.push(format!(
-            "{task}: kept finite and learning (final held-out loss): {}.",
+            "{task}: finite but not beating the trivial predictor's {} in these steps: {}.",
+            loss(trivial),
             stable.join(", ")
         ));
     }
@@ -138,7 +149,7 @@ pub fn claims(task: &str, runs: &[&RunSummary]) -> Vec<String> {
     }
     if let Some(best) = runs
         .iter()
-        .filter(|s| s.outcome() == "learning" && s.final_loss.is_some())
+        .filter(|s| s.outcome() != "diverged" && s.outcome() != "stopped" && s.final_loss.is_some())
         .min_by(|a, b| a.final_loss.partial_cmp(&b.final_loss).expect("finite"))
     {
         out.push(format!(

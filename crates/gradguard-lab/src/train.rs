@@ -364,7 +364,8 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainOutcome,
     sinks.flush()?;
 
     let eval = evaluate(&net, &test, &device);
-    let summary = summarize(config, &progress, optim.guard(), eval, &started);
+    let mut summary = summarize(config, &progress, optim.guard(), eval, &started);
+    summary.trivial_loss = Some(test.trivial_loss(data.outputs()));
     if let Some(dir) = &options.out {
         let header = snapshot_header(&progress, &optim, false);
         checkpoint::save(dir, &Checkpoint::capture(header, &net, optim.optimizer())?)?;
@@ -419,6 +420,7 @@ fn summarize(
         final_loss: eval.loss,
         final_train_loss: final_train,
         initial_loss: progress.initial_eval,
+        trivial_loss: None,
         accuracy: eval.accuracy,
         diverged,
         diverged_at,

@@ -31,6 +31,10 @@ pub struct RunSummary {
     pub final_train_loss: Option<f64>,
     /// Loss on the held-out set before the first step (`null` when not finite).
     pub initial_loss: Option<f64>,
+    /// Held-out loss of the trivial predictor — uniform over classes (ln C), or the targets'
+    /// mean (their variance) — the bar a run must clear to count as learning.
+    #[serde(default)]
+    pub trivial_loss: Option<f64>,
     /// Held-out accuracy at the end, for classification tasks.
     pub accuracy: Option<f64>,
     /// The held-out loss ended non-finite, or not below `initial_loss`.
@@ -61,18 +65,28 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
-    /// The run's outcome in one word: `stopped` (by the guard), `diverged` (the held-out loss
-    /// ended non-finite or more than 10% above its start), `stalled` (finite but not below its
-    /// start — typically vanishing gradients) or `learning`.
+    /// The run's outcome in one word: `stopped` (by the guard); `diverged` (the held-out loss
+    /// ended non-finite or more than 10% above its start); `learning` (it ended at least 5% below
+    /// both its start and the trivial predictor's loss); otherwise `stable` — finite, but not
+    /// learning more than the trivial predictor (vanishing gradients, or too few steps).
     pub fn outcome(&self) -> &'static str {
         if self.stopped.is_some() {
             return "stopped";
         }
-        match (self.initial_loss, self.final_loss) {
-            (_, None) => "diverged",
-            (Some(start), Some(end)) if end > 1.1 * start => "diverged",
-            _ if self.diverged => "stalled",
-            _ => "learning",
+        let Some(end) = self.final_loss else {
+            return "diverged";
+        };
+        if self.initial_loss.is_some_and(|start| end > 1.1 * start) {
+            return "diverged";
+        }
+        let bar = [self.initial_loss, self.trivial_loss]
+            .into_iter()
+            .flatten()
+            .fold(f64::INFINITY, f64::min);
+        if end < 0.95 * bar {
+            "learning"
+        } else {
+            "stable"
         }
     }
 }
@@ -156,4 +170,63 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(initial: Option<f64>, end: Option<f64>, trivial: Option<f64>) -> RunSummary {
+        RunSummary {
+            task: "t".into(),
+            remedy: "none".into(),
+            seed: 0,
+            steps: 1,
+            final_loss: end,
+            final_train_loss: end,
+            initial_loss: initial,
+            trivial_loss: trivial,
+            accuracy: None,
+            diverged: !matches!((initial, end), (Some(a), Some(b)) if b < a),
+            diverged_at: None,
+            stopped: None,
+            skipped_steps: 0,
+            rollbacks: 0,
+            non_finite_steps: 0,
+            target_loss: 0.1,
+            steps_to_target: None,
+            lr: 0.1,
+            largest_stable_lr: None,
+            wall_time_s: 0.0,
+            config: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn outcomes_compare_against_the_start_and_the_trivial_predictor() {
+        let ln10 = 10f64.ln();
+        assert_eq!(summary(Some(2.3), None, Some(ln10)).outcome(), "diverged");
+        assert_eq!(
+            summary(Some(2.3), Some(2.6), Some(ln10)).outcome(),
+            "diverged"
+        );
+        assert_eq!(
+            summary(Some(2.3), Some(1.0), Some(ln10)).outcome(),
+            "learning"
+        );
+        // From an exploded start, a finite loss at chance level is not learning.
+        assert_eq!(
+            summary(Some(7000.0), Some(2.3), Some(ln10)).outcome(),
+            "stable"
+        );
+        assert_eq!(
+            summary(Some(2.3), Some(2.29), Some(ln10)).outcome(),
+            "stable"
+        );
+        let stopped = RunSummary {
+            stopped: Some("gave up".into()),
+            ..summary(Some(2.3), Some(1.0), None)
+        };
+        assert_eq!(stopped.outcome(), "stopped");
+    }
 }

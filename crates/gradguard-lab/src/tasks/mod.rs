@@ -155,6 +155,24 @@ impl TaskData {
     }
 }
 
+impl HostBatch {
+    /// The loss of the trivial predictor on this batch: `ln C` for `C` classes (uniform), or the
+    /// targets' variance for values (predicting their mean).
+    pub fn trivial_loss(&self, classes: usize) -> f64 {
+        match &self.targets {
+            Targets::Classes(_) => (classes.max(1) as f64).ln(),
+            Targets::Values(v) => {
+                let n = v.len().max(1) as f64;
+                let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+                v.iter()
+                    .map(|&x| (f64::from(x) - mean).powi(2))
+                    .sum::<f64>()
+                    / n
+            }
+        }
+    }
+}
+
 /// Batch `index` of `size` images, cycling through the (already shuffled) set.
 fn digits_batch(data: &Digits, index: u64, size: usize) -> HostBatch {
     let n = data.len().max(1);

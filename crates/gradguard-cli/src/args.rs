@@ -29,6 +29,8 @@ pub enum Command {
     Report(crate::lab_args::ReportArgs),
     /// Show exploding gradients and every remedy family, measured, in about two minutes.
     Demo(crate::lab_args::DemoArgs),
+    /// Predict explosion before training: Jacobian gains, Lyapunov exponent, edge of chaos.
+    Probe(crate::lab_args::ProbeArgs),
 }
 
 /// `gradguard inspect`.

@@ -229,3 +229,111 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 0)]
     pub jobs: usize,
 }
+
+fn norm_arg(s: &str) -> Result<gradguard_lab::models::Norm, String> {
+    use gradguard_lab::models::Norm;
+    match s {
+        "none" => Ok(Norm::None),
+        "layer" => Ok(Norm::Layer),
+        "rms" => Ok(Norm::Rms),
+        "batch" => Err("batch norm couples examples; the probe takes none, layer or rms".into()),
+        other => Err(format!(
+            "unknown norm '{other}' (expected none, layer or rms)"
+        )),
+    }
+}
+
+fn non_negative_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
+        Ok(v) => Err(format!("must be ≥ 0, got {v}")),
+        Err(_) => Err(format!("'{s}' is not a number")),
+    }
+}
+
+/// `gradguard probe`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Weights are drawn with variance G²/fan_in (--init gaussian); without \
+    --input-var the inputs sit at the mean-field fixed point q* of (G, σ_b²). The verdict is \
+    critical when |λ| ≤ max(0.01, 2 standard errors)."
+)]
+pub struct ProbeArgs {
+    /// Hidden layers of the MLP.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    pub depth: u64,
+    /// Units per layer (hidden units of a recurrent cell).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    pub width: u64,
+    /// tanh, relu or linear.
+    #[arg(long, default_value = "tanh")]
+    pub activation: Activation,
+    /// gaussian, xavier, he or orthogonal.
+    #[arg(long, default_value = "gaussian")]
+    pub init: Init,
+    /// The weights' gain G (σ_w for gaussian).
+    #[arg(long, default_value_t = 1.0, value_parser = positive_f64, value_name = "G", allow_negative_numbers = true)]
+    pub init_gain: f64,
+    /// σ_b²: biases drawn from N(0, V).
+    #[arg(long, default_value_t = 0.0, value_parser = non_negative_f64, value_name = "V", allow_negative_numbers = true)]
+    pub bias_var: f64,
+    /// Normalization before each nonlinearity: none, layer or rms.
+    #[arg(long, default_value = "none", value_parser = norm_arg)]
+    pub norm: gradguard_lab::models::Norm,
+    /// Skip connections around hidden layers.
+    #[arg(long)]
+    pub residual: bool,
+    /// Probe a recurrent cell (rnn, lstm, gru) per time step instead of an MLP.
+    #[arg(long)]
+    pub cell: Option<Cell>,
+    /// Time steps of the recurrent probe.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(2..))]
+    pub seq_len: u64,
+    /// Random vectors per input.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
+    pub probes: u64,
+    /// Inputs.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    pub inputs: u64,
+    /// Variance of Gaussian inputs instead of the fixed point q*.
+    #[arg(long, value_parser = positive_f64, value_name = "V", allow_negative_numbers = true)]
+    pub input_var: Option<f64>,
+    /// Seed of the weights, inputs and vectors.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Search the gain with λ = 0 (the edge of chaos) and print it beside mean-field theory's.
+    #[arg(long)]
+    pub calibrate: bool,
+    /// Train the network twice from initial weights ε apart and report how the runs separate.
+    #[arg(long)]
+    pub butterfly: bool,
+    /// ε of --butterfly (distance between the two initial weight vectors).
+    #[arg(long, default_value_t = 1e-3, value_parser = positive_f64)]
+    pub epsilon: f64,
+    /// Training steps of --butterfly and --agreement.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    pub train_steps: u64,
+    /// SGD learning rate of --butterfly and --agreement.
+    #[arg(long, default_value_t = 0.1, value_parser = positive_f64, allow_negative_numbers = true)]
+    pub lr: f64,
+    /// Probe and train the digits MLP at every depth × gain and report how often the verdict
+    /// matched what training did.
+    #[arg(long)]
+    pub agreement: bool,
+    /// Depths of --agreement.
+    #[arg(long, value_delimiter = ',', default_value = "4,8,16,32")]
+    pub agreement_depths: Vec<u64>,
+    /// Gains of --agreement (and rows of the report's phase diagram).
+    #[arg(long, value_delimiter = ',', value_parser = positive_f64, default_value = "0.6,0.8,1,1.2,1.4,1.6,2")]
+    pub gains: Vec<f64>,
+    /// Write an HTML report (gain per layer, phase diagram, and the runs asked for) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Probe the trained network of a `gradguard train` run directory, at its task's inputs.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub from: Option<PathBuf>,
+    /// Print JSON (keys include lyapunov, per_layer_gain, verdict, critical_gain,
+    /// predicted_critical_gain).
+    #[arg(long)]
+    pub json: bool,
+}

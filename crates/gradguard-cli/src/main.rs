@@ -11,6 +11,7 @@ mod files;
 mod inspect;
 mod lab;
 mod lab_args;
+mod probe_cmd;
 mod report_cmd;
 mod sweep_cmd;
 mod table;
@@ -48,6 +49,7 @@ fn main() -> ExitCode {
         Command::Sweep(a) => sweep_cmd::run(&a),
         Command::Report(a) => report_cmd::run(&a),
         Command::Demo(a) => demo::run(&a),
+        Command::Probe(a) => probe_cmd::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

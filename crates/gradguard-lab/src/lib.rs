@@ -15,6 +15,7 @@ pub mod lr_find;
 pub mod models;
 pub mod objective;
 mod plan;
+pub mod probe;
 mod remedy;
 pub mod sweep;
 pub mod tasks;

@@ -63,6 +63,7 @@ impl Plan {
             init_gain: config.init_gain,
             norm: Norm::None,
             residual: false,
+            bias_var: 0.0,
         };
         let mut rnn = RecurrentConfig {
             inputs: data.inputs(),

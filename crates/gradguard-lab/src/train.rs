@@ -67,7 +67,12 @@ pub enum TrainOutcome {
 }
 
 /// Builds the network of `plan` (LSUV scales it on the first training examples).
-fn build_net(plan: &Plan, data: &TaskData, seed: u64, device: &Device) -> Result<Net, LabError> {
+pub(crate) fn build_net(
+    plan: &Plan,
+    data: &TaskData,
+    seed: u64,
+    device: &Device,
+) -> Result<Net, LabError> {
     device.seed(seed);
     Ok(match plan.model {
         ModelPlan::Mlp(config) => {

@@ -5,6 +5,7 @@ use burn::module::{Module, Param};
 use burn::nn::{BatchNorm, BatchNormConfig, LayerNorm, LayerNormConfig, Linear};
 use burn::nn::{RmsNorm, RmsNormConfig};
 use burn::tensor::{Device, Tensor};
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::init::{Init, draw_weight, linear, weight_rng};
@@ -18,6 +19,8 @@ pub enum Activation {
     Tanh,
     /// ReLU: critical at gain √2 (He et al. 2015).
     Relu,
+    /// The identity: a deep linear network (Saxe et al. 2014), critical at gain 1.
+    Linear,
 }
 
 impl Activation {
@@ -26,6 +29,16 @@ impl Activation {
         match self {
             Activation::Tanh => x.tanh(),
             Activation::Relu => burn::tensor::activation::relu(x),
+            Activation::Linear => x,
+        }
+    }
+
+    /// The name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Tanh => "tanh",
+            Activation::Relu => "relu",
+            Activation::Linear => "linear",
         }
     }
 }
@@ -81,6 +94,9 @@ pub struct MlpConfig {
     pub norm: Norm,
     /// Skip connections `h ← h + φ(norm(W h + b))` around every hidden layer after the first.
     pub residual: bool,
+    /// Biases are drawn from N(0, σ_b²) with this σ_b² (0: biases start at 0).
+    #[serde(default)]
+    pub bias_var: f64,
 }
 
 impl MlpConfig {
@@ -98,6 +114,12 @@ impl MlpConfig {
                 self.init_gain
             )));
         }
+        if !(self.bias_var >= 0.0 && self.bias_var.is_finite()) {
+            return Err(LabError::Config(format!(
+                "bias variance must be ≥ 0, got {}",
+                self.bias_var
+            )));
+        }
         Ok(())
     }
 
@@ -106,9 +128,18 @@ impl MlpConfig {
     pub fn init(&self, device: &Device, seed: u64) -> Result<DeepMlp, LabError> {
         self.validate()?;
         let mut rng = weight_rng(seed);
+        let bias_std = self.bias_var.sqrt();
         let mut layer = |fan_in: usize, fan_out: usize| {
             let w = draw_weight(self.init, self.init_gain, fan_in, fan_out, &mut rng);
-            linear(fan_in, fan_out, w, Some(vec![0.0; fan_out]), device)
+            // No draw at σ_b = 0, so the weights do not depend on whether biases are random.
+            let b: Vec<f32> = if bias_std > 0.0 {
+                (0..fan_out)
+                    .map(|_| (bias_std * rng.sample::<f64, _>(rand_distr::StandardNormal)) as f32)
+                    .collect()
+            } else {
+                vec![0.0; fan_out]
+            };
+            linear(fan_in, fan_out, w, Some(b), device)
         };
         let (mut batch, mut layer_norms, mut rms) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..self.depth {
@@ -129,7 +160,7 @@ impl MlpConfig {
             layer_norms,
             rms_norms: rms,
             head,
-            relu: self.activation == Activation::Relu,
+            activation: self.activation,
             residual: self.residual,
         })
     }
@@ -144,20 +175,12 @@ pub struct DeepMlp {
     rms_norms: Vec<RmsNorm>,
     head: Linear,
     #[module(skip)]
-    relu: bool,
+    activation: Activation,
     #[module(skip)]
     residual: bool,
 }
 
 impl DeepMlp {
-    fn activation(&self) -> Activation {
-        if self.relu {
-            Activation::Relu
-        } else {
-            Activation::Tanh
-        }
-    }
-
     fn normalize(&self, i: usize, z: Tensor<2>) -> Tensor<2> {
         if let Some(n) = self.batch_norms.get(i) {
             n.forward(z)
@@ -170,10 +193,10 @@ impl DeepMlp {
         }
     }
 
-    /// Hidden layer `i` applied to `h`.
-    fn hidden(&self, i: usize, h: Tensor<2>) -> Tensor<2> {
+    /// Hidden layer `i` applied to `h`: `φ(norm(W h + b))`, plus `h` with skip connections.
+    pub fn hidden(&self, i: usize, h: Tensor<2>) -> Tensor<2> {
         let out = self
-            .activation()
+            .activation
             .apply(self.normalize(i, self.layers[i].forward(h.clone())));
         if self.residual && i > 0 { h + out } else { out }
     }

@@ -35,7 +35,8 @@ impl Cell {
         }
     }
 
-    fn gates(self) -> usize {
+    /// Gate blocks in the projections (1, 4 or 3).
+    pub fn gates(self) -> usize {
         match self {
             Cell::Rnn => 1,
             Cell::Lstm => 4,
@@ -140,35 +141,56 @@ pub struct RecurrentNet {
 }
 
 impl RecurrentNet {
+    /// The input projections of every step at once, `[n, T, gates × hidden]`.
+    pub fn project(&self, x: Tensor<3>) -> Tensor<3> {
+        self.input.forward(x)
+    }
+
+    /// Hidden units.
+    pub fn hidden_size(&self) -> usize {
+        self.hidden
+    }
+
+    /// The cell.
+    pub fn cell(&self) -> Cell {
+        self.cell
+    }
+
+    /// One time step: the state `(h, c)` after reading the projected input `xt` (`c` is the
+    /// LSTM's cell state and passes through unchanged for the other cells).
+    pub fn step(&self, xt: Tensor<2>, h: Tensor<2>, c: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+        let uh = self.recurrent.forward(h.clone());
+        match self.cell {
+            Cell::Rnn => ((xt + uh).tanh(), c),
+            Cell::Lstm => {
+                let mut z = (xt + uh).chunk(4, 1).into_iter();
+                let mut next = || z.next().expect("four gates");
+                let (i, f, g, o) = (sigmoid(next()), sigmoid(next()), next().tanh(), next());
+                let c = f * c + i * g;
+                (sigmoid(o) * c.clone().tanh(), c)
+            }
+            Cell::Gru => {
+                let x3 = xt.chunk(3, 1);
+                let h3 = uh.chunk(3, 1);
+                let r = sigmoid(x3[0].clone() + h3[0].clone());
+                let u = sigmoid(x3[1].clone() + h3[1].clone());
+                let candidate = (x3[2].clone() + r * h3[2].clone()).tanh();
+                (candidate.clone() + u * (h - candidate), c)
+            }
+        }
+    }
+
     /// Outputs `[n, outputs]` for sequences `[n, T, inputs]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<2> {
         let [n, steps, _] = x.dims();
         let k = self.cell.gates() * self.hidden;
         // Input projections of every step at once; only the recurrence is sequential.
-        let projected = self.input.forward(x);
+        let projected = self.project(x);
         let mut h: Tensor<2> = Tensor::zeros([n, self.hidden], &projected.device());
         let mut c = h.clone();
         for t in 0..steps {
             let xt = projected.clone().narrow(1, t, 1).reshape([n, k]);
-            let uh = self.recurrent.forward(h.clone());
-            h = match self.cell {
-                Cell::Rnn => (xt + uh).tanh(),
-                Cell::Lstm => {
-                    let mut z = (xt + uh).chunk(4, 1).into_iter();
-                    let mut next = || z.next().expect("four gates");
-                    let (i, f, g, o) = (sigmoid(next()), sigmoid(next()), next().tanh(), next());
-                    c = f * c + i * g;
-                    sigmoid(o) * c.clone().tanh()
-                }
-                Cell::Gru => {
-                    let x3 = xt.chunk(3, 1);
-                    let h3 = uh.chunk(3, 1);
-                    let r = sigmoid(x3[0].clone() + h3[0].clone());
-                    let u = sigmoid(x3[1].clone() + h3[1].clone());
-                    let candidate = (x3[2].clone() + r * h3[2].clone()).tanh();
-                    candidate.clone() + u * (h - candidate)
-                }
-            };
+            (h, c) = self.step(xt, h, c);
         }
         self.head.forward(h)
     }

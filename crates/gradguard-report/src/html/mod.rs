@@ -8,8 +8,8 @@ mod svg;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use svg::{BASELINE, PALETTE, legend};
-pub use svg::{Heatmap, LineChart, Marker, Series, escape};
+use svg::{BASELINE, PALETTE};
+pub use svg::{CategoryGrid, Heatmap, LineChart, Marker, Series, escape, legend};
 
 use crate::record::MetricsRecord;
 use crate::summary::RunData;
@@ -70,7 +70,8 @@ pub struct Report<'a> {
     pub runs: &'a [RunData],
 }
 
-const STYLE: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1180px;\
+/// The report's stylesheet, for other pages built from these charts.
+pub const STYLE: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1180px;\
 color:#222;padding:0 16px}h1{font-size:24px}h2{font-size:19px;margin-top:34px;border-bottom:1px solid \
 #ddd}h3{font-size:15px;margin:18px 0 4px}p.note{color:#555;max-width:900px}table{border-collapse:\
 collapse;margin:12px 0;font-size:13px}caption{text-align:left;font-weight:600;padding:4px 0}th,td{\

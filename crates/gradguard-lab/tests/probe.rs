@@ -1,0 +1,139 @@
+//! The probe measures what mean-field theory and the literature predict.
+
+use gradguard_lab::RunConfig;
+use gradguard_lab::models::{Activation, Cell, Init};
+use gradguard_lab::probe::meanfield::critical_gain;
+use gradguard_lab::probe::{ProbeConfig, Verdict, butterfly, calibrate, probe};
+use gradguard_lab::tasks::Task;
+
+fn wide(activation: Activation) -> ProbeConfig {
+    ProbeConfig {
+        depth: 50,
+        width: 256,
+        activation,
+        ..ProbeConfig::default()
+    }
+}
+
+#[test]
+fn the_calibrated_gain_of_a_wide_deep_tanh_net_is_one() {
+    let g = calibrate(&wide(Activation::Tanh), 0.5, 2.0)
+        .unwrap()
+        .unwrap();
+    assert!((g - 1.0).abs() < 0.05, "{g}");
+    assert!((critical_gain(Activation::Tanh, 0.0) - 1.0).abs() < 1e-3);
+    // With bias variance the critical line moves; measured and predicted agree within 5%.
+    let biased = ProbeConfig {
+        bias_var: 0.05,
+        ..wide(Activation::Tanh)
+    };
+    let measured = calibrate(&biased, 0.8, 2.0).unwrap().unwrap();
+    let predicted = critical_gain(Activation::Tanh, 0.05);
+    assert!(
+        (measured / predicted - 1.0).abs() < 0.05,
+        "{measured} vs {predicted}"
+    );
+}
+
+#[test]
+fn the_calibrated_gain_of_a_wide_deep_relu_net_is_root_two() {
+    let g = calibrate(&wide(Activation::Relu), 0.8, 2.5)
+        .unwrap()
+        .unwrap();
+    assert!((g / 2f64.sqrt() - 1.0).abs() < 0.05, "{g}");
+}
+
+#[test]
+fn the_measured_exponent_has_the_theorys_sign_on_both_sides_of_the_line() {
+    for (activation, gain, bias_var) in [
+        (Activation::Tanh, 0.7, 0.0),
+        (Activation::Tanh, 1.6, 0.0),
+        (Activation::Tanh, 1.1, 0.05),
+        (Activation::Tanh, 1.6, 0.05),
+        (Activation::Relu, 1.1, 0.0),
+        (Activation::Relu, 1.8, 0.0),
+    ] {
+        let r = probe(&ProbeConfig {
+            init_gain: gain,
+            bias_var,
+            ..wide(activation)
+        })
+        .unwrap();
+        let theory = r.theory.expect("a plain Gaussian MLP has a theory");
+        assert_eq!(
+            r.lyapunov.signum(),
+            theory.lyapunov.signum(),
+            "{activation:?} gain {gain} σ_b² {bias_var}: measured {} predicted {}",
+            r.lyapunov,
+            theory.lyapunov
+        );
+        let expected = if theory.lyapunov > 0.0 {
+            Verdict::Exploding
+        } else {
+            Verdict::Vanishing
+        };
+        assert_eq!(r.verdict, expected, "{activation:?} {gain}");
+        assert_eq!(r.per_layer_gain.len(), 50);
+        assert!(r.depth_to_1e3.is_some());
+    }
+}
+
+#[test]
+fn an_orthogonal_linear_network_at_gain_one_is_critical() {
+    let r = probe(&ProbeConfig {
+        activation: Activation::Linear,
+        init: Init::Orthogonal,
+        ..wide(Activation::Linear)
+    })
+    .unwrap();
+    assert!(r.lyapunov.abs() < 1e-4, "{}", r.lyapunov);
+    assert_eq!(r.verdict, Verdict::Critical);
+    assert!(r.per_layer_gain.iter().all(|g| (g - 1.0).abs() < 1e-3));
+    assert!((r.forward_lyapunov).abs() < 1e-2, "{}", r.forward_lyapunov);
+}
+
+#[test]
+fn recurrent_cells_are_probed_per_time_step() {
+    let rnn = |gain, cell| {
+        probe(&ProbeConfig {
+            cell: Some(cell),
+            width: 64,
+            seq_len: 60,
+            init_gain: gain,
+            ..ProbeConfig::default()
+        })
+        .unwrap()
+    };
+    let small = rnn(0.5, Cell::Rnn);
+    assert_eq!(small.verdict, Verdict::Vanishing);
+    assert_eq!(small.per_layer_gain.len(), 60);
+    let lstm = rnn(1.0, Cell::Lstm);
+    assert_eq!(lstm.per_layer_gain.len(), 60);
+    assert!(lstm.lyapunov.is_finite());
+    let gru = rnn(1.0, Cell::Gru);
+    assert!(gru.lyapunov.is_finite());
+}
+
+#[test]
+fn two_runs_from_nearby_starts_are_measured_apart() {
+    let config = RunConfig {
+        depth: 8,
+        steps: 30,
+        init_gain: 1.2,
+        lr: 0.05,
+        ..RunConfig::for_task(Task::Mlp)
+    };
+    let b = butterfly(&config, 1e-3).unwrap();
+    assert_eq!(b.distance.len(), 31);
+    assert!((b.epsilon / 1e-3 - 1.0).abs() < 0.05, "{}", b.epsilon);
+    assert!(b.distance.iter().all(Option::is_some));
+    assert!(b.growth_rate.is_some());
+    assert_eq!(b.loss_a.len(), 30);
+    assert_ne!(b.loss_a, b.loss_b);
+}
+
+#[test]
+fn a_fifty_layer_probe_takes_seconds() {
+    let r = probe(&wide(Activation::Tanh)).unwrap();
+    assert!(r.seconds < 30.0, "{}", r.seconds);
+}

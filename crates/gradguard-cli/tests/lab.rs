@@ -367,3 +367,64 @@ fn the_quick_demo_prints_its_table_and_writes_the_report() {
     assert!(html.matches("<svg").count() > 60);
     check_renders(&report);
 }
+
+#[test]
+fn probe_prints_json_with_the_documented_keys_and_calibrates() {
+    let o = run(&[
+        "probe", "--depth", "12", "--width", "64", "--activation", "relu", "--init-gain", "2",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v = json(&o);
+    assert_eq!(v["verdict"], "exploding");
+    assert!(v["lyapunov"].as_f64().unwrap() > 0.2);
+    assert_eq!(v["per_layer_gain"].as_array().unwrap().len(), 12);
+
+    let o = run(&["probe", "--depth", "20", "--width", "128", "--calibrate", "--json"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v = json(&o);
+    let (measured, predicted) = (
+        v["critical_gain"].as_f64().unwrap(),
+        v["predicted_critical_gain"].as_f64().unwrap(),
+    );
+    assert!((predicted - 1.0).abs() < 1e-2, "{predicted}");
+    assert!((measured - 1.0).abs() < 0.05, "{measured}");
+}
+
+#[test]
+fn probe_reads_a_trained_run_and_writes_its_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let o = run(&[
+        "train", "--depth", "6", "--steps", "10", "--remedy", "clip-global", "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let report = tmp.path().join("probe.html");
+    let o = run(&[
+        "probe", "--from", dir.to_str().unwrap(), "--gains", "0.8,1.6", "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("MLP of 6 layers"));
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(html.contains("Gain per layer") && html.contains("Phase diagram"));
+}
+
+#[test]
+fn probe_refuses_bad_settings_in_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (args, needle) in [
+        (vec!["probe", "--norm", "batch"], "batch norm couples examples"),
+        (vec!["probe", "--init-gain", "0"], "positive"),
+        (vec!["probe", "--init", "lsuv"], "lsuv needs data"),
+        (vec!["probe", "--depth", "0"], "--depth"),
+        (vec!["probe", "--from", tmp.path().to_str().unwrap()], "config.json"),
+    ] {
+        let r = run(&args);
+        let err = text(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}

@@ -371,7 +371,15 @@ fn the_quick_demo_prints_its_table_and_writes_the_report() {
 #[test]
 fn probe_prints_json_with_the_documented_keys_and_calibrates() {
     let o = run(&[
-        "probe", "--depth", "12", "--width", "64", "--activation", "relu", "--init-gain", "2",
+        "probe",
+        "--depth",
+        "12",
+        "--width",
+        "64",
+        "--activation",
+        "relu",
+        "--init-gain",
+        "2",
         "--json",
     ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
@@ -380,7 +388,15 @@ fn probe_prints_json_with_the_documented_keys_and_calibrates() {
     assert!(v["lyapunov"].as_f64().unwrap() > 0.2);
     assert_eq!(v["per_layer_gain"].as_array().unwrap().len(), 12);
 
-    let o = run(&["probe", "--depth", "20", "--width", "128", "--calibrate", "--json"]);
+    let o = run(&[
+        "probe",
+        "--depth",
+        "20",
+        "--width",
+        "128",
+        "--calibrate",
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let v = json(&o);
     let (measured, predicted) = (
@@ -396,13 +412,25 @@ fn probe_reads_a_trained_run_and_writes_its_report() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
     let o = run(&[
-        "train", "--depth", "6", "--steps", "10", "--remedy", "clip-global", "--out",
+        "train",
+        "--depth",
+        "6",
+        "--steps",
+        "10",
+        "--remedy",
+        "clip-global",
+        "--out",
         dir.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     let report = tmp.path().join("probe.html");
     let o = run(&[
-        "probe", "--from", dir.to_str().unwrap(), "--gains", "0.8,1.6", "--report",
+        "probe",
+        "--from",
+        dir.to_str().unwrap(),
+        "--gains",
+        "0.8,1.6",
+        "--report",
         report.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", text(&o.stderr));
@@ -415,11 +443,17 @@ fn probe_reads_a_trained_run_and_writes_its_report() {
 fn probe_refuses_bad_settings_in_one_line() {
     let tmp = tempfile::tempdir().unwrap();
     for (args, needle) in [
-        (vec!["probe", "--norm", "batch"], "batch norm couples examples"),
+        (
+            vec!["probe", "--norm", "batch"],
+            "batch norm couples examples",
+        ),
         (vec!["probe", "--init-gain", "0"], "positive"),
         (vec!["probe", "--init", "lsuv"], "lsuv needs data"),
         (vec!["probe", "--depth", "0"], "--depth"),
-        (vec!["probe", "--from", tmp.path().to_str().unwrap()], "config.json"),
+        (
+            vec!["probe", "--from", tmp.path().to_str().unwrap()],
+            "config.json",
+        ),
     ] {
         let r = run(&args);
         let err = text(&r.stderr);

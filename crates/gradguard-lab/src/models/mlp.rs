@@ -50,8 +50,9 @@ impl std::str::FromStr for Activation {
         match s {
             "tanh" => Ok(Activation::Tanh),
             "relu" => Ok(Activation::Relu),
+            "linear" => Ok(Activation::Linear),
             other => Err(format!(
-                "unknown activation '{other}' (expected tanh or relu)"
+                "unknown activation '{other}' (expected tanh, relu or linear)"
             )),
         }
     }

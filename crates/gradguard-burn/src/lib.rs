@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 mod collect;
+pub mod faults;
 #[cfg(feature = "learner")]
 mod learner;
 mod on_device;

@@ -11,6 +11,7 @@
 pub mod checkpoint;
 mod config;
 mod error;
+pub mod faults;
 pub mod lr_find;
 pub mod models;
 pub mod objective;

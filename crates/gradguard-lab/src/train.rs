@@ -42,6 +42,8 @@ pub struct TrainOptions<'a> {
     pub interrupt_after: Option<u64>,
     /// Called after each batch with the batch count so far.
     pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
+    /// Faults to inject (tests of what the guard promises).
+    pub faults: Vec<crate::faults::Fault>,
 }
 
 impl std::fmt::Debug for TrainOptions<'_> {
@@ -50,6 +52,7 @@ impl std::fmt::Debug for TrainOptions<'_> {
             .field("out", &self.out)
             .field("interrupt_after", &self.interrupt_after)
             .field("progress", &self.progress.is_some())
+            .field("faults", &self.faults)
             .finish()
     }
 }
@@ -137,6 +140,15 @@ pub fn check(config: &RunConfig) -> Result<(), LabError> {
 /// when the run is already complete.
 fn prepare_dir(dir: &Path, config: &RunConfig) -> Result<Option<RunSummary>, LabError> {
     std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+    // A process killed while writing leaves its temporary file behind; the rename never happened,
+    // so nothing refers to it.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(".tmp") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
     let config_path = dir.join(CONFIG_FILE);
     match std::fs::read_to_string(&config_path) {
         Ok(text) => {
@@ -319,15 +331,35 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainOutcome,
         if optim.skip_batch() {
             continue;
         }
-        let batch = data.train_batch(index, config.batch, config.seed);
+        let mut batch = data.train_batch(index, config.batch, config.seed);
+        if options.faults.iter().any(|f| f.nan_batch_at(index)) {
+            batch.inputs[0] = f32::NAN;
+        }
         let mut loss = data_loss(&net, &batch, &device);
         if plan.l2 > 0.0
             && let Some(penalty) = l2_penalty(&net, plan.l2)
         {
             loss = loss + penalty;
         }
+        for fault in &options.faults {
+            if let Some(factor) = fault.spike_at(index) {
+                loss = loss * factor;
+            }
+            if fault.nan_loss_at(index) {
+                loss = loss * f32::NAN;
+            }
+        }
         let value = f64::from(loss.clone().into_scalar::<f32>());
-        let grads = GradientsParams::from_grads(loss.backward(), &net);
+        let mut grads = GradientsParams::from_grads(loss.backward(), &net);
+        for fault in &options.faults {
+            if let Some((tensor, kind)) = fault.gradient_at(index)
+                && !gradguard_burn::faults::inject(&net, &mut grads, tensor, kind)
+            {
+                return Err(LabError::Config(format!(
+                    "fault injection: no parameter named '{tensor}'"
+                )));
+            }
+        }
         let step_index = optim.guard().counters().step;
         let lr = plan.lr_at(progress.lr, step_index);
         progress.losses.push(value.is_finite().then_some(value));

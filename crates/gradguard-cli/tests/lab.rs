@@ -147,6 +147,8 @@ fn bad_input_gets_one_line_and_exit_code_2_and_leaves_nothing() {
     std::fs::write(&grid, "depth = [4, 8]\nlearning_rate = 0.1\n").unwrap();
     let out = tmp.path().join("out");
     let o = out.to_str().unwrap();
+    // A directory cannot be created under a file: an unwritable output, even for root.
+    let under_file = file.join("run").display().to_string();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["train", "--remedy", "clip-glob", "--out", o],
@@ -191,7 +193,35 @@ fn bad_input_gets_one_line_and_exit_code_2_and_leaves_nothing() {
             vec!["report", tmp.path().to_str().unwrap()],
             "neither a finished run",
         ),
+        (vec!["report", "/no/such/run"], "neither a finished run"),
         (vec!["demo", "--bogus"], "--bogus"),
+        (
+            vec!["train", "--out", &under_file],
+            "cannot create directory",
+        ),
+        (
+            vec!["sweep", "--steps", "2", "--out", &under_file],
+            "cannot create directory",
+        ),
+        (
+            vec!["demo", "--quick", "--out", &under_file],
+            "cannot create directory",
+        ),
+        (
+            vec!["train", "--remedy", "clip-global=-1", "--out", o],
+            "positive",
+        ),
+        (
+            vec!["train", "--remedy", "autoclip=0", "--out", o],
+            "positive",
+        ),
+        (vec!["train", "--init-gain", "nan", "--out", o], "positive"),
+        (
+            vec!["train", "--depth", "100000", "--out", o],
+            "depth must be in 1..=1024",
+        ),
+        (vec!["sweep", "--lr", "0.1,-2", "--out", o], "positive"),
+        (vec!["probe", "--from", "/no/such/run"], "config.json"),
     ];
     for (args, needle) in cases {
         let r = run(&args);
@@ -461,4 +491,90 @@ fn probe_refuses_bad_settings_in_one_line() {
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn kills_at_random_moments_never_leave_a_corrupt_checkpoint_and_resume_bit_for_bit() {
+    use gradguard_lab::checkpoint::{CHECKPOINT_FILE, Checkpoint, PREVIOUS_CHECKPOINT_FILE};
+    let tmp = tempfile::tempdir().unwrap();
+    let (killed, whole) = (tmp.path().join("killed"), tmp.path().join("whole"));
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "train",
+            "--task",
+            "mlp",
+            "--depth",
+            "8",
+            "--init-gain",
+            "1.4",
+            "--lr",
+            "0.001",
+            "--steps",
+            "3000",
+            "--checkpoint-every",
+            "3",
+            "--remedy",
+            "guard,adam",
+            "--out",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([out.display().to_string()])
+        .collect()
+    };
+    // A fixed sequence of pseudo-random delays (an LCG): reproducible, spread over the run,
+    // checkpoint writes included.
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut kills = 0;
+    for _ in 0..12 {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let delay = Duration::from_millis(100 + (state >> 33) % 300);
+        let mut child = bin()
+            .args(args(&killed))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let running = child.try_wait().unwrap().is_none();
+        child.kill().ok();
+        child.wait().unwrap();
+        if !running {
+            break;
+        }
+        kills += 1;
+        // Whatever the moment, every checkpoint on disk is whole.
+        for name in [CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE] {
+            let path = killed.join(name);
+            if let Ok(bytes) = std::fs::read(&path) {
+                Checkpoint::decode(&bytes, &path)
+                    .unwrap_or_else(|e| panic!("after kill {kills}: {e}"));
+            }
+        }
+    }
+    assert!(
+        kills >= 3,
+        "only {kills} kills landed before the run finished"
+    );
+    eprintln!("{kills} SIGKILLs landed; every checkpoint left on disk decoded");
+    let resumed = bin().args(args(&killed)).output().unwrap();
+    assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+    let reference = bin().args(args(&whole)).output().unwrap();
+    assert!(reference.status.success());
+    assert_eq!(summary_without_time(&killed), summary_without_time(&whole));
+    let (_, a) = gradguard_lab::load_run_model(&killed).unwrap();
+    let (_, b) = gradguard_lab::load_run_model(&whole).unwrap();
+    let (a, b) = (a.parameters_flat(), b.parameters_flat());
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "weights differ"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&killed)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }

@@ -1,0 +1,13 @@
+//! The safetensors reader behind `gradguard inspect` and `gradguard clip`: any bytes give
+//! tensors or a typed error, never a panic; what it accepts, it can statistically summarize.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok((tensors, _)) = gradguard::safetensors_io::read_tensors(data) {
+        for t in &tensors {
+            let _ = gradguard::kernel::slice_stats(&t.values);
+        }
+    }
+});

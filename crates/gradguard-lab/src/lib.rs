@@ -18,6 +18,7 @@ pub mod objective;
 mod plan;
 pub mod probe;
 mod remedy;
+mod run_dir;
 pub mod sweep;
 pub mod tasks;
 mod train;
@@ -26,6 +27,5 @@ pub use config::RunConfig;
 pub use error::LabError;
 pub use plan::{ModelPlan, Plan};
 pub use remedy::{Family, Remedy};
-pub use train::{
-    CONFIG_FILE, TENSORBOARD_DIR, TrainOptions, TrainOutcome, check, load_run_model, train,
-};
+pub use run_dir::{CONFIG_FILE, TENSORBOARD_DIR, load_run_model};
+pub use train::{TrainOptions, TrainOutcome, check, train};

@@ -3,21 +3,20 @@
 //! the gradient norm at initialization against depth, the global norm with its clip threshold
 //! and spikes, and a per-layer gradient-norm heatmap over steps.
 
+mod grid;
+mod heatmap;
+mod run_charts;
 mod svg;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use svg::{BASELINE, PALETTE};
-pub use svg::{CategoryGrid, Heatmap, LineChart, Marker, Series, escape, legend};
+pub use grid::CategoryGrid;
+pub use heatmap::Heatmap;
+use run_charts::{depth_chart, heatmap, loss_charts, norm_chart};
+pub use svg::{LineChart, Marker, Series, escape, legend};
 
-use crate::record::MetricsRecord;
 use crate::summary::RunData;
-
-/// Points a line keeps; longer runs are binned.
-const MAX_POINTS: usize = 800;
-/// Columns a heatmap keeps; longer runs are binned (by the bin's largest norm).
-const MAX_COLUMNS: usize = 160;
 
 /// A table for the report.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -83,81 +82,6 @@ fill:#999}.multiples{display:flex;flex-wrap:wrap;gap:6px}.legend{display:flex;fl
 4px 14px;font-size:12px;margin:2px 0 8px 58px}.legend i{display:inline-block;width:18px;height:0;\
 border-top:3px solid;margin-right:5px;vertical-align:middle}";
 
-/// Sort key that orders `layers.10` after `layers.9`, and unnumbered tensors (a head) last.
-fn natural_key(name: &str) -> (u64, Vec<(String, u64)>) {
-    let mut parts = Vec::new();
-    let mut first_number = None;
-    let mut text = String::new();
-    let mut digits = String::new();
-    for ch in name.chars().chain(std::iter::once('\0')) {
-        if ch.is_ascii_digit() {
-            digits.push(ch);
-            continue;
-        }
-        if !digits.is_empty() {
-            let n = digits.parse().unwrap_or(u64::MAX);
-            first_number.get_or_insert(n);
-            parts.push((std::mem::take(&mut text), n));
-            digits.clear();
-        }
-        text.push(ch);
-    }
-    parts.push((text, 0));
-    (first_number.unwrap_or(u64::MAX), parts)
-}
-
-/// The weight matrices of a record in forward order (the heatmap's rows).
-fn weight_names(record: &MetricsRecord) -> Vec<String> {
-    let mut names: Vec<String> = record
-        .tensor_norms
-        .keys()
-        .filter(|n| n.ends_with("weight"))
-        .cloned()
-        .collect();
-    names.sort_by_key(|n| natural_key(n));
-    names
-}
-
-/// `(step, value)` points binned down to `max` (by `reduce`); a bin with a non-finite value is
-/// non-finite.
-fn binned(
-    points: &[(f64, Option<f64>)],
-    max: usize,
-    reduce: fn(&[f64]) -> f64,
-) -> Vec<(f64, Option<f64>)> {
-    if points.len() <= max {
-        return points.to_vec();
-    }
-    let size = points.len().div_ceil(max);
-    points
-        .chunks(size)
-        .map(|bin| {
-            let values: Option<Vec<f64>> = bin.iter().map(|p| p.1).collect();
-            (bin[0].0, values.map(|v| reduce(&v)))
-        })
-        .collect()
-}
-
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len().max(1) as f64
-}
-
-fn max(v: &[f64]) -> f64 {
-    v.iter().copied().fold(f64::NEG_INFINITY, f64::max)
-}
-
-fn run_label(run: &RunData) -> String {
-    run.summary.remedy.clone()
-}
-
-fn color(run: &RunData, i: usize) -> String {
-    if run.summary.remedy == "none" {
-        BASELINE.to_string()
-    } else {
-        PALETTE[i % PALETTE.len()].to_string()
-    }
-}
-
 fn fmt(v: Option<f64>) -> String {
     v.map_or("–".into(), |v| {
         if v != 0.0 && !(1e-3..1e5).contains(&v.abs()) {
@@ -211,210 +135,6 @@ pub fn outcome_table(runs: &[RunData]) -> Table {
             })
             .collect(),
     }
-}
-
-fn loss_points(run: &RunData) -> Vec<(f64, Option<f64>)> {
-    let points: Vec<(f64, Option<f64>)> = run
-        .metrics
-        .iter()
-        .map(|m| (m.step as f64, m.loss))
-        .collect();
-    binned(&points, MAX_POINTS, mean)
-}
-
-/// One small chart per remedy: its training loss against the unremedied run's.
-fn loss_charts(runs: &[&RunData]) -> String {
-    let baseline = runs.iter().find(|r| r.summary.remedy == "none");
-    // A blow-up is drawn at the top edge, 100× above the largest first loss.
-    let cap = runs
-        .iter()
-        .filter_map(|r| r.metrics.first().and_then(|m| m.loss))
-        .fold(f64::NEG_INFINITY, f64::max)
-        * 100.0;
-    let mut out = String::new();
-    for (i, run) in runs.iter().enumerate() {
-        if baseline.is_some() && run.summary.remedy == "none" && runs.len() > 1 {
-            continue;
-        }
-        let mut chart = LineChart {
-            title: format!("{} vs none — {}", run_label(run), run.summary.outcome()),
-            x_label: "step".into(),
-            y_label: "training loss (log)".into(),
-            log_y: true,
-            size: (370.0, 210.0),
-            y_max: cap.is_finite().then_some(cap),
-            ..Default::default()
-        };
-        for r in baseline.into_iter().chain(std::iter::once(run)) {
-            let is_baseline = r.summary.remedy == "none";
-            chart.series.push(Series {
-                label: run_label(r),
-                color: if is_baseline {
-                    BASELINE.into()
-                } else {
-                    color(r, i)
-                },
-                points: loss_points(r),
-                dashed: false,
-                width: if is_baseline { 1.2 } else { 1.6 },
-            });
-            if let Some(bad) = r.metrics.iter().find(|m| m.loss.is_none()) {
-                chart.markers.push(Marker {
-                    x: bad.step as f64,
-                    y: None,
-                    color: if is_baseline {
-                        BASELINE.into()
-                    } else {
-                        color(r, i)
-                    },
-                    title: format!("{}: loss not finite at step {}", run_label(r), bad.step),
-                });
-            }
-        }
-        out.push_str(&chart.render());
-    }
-    out
-}
-
-fn depth_chart(runs: &[&RunData]) -> (LineChart, Vec<Series>) {
-    let mut chart = LineChart {
-        title: "Gradient norm per layer at step 0: the product of per-layer factors (one line per distinct start)".into(),
-        size: (900.0, 300.0),
-        x_label: "layer (input → output)".into(),
-        y_label: "‖∇W‖ at step 0 (log)".into(),
-        log_y: true,
-        ..Default::default()
-    };
-    let mut seen: Vec<Vec<(f64, Option<f64>)>> = Vec::new();
-    for (i, run) in runs.iter().enumerate() {
-        let Some(first) = run.metrics.first() else {
-            continue;
-        };
-        let points: Vec<(f64, Option<f64>)> = weight_names(first)
-            .iter()
-            .enumerate()
-            .map(|(k, n)| (k as f64, first.tensor_norms[n]))
-            .collect();
-        // Remedies that leave the initial network as it is draw the same line: draw it once.
-        // Fewer than four weight matrices (a recurrent net) is no depth profile.
-        if points.len() < 4 || seen.contains(&points) {
-            continue;
-        }
-        seen.push(points.clone());
-        chart.series.push(Series {
-            label: run_label(run),
-            color: color(run, i),
-            points,
-            dashed: false,
-            width: 2.0,
-        });
-    }
-    let series = chart.series.clone();
-    (chart, series)
-}
-
-fn norm_chart(run: &RunData, i: usize) -> String {
-    let points: Vec<(f64, Option<f64>)> = run
-        .metrics
-        .iter()
-        .map(|m| (m.step as f64, m.grad_norm))
-        .collect();
-    let mut chart = LineChart {
-        title: run_label(run),
-        x_label: "step".into(),
-        y_label: "‖g‖₂ (log)".into(),
-        log_y: true,
-        size: (370.0, 210.0),
-        ..Default::default()
-    };
-    chart.series.push(Series {
-        label: "global norm".into(),
-        color: color(run, i),
-        points: binned(&points, MAX_POINTS, max),
-        dashed: false,
-        width: 1.3,
-    });
-    if run.metrics.iter().any(|m| m.clip_threshold.is_some()) {
-        let threshold: Vec<(f64, Option<f64>)> = run
-            .metrics
-            .iter()
-            .map(|m| (m.step as f64, m.clip_threshold))
-            .collect();
-        chart.series.push(Series {
-            label: "clip threshold".into(),
-            color: "#333".into(),
-            points: binned(&threshold, MAX_POINTS, mean),
-            dashed: true,
-            width: 1.2,
-        });
-    }
-    for m in &run.metrics {
-        let (color, what) = if m.grad_norm.is_none() {
-            ("#e0007a", "non-finite gradient")
-        } else if m.skipped() {
-            ("#d62728", m.decision.as_str())
-        } else if m.spike {
-            ("#f28e2b", "spike")
-        } else {
-            continue;
-        };
-        chart.markers.push(Marker {
-            x: m.step as f64,
-            y: m.grad_norm,
-            color: color.into(),
-            title: format!("step {}: {what} {}", m.step, m.reasons.join("; ")),
-        });
-        if chart.markers.len() >= 400 {
-            break;
-        }
-    }
-    chart.render()
-}
-
-fn heatmap(run: &RunData) -> Option<String> {
-    let first = run.metrics.first()?;
-    let rows = weight_names(first);
-    if rows.is_empty() {
-        return None;
-    }
-    let size = run.metrics.len().div_ceil(MAX_COLUMNS).max(1);
-    let bins: Vec<&[MetricsRecord]> = run.metrics.chunks(size).collect();
-    let cells = rows
-        .iter()
-        .map(|name| {
-            bins.iter()
-                .map(|bin| {
-                    let values: Option<Vec<f64>> = bin
-                        .iter()
-                        .map(|m| m.tensor_norms.get(name).copied().unwrap_or(Some(f64::NAN)))
-                        .collect();
-                    values.map(|v| {
-                        let m = max(&v);
-                        if m > 0.0 {
-                            m.log10()
-                        } else if m == 0.0 {
-                            f64::NEG_INFINITY
-                        } else {
-                            f64::NAN
-                        }
-                    })
-                })
-                .collect()
-        })
-        .collect();
-    Some(
-        Heatmap {
-            title: format!("{}: ‖∇W‖ per layer", run_label(run)),
-            rows: rows
-                .iter()
-                .map(|n| n.trim_end_matches(".weight").to_string())
-                .collect(),
-            columns: bins.iter().map(|b| b[0].step as f64).collect(),
-            cells,
-            x_label: "step".into(),
-        }
-        .render(),
-    )
 }
 
 fn describe(run: &RunData) -> String {
@@ -517,40 +237,4 @@ pub fn render(report: &Report) -> String {
     }
     out.push_str("</body></html>\n");
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn layers_sort_by_depth_and_the_head_comes_last() {
-        let mut names = vec![
-            "Mlp.layers.10.weight",
-            "Mlp.head.weight",
-            "Mlp.layers.2.weight",
-            "Mlp.layers.0.weight",
-        ];
-        names.sort_by_key(|n| natural_key(n));
-        assert_eq!(
-            names,
-            [
-                "Mlp.layers.0.weight",
-                "Mlp.layers.2.weight",
-                "Mlp.layers.10.weight",
-                "Mlp.head.weight"
-            ]
-        );
-    }
-
-    #[test]
-    fn binning_keeps_non_finite_bins_visible() {
-        let points: Vec<(f64, Option<f64>)> = (0..10)
-            .map(|i| (i as f64, if i == 7 { None } else { Some(i as f64) }))
-            .collect();
-        let b = binned(&points, 5, max);
-        assert_eq!(b.len(), 5);
-        assert_eq!(b[0], (0.0, Some(1.0)));
-        assert_eq!(b[3], (6.0, None));
-    }
 }

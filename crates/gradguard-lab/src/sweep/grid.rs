@@ -1,0 +1,206 @@
+//! A sweep's grid: its axes, read from flags or a TOML file, and expanded into checked runs.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::config::RunConfig;
+use crate::error::LabError;
+use crate::models::{Activation, Cell, Init};
+use crate::plan::Plan;
+use crate::remedy::Remedy;
+use crate::tasks::{Task, TaskData};
+
+/// The axes of a sweep; every combination is one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grid {
+    /// Settings shared by every run (its depth, lr, init, gain, remedies and seed are replaced).
+    pub base: RunConfig,
+    /// Hidden layers (MLP).
+    pub depths: Vec<usize>,
+    /// Learning rates.
+    pub lrs: Vec<f64>,
+    /// Initialization schemes.
+    pub inits: Vec<Init>,
+    /// Initialization gains.
+    pub init_gains: Vec<f64>,
+    /// Remedy lists (empty: none).
+    pub remedies: Vec<Vec<Remedy>>,
+    /// Seeds.
+    pub seeds: Vec<u64>,
+}
+
+/// A value or a list of values in a grid file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    fn into_vec(self) -> Vec<T> {
+        match self {
+            OneOrMany::One(v) => vec![v],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// The grid file (TOML): scalars for shared settings, a value or a list for each axis.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GridFile {
+    task: Option<String>,
+    width: Option<usize>,
+    activation: Option<String>,
+    cell: Option<String>,
+    seq_len: Option<usize>,
+    steps: Option<u64>,
+    batch: Option<usize>,
+    target_loss: Option<f64>,
+    depth: Option<OneOrMany<usize>>,
+    lr: Option<OneOrMany<f64>>,
+    init: Option<OneOrMany<String>>,
+    init_gain: Option<OneOrMany<f64>>,
+    remedy: Option<OneOrMany<String>>,
+    seed: Option<OneOrMany<u64>>,
+}
+
+impl Grid {
+    /// A one-run grid of `base`.
+    pub fn single(base: RunConfig) -> Self {
+        Grid {
+            depths: vec![base.depth],
+            lrs: vec![base.lr],
+            inits: vec![base.init],
+            init_gains: vec![base.init_gain],
+            remedies: vec![base.remedies.clone()],
+            seeds: vec![base.seed],
+            base,
+        }
+    }
+
+    /// Parses a TOML grid file; `path` names it in errors. Keys: `task`, `width`, `activation`,
+    /// `cell`, `seq_len`, `steps`, `batch`, `target_loss` (one value each) and `depth`, `lr`,
+    /// `init`, `init_gain`, `remedy`, `seed` (a value or a list). Unset keys take the task's
+    /// defaults ([`RunConfig::for_task`]).
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, LabError> {
+        let bad = |reason: String| LabError::Grid {
+            path: path.display().to_string(),
+            reason,
+        };
+        let file: GridFile = toml::from_str(text).map_err(|e| {
+            let message = e.message().to_string();
+            match e.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    bad(format!("line {line}: {message}"))
+                }
+                None => bad(message),
+            }
+        })?;
+        fn parse<T>(path: &Path, what: &str, r: Result<T, String>) -> Result<T, LabError> {
+            r.map_err(|e| LabError::Grid {
+                path: path.display().to_string(),
+                reason: format!("{what}: {e}"),
+            })
+        }
+        let task: Task = match &file.task {
+            Some(t) => parse(path, "task", t.parse())?,
+            None => Task::Mlp,
+        };
+        let mut base = RunConfig::for_task(task);
+        if let Some(v) = file.width {
+            base.width = v;
+        }
+        if let Some(v) = &file.activation {
+            base.activation = parse(path, "activation", v.parse::<Activation>())?;
+        }
+        if let Some(v) = &file.cell {
+            base.cell = parse(path, "cell", v.parse::<Cell>())?;
+        }
+        if let Some(v) = file.seq_len {
+            base.seq_len = v;
+        }
+        if let Some(v) = file.steps {
+            base.steps = v;
+        }
+        if let Some(v) = file.batch {
+            base.batch = v;
+        }
+        if let Some(v) = file.target_loss {
+            base.target_loss = v;
+        }
+        let mut grid = Grid::single(base);
+        if let Some(v) = file.depth {
+            grid.depths = v.into_vec();
+        }
+        if let Some(v) = file.lr {
+            grid.lrs = v.into_vec();
+        }
+        if let Some(v) = file.init {
+            grid.inits = v
+                .into_vec()
+                .iter()
+                .map(|s| parse(path, "init", s.parse::<Init>()))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = file.init_gain {
+            grid.init_gains = v.into_vec();
+        }
+        if let Some(v) = file.remedy {
+            grid.remedies = v
+                .into_vec()
+                .iter()
+                .map(|s| parse(path, "remedy", Remedy::parse_list(s)))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = file.seed {
+            grid.seeds = v.into_vec();
+        }
+        Ok(grid)
+    }
+
+    /// Every run of the grid, each checked (remedies that do not fit the task are refused here,
+    /// before anything runs).
+    pub fn runs(&self) -> Result<Vec<RunConfig>, LabError> {
+        let axes = [
+            ("depth", self.depths.len()),
+            ("lr", self.lrs.len()),
+            ("init", self.inits.len()),
+            ("init_gain", self.init_gains.len()),
+            ("remedy", self.remedies.len()),
+            ("seed", self.seeds.len()),
+        ];
+        if let Some((name, _)) = axes.iter().find(|(_, n)| *n == 0) {
+            return Err(LabError::Config(format!("the grid's {name} list is empty")));
+        }
+        let data = TaskData::new(self.base.task, self.base.seq_len, 0)?;
+        let mut runs = Vec::new();
+        for &depth in &self.depths {
+            for &lr in &self.lrs {
+                for &init in &self.inits {
+                    for &init_gain in &self.init_gains {
+                        for remedies in &self.remedies {
+                            for &seed in &self.seeds {
+                                let config = RunConfig {
+                                    depth,
+                                    lr,
+                                    init,
+                                    init_gain,
+                                    remedies: remedies.clone(),
+                                    seed,
+                                    ..self.base.clone()
+                                };
+                                Plan::new(&config, &data)?;
+                                runs.push(config);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(runs)
+    }
+}

@@ -5,14 +5,13 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use gradguard_lab::sweep::run_sweep;
 use gradguard_lab::tasks::Task;
 use gradguard_lab::{Family, Remedy, RunConfig};
 use gradguard_report::RunSummary;
 use gradguard_report::html::{Report, render};
 
 use crate::files::write_atomically;
-use crate::lab::{bar, ensure_dir, lab_error, outcome_table};
+use crate::lab::{ensure_dir, outcome_table, sweep_with_progress};
 use crate::lab_args::DemoArgs;
 use crate::report_cmd::read_runs;
 
@@ -175,18 +174,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let started = Instant::now();
     let out = ensure_dir(&args.out)?;
     let runs = demo_runs(args.quick);
-    let progress = bar(runs.len() as u64, "demo");
-    let done = |config: &RunConfig, summary: &RunSummary| {
-        progress.inc(1);
-        progress.set_message(format!(
-            "{} {}: {}",
-            config.task,
-            summary.remedy,
-            summary.outcome()
-        ));
-    };
-    let result = run_sweep(&runs, &out, args.jobs, &done).map_err(lab_error)?;
-    progress.finish_and_clear();
+    let result = sweep_with_progress(&runs, &out, args.jobs, "demo")?;
 
     let summaries: Vec<&RunSummary> = result.runs.iter().map(|r| &r.summary).collect();
     let mut all_claims = Vec::new();

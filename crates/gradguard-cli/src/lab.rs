@@ -2,7 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use gradguard_lab::LabError;
+use gradguard_lab::sweep::{SweepResult, run_sweep};
+use gradguard_lab::{LabError, RunConfig};
 use gradguard_report::RunSummary;
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -75,6 +76,28 @@ pub fn outcome_table(runs: &[&RunSummary]) -> String {
         ],
         &rows,
     )
+}
+
+/// Runs `runs` into `out` as a sweep, with a progress bar named `what` over the runs.
+pub fn sweep_with_progress(
+    runs: &[RunConfig],
+    out: &Path,
+    jobs: usize,
+    what: &str,
+) -> anyhow::Result<SweepResult> {
+    let progress = bar(runs.len() as u64, what);
+    let done = |config: &RunConfig, summary: &RunSummary| {
+        progress.inc(1);
+        progress.set_message(format!(
+            "{} {}: {}",
+            config.task,
+            summary.remedy,
+            summary.outcome()
+        ));
+    };
+    let result = run_sweep(runs, out, jobs, &done).map_err(lab_error)?;
+    progress.finish_and_clear();
+    Ok(result)
 }
 
 /// Creates `dir` (and parents), as bad input naming it when that fails.

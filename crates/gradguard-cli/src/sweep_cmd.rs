@@ -2,13 +2,12 @@
 
 use anyhow::Result;
 use gradguard_lab::RunConfig;
-use gradguard_lab::sweep::{Grid, run_sweep};
-use gradguard_report::RunSummary;
+use gradguard_lab::sweep::Grid;
 use gradguard_report::html::{Report, render};
 
 use crate::exit::BadInput;
 use crate::files::write_atomically;
-use crate::lab::{bar, ensure_dir, lab_error};
+use crate::lab::{ensure_dir, lab_error, sweep_with_progress};
 use crate::lab_args::SweepArgs;
 use crate::report_cmd::{ranking_table, read_runs};
 
@@ -58,18 +57,7 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     let grid = grid_of(args)?;
     let runs = grid.runs().map_err(lab_error)?;
     let out = ensure_dir(&args.out)?;
-    let progress = bar(runs.len() as u64, "sweep");
-    let done = |config: &RunConfig, summary: &RunSummary| {
-        progress.inc(1);
-        progress.set_message(format!(
-            "{} {}: {}",
-            config.task,
-            summary.remedy,
-            summary.outcome()
-        ));
-    };
-    let result = run_sweep(&runs, &out, args.jobs, &done).map_err(lab_error)?;
-    progress.finish_and_clear();
+    let result = sweep_with_progress(&runs, &out, args.jobs, "sweep")?;
     let data = read_runs(std::slice::from_ref(&out))?;
     let table = ranking_table(&result);
     let html = render(&Report {

@@ -82,6 +82,26 @@ fn log_gain(x: f64) -> f64 {
     x.max(1e-300).ln()
 }
 
+/// One forward step of the perturbation: the log growth of each row from `delta` (`cols` wide)
+/// to the difference `d` it caused (`width` wide), and `d` rescaled to the next perturbation
+/// against the states it perturbs.
+fn carry(
+    delta: &[f32],
+    cols: usize,
+    mut d: Vec<f32>,
+    next_states: &[f32],
+    width: usize,
+) -> (Vec<f64>, Vec<f32>) {
+    let before = row_norms(delta, cols);
+    let after = normalize_rows(&mut d, width);
+    let gains = after
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| log_gain(a / b))
+        .collect();
+    (gains, scaled_to(d, next_states, width))
+}
+
 fn tensor(values: Vec<f32>, rows: usize, cols: usize, device: &Device) -> Tensor<2> {
     Tensor::from_data(TensorData::new(values, [rows, cols]), device)
 }
@@ -131,16 +151,8 @@ pub fn mlp_gains(
             l,
             states[l].clone() + tensor(delta.clone(), rows, cols, device),
         );
-        let mut d = host(moved - states[l + 1].clone());
-        let before = row_norms(&delta, cols);
-        let after = row_norms(&d, width);
-        *layer_gains = after
-            .iter()
-            .zip(&before)
-            .map(|(a, b)| log_gain(a / b))
-            .collect();
-        normalize_rows(&mut d, width);
-        delta = scaled_to(d, &host(states[l + 1].clone()), width);
+        let d = host(moved - states[l + 1].clone());
+        (*layer_gains, delta) = carry(&delta, cols, d, &host(states[l + 1].clone()), width);
     }
     (backward, forward)
 }
@@ -242,16 +254,8 @@ pub fn recurrent_gains(
             ),
         );
         let (hn, cn) = states[t + 1].clone();
-        let mut d = join(&host(h1 - hn), &host(c1 - cn));
-        let before = row_norms(&delta, width);
-        let after = row_norms(&d, width);
-        *step_gains = after
-            .iter()
-            .zip(&before)
-            .map(|(a, b)| log_gain(a / b))
-            .collect();
-        normalize_rows(&mut d, width);
-        delta = scaled_to(d, &state_rows(t + 1), width);
+        let d = join(&host(h1 - hn), &host(c1 - cn));
+        (*step_gains, delta) = carry(&delta, width, d, &state_rows(t + 1), width);
     }
     (backward, forward)
 }

@@ -92,6 +92,11 @@ fn fmt(v: Option<f64>) -> String {
     })
 }
 
+/// A loss in the outcome table: `None` means it was not finite.
+fn loss_cell(v: Option<f64>) -> String {
+    v.map_or_else(|| "non-finite".into(), |v| fmt(Some(v)))
+}
+
 /// The outcome table of `runs`.
 pub fn outcome_table(runs: &[RunData]) -> Table {
     Table {
@@ -124,8 +129,8 @@ pub fn outcome_table(runs: &[RunData]) -> Table {
                     s.diverged_at.map_or("–".into(), |v| v.to_string()),
                     s.steps_to_target
                         .map_or("not reached".into(), |v| v.to_string()),
-                    fmt(s.initial_loss),
-                    fmt(s.final_loss),
+                    loss_cell(s.initial_loss),
+                    loss_cell(s.final_loss),
                     s.accuracy
                         .map_or("–".into(), |a| format!("{:.1}%", 100.0 * a)),
                     s.skipped_steps.to_string(),

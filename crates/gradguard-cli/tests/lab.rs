@@ -20,6 +20,15 @@ fn json(o: &Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o.stdout)))
 }
 
+/// `gradguard train FLAGS… --out OUT`.
+fn train_args(flags: &[&str], out: &Path) -> Vec<String> {
+    std::iter::once("train")
+        .chain(flags.iter().copied())
+        .map(str::to_string)
+        .chain(["--out".to_string(), out.display().to_string()])
+        .collect()
+}
+
 fn summary_without_time(dir: &Path) -> serde_json::Value {
     let mut v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
@@ -80,26 +89,19 @@ fn train_writes_a_run_directory_and_prints_its_summary() {
 fn a_killed_run_resumes_and_ends_as_an_uninterrupted_one() {
     let tmp = tempfile::tempdir().unwrap();
     let (killed, whole) = (tmp.path().join("killed"), tmp.path().join("whole"));
-    let args = |out: &Path| -> Vec<String> {
-        [
-            "train",
-            "--task",
-            "adding",
-            "--seq-len",
-            "40",
-            "--steps",
-            "400",
-            "--checkpoint-every",
-            "10",
-            "--remedy",
-            "guard,clip-global",
-            "--out",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([out.display().to_string()])
-        .collect()
-    };
+    let flags = [
+        "--task",
+        "adding",
+        "--seq-len",
+        "40",
+        "--steps",
+        "400",
+        "--checkpoint-every",
+        "10",
+        "--remedy",
+        "guard,clip-global",
+    ];
+    let args = |out: &Path| train_args(&flags, out);
     let mut child = bin()
         .args(args(&killed))
         .stdout(Stdio::null())
@@ -498,30 +500,23 @@ fn kills_at_random_moments_never_leave_a_corrupt_checkpoint_and_resume_bit_for_b
     use gradguard_lab::checkpoint::{CHECKPOINT_FILE, Checkpoint, PREVIOUS_CHECKPOINT_FILE};
     let tmp = tempfile::tempdir().unwrap();
     let (killed, whole) = (tmp.path().join("killed"), tmp.path().join("whole"));
-    let args = |out: &Path| -> Vec<String> {
-        [
-            "train",
-            "--task",
-            "mlp",
-            "--depth",
-            "8",
-            "--init-gain",
-            "1.4",
-            "--lr",
-            "0.001",
-            "--steps",
-            "3000",
-            "--checkpoint-every",
-            "3",
-            "--remedy",
-            "guard,adam",
-            "--out",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([out.display().to_string()])
-        .collect()
-    };
+    let flags = [
+        "--task",
+        "mlp",
+        "--depth",
+        "8",
+        "--init-gain",
+        "1.4",
+        "--lr",
+        "0.001",
+        "--steps",
+        "3000",
+        "--checkpoint-every",
+        "3",
+        "--remedy",
+        "guard,adam",
+    ];
+    let args = |out: &Path| train_args(&flags, out);
     // A fixed sequence of pseudo-random delays (an LCG): reproducible, spread over the run,
     // checkpoint writes included.
     let mut state: u64 = 0x2545_f491_4f6c_dd1d;

@@ -4,7 +4,9 @@
 //! a deep MLP on the UCI handwritten digits (shipped in `data/digits`), and vanilla RNN, LSTM
 //! and GRU networks on the adding and temporal-order problems. A run ([`train`]) writes a run
 //! directory with per-step telemetry, checkpoints it can resume from, and a summary; a sweep
-//! ([`sweep`]) runs a grid in parallel and ranks remedies by their measured effect.
+//! ([`sweep`]) runs a grid in parallel and ranks remedies by their measured effect; the
+//! [`probe`] predicts explosion before training from the network's Jacobians, beside
+//! mean-field theory; [`faults`] lets tests make a run suffer what the guard must survive.
 
 #![deny(missing_docs)]
 

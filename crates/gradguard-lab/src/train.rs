@@ -204,8 +204,8 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainOutcome,
     if progress.next_batch == 0 {
         progress.initial_eval = evaluate(&net, &test, &device).loss;
     }
-    let guarded =
-        !config.remedies.is_empty() && plan.guard.non_finite != gradguard::NonFinitePolicy::Apply;
+    // Only the measuring guard of an unremedied or clip-only run lets NaN reach the weights.
+    let guarded = plan.guard.non_finite != gradguard::NonFinitePolicy::Apply;
     let mut in_this_process = 0u64;
     let snapshot_header =
         |progress: &Progress, optim: &GuardedOptimizer<Net>, is_snapshot| CheckpointHeader {

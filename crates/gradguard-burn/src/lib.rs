@@ -13,6 +13,7 @@ pub mod faults;
 mod learner;
 mod on_device;
 mod step;
+mod update;
 mod view;
 
 pub use collect::parameter_names;

@@ -6,6 +6,7 @@ use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 use gradguard::{Decision, Guard, GuardError, StepReport};
 
+use crate::update::Updates;
 use crate::view::{BurnGradients, Placement};
 
 /// The module and optimizer state after a good step, to roll back to.
@@ -118,7 +119,42 @@ impl<M: Module + Clone> GuardCore<M> {
                 } else {
                     (lr.base() * report.lr_multiplier).into()
                 };
-                let module = optimizer.step(lr, module, grads);
+                let bounded = self.guard.config().update_bound.is_some();
+                let before = bounded.then(|| (module.clone(), optimizer.clone()));
+                let mut module = optimizer.step(lr, module, grads);
+                if let Some((old, old_optimizer)) = before {
+                    let updates = Updates::measure(&old, &module);
+                    let check = match self.guard.check_update(&updates.norms) {
+                        Ok(check) => check.expect("the bound is configured"),
+                        Err(error) => {
+                            *optimizer = old_optimizer;
+                            return Err(Box::new(Stopped { module: old, error }));
+                        }
+                    };
+                    if check.revert {
+                        report.reasons.push(format!(
+                            "the optimizer's update of '{}' is not finite: step undone",
+                            check.largest_tensor.as_deref().unwrap_or("?")
+                        ));
+                        report.decision = Decision::Skip;
+                        report.take_snapshot = false;
+                        *optimizer = old_optimizer;
+                        module = old;
+                    } else if check.bounded > 0 {
+                        report.reasons.push(format!(
+                            "update bounded in {} tensors: ratio {:.3e} over the model, {:.3e} \
+                             in '{}'; bound {:.3e}",
+                            check.bounded,
+                            check.global_ratio,
+                            check.largest_ratio,
+                            check.largest_tensor.as_deref().unwrap_or("?"),
+                            check.max_ratio
+                        ));
+                        module = updates.scale(module, &check.scales);
+                    }
+                    report.consecutive_bad = self.guard.counters().consecutive_bad;
+                    report.update = Some(check);
+                }
                 if report.take_snapshot {
                     self.snapshot = Some(Snapshot {
                         step: report.step,

@@ -419,7 +419,12 @@ fn the_lr_multiplier_reaches_the_optimizer() {
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     let host = host_copy(&model, &grads);
     let before = weights(&model);
-    let mut optim = GuardedOptimizer::new(SgdConfig::new().init(), guard(quiet(), vec![]));
+    // The exact SGD update, unbounded (the update bound has tests of its own).
+    let config = GuardConfig {
+        update_bound: None,
+        ..quiet()
+    };
+    let mut optim = GuardedOptimizer::new(SgdConfig::new().init(), guard(config, vec![]));
     let step = optim.step(0.1, model, grads, None).unwrap();
     assert_eq!(step.report.lr_multiplier, 1.0);
     let after = weights(&step.module);

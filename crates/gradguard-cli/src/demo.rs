@@ -60,6 +60,17 @@ const RNN_REMEDIES: &[&str] = &[
     "guard,clip-global",
 ];
 
+/// The demo's tasks, in the order it reports them.
+const TASKS: [&str; 2] = ["mlp", "adding"];
+
+fn of_task<'a>(summaries: &[&'a RunSummary], task: &str) -> Vec<&'a RunSummary> {
+    summaries
+        .iter()
+        .copied()
+        .filter(|s| s.task == task)
+        .collect()
+}
+
 /// The curated runs: full, or `quick` for smoke tests.
 pub fn demo_runs(quick: bool) -> Vec<RunConfig> {
     let mut runs = Vec::new();
@@ -169,6 +180,36 @@ pub fn claims(task: &str, runs: &[&RunSummary]) -> Vec<String> {
     out
 }
 
+/// The first lines the demo prints for a task: the unprotected run, the best hand-picked remedy
+/// and the default guard, from the runs just made.
+pub fn answer(task: &str, runs: &[&RunSummary]) -> Option<String> {
+    let none = runs.iter().find(|s| s.remedy == "none")?;
+    let guard = runs.iter().find(|s| s.remedy == "guard")?;
+    let best = runs
+        .iter()
+        .filter(|s| !s.remedy.starts_with("guard") && s.remedy != "none" && !s.failed())
+        .min_by(|a, b| {
+            let loss = |s: &&&RunSummary| s.final_loss.unwrap_or(f64::INFINITY);
+            loss(a).total_cmp(&loss(b))
+        })?;
+    let line = |what: &str, s: &RunSummary| {
+        format!(
+            "  {what:<28} {:<20} {:>9}  final held-out loss {}{}",
+            s.remedy,
+            s.outcome(),
+            loss(s.final_loss),
+            s.accuracy
+                .map_or(String::new(), |a| format!(", accuracy {:.1}%", 100.0 * a))
+        )
+    };
+    Some(format!(
+        "{task}: the default guard against no protection and the best hand-picked remedy\n{}\n{}\n{}",
+        line("unprotected", none),
+        line("best hand-picked remedy", best),
+        line("default guard (no setting)", guard)
+    ))
+}
+
 /// Runs `gradguard demo`.
 pub fn run(args: &DemoArgs) -> Result<()> {
     let started = Instant::now();
@@ -178,13 +219,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
 
     let summaries: Vec<&RunSummary> = result.runs.iter().map(|r| &r.summary).collect();
     let mut all_claims = Vec::new();
-    for task in ["mlp", "adding"] {
-        let of_task: Vec<&RunSummary> = summaries
-            .iter()
-            .copied()
-            .filter(|s| s.task == task)
-            .collect();
-        all_claims.extend(claims(task, &of_task));
+    for task in TASKS {
+        all_claims.extend(claims(task, &of_task(&summaries, task)));
     }
     let data = read_runs(std::slice::from_ref(&out))?;
     let mut intro =
@@ -195,10 +231,17 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         intro: &intro,
         tables: &[],
         runs: &data,
+        headline: true,
     });
     let report = out.join("report.html");
     write_atomically(&report, html.as_bytes())?;
 
+    for task in TASKS {
+        if let Some(answer) = answer(task, &of_task(&summaries, task)) {
+            println!("{answer}");
+        }
+    }
+    println!();
     let rows: Vec<&RunSummary> = summaries.clone();
     let table = outcome_table(&rows);
     let mut lines = table.lines();

@@ -160,12 +160,12 @@ pub struct TrainArgs {
 #[command(
     after_help = "Axes take comma-separated lists; `--remedy` takes `;`-separated \
     remedy lists (`--remedy 'none;clip-global;guard,clip-global'`). A grid file (TOML) sets the \
-    same keys: task, width, activation, cell, seq_len, steps, batch, target_loss, and depth, lr, \
+    same keys: task, width, cell, seq_len, steps, batch, target_loss, and depth, activation, lr, \
     init, init_gain, remedy, seed as a value or a list. Finished runs are read back, not redone."
 )]
 pub struct SweepArgs {
     /// A TOML grid file (flags below then refine nothing: use one or the other).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["depth", "lr", "init", "init_gain", "remedy", "seed"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["depth", "activation", "lr", "init", "init_gain", "remedy", "seed"])]
     pub grid: Option<PathBuf>,
     /// The task and shared settings (used without --grid).
     #[arg(long, default_value = "mlp")]
@@ -173,6 +173,9 @@ pub struct SweepArgs {
     /// Hidden layers, e.g. `8,24,64`.
     #[arg(long, value_delimiter = ',', value_parser = at_least_one)]
     pub depth: Vec<u64>,
+    /// Nonlinearities of the MLP, e.g. `tanh,relu`.
+    #[arg(long, value_delimiter = ',')]
+    pub activation: Vec<Activation>,
     /// Learning rates, e.g. `0.001,0.01,0.1`.
     #[arg(long, value_delimiter = ',', value_parser = positive_f64, allow_negative_numbers = true)]
     pub lr: Vec<f64>,

@@ -134,6 +134,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         )],
         tables: &tables,
         runs: &runs,
+        headline: true,
     });
     write_atomically(&out, html.as_bytes())?;
     println!("{}", out.display());

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use gradguard_lab::RunConfig;
-use gradguard_lab::sweep::Grid;
+use gradguard_lab::sweep::{Grid, GuardVerdict};
 use gradguard_report::html::{Report, render};
 
 use crate::exit::BadInput;
@@ -41,6 +41,7 @@ fn grid_of(args: &SweepArgs) -> Result<Grid> {
             .map(|&d| usize::try_from(d).unwrap_or(usize::MAX))
             .collect(),
     );
+    set(&mut grid.activations, args.activation.clone());
     set(&mut grid.lrs, args.lr.clone());
     set(&mut grid.inits, args.init.clone());
     set(&mut grid.init_gains, args.init_gain.clone());
@@ -65,6 +66,7 @@ pub fn run(args: &SweepArgs) -> Result<()> {
         intro: &[format!("{} runs in {}.", result.runs.len(), out.display())],
         tables: std::slice::from_ref(&table),
         runs: &data,
+        headline: false,
     });
     write_atomically(&out.join("report.html"), html.as_bytes())?;
     if args.json {
@@ -73,10 +75,37 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     let rows: Vec<Vec<String>> = table.rows.clone();
     let headers: Vec<&str> = table.headers.iter().map(String::as_str).collect();
     print!("{}", crate::table::render(&headers, &rows));
+    if let Some(v) = &result.guard {
+        println!("{}", guard_line(v));
+    }
     println!(
         "{} runs; results in {} (sweep.json, report.html)",
         result.runs.len(),
         out.display()
     );
     Ok(())
+}
+
+/// The default guard against the best clipping rule, in one paragraph.
+pub fn guard_line(v: &GuardVerdict) -> String {
+    let loss = |l: Option<f64>| l.map_or("non-finite".to_string(), |l| format!("{l:.4}"));
+    let worst = v.worst.as_ref().map_or(String::new(), |w| {
+        format!(
+            "; worst cell {}: guard {} vs best clip {}",
+            w.dir,
+            loss(w.guard_loss),
+            loss(w.best_clip_loss)
+        )
+    });
+    format!(
+        "default guard vs the better of clip-global and agc, {} cells: rescued {} of {} \
+         unprotected failures; failed where a clip finished: {}; final loss within 10% (+0.02): \
+         {} of {}{worst}",
+        v.cells,
+        v.rescued,
+        v.unprotected_failed,
+        v.failed_where_clip_finished,
+        v.within_target,
+        v.cells
+    )
 }

@@ -146,8 +146,8 @@ impl Plan {
             }
         }
         if guarded {
+            // The default guard, as a user gets it; snapshots at the run's checkpoints.
             plan.guard = GuardConfig {
-                on_spike: SpikeAction::Rollback { skip_batches: 1 },
                 snapshot_every: config.checkpoint_every,
                 ..GuardConfig::default()
             };
@@ -204,6 +204,7 @@ fn passthrough(every: u64) -> GuardConfig {
         on_spike: SpikeAction::Ignore,
         snapshot_every: every,
         max_consecutive_bad: u32::MAX,
+        update_bound: None,
         ..GuardConfig::default()
     }
 }

@@ -88,8 +88,10 @@ pub enum Remedy {
     /// Run a learning-rate range test first (Smith 2017) and train at a tenth of the largest
     /// stable rate, never above the requested one.
     LrFind,
-    /// The full guard with its defaults: skip non-finite steps, roll back on spikes, back off the
-    /// learning rate, give up after 20 bad steps in a row.
+    /// The default guard, with no rule or threshold to choose ([`gradguard::GuardConfig`]'s
+    /// defaults): bound each update relative to the weights from step 0, skip non-finite steps,
+    /// roll back on loss spikes, back off the learning rate (and the bound), give up after 20 bad
+    /// steps in a row.
     Guard,
 }
 

@@ -35,6 +35,13 @@ pub struct MetricsRecord {
     /// Whether a spike detector fired on this step (gradient norm or loss).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub spike: bool,
+    /// ‖Δθ‖/‖θ‖ of the optimizer's update over the whole model, before the guard's update bound
+    /// (when the bound is on and the step was applied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_ratio: Option<f64>,
+    /// The factor the update bound applied to the update of the whole model (1: untouched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_scale: Option<f64>,
 }
 
 fn finite(x: f64) -> Option<f64> {
@@ -68,6 +75,8 @@ impl MetricsRecord {
                 .into_iter()
                 .flatten()
                 .any(|c| c.is_spike),
+            update_ratio: report.update.as_ref().and_then(|u| finite(u.global_ratio)),
+            update_scale: report.update.as_ref().map(|u| u.global_scale),
         }
     }
 

@@ -89,6 +89,11 @@ impl RunSummary {
             "stable"
         }
     }
+
+    /// Whether the run failed: its [`RunSummary::outcome`] is `diverged` or `stopped`.
+    pub fn failed(&self) -> bool {
+        matches!(self.outcome(), "diverged" | "stopped")
+    }
 }
 
 /// A finished run read back from its directory.

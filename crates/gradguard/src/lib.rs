@@ -52,7 +52,7 @@ pub use collective_local::ThreadCollective;
 pub use gradients::{Gradients, Source, UnitLayout, UnitSpan};
 pub use guard::{
     Decision, Guard, GuardConfig, GuardCounters, GuardState, LrBackoff, NonFinitePolicy,
-    SpikeAction, StepReport, TensorReport,
+    SpikeAction, StepReport, TensorReport, UpdateBound, UpdateCheck, UpdateNorms, check_update,
 };
 pub use host::{HostGradients, HostTensor, Values};
 pub use norm::NormType;

@@ -9,7 +9,7 @@ use gradguard::rules::{
 };
 use gradguard::{
     Decision, Gradients, Guard, GuardConfig, GuardError, HostGradients, LrBackoff, NonFinitePolicy,
-    NormType, SpikeAction,
+    NormType, SpikeAction, UpdateBound, UpdateNorms,
 };
 
 fn batch(scale: f32) -> HostGradients {
@@ -390,4 +390,85 @@ fn max_norm_inf_never_produces_nan() {
     let (outcome, clipped) = common::apply(&mut rule, &g);
     assert_eq!(clipped, g);
     assert_eq!(outcome.scale, Some(1.0));
+}
+
+fn update(name: &str, weight: f64, update: f64) -> UpdateNorms {
+    UpdateNorms {
+        name: name.into(),
+        len: 4,
+        weight,
+        update,
+    }
+}
+
+#[test]
+fn an_oversized_update_backs_off_the_rate_and_the_bound_but_is_no_bad_step() {
+    let mut g = guard(quiet(), vec![]);
+    let report = g.step(&mut batch(1.0), Some(1.0)).unwrap();
+    assert_eq!(report.decision, Decision::Apply);
+    let check = g
+        .check_update(&[update("a", 1.0, 5.0), update("b", 1.0, 0.001)])
+        .unwrap()
+        .unwrap();
+    assert!(check.global_scale < 1.0 && check.bounded == 2, "{check:?}");
+    assert_eq!(g.lr_multiplier(), 0.5);
+    assert_eq!(g.counters().consecutive_bad, 0);
+    assert_eq!(g.counters().applied, 1);
+    // The next step's bound is τ·m.
+    g.step(&mut batch(1.0), Some(1.0)).unwrap();
+    let check = g.check_update(&[update("a", 1.0, 0.01)]).unwrap().unwrap();
+    assert_eq!(check.max_ratio, UpdateBound::default().max_ratio * 0.5);
+    assert!(!check.changes_anything());
+}
+
+#[test]
+fn non_finite_updates_are_bad_steps_and_stop_at_the_limit() {
+    let mut g = guard(
+        GuardConfig {
+            max_consecutive_bad: 3,
+            ..quiet()
+        },
+        vec![],
+    );
+    for i in 0..3 {
+        g.step(&mut batch(1.0), Some(1.0)).unwrap();
+        let result = g.check_update(&[update("layers.0.weight", 1.0, f64::INFINITY)]);
+        if i < 2 {
+            assert!(result.unwrap().unwrap().revert);
+            assert_eq!(g.counters().consecutive_bad, i + 1);
+            assert_eq!(g.counters().skipped, u64::from(i + 1));
+            assert_eq!(g.counters().applied, 0);
+        } else {
+            let err = result.unwrap_err();
+            assert!(matches!(err, GuardError::TooManyBadSteps { count: 3, .. }));
+            assert!(err.to_string().contains("layers.0.weight"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn the_bound_can_be_switched_off() {
+    let mut g = guard(
+        GuardConfig {
+            update_bound: None,
+            ..quiet()
+        },
+        vec![],
+    );
+    g.step(&mut batch(1.0), Some(1.0)).unwrap();
+    assert!(g.check_update(&[update("a", 1.0, 1e9)]).unwrap().is_none());
+    assert_eq!(g.lr_multiplier(), 1.0);
+}
+
+#[test]
+fn bad_update_bounds_are_refused() {
+    let config = GuardConfig {
+        update_bound: Some(UpdateBound {
+            max_ratio: -1.0,
+            ..UpdateBound::default()
+        }),
+        ..quiet()
+    };
+    let err = Guard::new(config, Chain::default()).unwrap_err();
+    assert!(err.to_string().contains("max_ratio"), "{err}");
 }

@@ -18,6 +18,8 @@ pub struct Grid {
     pub base: RunConfig,
     /// Hidden layers (MLP).
     pub depths: Vec<usize>,
+    /// Nonlinearities (MLP).
+    pub activations: Vec<Activation>,
     /// Learning rates.
     pub lrs: Vec<f64>,
     /// Initialization schemes.
@@ -53,7 +55,7 @@ impl<T> OneOrMany<T> {
 struct GridFile {
     task: Option<String>,
     width: Option<usize>,
-    activation: Option<String>,
+    activation: Option<OneOrMany<String>>,
     cell: Option<String>,
     seq_len: Option<usize>,
     steps: Option<u64>,
@@ -72,6 +74,7 @@ impl Grid {
     pub fn single(base: RunConfig) -> Self {
         Grid {
             depths: vec![base.depth],
+            activations: vec![base.activation],
             lrs: vec![base.lr],
             inits: vec![base.init],
             init_gains: vec![base.init_gain],
@@ -81,9 +84,9 @@ impl Grid {
         }
     }
 
-    /// Parses a TOML grid file; `path` names it in errors. Keys: `task`, `width`, `activation`,
-    /// `cell`, `seq_len`, `steps`, `batch`, `target_loss` (one value each) and `depth`, `lr`,
-    /// `init`, `init_gain`, `remedy`, `seed` (a value or a list). Unset keys take the task's
+    /// Parses a TOML grid file; `path` names it in errors. Keys: `task`, `width`, `cell`,
+    /// `seq_len`, `steps`, `batch`, `target_loss` (one value each) and `depth`, `activation`,
+    /// `lr`, `init`, `init_gain`, `remedy`, `seed` (a value or a list). Unset keys take the task's
     /// defaults ([`RunConfig::for_task`]).
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, LabError> {
         let bad = |reason: String| LabError::Grid {
@@ -114,9 +117,6 @@ impl Grid {
         if let Some(v) = file.width {
             base.width = v;
         }
-        if let Some(v) = &file.activation {
-            base.activation = parse(path, "activation", v.parse::<Activation>())?;
-        }
         if let Some(v) = &file.cell {
             base.cell = parse(path, "cell", v.parse::<Cell>())?;
         }
@@ -135,6 +135,13 @@ impl Grid {
         let mut grid = Grid::single(base);
         if let Some(v) = file.depth {
             grid.depths = v.into_vec();
+        }
+        if let Some(v) = file.activation {
+            grid.activations = v
+                .into_vec()
+                .iter()
+                .map(|s| parse(path, "activation", s.parse::<Activation>()))
+                .collect::<Result<_, _>>()?;
         }
         if let Some(v) = file.lr {
             grid.lrs = v.into_vec();
@@ -167,6 +174,7 @@ impl Grid {
     pub fn runs(&self) -> Result<Vec<RunConfig>, LabError> {
         let axes = [
             ("depth", self.depths.len()),
+            ("activation", self.activations.len()),
             ("lr", self.lrs.len()),
             ("init", self.inits.len()),
             ("init_gain", self.init_gains.len()),
@@ -178,7 +186,11 @@ impl Grid {
         }
         let data = TaskData::new(self.base.task, self.base.seq_len, 0)?;
         let mut runs = Vec::new();
-        for &depth in &self.depths {
+        for (&depth, &activation) in self
+            .depths
+            .iter()
+            .flat_map(|d| self.activations.iter().map(move |a| (d, a)))
+        {
             for &lr in &self.lrs {
                 for &init in &self.inits {
                     for &init_gain in &self.init_gains {
@@ -186,6 +198,7 @@ impl Grid {
                             for &seed in &self.seeds {
                                 let config = RunConfig {
                                     depth,
+                                    activation,
                                     lr,
                                     init,
                                     init_gain,

@@ -9,8 +9,10 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 mod grid;
+mod verdict;
 
 pub use grid::Grid;
+pub use verdict::{GuardVerdict, WorstCell, guard_verdict};
 
 use crate::config::RunConfig;
 use crate::error::LabError;
@@ -35,7 +37,7 @@ pub fn run_name(config: &RunConfig) -> String {
     let arch = if config.task.is_recurrent() {
         format!("{}-T{}", config.cell.name(), config.seq_len)
     } else {
-        format!("d{}", config.depth)
+        format!("d{}-{}", config.depth, config.activation.name())
     };
     format!(
         "{}-{arch}-lr{}-{}-g{}-{remedy}-s{}",
@@ -86,6 +88,9 @@ pub struct SweepResult {
     /// Remedies per task, best first: fewest diverged or stopped, then most reaching the target, then
     /// fewest steps to it, then the lowest final loss.
     pub ranking: Vec<RemedyEffect>,
+    /// The default guard against the best clipping rule, when the grid compares them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<GuardVerdict>,
 }
 
 fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> Option<T> {
@@ -93,15 +98,17 @@ fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> Option<T> {
     v.get(v.len().checked_sub(1)? / 2).copied()
 }
 
+/// A run's cell: its configuration but the remedies (same task, depth, rate, init, gain, seed).
+pub(crate) fn cell(s: &RunSummary) -> String {
+    let mut c = s.config.clone();
+    if let Some(obj) = c.as_object_mut() {
+        obj.remove("remedies");
+    }
+    c.to_string()
+}
+
 /// Ranks the remedies of `runs` by their measured effect.
 pub fn rank(runs: &[SweepRun]) -> Vec<RemedyEffect> {
-    let cell = |s: &RunSummary| {
-        let mut c = s.config.clone();
-        if let Some(obj) = c.as_object_mut() {
-            obj.remove("remedies");
-        }
-        c.to_string()
-    };
     let baseline: BTreeMap<String, bool> = runs
         .iter()
         .filter(|r| r.summary.remedy == "none")
@@ -215,6 +222,7 @@ pub fn run_sweep(
     let runs = finished.into_iter().collect::<Result<Vec<_>, _>>()?;
     let result = SweepResult {
         ranking: rank(&runs),
+        guard: guard_verdict(&runs),
         runs,
     };
     let path = out.join(SWEEP_FILE);

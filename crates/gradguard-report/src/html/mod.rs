@@ -4,6 +4,7 @@
 //! and spikes, and a per-layer gradient-norm heatmap over steps.
 
 mod grid;
+mod headline;
 mod heatmap;
 mod run_charts;
 mod svg;
@@ -12,6 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 pub use grid::CategoryGrid;
+pub use headline::guard_headline;
 pub use heatmap::Heatmap;
 use run_charts::{depth_chart, heatmap, loss_charts, norm_chart};
 pub use svg::{LineChart, Marker, Series, escape, legend};
@@ -67,6 +69,9 @@ pub struct Report<'a> {
     pub tables: &'a [Table],
     /// The runs.
     pub runs: &'a [RunData],
+    /// Open with each task's headline ([`guard_headline`]: none, the default guard and the best
+    /// hand-picked remedy), before any table.
+    pub headline: bool,
 }
 
 /// The report's stylesheet, for other pages built from these charts.
@@ -188,10 +193,6 @@ pub fn render(report: &Report) -> String {
     for p in report.intro {
         let _ = write!(out, "<p class=\"note\">{}</p>", escape(p));
     }
-    for t in report.tables {
-        out.push_str(&t.render());
-    }
-    out.push_str(&outcome_table(report.runs).render());
     let mut by_task: BTreeMap<(String, String), Vec<&RunData>> = BTreeMap::new();
     for run in report.runs {
         let mut cell = run.summary.config.clone();
@@ -205,6 +206,17 @@ pub fn render(report: &Report) -> String {
             .or_default()
             .push(run);
     }
+    if report.headline {
+        for runs in by_task.values() {
+            if let Some(h) = guard_headline(runs) {
+                out.push_str(&h);
+            }
+        }
+    }
+    for t in report.tables {
+        out.push_str(&t.render());
+    }
+    out.push_str(&outcome_table(report.runs).render());
     for runs in by_task.values_mut() {
         // The unremedied run first: it is the reference every picture compares against.
         runs.sort_by_key(|r| r.summary.remedy != "none");

@@ -2,9 +2,11 @@
 
 mod config;
 mod report;
+mod update_bound;
 
 pub use config::{GuardConfig, LrBackoff, NonFinitePolicy, SpikeAction};
 pub use report::{Decision, StepReport, TensorReport};
+pub use update_bound::{UpdateBound, UpdateCheck, UpdateNorms, check_update};
 
 use serde::{Deserialize, Serialize};
 
@@ -94,6 +96,16 @@ pub struct Guard {
     grad_spike: Option<SpikeDetector>,
     loss_spike: Option<SpikeDetector>,
     counters: GuardCounters,
+    /// Bad steps in a row before the last step was applied, for [`Guard::check_update`].
+    bad_before_apply: u32,
+}
+
+impl Default for Guard {
+    /// The default guard: [`GuardConfig::default`] and no clipping rule — safe from step 0 through
+    /// the update bound, with non-finite skips, spike rollbacks and LR back-off.
+    fn default() -> Self {
+        Guard::new(GuardConfig::default(), Chain::default()).expect("the defaults are valid")
+    }
 }
 
 impl Guard {
@@ -106,6 +118,7 @@ impl Guard {
             config,
             chain,
             counters: GuardCounters::default(),
+            bad_before_apply: 0,
         })
     }
 
@@ -307,7 +320,52 @@ impl Guard {
             lr_multiplier: self.counters.lr_multiplier,
             take_snapshot,
             consecutive_bad: self.counters.consecutive_bad,
+            update: None,
         })
+    }
+
+    /// Judges the update the optimizer produced for a step this guard decided to apply, under
+    /// the configured [`UpdateBound`] (`None` when the bound is off). The adapter measures, per
+    /// parameter, ‖w‖ before the step and ‖Δw‖ of the step, calls this, and then replaces each
+    /// update by `scale · Δw`; on `revert` (a non-finite weight or update: the optimizer
+    /// overflowed) it restores the weights and optimizer state from before the step, which this
+    /// method counts as a skipped bad step (backing off the LR, and stopping with
+    /// [`GuardError::TooManyBadSteps`] past the limit, as any bad step). Bounding an update is not
+    /// a bad step: it is how the guard lets a run with an oversized first gradient go on.
+    pub fn check_update(&mut self, norms: &[UpdateNorms]) -> Result<Option<UpdateCheck>> {
+        let Some(bound) = self.config.update_bound else {
+            return Ok(None);
+        };
+        let check = check_update(&bound, self.counters.lr_multiplier, norms);
+        if !check.revert && check.global_scale < 1.0 {
+            // An oversized step: the rate is too large for where the model is now. Back off the
+            // rate (and with it the bound) as after any trouble; calm steps bring both back.
+            let c = &mut self.counters;
+            let lr = &self.config.lr;
+            c.calm_steps = 0;
+            c.lr_multiplier = (c.lr_multiplier * lr.backoff).max(lr.min);
+        }
+        if check.revert {
+            let c = &mut self.counters;
+            let lr = &self.config.lr;
+            c.applied = c.applied.saturating_sub(1);
+            c.skipped += 1;
+            c.non_finite_steps += 1;
+            c.consecutive_bad = self.bad_before_apply + 1;
+            c.calm_steps = 0;
+            c.lr_multiplier = (c.lr_multiplier * lr.backoff).max(lr.min);
+            if c.consecutive_bad >= self.config.max_consecutive_bad {
+                return Err(GuardError::TooManyBadSteps {
+                    step: c.step.saturating_sub(1),
+                    count: c.consecutive_bad,
+                    reason: format!(
+                        "the optimizer's update of '{}' is not finite",
+                        check.largest_tensor.as_deref().unwrap_or("?")
+                    ),
+                });
+            }
+        }
+        Ok(Some(check))
     }
 
     /// Updates counters and the LR multiplier; returns whether to snapshot after this step.
@@ -318,6 +376,7 @@ impl Guard {
         non_finite: bool,
         reasons: &[String],
     ) -> Result<bool> {
+        self.bad_before_apply = self.counters.consecutive_bad;
         let c = &mut self.counters;
         let lr = &self.config.lr;
         let step = c.step;

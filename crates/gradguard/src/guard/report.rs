@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 use crate::detect::SpikeCheck;
 use crate::rules::RuleOutcome;
 
+use super::update_bound::UpdateCheck;
+
 /// What the training loop must do with this step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
@@ -66,4 +68,8 @@ pub struct StepReport {
     pub take_snapshot: bool,
     /// Bad steps in a row, this one included.
     pub consecutive_bad: u32,
+    /// What the update bound found after the optimizer step (filled in by the adapter that ran
+    /// the step; `None` when the bound is off or the step was not applied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdateCheck>,
 }

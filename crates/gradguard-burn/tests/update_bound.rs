@@ -1,0 +1,157 @@
+//! The default guard's update bound (issue "A guard that needs no tuning"): an oversized update
+//! is cut to the bound whatever the optimizer, a healthy step passes bit for bit, an overflowing
+//! update is undone with the optimizer state.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::tensor::{Device, Tensor, TensorData};
+use gradguard::{Decision, Guard, GuardConfig, UpdateBound};
+use gradguard_burn::GuardedOptimizer;
+
+#[derive(Module, Debug)]
+struct Net {
+    layers: Vec<Linear>,
+}
+
+impl Net {
+    fn new(device: &Device) -> Self {
+        Net {
+            layers: vec![
+                LinearConfig::new(8, 16).init(device),
+                LinearConfig::new(16, 16).init(device),
+                LinearConfig::new(16, 1).init(device),
+            ],
+        }
+    }
+
+    /// Mean squared error against targets multiplied by `scale` (a large scale: a huge gradient).
+    fn loss(&self, scale: f32, device: &Device) -> Tensor<1> {
+        let x: Vec<f32> = (0..32 * 8).map(|i| (i as f32 * 0.37).sin()).collect();
+        let y: Vec<f32> = (0..32).map(|i| (i as f32 * 0.11).cos() * scale).collect();
+        let x = Tensor::<2>::from_data(TensorData::new(x, [32, 8]), device);
+        let y = Tensor::<2>::from_data(TensorData::new(y, [32, 1]), device);
+        let mut h = x;
+        for (i, l) in self.layers.iter().enumerate() {
+            h = l.forward(h);
+            if i + 1 < self.layers.len() {
+                h = h.tanh();
+            }
+        }
+        (h - y).square().mean()
+    }
+}
+
+fn weights<M: Module>(m: &M) -> Vec<Vec<f32>> {
+    struct Copy(Vec<Vec<f32>>);
+    impl ModuleVisitor for Copy {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            self.0
+                .push(p.val().into_data().try_to_vec::<f32>().unwrap());
+        }
+    }
+    let mut c = Copy(Vec::new());
+    m.visit(&mut c);
+    c.0
+}
+
+fn norm(v: impl Iterator<Item = f64>) -> f64 {
+    v.map(|x| x * x).sum::<f64>().sqrt()
+}
+
+/// ‖Δθ‖ / ‖θ‖ between two modules, over all parameters as one vector.
+fn global_ratio(before: &[Vec<f32>], after: &[Vec<f32>]) -> f64 {
+    let w = norm(before.iter().flatten().map(|&x| f64::from(x)));
+    let d = norm(
+        before
+            .iter()
+            .flatten()
+            .zip(after.iter().flatten())
+            .map(|(&a, &b)| f64::from(b) - f64::from(a)),
+    );
+    d / w
+}
+
+fn device() -> Device {
+    Device::flex().autodiff()
+}
+
+fn step_once(
+    optimizer: impl Into<ModuleOptimizer>,
+    guard: Guard,
+    lr: f64,
+    scale: f32,
+) -> (Vec<Vec<f32>>, Vec<Vec<f32>>, gradguard::StepReport) {
+    let device = device();
+    let net = Net::new(&device);
+    let before = weights(&net);
+    let mut optim = GuardedOptimizer::new(optimizer, guard);
+    let loss = net.loss(scale, &device);
+    let grads = GradientsParams::from_grads(loss.backward(), &net);
+    let step = optim.step(lr, net, grads, Some(loss)).unwrap();
+    (before, weights(&step.module), step.report)
+}
+
+#[test]
+fn an_oversized_sgd_step_is_cut_to_the_bound() {
+    let (before, after, report) = step_once(SgdConfig::new().init(), Guard::default(), 1.0, 1e4);
+    let check = report.update.expect("the default guard bounds updates");
+    assert!(check.global_ratio > 10.0, "{check:?}");
+    let tau = UpdateBound::default().max_ratio;
+    let measured = global_ratio(&before, &after);
+    assert!(measured <= tau * (1.0 + 1e-4), "{measured} > {tau}");
+    assert!(measured >= tau * 0.5, "{measured}: cut far below the bound");
+    assert_eq!(report.decision, Decision::Apply);
+    assert!(after.iter().flatten().all(|v| v.is_finite()));
+}
+
+#[test]
+fn the_bound_holds_for_adam_too() {
+    // Adam's first step moves every weight by ≈ lr: at lr 1 that is far above the bound.
+    let (before, after, report) = step_once(AdamConfig::new().init(), Guard::default(), 1.0, 1.0);
+    assert!(report.update.unwrap().bounded > 0);
+    let tau = UpdateBound::default().max_ratio;
+    assert!(global_ratio(&before, &after) <= tau * (1.0 + 1e-4));
+}
+
+#[test]
+fn a_healthy_step_is_bit_for_bit_the_optimizers() {
+    let device = device();
+    let net = Net::new(&device);
+    let plain = {
+        let net = net.clone();
+        let mut optim: ModuleOptimizer = AdamConfig::new().init();
+        let loss = net.loss(1.0, &device);
+        let grads = GradientsParams::from_grads(loss.backward(), &net);
+        weights(&optim.step(1e-3, net, grads))
+    };
+    let mut optim = GuardedOptimizer::new(AdamConfig::new().init(), Guard::default());
+    let loss = net.loss(1.0, &device);
+    let grads = GradientsParams::from_grads(loss.backward(), &net);
+    let step = optim.step(1e-3, net, grads, Some(loss)).unwrap();
+    let check = step.report.update.unwrap();
+    assert!(!check.changes_anything(), "{check:?}");
+    assert_eq!(weights(&step.module), plain);
+}
+
+#[test]
+fn an_overflowing_update_is_undone_with_the_optimizer_state() {
+    // Finite gradients, but lr · g overflows f32: the weights would become ±inf.
+    let (before, after, report) = step_once(SgdConfig::new().init(), Guard::default(), 1e38, 1e3);
+    let check = report.update.unwrap();
+    assert!(check.revert, "{check:?}");
+    assert_eq!(report.decision, Decision::Skip);
+    assert_eq!(after, before);
+}
+
+#[test]
+fn without_the_bound_the_optimizer_goes_unchecked() {
+    let config = GuardConfig {
+        update_bound: None,
+        ..GuardConfig::default()
+    };
+    let guard = Guard::new(config, Default::default()).unwrap();
+    let (before, after, report) = step_once(SgdConfig::new().init(), guard, 1.0, 1e4);
+    assert!(report.update.is_none());
+    assert!(global_ratio(&before, &after) > 1.0);
+}

@@ -1,0 +1,204 @@
+//! The default guard against the best clipping rule, cell by cell: does `guard` alone protect a
+//! run as well as a hand-picked clip?
+//!
+//! A cell is one configuration and seed (everything but the remedy). In each cell where the grid
+//! ran `guard` and at least one of `clip-global` and `agc` at their defaults:
+//! - **rescued**: the unprotected run (`none`) diverged or stopped and the guard's did not;
+//! - **failed where a clip finished**: the guard's run diverged (non-finite, or its held-out loss
+//!   ended 10% above its start) or stopped, while some clipping rule's run did not;
+//! - **within target**: the guard's final held-out loss L_g ≤ 1.1 · L_best + 0.02, where L_best is
+//!   the lower of `clip-global`'s and `agc`'s (a cell where neither finished counts as within).
+
+use std::collections::BTreeMap;
+
+use gradguard_report::RunSummary;
+use serde::{Deserialize, Serialize};
+
+use super::{SweepRun, cell};
+
+/// The relative tolerance of the target: within 10% …
+pub const RELATIVE_TOLERANCE: f64 = 0.10;
+/// … plus this absolute slack (for losses near 0).
+pub const ABSOLUTE_TOLERANCE: f64 = 0.02;
+
+/// The guard's worst cell.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorstCell {
+    /// The run directory of the guard's run there.
+    pub dir: String,
+    /// The guard's final held-out loss (`None`: not finite).
+    pub guard_loss: Option<f64>,
+    /// The best of `clip-global` and `agc` there.
+    pub best_clip_loss: Option<f64>,
+    /// L_g − (1.1·L_best + 0.02): how far above the target (≤ 0 is within); `None` when the
+    /// guard's run failed there.
+    pub excess: Option<f64>,
+}
+
+/// What the grid says about the default guard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuardVerdict {
+    /// Cells compared.
+    pub cells: usize,
+    /// Cells where the unprotected run failed, and how many of them the guard rescued.
+    pub unprotected_failed: usize,
+    /// Of those, the guard's run did not fail.
+    pub rescued: usize,
+    /// Cells where the guard failed although a clipping rule finished finite.
+    pub failed_where_clip_finished: usize,
+    /// Cells where the guard's final loss is within 10% (+0.02) of the best clip's.
+    pub within_target: usize,
+    /// The cell where the guard is furthest above the target.
+    pub worst: Option<WorstCell>,
+}
+
+/// Diverged (non-finite, or the held-out loss 10% above its start) or stopped.
+fn failed(s: &RunSummary) -> bool {
+    s.failed()
+}
+
+/// The verdict, or `None` when the grid has no cell with `guard` and `clip-global` or `agc`.
+pub fn guard_verdict(runs: &[SweepRun]) -> Option<GuardVerdict> {
+    let mut cells: BTreeMap<String, BTreeMap<&str, &SweepRun>> = BTreeMap::new();
+    for r in runs {
+        cells
+            .entry(cell(&r.summary))
+            .or_default()
+            .insert(r.summary.remedy.as_str(), r);
+    }
+    let mut verdict = GuardVerdict {
+        cells: 0,
+        unprotected_failed: 0,
+        rescued: 0,
+        failed_where_clip_finished: 0,
+        within_target: 0,
+        worst: None,
+    };
+    for remedies in cells.values() {
+        let Some(guard) = remedies.get("guard") else {
+            continue;
+        };
+        let clips: Vec<&RunSummary> = ["clip-global=1", "agc=0.01"]
+            .iter()
+            .filter_map(|name| remedies.get(name).map(|r| &r.summary))
+            .collect();
+        if clips.is_empty() {
+            continue;
+        }
+        verdict.cells += 1;
+        let g = &guard.summary;
+        if remedies.get("none").is_some_and(|n| failed(&n.summary)) {
+            verdict.unprotected_failed += 1;
+            verdict.rescued += usize::from(!failed(g));
+        }
+        let any_clip_finished = remedies
+            .iter()
+            .filter(|(name, _)| name.starts_with("clip-") || name.starts_with("agc"))
+            .any(|(_, r)| !failed(&r.summary));
+        if failed(g) && any_clip_finished {
+            verdict.failed_where_clip_finished += 1;
+        }
+        let best = clips
+            .iter()
+            .filter(|s| !failed(s))
+            .filter_map(|s| s.final_loss)
+            .min_by(f64::total_cmp);
+        // Above the target by this much; `None`: the guard failed where a clip did not.
+        let excess = match (best, g.final_loss.filter(|_| !failed(g))) {
+            (None, _) => {
+                // No reference finished: nothing to be within.
+                verdict.within_target += 1;
+                continue;
+            }
+            (Some(_), None) => None,
+            (Some(b), Some(l)) => Some(l - (b * (1.0 + RELATIVE_TOLERANCE) + ABSOLUTE_TOLERANCE)),
+        };
+        if excess.is_some_and(|e| !(e > 0.0)) {
+            verdict.within_target += 1;
+        }
+        let worse = |w: &WorstCell| match (excess, w.excess) {
+            (None, _) => w.excess.is_some(),
+            (Some(_), None) => false,
+            (Some(a), Some(b)) => a > b,
+        };
+        if verdict.worst.as_ref().is_none_or(worse) {
+            verdict.worst = Some(WorstCell {
+                dir: guard.dir.clone(),
+                guard_loss: g.final_loss,
+                best_clip_loss: best,
+                excess,
+            });
+        }
+    }
+    (verdict.cells > 0).then_some(verdict)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(remedy: &str, seed: u64, final_loss: Option<f64>) -> SweepRun {
+        SweepRun {
+            dir: format!("runs/{remedy}-s{seed}"),
+            summary: RunSummary {
+                task: "mlp".into(),
+                remedy: remedy.into(),
+                seed,
+                steps: 10,
+                final_loss,
+                final_train_loss: final_loss,
+                initial_loss: Some(2.0),
+                trivial_loss: Some(2.3),
+                accuracy: None,
+                diverged: final_loss.is_none_or(|l| l >= 2.0),
+                diverged_at: None,
+                stopped: None,
+                skipped_steps: 0,
+                rollbacks: 0,
+                non_finite_steps: 0,
+                target_loss: 0.5,
+                steps_to_target: None,
+                lr: 0.1,
+                largest_stable_lr: None,
+                wall_time_s: 1.0,
+                config: serde_json::json!({ "seed": seed, "remedies": [remedy] }),
+            },
+        }
+    }
+
+    #[test]
+    fn cells_are_compared_seed_by_seed() {
+        let runs = vec![
+            // Seed 0: none explodes, the guard is within 10% + 0.02 of agc (1.0 → 1.12).
+            run("none", 0, None),
+            run("clip-global=1", 0, Some(1.2)),
+            run("agc=0.01", 0, Some(1.0)),
+            run("guard", 0, Some(1.11)),
+            // Seed 1: the guard is finite but 50% worse than the clip.
+            run("none", 1, Some(1.5)),
+            run("clip-global=1", 1, Some(0.6)),
+            run("guard", 1, Some(0.9)),
+            // Seed 2: the guard explodes where the clip finished.
+            run("none", 2, None),
+            run("clip-global=1", 2, Some(0.7)),
+            run("guard", 2, None),
+        ];
+        let v = guard_verdict(&runs).unwrap();
+        assert_eq!(v.cells, 3);
+        assert_eq!((v.unprotected_failed, v.rescued), (2, 1));
+        assert_eq!(v.failed_where_clip_finished, 1);
+        assert_eq!(v.within_target, 1);
+        let worst = v.worst.unwrap();
+        assert_eq!(worst.dir, "runs/guard-s2");
+        assert_eq!(worst.excess, None);
+        // The verdict survives a JSON round trip (sweep.json is read back by `report`).
+        let text = serde_json::to_string(&guard_verdict(&runs)).unwrap();
+        let back: Option<GuardVerdict> = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.unwrap().cells, 3);
+    }
+
+    #[test]
+    fn no_verdict_without_both_sides() {
+        assert!(guard_verdict(&[run("none", 0, None), run("guard", 0, Some(1.0))]).is_none());
+    }
+}

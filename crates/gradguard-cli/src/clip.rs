@@ -2,11 +2,12 @@
 
 use anyhow::Result;
 use clap::ArgMatches;
+use gradguard::norm::total_norm;
 use gradguard::rules::{
     AdaptiveGradClip, Chain, ClipByGlobalNorm, ClipByValue, ClipPerTensorNorm, Rule, RuleOutcome,
 };
 use gradguard::safetensors_io::write_tensors;
-use gradguard::{Decision, Guard, GuardConfig, HostGradients, NormType, StepReport};
+use gradguard::{Decision, Gradients, Guard, GuardConfig, HostGradients, NormType, StepReport};
 use serde::Serialize;
 
 use crate::args::ClipArgs;
@@ -85,9 +86,13 @@ struct ClipSummary<'a> {
     output: Option<String>,
     decision: Decision,
     norm_type: NormType,
-    /// Global L2 norm before and after the rules.
+    /// The total norm of all gradients as one vector, in `norm_type`'s p (PyTorch's
+    /// `clip_grad_norm_` return value), before and after the rules.
     total_norm_before: f64,
     total_norm_after: f64,
+    /// The same totals in L2, whatever `norm_type` is.
+    total_l2_before: f64,
+    total_l2_after: f64,
     /// The factor of the last global-norm rule, when one ran.
     scale: Option<f64>,
     rules: &'a [RuleOutcome],
@@ -114,7 +119,9 @@ pub fn run(args: &ClipArgs, order: &[RuleFlag]) -> Result<()> {
         ..GuardConfig::default()
     };
     let mut guard = Guard::new(config, Chain::new(rules)?)?;
+    let total_before = total_norm(&grads, &grads.stats(), args.norm_type);
     let report = guard.step(&mut grads, None)?;
+    let total_after = total_norm(&grads, &grads.stats(), args.norm_type);
     let written = report.decision == Decision::Apply;
     if written {
         let bytes = write_tensors(grads.tensors(), metadata)?;
@@ -125,8 +132,10 @@ pub fn run(args: &ClipArgs, order: &[RuleFlag]) -> Result<()> {
         output: written.then(|| args.output.display().to_string()),
         decision: report.decision,
         norm_type: args.norm_type,
-        total_norm_before: report.norm_before,
-        total_norm_after: report.norm_after,
+        total_norm_before: total_before,
+        total_norm_after: total_after,
+        total_l2_before: report.norm_before,
+        total_l2_after: report.norm_after,
         scale: report
             .rules
             .iter()
@@ -142,6 +151,15 @@ pub fn run(args: &ClipArgs, order: &[RuleFlag]) -> Result<()> {
     }
     print_text(&summary, &report);
     Ok(())
+}
+
+fn norm_name(norm: NormType) -> String {
+    match norm {
+        NormType::L1 => "L1".into(),
+        NormType::L2 => "L2".into(),
+        NormType::Inf => "L∞".into(),
+        NormType::P(p) => format!("L{p}"),
+    }
 }
 
 fn print_text(s: &ClipSummary<'_>, report: &StepReport) {
@@ -176,7 +194,8 @@ fn print_text(s: &ClipSummary<'_>, report: &StepReport) {
         );
     }
     println!(
-        "total norm (L2) before {}, after {}; {} tensors",
+        "total norm ({}) before {}, after {}; {} tensors",
+        norm_name(s.norm_type),
         num(s.total_norm_before),
         num(s.total_norm_after),
         report.tensors.len()

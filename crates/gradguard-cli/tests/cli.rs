@@ -123,6 +123,53 @@ fn clip_by_global_norm_writes_clipped_gradients_and_reports_the_scale() {
     assert!((l2(&clipped) - 1.0).abs() < 1e-5);
 }
 
+/// Issue "Peer parity": the top-level total is in the chosen p, as PyTorch's `clip_grad_norm_`
+/// returns it; the L2 total keeps its own name.
+#[test]
+fn clip_reports_the_total_norm_in_the_chosen_p() {
+    let dir = tmp();
+    let f = sample(dir.path());
+    let out = dir.path().join("out.safetensors");
+    let o = run(&[
+        "clip",
+        f.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--global-norm",
+        "1",
+        "--norm-type",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = json(&o);
+    // Σ|g| = 3 + 4 + 12 + 0.1 + 0.2 + 0.2.
+    let l1 = 19.5f64;
+    assert!(
+        (v["total_norm_before"].as_f64().unwrap() - l1).abs() < 1e-5,
+        "{v}"
+    );
+    assert!(
+        (v["total_norm_after"].as_f64().unwrap() - 1.0).abs() < 1e-5,
+        "{v}"
+    );
+    let l2 = (169.0f64 + 0.09).sqrt();
+    assert!(
+        (v["total_l2_before"].as_f64().unwrap() - l2).abs() < 1e-6,
+        "{v}"
+    );
+    let text = run(&[
+        "clip",
+        f.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--global-norm",
+        "1",
+        "--norm-type",
+        "1",
+    ]);
+    let printed = String::from_utf8_lossy(&text.stdout);
+    assert!(printed.contains("total norm (L1) before 1.95"), "{printed}");
+}
+
 #[test]
 fn rules_apply_in_command_line_order() {
     let dir = tmp();

@@ -18,7 +18,7 @@ pub enum Source {
 ///
 /// - `InputFirst` — JAX/Flax, Optax and Burn: a Linear weight is `[in, out]`, a conv kernel
 ///   `HWIO`. As in Optax's `unitwise_norm`: rank 2 and 3 reduce axis 0, rank 4 reduces axes
-///   0, 1, 2; rank ≥ 5 is an error.
+///   0, 1, 2, rank 5 (a 3-D conv kernel, DHWIO) axes 0 to 3; rank ≥ 6 is an error, as there.
 /// - `OutputFirst` — PyTorch: a Linear weight is `[out, in]`, a conv kernel `OIHW`; every axis
 ///   but the first is reduced (as in the NFNets PyTorch ports), any rank ≥ 2.
 ///
@@ -81,11 +81,13 @@ impl UnitLayout {
                 let reduced = match shape.len() {
                     2 | 3 => 1,
                     4 => 3,
+                    5 => 4,
                     r => {
                         return Err(GuardError::BadTensor {
                             tensor: name.to_string(),
                             reason: format!(
-                                "unit-wise norms take rank 0 to 4 in the input-first layout, got rank {r}"
+                                "unit-wise norms take rank 0 to 5 in the input-first layout (as \
+                                 Optax's unitwise_norm), got rank {r}"
                             ),
                         });
                     }

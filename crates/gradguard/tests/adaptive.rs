@@ -80,3 +80,35 @@ fn zclip_leaves_normal_norms_alone() {
         assert_eq!(out, g);
     }
 }
+
+/// Issue "Peer parity": Optax's `unitwise_norm` reduces axes 0–3 of a rank-5 (3-D conv, DHWIO)
+/// tensor; the output-first layout reduces every axis but the first at any rank (as timm).
+#[test]
+fn unit_spans_cover_rank_five_kernels_as_optax_and_timm_do() {
+    use gradguard::UnitLayout;
+    let shape = [2, 3, 3, 4, 5];
+    let span = UnitLayout::InputFirst
+        .span("conv3d.weight", &shape)
+        .unwrap();
+    assert_eq!(
+        (span.rows, span.cols, span.units_are_columns),
+        (72, 5, true)
+    );
+    assert_eq!(span.units(), 5);
+    let span = UnitLayout::OutputFirst
+        .span("conv3d.weight", &shape)
+        .unwrap();
+    assert_eq!(
+        (span.rows, span.cols, span.units_are_columns),
+        (2, 180, false)
+    );
+    let err = UnitLayout::InputFirst
+        .span("odd", &[2, 2, 2, 2, 2, 2])
+        .unwrap_err();
+    assert!(err.to_string().contains("rank 6"), "{err}");
+    assert!(
+        UnitLayout::OutputFirst
+            .span("odd", &[2, 2, 2, 2, 2, 2])
+            .is_ok()
+    );
+}

@@ -190,9 +190,6 @@ pub fn render(report: &Report) -> String {
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{t}</title><style>{STYLE}</style></head><body><h1>{t}</h1>",
         t = escape(report.title)
     );
-    for p in report.intro {
-        let _ = write!(out, "<p class=\"note\">{}</p>", escape(p));
-    }
     let mut by_task: BTreeMap<(String, String), Vec<&RunData>> = BTreeMap::new();
     for run in report.runs {
         let mut cell = run.summary.config.clone();
@@ -207,11 +204,24 @@ pub fn render(report: &Report) -> String {
             .push(run);
     }
     if report.headline {
-        for runs in by_task.values() {
+        // In the order the runs came (a demo lists its flagship task first).
+        let mut groups: Vec<&Vec<&RunData>> = by_task.values().collect();
+        let first = |runs: &Vec<&RunData>| {
+            report
+                .runs
+                .iter()
+                .position(|r| std::ptr::eq(r, runs[0]))
+                .unwrap_or(usize::MAX)
+        };
+        groups.sort_by_key(|runs| first(runs));
+        for runs in groups {
             if let Some(h) = guard_headline(runs) {
                 out.push_str(&h);
             }
         }
+    }
+    for p in report.intro {
+        let _ = write!(out, "<p class=\"note\">{}</p>", escape(p));
     }
     for t in report.tables {
         out.push_str(&t.render());

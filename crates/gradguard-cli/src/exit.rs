@@ -27,7 +27,9 @@ pub const FAILED: u8 = 1;
 pub fn code_of(e: &anyhow::Error) -> u8 {
     if let Some(g) = e.downcast_ref::<GuardError>() {
         return match g {
-            GuardError::NonFiniteGradient { .. } | GuardError::NonFiniteLoss { .. } => NON_FINITE,
+            GuardError::NonFiniteGradient { .. }
+            | GuardError::NonFiniteLoss { .. }
+            | GuardError::NonFiniteParameter { .. } => NON_FINITE,
             g if g.is_bad_input() => BAD_INPUT,
             _ => FAILED,
         };

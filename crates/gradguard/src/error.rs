@@ -25,6 +25,24 @@ pub enum GuardError {
         /// Number of non-finite values across all tensors.
         count: u64,
     },
+    /// A parameter that a rule reads (AGC's weights) holds NaN or ±inf: the model itself is
+    /// broken, and the non-finite policy decides (this error under `error`, a skipped step under
+    /// `skip` and `zero`), never a silent substitute.
+    #[error(
+        "non-finite parameter at step {step}: tensor '{tensor}' unit {unit} has a {value} norm (read by rule '{rule}')"
+    )]
+    NonFiniteParameter {
+        /// Step index (0-based).
+        step: u64,
+        /// The rule that read the parameter.
+        rule: String,
+        /// The parameter tensor's name.
+        tensor: String,
+        /// The first unit (output neuron or channel) whose weights are not finite.
+        unit: usize,
+        /// `NaN` or `inf`.
+        value: String,
+    },
     /// The loss is NaN or ±inf and the non-finite policy is `error`.
     #[error("non-finite loss at step {step}: {loss}")]
     NonFiniteLoss {

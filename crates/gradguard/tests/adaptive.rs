@@ -112,3 +112,55 @@ fn unit_spans_cover_rank_five_kernels_as_optax_and_timm_do() {
             .is_ok()
     );
 }
+
+/// Issue "Peer parity": a NaN weight is a broken model. AGC names it, and the guard's non-finite
+/// policy decides — never the silent λ·ε clip that `f64::max` dropping the NaN would give.
+#[test]
+fn agc_with_a_non_finite_weight_is_decided_by_the_policy() {
+    use gradguard::rules::{AdaptiveGradClip, Chain, Rule};
+    use gradguard::{Decision, Guard, GuardConfig, GuardError, HostTensor, NonFinitePolicy};
+    let with_nan_weight = || {
+        grads(&[("layer.weight", &[2, 2], vec![1.0, 2.0, 3.0, 4.0])])
+            .with_parameters(vec![
+                HostTensor::new("layer.weight", vec![2, 2], vec![1.0, 1.0, 1.0, f32::NAN]).unwrap(),
+            ])
+            .unwrap()
+    };
+    let guard = |policy| {
+        let rules: Vec<Box<dyn Rule>> = vec![Box::new(AdaptiveGradClip::new(0.01).unwrap())];
+        let config = GuardConfig {
+            non_finite: policy,
+            loss_spike: None,
+            ..GuardConfig::default()
+        };
+        Guard::new(config, Chain::new(rules).unwrap()).unwrap()
+    };
+    let err = guard(NonFinitePolicy::Error)
+        .step(&mut with_nan_weight(), None)
+        .unwrap_err();
+    match &err {
+        GuardError::NonFiniteParameter {
+            tensor,
+            unit,
+            value,
+            rule,
+            ..
+        } => {
+            // Input-first [in, out]: the NaN at flat index 3 is in column (unit) 1.
+            assert_eq!(
+                (tensor.as_str(), *unit, value.as_str()),
+                ("layer.weight", 1, "NaN")
+            );
+            assert_eq!(rule, "agc");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let mut g = with_nan_weight();
+    let report = guard(NonFinitePolicy::Skip).step(&mut g, None).unwrap();
+    assert_eq!(report.decision, Decision::Skip);
+    assert!(
+        report.reasons[0].contains("'layer.weight' unit 1 is NaN"),
+        "{report:?}"
+    );
+    assert_eq!(g.tensors()[0].values, vec![1.0, 2.0, 3.0, 4.0]);
+}

@@ -278,7 +278,38 @@ impl Guard {
 
         let mut outcomes = Vec::new();
         if trouble.is_none() && !passthrough {
-            outcomes = self.chain.apply(grads, &mut stats)?;
+            outcomes = match self.chain.apply(grads, &mut stats) {
+                Ok(outcomes) => outcomes,
+                Err(GuardError::NonFiniteParameter {
+                    rule,
+                    tensor,
+                    unit,
+                    value,
+                    ..
+                }) => {
+                    non_finite_seen = true;
+                    let what =
+                        format!("parameter '{tensor}' unit {unit} is {value} (rule '{rule}')");
+                    match self.config.non_finite {
+                        NonFinitePolicy::Error => {
+                            return Err(GuardError::NonFiniteParameter {
+                                step,
+                                rule,
+                                tensor,
+                                unit,
+                                value,
+                            });
+                        }
+                        NonFinitePolicy::Skip | NonFinitePolicy::Zero => {
+                            reasons.push(what);
+                            trouble = Some(Trouble::Skip);
+                        }
+                        NonFinitePolicy::Apply => reasons.push(format!("applied: {what}")),
+                    }
+                    Vec::new()
+                }
+                Err(e) => return Err(e),
+            };
             if let Some(skip) = outcomes.iter().find(|o| o.action == RuleAction::Skip) {
                 reasons.push(format!(
                     "rule '{}': norm {:.4e} above {:.4e}",

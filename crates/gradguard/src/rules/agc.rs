@@ -19,8 +19,10 @@ const DIV_EPS: f64 = 1e-6;
 /// `G_u ← G_u · max_u / max(‖G_u‖, 1e-6)`,
 ///
 /// where `u` runs over units (output neurons / channels, see [`UnitLayout`]), λ = `clipping` and
-/// ε = `eps` (default 1e-3). NaN-safe where Optax is not: a unit whose gradient or weight norm is
-/// NaN or inf is left unchanged (Optax multiplies by NaN there).
+/// ε = `eps` (default 1e-3). NaN-safe where Optax is not: a unit whose gradient norm is NaN or inf
+/// is left unchanged (Optax multiplies by NaN there); a non-finite weight is a broken model and
+/// answers [`crate::GuardError::NonFiniteParameter`], naming the tensor and unit, for the guard's
+/// non-finite policy to decide (Optax propagates the NaN into the gradients).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AdaptiveGradClip {
     /// λ, the allowed ratio of gradient norm to weight norm per unit (NFNets used 0.01–0.16).
@@ -85,6 +87,19 @@ impl Rule for AdaptiveGradClip {
             .map_err(|_| crate::GuardError::MissingParameters {
                 rule: self.name().into(),
             })?;
+        // A NaN weight would vanish in `max(‖W_u‖, ε)` (f64::max drops NaN) and clip the unit to
+        // λ·ε: a broken model must be named instead, for the guard's non-finite policy.
+        for (t, norms) in param_norms.iter().enumerate() {
+            if let Some(unit) = norms.iter().position(|n| !n.is_finite()) {
+                return Err(crate::GuardError::NonFiniteParameter {
+                    step: 0,
+                    rule: self.name().into(),
+                    tensor: grads.name(t).to_string(),
+                    unit,
+                    value: if norms[unit].is_nan() { "NaN" } else { "inf" }.into(),
+                });
+            }
+        }
         let factors: Vec<Option<Vec<f32>>> = grad_norms
             .iter()
             .zip(&param_norms)

@@ -6,7 +6,10 @@
 //! (non-finite and spike detection on gradient norm and loss, LR back-off; then also with
 //! global-norm clipping, which rewrites every gradient), per-layer telemetry into a JSONL file,
 //! and handing the gradients back. Prints medians, the overhead as a percentage of the step, the
-//! phases, and the host reads per step, for both placements.
+//! phases, and the host reads per step, for both placements. Last, whole `GuardedOptimizer` steps
+//! with the default guard's update bound against the same steps without it (interleaved, so a
+//! busy machine slows both alike): the bound's cost — the pre-step clone, ‖w‖ and ‖Δw‖ of every
+//! parameter, one host read.
 //!
 //! Run: `cargo bench -p gradguard-burn --bench guard_overhead` (about a minute).
 
@@ -18,7 +21,7 @@ use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Distribution, Tensor};
 use gradguard::rules::{Chain, ClipByGlobalNorm, Rule};
 use gradguard::{Guard, GuardConfig};
-use gradguard_burn::{BurnGradients, Placement};
+use gradguard_burn::{BurnGradients, GuardedOptimizer, Placement};
 use gradguard_report::{JsonlSink, MetricsRecord, Sink};
 
 #[derive(Module, Debug)]
@@ -121,4 +124,43 @@ fn main() {
             "  collect {collect:.3} ms, guard and rules {rules:.3} ms, telemetry {telemetry:.3} ms, hand back {restore:.3} ms"
         );
     }
+    update_bound_cost(model, &x, &y);
+}
+
+/// Whole guarded steps with and without the update bound, alternating.
+fn update_bound_cost(model: Mlp, x: &Tensor<2>, y: &Tensor<2>) {
+    let guarded = |bound: bool| {
+        let config = GuardConfig {
+            update_bound: if bound {
+                GuardConfig::default().update_bound
+            } else {
+                None
+            },
+            ..GuardConfig::default()
+        };
+        let guard = Guard::new(config, Chain::new(Vec::new()).unwrap()).unwrap();
+        GuardedOptimizer::new(AdamConfig::new().init(), guard)
+    };
+    let mut optims = [guarded(true), guarded(false)];
+    let mut models = [model.clone(), model];
+    let mut times = [Vec::new(), Vec::new()];
+    for i in 0..30 {
+        for k in 0..2 {
+            let start = Instant::now();
+            let m = models[k].clone();
+            let loss = m.loss(x.clone(), y.clone());
+            let grads = GradientsParams::from_grads(loss.backward(), &m);
+            let step = optims[k].step(1e-3, m, grads, Some(loss)).unwrap();
+            models[k] = step.module;
+            if i >= 5 {
+                times[k].push(start.elapsed());
+            }
+        }
+    }
+    let [with, without] = times.map(|t| median(t).as_secs_f64() * 1e3);
+    println!(
+        "GuardedOptimizer step, default guard: {with:.2} ms with the update bound, {without:.2} ms without: the bound costs {:.2} ms = {:.1}% of the step",
+        with - without,
+        100.0 * (with - without) / without
+    );
 }

@@ -23,11 +23,13 @@ fn the_guard_alone_tames_a_first_step_explosion() {
         none.diverged && none.diverged_at.is_some_and(|s| s < 3),
         "{none:?}"
     );
-    let guard = run(&with(Task::Mlp, 60, "guard"));
+    let guard = run(&with(Task::Mlp, 100, "guard"));
     assert!(tamed(&guard), "{guard:?}");
     assert_eq!(guard.skipped_steps, 0, "{guard:?}");
-    // It learns, not merely survives: well below the trivial predictor (ln 10 ≈ 2.303).
-    assert!(guard.final_loss.unwrap() < 2.2, "{guard:?}");
+    // It learns, not merely survives: well below the trivial predictor (ln 10 ≈ 2.303); 1.42 and
+    // 51% accuracy when measured.
+    assert!(guard.final_loss.unwrap() < 1.8, "{guard:?}");
+    assert!(guard.accuracy.unwrap() > 0.3, "{guard:?}");
 }
 
 #[test]
@@ -64,10 +66,10 @@ fn a_healthy_run_is_untouched() {
 }
 
 #[test]
-fn a_rollback_changes_the_rate_and_the_bound_so_the_blow_up_does_not_repeat() {
+fn a_rollback_backs_off_the_rate_so_the_blow_up_does_not_repeat() {
     // A blow-up at batch 30 (every gradient and the loss ×1000): the update bound keeps it from
-    // the weights, the loss spike rolls back to the snapshot of step 20 and halves the multiplier,
-    // which scales the rate *and* the update bound; the run then goes on without rolling back
+    // the weights, the loss spike rolls back to the snapshot of step 20 and halves the multiplier
+    // (the rate, and the per-tensor bound with it); the run then goes on without rolling back
     // again and again.
     let dir = tempfile::tempdir().unwrap();
     let config = RunConfig {

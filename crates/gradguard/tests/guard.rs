@@ -403,7 +403,17 @@ fn update(name: &str, weight: f64, update: f64) -> UpdateNorms {
 
 #[test]
 fn an_oversized_update_backs_off_the_rate_and_the_bound_but_is_no_bad_step() {
-    let mut g = guard(quiet(), vec![]);
+    // A bound that shrinks with the multiplier (the default keeps τ fixed: min_ratio = τ).
+    let bound = UpdateBound {
+        max_ratio: 0.1,
+        max_tensor_ratio: 0.1,
+        min_ratio: 0.001,
+    };
+    let config = GuardConfig {
+        update_bound: Some(bound),
+        ..quiet()
+    };
+    let mut g = guard(config, vec![]);
     let report = g.step(&mut batch(1.0), Some(1.0)).unwrap();
     assert_eq!(report.decision, Decision::Apply);
     let check = g
@@ -417,7 +427,13 @@ fn an_oversized_update_backs_off_the_rate_and_the_bound_but_is_no_bad_step() {
     // The next step's bound is τ·m.
     g.step(&mut batch(1.0), Some(1.0)).unwrap();
     let check = g.check_update(&[update("a", 1.0, 0.01)]).unwrap().unwrap();
-    assert_eq!(check.max_ratio, UpdateBound::default().max_ratio * 0.5);
+    assert_eq!(check.max_ratio, 0.05);
+    // The default's floor is τ itself: the global bound holds still while the rate backs off.
+    let d = UpdateBound::default();
+    assert_eq!(
+        gradguard::check_update(&d, 0.25, &[]).max_ratio,
+        d.max_ratio
+    );
     assert!(!check.changes_anything());
 }
 

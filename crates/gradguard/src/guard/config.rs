@@ -91,13 +91,13 @@ impl Default for LrBackoff {
 /// guard", where the grid that chose them is measured):
 ///
 /// - skip steps with non-finite gradients or loss;
-/// - bound every update relative to the weights ([`UpdateBound`]: ‖Δθ‖/‖θ‖ ≤ 0.03 · m, each
-///   tensor ≤ 0.1 · m, never below 0.002), from step 0 and with no history — the protection
-///   against the blow-up of a bad initialization, which spike detectors cannot see; an oversized
-///   step backs off the LR multiplier m, so the bound tightens until steps fit;
+/// - bound every update relative to the weights ([`UpdateBound`]: ‖Δθ‖/‖θ‖ ≤ 0.01, each tensor
+///   ≤ 0.1 · m but never below 0.01), from step 0 and with no history — the protection against
+///   the blow-up of a bad initialization, which spike detectors cannot see; an oversized step
+///   backs off the LR multiplier m, so the rate shrinks until steps fit;
 /// - detect spikes in the loss (after 20 steps of history) and roll back to the last snapshot,
-///   skipping one batch; the rollback backs off m (rate *and* bound), so the same blow-up does
-///   not repeat (the gradient-norm detector is off by default: the update bound covers it);
+///   skipping one batch; the rollback backs off m, so the same blow-up does not repeat (the
+///   gradient-norm detector is off by default: the update bound covers it);
 /// - recover m ×2 after 50 calm steps; snapshot every 100 good steps; give up after 20 bad steps
 ///   in a row.
 ///

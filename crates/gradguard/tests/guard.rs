@@ -488,3 +488,44 @@ fn bad_update_bounds_are_refused() {
     let err = Guard::new(config, Chain::default()).unwrap_err();
     assert!(err.to_string().contains("max_ratio"), "{err}");
 }
+
+/// Issue "Peer parity": norm and clip split as PyTorch 2.6 did. Two pipeline stages each hold
+/// half of the gradients; the total is reduced from their power sums before the root, and each
+/// stage clipped with it ends exactly as the whole clipped at once.
+#[test]
+fn clipping_with_a_reduced_total_equals_clipping_the_whole() {
+    use gradguard::norm::total_norm;
+    use gradguard::rules::clip_with_norm;
+    for norm in [NormType::L1, NormType::L2, NormType::P(3.0)] {
+        let stage = |scale: f32, name: &str| {
+            grads(&[(name, &[3], vec![3.0 * scale, -4.0 * scale, 0.5 * scale])])
+        };
+        let (mut a, mut b) = (stage(1.0, "a"), stage(7.0, "b"));
+        let mut whole = grads(&[
+            ("a", &[3], vec![3.0, -4.0, 0.5]),
+            ("b", &[3], vec![21.0, -28.0, 3.5]),
+        ]);
+        let p = norm.p();
+        let partial = |g: &HostGradients| total_norm(g, &g.stats(), norm).powf(p);
+        let total = (partial(&a) + partial(&b)).powf(1.0 / p);
+        assert!((total - total_norm(&whole, &whole.stats(), norm)).abs() < 1e-9 * total);
+        for g in [&mut a, &mut b] {
+            let mut stats = g.stats();
+            let outcome = clip_with_norm(g, &mut stats, 1.0, total);
+            assert_eq!(outcome.norm, Some(total));
+        }
+        let mut rule = ClipByGlobalNorm::with_norm(1.0, norm).unwrap();
+        let mut stats = whole.stats();
+        rule.apply(&mut whole, &mut stats).unwrap();
+        let split: Vec<f32> = [a, b]
+            .iter()
+            .flat_map(|g| g.tensors()[0].values.clone())
+            .collect();
+        let joint: Vec<f32> = whole
+            .tensors()
+            .iter()
+            .flat_map(|t| t.values.clone())
+            .collect();
+        assert_eq!(split, joint, "{norm:?}");
+    }
+}

@@ -117,6 +117,22 @@ pub(crate) fn scale_all_to(
     outcome
 }
 
+/// Scales every gradient by PyTorch's coefficient `min(max_norm / (total + 1e-6), 1)` for a total
+/// norm computed elsewhere — PyTorch 2.6's `clip_grads_with_norm_`, the second half of
+/// `clip_grad_norm_` split in two for pipeline- and tensor-parallel training, where each stage
+/// holds part of the gradients and the total is reduced across stages first (sum the stages'
+/// Σ|g|^p — [`crate::norm::total_norm`] of each, raised to p — then take the root, never add
+/// norms). [`ClipByGlobalNorm`] is `total_norm` followed by this. A NaN or infinite `total`
+/// changes nothing (the outcome says `NonFinite`); `stats` is updated to the scaled values.
+pub fn clip_with_norm(
+    grads: &mut dyn Gradients,
+    stats: &mut [TensorStats],
+    max_norm: f64,
+    total: f64,
+) -> RuleOutcome {
+    scale_all_to("global_norm", grads, stats, total, max_norm)
+}
+
 impl Rule for ClipByGlobalNorm {
     fn name(&self) -> &'static str {
         "global_norm"
@@ -128,13 +144,7 @@ impl Rule for ClipByGlobalNorm {
         stats: &mut [TensorStats],
     ) -> Result<RuleOutcome> {
         let total = total_norm(grads, stats, self.norm_type);
-        Ok(scale_all_to(
-            self.name(),
-            grads,
-            stats,
-            total,
-            self.max_norm,
-        ))
+        Ok(clip_with_norm(grads, stats, self.max_norm, total))
     }
 
     fn needs_finite_input(&self) -> bool {

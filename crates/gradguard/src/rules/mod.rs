@@ -20,7 +20,7 @@ pub use agc::AdaptiveGradClip;
 pub use autoclip::{AutoClip, percentile};
 pub use chain::{Chain, RuleState};
 pub use clip_value::ClipByValue;
-pub use global_norm::{ClipByGlobalNorm, NORM_EPS, clip_coefficient};
+pub use global_norm::{ClipByGlobalNorm, NORM_EPS, clip_coefficient, clip_with_norm};
 pub use per_tensor_norm::ClipPerTensorNorm;
 pub use skip_above::SkipIfNormAbove;
 pub use zclip::{ZClip, ZClipConfig};

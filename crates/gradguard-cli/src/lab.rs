@@ -18,6 +18,10 @@ pub fn lab_error(e: LabError) -> anyhow::Error {
         | LabError::Data { .. }
         | LabError::Checkpoint { .. }
         | LabError::Io { .. } => BadInput(e.to_string()).into(),
+        // The guard's own error decides the exit code (2 for bad input, 3 for non-finite
+        // values): anyhow's downcast does not look inside a wrapping LabError.
+        LabError::Guard(g) if g.is_bad_input() => BadInput(g.to_string()).into(),
+        LabError::Guard(g) => anyhow::Error::new(g),
         other => anyhow::Error::new(other),
     }
 }
@@ -105,4 +109,23 @@ pub fn ensure_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir)
         .map_err(|e| BadInput(format!("cannot create directory '{}': {e}", dir.display())))?;
     Ok(dir.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::{BAD_INPUT, NON_FINITE, code_of};
+    use gradguard::GuardError;
+
+    /// Issue "Peer parity … code health": a guard error wrapped by the lab keeps its exit code.
+    #[test]
+    fn a_guard_error_inside_a_lab_error_keeps_its_exit_code() {
+        let bad = lab_error(LabError::Guard(GuardError::InvalidConfig("x".into())));
+        assert_eq!(code_of(&bad), BAD_INPUT);
+        let nan = lab_error(LabError::Guard(GuardError::NonFiniteLoss {
+            step: 3,
+            loss: f64::NAN,
+        }));
+        assert_eq!(code_of(&nan), NON_FINITE);
+    }
 }

@@ -132,8 +132,13 @@ fn two_runs_from_nearby_starts_are_measured_apart() {
     assert_ne!(b.loss_a, b.loss_b);
 }
 
+/// What a 50-layer probe measures; its cost is reported (`seconds`), not asserted — timing
+/// belongs in a benchmark, not a test (issue "Peer parity … code health").
 #[test]
-fn a_fifty_layer_probe_takes_seconds() {
+fn a_fifty_layer_probe_measures_every_layer() {
     let r = probe(&wide(Activation::Tanh)).unwrap();
-    assert!(r.seconds < 30.0, "{}", r.seconds);
+    assert_eq!(r.per_layer_gain.len(), 50);
+    assert_eq!(r.per_layer_forward_gain.len(), 50);
+    assert!(r.per_layer_gain.iter().all(|g| g.is_finite() && *g > 0.0));
+    assert!(r.lyapunov.is_finite() && r.seconds > 0.0);
 }

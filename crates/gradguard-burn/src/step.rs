@@ -111,19 +111,20 @@ impl<M: Module + Clone> GuardCore<M> {
         }
         let module = match report.decision {
             Decision::Apply => {
+                let on_host = view.on_host();
                 let grads = view.into_gradients_params(&module);
                 // With one rate for all parameters the multiplier scales it; per-group rates are
                 // passed through untouched while the multiplier is 1.
                 let lr = if report.lr_multiplier == 1.0 {
                     lr
                 } else {
-                    (lr.base() * report.lr_multiplier).into()
+                    report.effective_lr(lr.base()).into()
                 };
                 let bounded = self.guard.config().update_bound.is_some();
                 let before = bounded.then(|| (module.clone(), optimizer.clone()));
                 let mut module = optimizer.step(lr, module, grads);
                 if let Some((old, old_optimizer)) = before {
-                    let updates = Updates::measure(&old, &module);
+                    let updates = Updates::measure(&old, &module, on_host);
                     let check = match self.guard.check_update(&updates.norms) {
                         Ok(check) => check.expect("the bound is configured"),
                         Err(error) => {

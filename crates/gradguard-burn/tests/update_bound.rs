@@ -7,7 +7,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::{Device, Tensor, TensorData};
 use gradguard::{Decision, Guard, GuardConfig, UpdateBound};
-use gradguard_burn::GuardedOptimizer;
+use gradguard_burn::{GuardedOptimizer, Placement};
 
 #[derive(Module, Debug)]
 struct Net {
@@ -154,4 +154,31 @@ fn without_the_bound_the_optimizer_goes_unchecked() {
     let (before, after, report) = step_once(SgdConfig::new().init(), guard, 1.0, 1e4);
     assert!(report.update.is_none());
     assert!(global_ratio(&before, &after) > 1.0);
+}
+
+#[test]
+fn host_and_device_placements_bound_alike() {
+    // The host path (f64 sums over the CPU backend's buffers) and the device path (tensor ops in
+    // f32, scaled by each tensor's largest value) measure the same update.
+    let device = device();
+    let net = Net::new(&device);
+    let run = |placement: Placement| {
+        let net = net.clone();
+        let mut optim = GuardedOptimizer::new(SgdConfig::new().init(), Guard::default())
+            .with_placement(placement);
+        let loss = net.loss(1e4, &device);
+        let grads = GradientsParams::from_grads(loss.backward(), &net);
+        let step = optim.step(1.0, net, grads, Some(loss)).unwrap();
+        (weights(&step.module), step.report.update.unwrap())
+    };
+    let (host_w, host) = run(Placement::Host);
+    let (dev_w, dev) = run(Placement::Device);
+    assert!(
+        (host.global_ratio / dev.global_ratio - 1.0).abs() < 1e-5,
+        "{host:?} {dev:?}"
+    );
+    assert_eq!(host.bounded, dev.bounded);
+    for (a, b) in host_w.iter().flatten().zip(dev_w.iter().flatten()) {
+        assert!((a - b).abs() <= 1e-5 * a.abs().max(1e-3), "{a} {b}");
+    }
 }

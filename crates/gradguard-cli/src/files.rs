@@ -1,6 +1,5 @@
 //! Reading gradient files and writing outputs atomically.
 
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -16,27 +15,12 @@ pub fn read_gradient_file(path: &Path) -> Result<(Vec<HostTensor>, Option<FileMe
     read_tensors(&bytes).map_err(|e| BadInput(format!("'{}': {e}", path.display())).into())
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder, fsync, then rename, so
-/// `path` is either absent, its old self, or complete — never half-written.
+/// Writes `bytes` to `path` through [`gradguard_report::write_atomic`] (temporary file, fsync,
+/// rename, directory sync), so `path` is either absent, its old self, or complete — never
+/// half-written; a failure is bad input naming the path.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let bad = |what: String| BadInput(format!("cannot write '{}': {what}", path.display()));
-    if path.is_dir() {
-        return Err(bad("it is a directory".into()).into());
-    }
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".gradguard-")
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| bad(e.to_string()))?;
-    tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|e| bad(e.to_string()))?;
-    tmp.persist(path).map_err(|e| bad(e.error.to_string()))?;
-    Ok(())
+    gradguard_report::write_atomic(path, bytes)
+        .map_err(|e| BadInput(format!("cannot write '{}': {e}", path.display())).into())
 }
 
 /// Serializes a value as pretty JSON to stdout.

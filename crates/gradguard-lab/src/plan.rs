@@ -40,7 +40,7 @@ pub struct Plan {
     /// Decoupled weight decay λ (W ← W(1 − ηλ) after each step).
     pub weight_decay: f64,
     /// Max-norm cap on each unit's incoming weights.
-    pub max_norm: Option<f64>,
+    pub weight_max_norm: Option<f64>,
     /// Run a learning-rate range test first.
     pub lr_find: bool,
     /// The guard's configuration.
@@ -80,7 +80,7 @@ impl Plan {
             adam: false,
             l2: 0.0,
             weight_decay: 0.0,
-            max_norm: None,
+            weight_max_norm: None,
             lr_find: false,
             guard: passthrough(config.checkpoint_every),
             remedies: config.remedies.clone(),
@@ -101,7 +101,7 @@ impl Plan {
             match *r {
                 Remedy::L2(l) => plan.l2 = l,
                 Remedy::WeightDecay(l) => plan.weight_decay = l,
-                Remedy::MaxNorm(c) => plan.max_norm = Some(c),
+                Remedy::MaxNorm(c) => plan.weight_max_norm = Some(c),
                 Remedy::Init(init) => {
                     if init == Init::Lsuv {
                         only(!recurrent, r, "mlp task")?;

@@ -54,7 +54,11 @@ pub(crate) fn prepare_dir(dir: &Path, config: &RunConfig) -> Result<Option<RunSu
     // so nothing refers to it.
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(".tmp") {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(gradguard_report::TEMP_PREFIX)
+            {
                 let _ = std::fs::remove_file(entry.path());
             }
         }

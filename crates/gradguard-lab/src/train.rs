@@ -279,10 +279,10 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainOutcome,
         net = step.module;
         let report = step.report;
         if report.decision == Decision::Apply {
-            let effective = lr * report.lr_multiplier;
+            let effective = report.effective_lr(lr);
             let decay = (plan.weight_decay > 0.0).then_some(1.0 - effective * plan.weight_decay);
-            net = constrain(net, decay, plan.max_norm);
-            if report.take_snapshot && (decay.is_some() || plan.max_norm.is_some()) {
+            net = constrain(net, decay, plan.weight_max_norm);
+            if report.take_snapshot && (decay.is_some() || plan.weight_max_norm.is_some()) {
                 optim.set_snapshot(report.step, net.clone());
             }
         }

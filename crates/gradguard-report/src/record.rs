@@ -56,7 +56,7 @@ impl MetricsRecord {
             loss: report.loss.and_then(finite),
             grad_norm: finite(report.norm_before),
             grad_norm_clipped: finite(report.norm_after),
-            lr: lr * report.lr_multiplier,
+            lr: report.effective_lr(lr),
             lr_multiplier: report.lr_multiplier,
             decision: match report.decision {
                 Decision::Apply => "apply",

@@ -159,14 +159,29 @@ pub fn read_run(dir: impl AsRef<Path>) -> Result<RunData, RunDirError> {
     })
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, flushed to disk,
-/// then renamed over `path`. A reader sees the old file or the new one, never a part.
+/// The name prefix of the temporary files [`write_atomic`] leaves only if killed mid-write (a
+/// resumed run removes them).
+pub const TEMP_PREFIX: &str = ".tmp-gradguard-";
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory (named
+/// `TEMP_PREFIX….tmp`), flushed to disk, renamed over `path`, and the directory synced so the
+/// rename is durable. A reader sees the old file or the new one, never a part. The one
+/// atomic-write helper of the workspace (the CLI's output files go through it too).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if path.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::IsADirectory,
+            "it is a directory",
+        ));
+    }
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;

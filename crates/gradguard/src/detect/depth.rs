@@ -6,7 +6,7 @@ use crate::stats::TensorStats;
 
 /// The gradient norm of one layer (all its tensors together).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LayerNorm {
+pub struct LayerGradNorm {
     /// Layer name: the tensor name without its last component (`layers.3.weight` → `layers.3`).
     pub layer: String,
     /// ‖g‖₂ over the layer's tensors.
@@ -24,7 +24,7 @@ pub struct LayerNorm {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DepthProfile {
     /// Layers in model order with their norms.
-    pub layers: Vec<LayerNorm>,
+    pub layers: Vec<LayerGradNorm>,
     /// `ratios[k] = layers[k].norm / layers[k+1].norm`.
     pub ratios: Vec<f64>,
     /// Geometric mean of the finite, positive ratios.
@@ -52,9 +52,9 @@ pub fn depth_profile(names: &[&str], stats: &[TensorStats], tolerance: f64) -> D
             None => layers.push((layer.to_string(), s.sum_squares, finite)),
         }
     }
-    let layers: Vec<LayerNorm> = layers
+    let layers: Vec<LayerGradNorm> = layers
         .into_iter()
-        .map(|(layer, sq, finite)| LayerNorm {
+        .map(|(layer, sq, finite)| LayerGradNorm {
             layer,
             norm: if finite { sq.sqrt() } else { f64::NAN },
         })

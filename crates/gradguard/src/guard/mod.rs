@@ -43,6 +43,14 @@ pub struct GuardCounters {
     pub lr_multiplier: f64,
 }
 
+impl GuardCounters {
+    /// One notch of LR back-off: `m ← max(m · backoff, min)`, and the calm streak restarts.
+    fn back_off(&mut self, lr: &LrBackoff) {
+        self.lr_multiplier = (self.lr_multiplier * lr.backoff).max(lr.min);
+        self.calm_steps = 0;
+    }
+}
+
 impl Default for GuardCounters {
     fn default() -> Self {
         GuardCounters {
@@ -371,10 +379,7 @@ impl Guard {
         if !check.revert && check.global_scale < 1.0 {
             // An oversized step: the rate is too large for where the model is now. Back off the
             // rate (and with it the bound) as after any trouble; calm steps bring both back.
-            let c = &mut self.counters;
-            let lr = &self.config.lr;
-            c.calm_steps = 0;
-            c.lr_multiplier = (c.lr_multiplier * lr.backoff).max(lr.min);
+            self.counters.back_off(&self.config.lr);
         }
         if check.revert {
             let c = &mut self.counters;
@@ -383,8 +388,7 @@ impl Guard {
             c.skipped += 1;
             c.non_finite_steps += 1;
             c.consecutive_bad = self.bad_before_apply + 1;
-            c.calm_steps = 0;
-            c.lr_multiplier = (c.lr_multiplier * lr.backoff).max(lr.min);
+            c.back_off(lr);
             if c.consecutive_bad >= self.config.max_consecutive_bad {
                 return Err(GuardError::TooManyBadSteps {
                     step: c.step.saturating_sub(1),
@@ -415,8 +419,7 @@ impl Guard {
         c.non_finite_steps += u64::from(non_finite);
         c.spikes += u64::from(spiked);
         if decision != Decision::Apply || spiked {
-            c.lr_multiplier = (c.lr_multiplier * lr.backoff).max(lr.min);
-            c.calm_steps = 0;
+            c.back_off(lr);
         }
         if decision != Decision::Apply {
             match decision {

@@ -73,3 +73,11 @@ pub struct StepReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update: Option<UpdateCheck>,
 }
+
+impl StepReport {
+    /// The learning rate this step runs at for a base rate `lr`: `lr · lr_multiplier`. The one
+    /// place it is computed (the adapter's optimizer step, telemetry and the lab use it).
+    pub fn effective_lr(&self, lr: f64) -> f64 {
+        lr * self.lr_multiplier
+    }
+}

@@ -1,5 +1,6 @@
 //! A run's settings after its remedies: the model, the optimizer, the rules and the guard.
 
+use burn::tensor::Device;
 use gradguard::rules::{
     AdaptiveGradClip, AutoClip, Chain, ClipByGlobalNorm, ClipByValue, ClipPerTensorNorm, Rule,
     ZClip, ZClipConfig,
@@ -8,9 +9,12 @@ use gradguard::{Guard, GuardConfig, NonFinitePolicy, NormType, SpikeAction};
 
 use crate::config::RunConfig;
 use crate::error::LabError;
-use crate::models::{Cell, Init, MlpConfig, Norm, RecurrentConfig};
+use crate::models::{Cell, Init, MlpConfig, Net, Norm, RecurrentConfig};
 use crate::remedy::Remedy;
 use crate::tasks::{Task, TaskData};
+
+/// Examples LSUV scales the layers on.
+const LSUV_BATCH: usize = 256;
 
 /// AutoClip's history window (steps).
 const AUTOCLIP_WINDOW: usize = 1000;
@@ -207,4 +211,29 @@ fn passthrough(every: u64) -> GuardConfig {
         update_bound: None,
         ..GuardConfig::default()
     }
+}
+
+/// Builds the network of `plan` (LSUV scales it on the first training examples).
+pub(crate) fn build_net(
+    plan: &Plan,
+    data: &TaskData,
+    seed: u64,
+    device: &Device,
+) -> Result<Net, LabError> {
+    device.seed(seed);
+    Ok(match plan.model {
+        ModelPlan::Mlp(config) => {
+            let mut mlp = config.init(device, seed)?;
+            if config.init == Init::Lsuv {
+                let batch = data.train_batch(0, LSUV_BATCH, seed);
+                let x = burn::tensor::Tensor::from_data(
+                    burn::tensor::TensorData::new(batch.inputs, batch.shape),
+                    device,
+                );
+                mlp = mlp.lsuv(x, 0.02).0;
+            }
+            Net::Mlp(mlp)
+        }
+        ModelPlan::Recurrent(config) => Net::Recurrent(config.init(device, seed)?),
+    })
 }

@@ -10,9 +10,8 @@ use crate::checkpoint;
 use crate::config::RunConfig;
 use crate::error::LabError;
 use crate::models::Net;
-use crate::plan::Plan;
+use crate::plan::{Plan, build_net};
 use crate::tasks::TaskData;
-use crate::train::build_net;
 
 /// The configuration file of a run directory.
 pub const CONFIG_FILE: &str = "config.json";

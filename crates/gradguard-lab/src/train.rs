@@ -17,14 +17,12 @@ use crate::checkpoint::{self, Checkpoint, CheckpointHeader};
 use crate::config::RunConfig;
 use crate::error::LabError;
 use crate::lr_find::range_test;
-use crate::models::{Init, Net};
+use crate::models::Net;
 use crate::objective::{constrain, data_loss, evaluate, l2_penalty};
-use crate::plan::{ModelPlan, Plan};
+use crate::plan::{Plan, build_net};
 use crate::run_dir::{TENSORBOARD_DIR, io_err, prepare_dir, truncate_metrics};
 use crate::tasks::TaskData;
 
-/// Examples LSUV scales the layers on.
-const LSUV_BATCH: usize = 256;
 /// Non-finite losses in a row after which an unguarded run is over (its weights are NaN).
 const DEAD_AFTER: usize = 5;
 /// Steps averaged for the final training loss and for reaching the target.
@@ -64,31 +62,6 @@ pub enum TrainOutcome {
         /// The batch the next call would start from without a checkpoint in between.
         next_batch: u64,
     },
-}
-
-/// Builds the network of `plan` (LSUV scales it on the first training examples).
-pub(crate) fn build_net(
-    plan: &Plan,
-    data: &TaskData,
-    seed: u64,
-    device: &Device,
-) -> Result<Net, LabError> {
-    device.seed(seed);
-    Ok(match plan.model {
-        ModelPlan::Mlp(config) => {
-            let mut mlp = config.init(device, seed)?;
-            if config.init == Init::Lsuv {
-                let batch = data.train_batch(0, LSUV_BATCH, seed);
-                let x = burn::tensor::Tensor::from_data(
-                    burn::tensor::TensorData::new(batch.inputs, batch.shape),
-                    device,
-                );
-                mlp = mlp.lsuv(x, 0.02).0;
-            }
-            Net::Mlp(mlp)
-        }
-        ModelPlan::Recurrent(config) => Net::Recurrent(config.init(device, seed)?),
-    })
 }
 
 fn fresh_optimizer(plan: &Plan) -> ModuleOptimizer {

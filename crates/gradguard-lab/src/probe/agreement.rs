@@ -10,8 +10,9 @@ use crate::config::RunConfig;
 use crate::error::LabError;
 use crate::models::{Init, Net, Norm};
 use crate::plan::Plan;
+use crate::plan::build_net;
 use crate::tasks::{Task, TaskData};
-use crate::train::{TrainOptions, TrainOutcome, build_net, train};
+use crate::train::{TrainOptions, TrainOutcome, train};
 
 /// Inputs the probe of each cell reads from the task.
 const PROBE_INPUTS: usize = 64;

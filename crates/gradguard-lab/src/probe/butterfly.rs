@@ -13,8 +13,8 @@ use crate::error::LabError;
 use crate::models::Net;
 use crate::objective::data_loss;
 use crate::plan::Plan;
+use crate::plan::build_net;
 use crate::tasks::TaskData;
-use crate::train::build_net;
 
 /// Generator stream of the perturbation.
 const BUTTERFLY_STREAM: u64 = 4;

@@ -21,8 +21,3 @@ pub use collect::parameter_names;
 pub use learner::LearnerGuard;
 pub use step::{GuardedOptimizer, GuardedStep, Stopped};
 pub use view::{BurnGradients, Placement};
-
-/// The README's examples, compiled and run as doctests (this crate sees both gradguard and Burn).
-#[doc = include_str!("../../../README.md")]
-#[cfg(doctest)]
-pub struct ReadmeDoctests;

@@ -1,7 +1,7 @@
 //! # gradguard-lab
 //!
 //! Reproduces exploding gradients on real tasks and measures what each classic remedy does:
-//! a deep MLP on the UCI handwritten digits (shipped in `data/digits`), and vanilla RNN, LSTM
+//! a deep MLP on the UCI handwritten digits (shipped in this crate's `data/digits`), and vanilla RNN, LSTM
 //! and GRU networks on the adding and temporal-order problems. A run ([`train`]) writes a run
 //! directory with per-step telemetry, checkpoints it can resume from, and a summary; a sweep
 //! ([`sweep`]) runs a grid in parallel and ranks remedies by their measured effect; the

@@ -1,4 +1,4 @@
-//! The UCI optical handwritten digits (8×8, 1,797 samples), embedded from `data/digits`.
+//! The UCI optical handwritten digits (8×8, 1,797 samples), embedded from this crate's `data/digits`.
 
 use std::io::Read;
 
@@ -6,8 +6,8 @@ use flate2::read::GzDecoder;
 
 use crate::error::LabError;
 
-const FILE: &str = "data/digits/digits.csv.gz";
-const GZ: &[u8] = include_bytes!("../../../../data/digits/digits.csv.gz");
+const FILE: &str = "crates/gradguard-lab/data/digits/digits.csv.gz";
+const GZ: &[u8] = include_bytes!("../../data/digits/digits.csv.gz");
 
 /// Pixels per image.
 pub const FEATURES: usize = 64;

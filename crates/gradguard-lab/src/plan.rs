@@ -2,8 +2,8 @@
 
 use burn::tensor::Device;
 use gradguard::rules::{
-    AdaptiveGradClip, AutoClip, Chain, ClipByGlobalNorm, ClipByValue, ClipPerTensorNorm, Rule,
-    ZClip, ZClipConfig,
+    AdaGc, AdaGcConfig, AdaptiveGradClip, AutoClip, Chain, ClipByGlobalNorm, ClipByValue,
+    ClipPerTensorNorm, Rule, ZClip, ZClipConfig,
 };
 use gradguard::{Guard, GuardConfig, NonFinitePolicy, NormType, SpikeAction};
 
@@ -146,7 +146,8 @@ impl Plan {
                 | Remedy::ClipGlobal(_)
                 | Remedy::Agc(_)
                 | Remedy::AutoClip(_)
-                | Remedy::ZClip => {}
+                | Remedy::ZClip
+                | Remedy::AdaGc => {}
             }
         }
         if guarded {
@@ -182,6 +183,7 @@ impl Plan {
                 Remedy::Agc(l) => rules.push(Box::new(AdaptiveGradClip::new(l)?)),
                 Remedy::AutoClip(p) => rules.push(Box::new(AutoClip::new(p, AUTOCLIP_WINDOW)?)),
                 Remedy::ZClip => rules.push(Box::new(ZClip::new(ZClipConfig::default())?)),
+                Remedy::AdaGc => rules.push(Box::new(AdaGc::new(AdaGcConfig::default())?)),
                 _ => {}
             }
         }

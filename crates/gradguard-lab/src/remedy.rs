@@ -58,6 +58,8 @@ pub enum Remedy {
     AutoClip(f64),
     /// Clip norms whose z-score over an EMA exceeds the threshold (Kumar et al. 2025).
     ZClip,
+    /// Clip each tensor to 1.05× an EMA of its own clipped norm (Wang et al. 2025, AdaGC).
+    AdaGc,
     /// Add `λ/2 · Σ‖W‖²` to the loss (coupled L2 regularization: the penalty is clipped too).
     L2(f64),
     /// After each step `W ← W · (1 − η λ)` on weight matrices (decoupled, Loshchilov & Hutter 2019).
@@ -106,7 +108,7 @@ fn positive(name: &str, v: f64) -> Result<f64, String> {
 impl Remedy {
     /// The names `FromStr` accepts, for help texts.
     pub const NAMES: &'static str = "none, clip-value[=C], clip-norm[=C], clip-global[=C], \
-        agc[=λ], autoclip[=P], zclip, l2[=λ], weight-decay[=λ], max-norm[=C], xavier, he, \
+        agc[=λ], autoclip[=P], zclip, adagc, l2[=λ], weight-decay[=λ], max-norm[=C], xavier, he, \
         orthogonal, lsuv, gain=G, batch-norm, layer-norm, rms-norm, shallow[=N], residual, lstm, \
         gru, small-lr[=F], warmup[=N], backoff, adam, lr-find, guard";
 
@@ -118,7 +120,8 @@ impl Remedy {
             | Remedy::ClipGlobal(_)
             | Remedy::Agc(_)
             | Remedy::AutoClip(_)
-            | Remedy::ZClip => Family::Clip,
+            | Remedy::ZClip
+            | Remedy::AdaGc => Family::Clip,
             Remedy::L2(_) | Remedy::WeightDecay(_) | Remedy::MaxNorm(_) => Family::Regularize,
             Remedy::Init(_) | Remedy::Gain(_) => Family::Init,
             Remedy::Norm(_) => Family::Normalize,
@@ -203,6 +206,7 @@ impl std::str::FromStr for Remedy {
                 Ok(Remedy::AutoClip(p))
             }
             "zclip" => flag(Remedy::ZClip),
+            "adagc" => flag(Remedy::AdaGc),
             "l2" => Ok(Remedy::L2(number(1e-4)?)),
             "weight-decay" => Ok(Remedy::WeightDecay(number(0.01)?)),
             "max-norm" => Ok(Remedy::MaxNorm(number(3.0)?)),
@@ -251,6 +255,7 @@ impl std::fmt::Display for Remedy {
             Remedy::Agc(l) => write!(f, "agc={l}"),
             Remedy::AutoClip(p) => write!(f, "autoclip={p}"),
             Remedy::ZClip => f.write_str("zclip"),
+            Remedy::AdaGc => f.write_str("adagc"),
             Remedy::L2(l) => write!(f, "l2={l}"),
             Remedy::WeightDecay(l) => write!(f, "weight-decay={l}"),
             Remedy::MaxNorm(c) => write!(f, "max-norm={c}"),
@@ -281,11 +286,11 @@ mod tests {
 
     #[test]
     fn every_name_parses_and_prints_back() {
-        let list = "clip-value,clip-norm=2,clip-global,agc,autoclip=50,zclip,l2,weight-decay,\
+        let list = "clip-value,clip-norm=2,clip-global,agc,autoclip=50,zclip,adagc,l2,weight-decay,\
                     max-norm,xavier,he,orthogonal,lsuv,gain=1.5,batch-norm,layer-norm,rms-norm,\
                     shallow,residual,lstm,gru,small-lr,warmup=10,backoff,adam,lr-find,guard";
         let remedies = Remedy::parse_list(list).unwrap();
-        assert_eq!(remedies.len(), 27);
+        assert_eq!(remedies.len(), 28);
         let printed = Remedy::list_name(&remedies);
         assert_eq!(Remedy::parse_list(&printed).unwrap(), remedies);
         assert_eq!(remedies[1], Remedy::ClipNorm(2.0));

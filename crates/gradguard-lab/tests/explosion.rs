@@ -48,7 +48,7 @@ fn the_vanilla_rnn_at_a_high_learning_rate_explodes_and_clipping_rescues_it() {
 
 #[test]
 fn every_remedy_runs_on_its_task_and_reports_what_happened() {
-    let mlp = "clip-value,clip-norm,clip-global,agc,autoclip,zclip,l2,weight-decay,max-norm,\
+    let mlp = "clip-value,clip-norm,clip-global,agc,autoclip,zclip,adagc,l2,weight-decay,max-norm,\
                xavier,he,orthogonal,lsuv,gain=1.4,batch-norm,layer-norm,rms-norm,shallow,\
                residual,small-lr,warmup=5,backoff,adam,lr-find,guard";
     for remedy in mlp.split(',') {

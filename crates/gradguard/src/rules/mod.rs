@@ -6,6 +6,7 @@
 //! ZClip) expose their state as plain serializable data so a resumed run decides as an
 //! uninterrupted one would.
 
+mod adagc;
 mod agc;
 mod autoclip;
 mod chain;
@@ -16,6 +17,7 @@ mod skip_above;
 mod zclip;
 mod zero_non_finite;
 
+pub use adagc::{AdaGc, AdaGcConfig};
 pub use agc::AdaptiveGradClip;
 pub use autoclip::{AutoClip, percentile};
 pub use chain::{Chain, RuleState};

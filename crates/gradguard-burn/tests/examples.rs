@@ -18,7 +18,7 @@ fn the_plain_loop_example_survives_corrupt_batches_that_ruin_an_unguarded_run() 
     let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
     let records = gradguard_report::read_metrics(metrics.as_bytes()).unwrap();
     assert_eq!(records.len(), 120);
-    assert_eq!(records[39].decision, "skip");
+    assert_eq!(records[39].decision, gradguard_report::StepDecision::Skip);
     assert_eq!(
         records[0].tensor_norms.len(),
         26,
@@ -44,5 +44,11 @@ fn the_learner_example_skips_corrupt_batches_and_stays_finite() {
     let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
     let records = gradguard_report::read_metrics(metrics.as_bytes()).unwrap();
     assert_eq!(records.len(), 20);
-    assert_eq!(records.iter().filter(|r| r.decision == "skip").count(), 8);
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r.decision == gradguard_report::StepDecision::Skip)
+            .count(),
+        8
+    );
 }

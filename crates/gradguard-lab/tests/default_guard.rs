@@ -8,7 +8,7 @@ use gradguard_lab::faults::Fault;
 use gradguard_lab::models::Activation;
 use gradguard_lab::tasks::Task;
 use gradguard_lab::{RunConfig, TrainOptions, TrainOutcome, train};
-use gradguard_report::{METRICS_FILE, RunSummary, read_metrics};
+use gradguard_report::{METRICS_FILE, RunSummary, StepDecision, read_metrics};
 
 /// Finished, finite, and the held-out loss below where it started.
 fn tamed(s: &RunSummary) -> bool {
@@ -96,7 +96,7 @@ fn a_rollback_backs_off_the_rate_so_the_blow_up_does_not_repeat() {
     let records = read_metrics(std::io::BufReader::new(file)).unwrap();
     let rollback = records
         .iter()
-        .position(|r| r.decision == "rollback")
+        .position(|r| r.decision == StepDecision::Rollback)
         .expect("the spike is rolled back");
     assert_eq!(records[rollback].step, 30);
     let after = &records[rollback + 1];

@@ -68,7 +68,7 @@ impl Sink for CsvSink {
             cell(r.grad_norm_clipped),
             r.lr.to_string(),
             r.lr_multiplier.to_string(),
-            r.decision.clone(),
+            r.decision.to_string(),
         ];
         for name in self.tensors.as_ref().expect("set above") {
             row.push(cell(r.tensor_norms.get(name).copied().flatten()));

@@ -19,7 +19,7 @@ mod tensorboard;
 pub use csv_sink::CsvSink;
 pub use error::{MetricsError, SinkError};
 pub use jsonl::{JsonlSink, read_metrics};
-pub use record::MetricsRecord;
+pub use record::{MetricsRecord, StepDecision};
 pub use sink::{Sink, Sinks};
 pub use summary::{
     METRICS_FILE, RunData, RunDirError, RunSummary, SUMMARY_FILE, TEMP_PREFIX, read_run,

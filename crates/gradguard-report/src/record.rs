@@ -22,8 +22,8 @@ pub struct MetricsRecord {
     pub lr: f64,
     /// The guard's multiplier.
     pub lr_multiplier: f64,
-    /// `apply`, `skip` or `rollback`.
-    pub decision: String,
+    /// What the step did: `apply`, `skip` or `rollback` in the file.
+    pub decision: StepDecision,
     /// Why the step was not a plain apply.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reasons: Vec<String>,
@@ -44,6 +44,35 @@ pub struct MetricsRecord {
     pub update_scale: Option<f64>,
 }
 
+/// What a step did, as the telemetry records it (the guard's [`Decision`] without its data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepDecision {
+    /// The optimizer stepped.
+    Apply,
+    /// The step was skipped.
+    Skip,
+    /// The weights were rolled back to a snapshot.
+    Rollback,
+}
+
+impl StepDecision {
+    /// The word the files use: `apply`, `skip`, `rollback`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepDecision::Apply => "apply",
+            StepDecision::Skip => "skip",
+            StepDecision::Rollback => "rollback",
+        }
+    }
+}
+
+impl std::fmt::Display for StepDecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 fn finite(x: f64) -> Option<f64> {
     x.is_finite().then_some(x)
 }
@@ -59,11 +88,10 @@ impl MetricsRecord {
             lr: report.effective_lr(lr),
             lr_multiplier: report.lr_multiplier,
             decision: match report.decision {
-                Decision::Apply => "apply",
-                Decision::Skip => "skip",
-                Decision::Rollback { .. } => "rollback",
-            }
-            .to_string(),
+                Decision::Apply => StepDecision::Apply,
+                Decision::Skip => StepDecision::Skip,
+                Decision::Rollback { .. } => StepDecision::Rollback,
+            },
             reasons: report.reasons.clone(),
             tensor_norms: report
                 .tensors
@@ -82,6 +110,6 @@ impl MetricsRecord {
 
     /// Whether the optimizer did not step.
     pub fn skipped(&self) -> bool {
-        self.decision != "apply"
+        self.decision != StepDecision::Apply
     }
 }

@@ -48,7 +48,7 @@ fn jsonl_round_trips_and_csv_has_a_column_per_tensor() {
     sinks.flush().unwrap();
     let back = read_metrics(BufReader::new(std::fs::File::open(&jsonl).unwrap())).unwrap();
     assert_eq!(back, recs);
-    assert_eq!(back[3].decision, "skip");
+    assert_eq!(back[3].decision, gradguard_report::StepDecision::Skip);
     assert_eq!(back[3].tensor_norms["layers.1.weight"], None);
     assert!(
         (back[4].lr - 0.05).abs() < 1e-12,

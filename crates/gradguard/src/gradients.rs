@@ -127,7 +127,7 @@ pub trait Gradients {
     /// One fused pass over every tensor: see [`TensorStats`].
     fn stats(&self) -> Vec<TensorStats>;
 
-    /// For each tensor t, Σ (|g| / scales[t])^p over its finite values (for general p-norms).
+    /// For each tensor t, Σ (|g| / `scales[t]`)^p over its finite values (for general p-norms).
     fn power_sums(&self, p: f64, scales: &[f64]) -> Vec<f64>;
 
     /// Multiplies tensor t by `factors[t]`; a factor of exactly 1 leaves the tensor untouched.

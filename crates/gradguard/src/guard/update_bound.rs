@@ -34,12 +34,12 @@
 //! does not take the same step into the same blow-up.
 //!
 //! Alternatives measured and rejected (README "The default guard" has the numbers): a per-tensor
-//! bound alone at 0.1 — every layer moving 10% at once compounds over depth and killed a deep
-//! net in 6 steps; a global bound without backing off the rate (106 of 162 grid cells within
-//! target at 0.01, against 121 with it); a bound that shrinks with the rate (88); the gradient-norm spike
-//! detector with rollback — it fired on the natural growth of the gradient norm when a deep net
-//! starts learning and cost healthy runs 30% of their final loss, while the update bound already
-//! keeps an oversized gradient from reaching the weights.
+//! bound alone at 0.1 — every layer moving 10% at once compounds over depth and collapsed a deep
+//! net to the trivial predictor in 6 steps; a global bound without backing off the rate (106 of
+//! 162 grid cells within target at 0.01, against 121 with it); a bound that shrinks with the rate
+//! (88); the gradient-norm spike detector with rollback — it fired on the natural growth of the
+//! gradient norm when a healthy deep net started learning, while the update bound already keeps
+//! an oversized gradient from the weights.
 
 use serde::{Deserialize, Serialize};
 

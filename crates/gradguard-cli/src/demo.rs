@@ -7,8 +7,8 @@ use std::time::Instant;
 use anyhow::Result;
 use gradguard_lab::tasks::Task;
 use gradguard_lab::{Family, Remedy, RunConfig};
-use gradguard_report::RunSummary;
 use gradguard_report::html::{Report, render};
+use gradguard_report::{Outcome, RunSummary};
 
 use crate::files::write_atomically;
 use crate::lab::{ensure_dir, outcome_table, sweep_with_progress};
@@ -124,17 +124,17 @@ pub fn claims(task: &str, runs: &[&RunSummary]) -> Vec<String> {
             loss(none.final_loss)
         ),
     });
-    let list = |outcome: &str| -> Vec<String> {
+    let list = |outcome: Outcome| -> Vec<String> {
         runs.iter()
             .filter(|s| s.remedy != "none" && s.outcome() == outcome)
             .map(|s| format!("{} ({})", s.remedy, loss(s.final_loss)))
             .collect()
     };
     let trivial = runs.iter().find_map(|s| s.trivial_loss);
-    let (learning, stable) = (list("learning"), list("stable"));
+    let (learning, stable) = (list(Outcome::Learning), list(Outcome::Stable));
     let failed: Vec<String> = runs
         .iter()
-        .filter(|s| s.remedy != "none" && matches!(s.outcome(), "diverged" | "stopped"))
+        .filter(|s| s.remedy != "none" && s.failed())
         .map(|s| format!("{} ({})", s.remedy, s.outcome()))
         .collect();
     if !learning.is_empty() {
@@ -159,7 +159,7 @@ pub fn claims(task: &str, runs: &[&RunSummary]) -> Vec<String> {
     }
     if let Some(best) = runs
         .iter()
-        .filter(|s| s.outcome() != "diverged" && s.outcome() != "stopped" && s.final_loss.is_some())
+        .filter(|s| !s.failed() && s.final_loss.is_some())
         .min_by(|a, b| a.final_loss.partial_cmp(&b.final_loss).expect("finite"))
     {
         out.push(format!(

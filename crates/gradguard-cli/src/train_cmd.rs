@@ -59,7 +59,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         }
         println!("run directory: {}", out.display());
     }
-    if args.fail_on_divergence && matches!(summary.outcome(), "diverged" | "stopped") {
+    if args.fail_on_divergence && summary.failed() {
         return Err(Diverged(format!(
             "the run {} (see {})",
             summary.outcome(),

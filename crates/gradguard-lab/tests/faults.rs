@@ -6,7 +6,7 @@ use gradguard_lab::faults::Fault;
 use gradguard_lab::models::Activation;
 use gradguard_lab::tasks::Task;
 use gradguard_lab::{Remedy, RunConfig, TrainOptions, TrainOutcome, load_run_model, train};
-use gradguard_report::RunSummary;
+use gradguard_report::{Outcome, RunSummary};
 
 /// A faulted run's final held-out loss stays below this multiple of the clean run's: the skipped
 /// batch, the rollback to the last snapshot and the halved learning rate (recovered after 50
@@ -92,7 +92,7 @@ fn every_fault_is_survived_or_stopped_with_a_named_step() {
             loss <= TOLERANCE * clean_loss,
             "{what}: {loss} vs clean {clean_loss}"
         );
-        assert_eq!(s.outcome(), "learning", "{what}: {s:?}");
+        assert_eq!(s.outcome(), Outcome::Learning, "{what}: {s:?}");
     }
 }
 
@@ -120,7 +120,7 @@ fn a_run_of_bad_steps_longer_than_the_limit_stops_with_the_step_named() {
         weights.iter().all(|w| w.is_finite()),
         "weights stay finite when stopped"
     );
-    assert_eq!(s.outcome(), "stopped");
+    assert_eq!(s.outcome(), Outcome::Stopped);
 }
 
 #[test]

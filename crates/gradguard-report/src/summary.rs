@@ -65,34 +65,66 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
-    /// The run's outcome in one word: `stopped` (by the guard); `diverged` (the held-out loss
-    /// ended non-finite or more than 10% above its start); `learning` (it ended at least 5% below
-    /// both its start and the trivial predictor's loss); otherwise `stable` — finite, but not
-    /// learning more than the trivial predictor (vanishing gradients, or too few steps).
-    pub fn outcome(&self) -> &'static str {
+    /// The run's outcome: `stopped` (by the guard); `diverged` (the held-out loss ended
+    /// non-finite or more than 10% above its start); `learning` (it ended at least 5% below both
+    /// its start and the trivial predictor's loss); otherwise `stable` — finite, but not learning
+    /// more than the trivial predictor (vanishing gradients, or too few steps).
+    pub fn outcome(&self) -> Outcome {
         if self.stopped.is_some() {
-            return "stopped";
+            return Outcome::Stopped;
         }
         let Some(end) = self.final_loss else {
-            return "diverged";
+            return Outcome::Diverged;
         };
         if self.initial_loss.is_some_and(|start| end > 1.1 * start) {
-            return "diverged";
+            return Outcome::Diverged;
         }
         let bar = [self.initial_loss, self.trivial_loss]
             .into_iter()
             .flatten()
             .fold(f64::INFINITY, f64::min);
         if end < 0.95 * bar {
-            "learning"
+            Outcome::Learning
         } else {
-            "stable"
+            Outcome::Stable
         }
     }
 
     /// Whether the run failed: its [`RunSummary::outcome`] is `diverged` or `stopped`.
     pub fn failed(&self) -> bool {
-        matches!(self.outcome(), "diverged" | "stopped")
+        matches!(self.outcome(), Outcome::Diverged | Outcome::Stopped)
+    }
+}
+
+/// How a run ended, in one word (see [`RunSummary::outcome`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// At least 5% below both its start and the trivial predictor's loss.
+    Learning,
+    /// Finite, but not learning beyond the trivial predictor.
+    Stable,
+    /// The held-out loss ended non-finite or more than 10% above its start.
+    Diverged,
+    /// Stopped by the guard.
+    Stopped,
+}
+
+impl Outcome {
+    /// The word tables and reports print.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Learning => "learning",
+            Outcome::Stable => "stable",
+            Outcome::Diverged => "diverged",
+            Outcome::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -225,28 +257,31 @@ mod tests {
     #[test]
     fn outcomes_compare_against_the_start_and_the_trivial_predictor() {
         let ln10 = 10f64.ln();
-        assert_eq!(summary(Some(2.3), None, Some(ln10)).outcome(), "diverged");
+        assert_eq!(
+            summary(Some(2.3), None, Some(ln10)).outcome(),
+            Outcome::Diverged
+        );
         assert_eq!(
             summary(Some(2.3), Some(2.6), Some(ln10)).outcome(),
-            "diverged"
+            Outcome::Diverged
         );
         assert_eq!(
             summary(Some(2.3), Some(1.0), Some(ln10)).outcome(),
-            "learning"
+            Outcome::Learning
         );
         // From an exploded start, a finite loss at chance level is not learning.
         assert_eq!(
             summary(Some(7000.0), Some(2.3), Some(ln10)).outcome(),
-            "stable"
+            Outcome::Stable
         );
         assert_eq!(
             summary(Some(2.3), Some(2.29), Some(ln10)).outcome(),
-            "stable"
+            Outcome::Stable
         );
         let stopped = RunSummary {
             stopped: Some("gave up".into()),
             ..summary(Some(2.3), Some(1.0), None)
         };
-        assert_eq!(stopped.outcome(), "stopped");
+        assert_eq!(stopped.outcome(), Outcome::Stopped);
     }
 }

@@ -8,7 +8,7 @@ use anyhow::Result;
 use gradguard_lab::tasks::Task;
 use gradguard_lab::{Family, Remedy, RunConfig};
 use gradguard_report::html::{Report, render};
-use gradguard_report::{Outcome, RunSummary};
+use gradguard_report::{Outcome, RunSummary, best_hand_picked};
 
 use crate::files::write_atomically;
 use crate::lab::{ensure_dir, outcome_table, sweep_with_progress};
@@ -185,13 +185,7 @@ pub fn claims(task: &str, runs: &[&RunSummary]) -> Vec<String> {
 pub fn answer(task: &str, runs: &[&RunSummary]) -> Option<String> {
     let none = runs.iter().find(|s| s.remedy == "none")?;
     let guard = runs.iter().find(|s| s.remedy == "guard")?;
-    let best = runs
-        .iter()
-        .filter(|s| !s.remedy.starts_with("guard") && s.remedy != "none" && !s.failed())
-        .min_by(|a, b| {
-            let loss = |s: &&&RunSummary| s.final_loss.unwrap_or(f64::INFINITY);
-            loss(a).total_cmp(&loss(b))
-        })?;
+    let best = runs[best_hand_picked(runs.iter().copied())?];
     let line = |what: &str, s: &RunSummary| {
         format!(
             "  {what:<28} {:<20} {:>9}  final held-out loss {}{}",

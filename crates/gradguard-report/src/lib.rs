@@ -22,7 +22,7 @@ pub use jsonl::{JsonlSink, read_metrics};
 pub use record::{MetricsRecord, StepDecision};
 pub use sink::{Sink, Sinks};
 pub use summary::{
-    METRICS_FILE, Outcome, RunData, RunDirError, RunSummary, SUMMARY_FILE, TEMP_PREFIX, read_run,
-    write_atomic,
+    METRICS_FILE, Outcome, RunData, RunDirError, RunSummary, SUMMARY_FILE, TEMP_PREFIX,
+    best_hand_picked, read_run, write_atomic,
 };
 pub use tensorboard::{TensorBoardSink, encode_scalar_event};

@@ -96,6 +96,20 @@ impl RunSummary {
     }
 }
 
+/// The index of the best hand-picked remedy among one task's runs: the lowest final held-out
+/// loss among the runs that did not fail, leaving out no remedy (`none`) and the guard (alone or
+/// with a rule). What the demo and the report set beside the default guard.
+pub fn best_hand_picked<'a>(runs: impl IntoIterator<Item = &'a RunSummary>) -> Option<usize> {
+    runs.into_iter()
+        .enumerate()
+        .filter(|(_, s)| s.remedy != "none" && !s.remedy.starts_with("guard") && !s.failed())
+        .min_by(|(_, a), (_, b)| {
+            let loss = |s: &RunSummary| s.final_loss.unwrap_or(f64::INFINITY);
+            loss(a).total_cmp(&loss(b))
+        })
+        .map(|(i, _)| i)
+}
+
 /// How a run ended, in one word (see [`RunSummary::outcome`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -283,5 +297,24 @@ mod tests {
             ..summary(Some(2.3), Some(1.0), None)
         };
         assert_eq!(stopped.outcome(), Outcome::Stopped);
+    }
+
+    #[test]
+    fn the_best_hand_picked_remedy_leaves_out_none_the_guard_and_failures() {
+        let named = |remedy: &str, end: Option<f64>| RunSummary {
+            remedy: remedy.into(),
+            ..summary(Some(2.3), end, None)
+        };
+        let runs = [
+            named("none", Some(0.1)),
+            named("guard", Some(0.2)),
+            named("guard,clip-global=1", Some(0.3)),
+            named("he", Some(2.9)),
+            named("clip-global=1", Some(0.9)),
+            named("agc=0.01", Some(0.7)),
+            named("zclip", None),
+        ];
+        assert_eq!(best_hand_picked(&runs), Some(5));
+        assert_eq!(best_hand_picked(&runs[..3]), None);
     }
 }

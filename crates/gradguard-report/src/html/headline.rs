@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use super::svg::{BASELINE, escape, legend};
 use super::{LineChart, Marker, Series, Table, loss_cell};
-use crate::summary::RunData;
+use crate::summary::{RunData, best_hand_picked};
 
 /// The default guard's color (green): the answer.
 const GUARD: &str = "#2ca02c";
@@ -17,15 +17,7 @@ const BEST: &str = "#1f77b4";
 pub fn guard_headline(runs: &[&RunData]) -> Option<String> {
     let none = runs.iter().find(|r| r.summary.remedy == "none")?;
     let guard = runs.iter().find(|r| r.summary.remedy == "guard")?;
-    let best = runs
-        .iter()
-        .filter(|r| !matches!(r.summary.remedy.as_str(), "none" | "guard"))
-        .filter(|r| !r.summary.remedy.starts_with("guard"))
-        .filter(|r| !r.summary.failed())
-        .min_by(|a, b| {
-            let loss = |r: &&&RunData| r.summary.final_loss.unwrap_or(f64::INFINITY);
-            loss(a).total_cmp(&loss(b))
-        })?;
+    let best = &runs[best_hand_picked(runs.iter().map(|r| &r.summary))?];
     let cap = [none, guard, best]
         .iter()
         .filter_map(|r| r.metrics.first().and_then(|m| m.loss))

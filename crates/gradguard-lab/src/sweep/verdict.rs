@@ -52,11 +52,6 @@ pub struct GuardVerdict {
     pub worst: Option<WorstCell>,
 }
 
-/// Diverged (non-finite, or the held-out loss 10% above its start) or stopped.
-fn failed(s: &RunSummary) -> bool {
-    s.failed()
-}
-
 /// The verdict, or `None` when the grid has no cell with `guard` and `clip-global` or `agc`.
 pub fn guard_verdict(runs: &[SweepRun]) -> Option<GuardVerdict> {
     let mut cells: BTreeMap<String, BTreeMap<&str, &SweepRun>> = BTreeMap::new();
@@ -87,24 +82,24 @@ pub fn guard_verdict(runs: &[SweepRun]) -> Option<GuardVerdict> {
         }
         verdict.cells += 1;
         let g = &guard.summary;
-        if remedies.get("none").is_some_and(|n| failed(&n.summary)) {
+        if remedies.get("none").is_some_and(|n| n.summary.failed()) {
             verdict.unprotected_failed += 1;
-            verdict.rescued += usize::from(!failed(g));
+            verdict.rescued += usize::from(!g.failed());
         }
         let any_clip_finished = remedies
             .iter()
             .filter(|(name, _)| name.starts_with("clip-") || name.starts_with("agc"))
-            .any(|(_, r)| !failed(&r.summary));
-        if failed(g) && any_clip_finished {
+            .any(|(_, r)| !r.summary.failed());
+        if g.failed() && any_clip_finished {
             verdict.failed_where_clip_finished += 1;
         }
         let best = clips
             .iter()
-            .filter(|s| !failed(s))
+            .filter(|s| !s.failed())
             .filter_map(|s| s.final_loss)
             .min_by(f64::total_cmp);
         // Above the target by this much; `None`: the guard failed where a clip did not.
-        let excess = match (best, g.final_loss.filter(|_| !failed(g))) {
+        let excess = match (best, g.final_loss.filter(|_| !g.failed())) {
             (None, _) => {
                 // No reference finished: nothing to be within.
                 verdict.within_target += 1;

@@ -11,7 +11,12 @@
 //! busy machine slows both alike): the bound's cost — the pre-step clone, ‖w‖ and ‖Δw‖ of every
 //! parameter, one host read.
 //!
-//! Run: `cargo bench -p gradguard-burn --bench guard_overhead` (about a minute).
+//! Run: `cargo bench -p gradguard-burn --bench guard_overhead` (about a minute, on flex).
+//! On a GPU through wgpu: `GRADGUARD_BENCH_DEVICE=wgpu cargo bench -p gradguard-burn --features
+//! wgpu --bench guard_overhead`; there each phase ends with a device sync (so the times are the
+//! device's, not the queueing's), and the kernel launches of the guard's part are counted
+//! (cubecl's launch observer) — per step, and for models of 8 to 194 tensors, to show how they
+//! grow with the tensor count.
 
 use std::time::{Duration, Instant};
 
@@ -45,8 +50,40 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// The device named by `GRADGUARD_BENCH_DEVICE` (`flex`, the default, or `wgpu`).
+fn bench_device() -> Device {
+    match std::env::var("GRADGUARD_BENCH_DEVICE").as_deref() {
+        Err(_) | Ok("flex") => Device::flex().autodiff(),
+        #[cfg(feature = "wgpu")]
+        Ok("wgpu") => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice).autodiff(),
+        Ok(other) => {
+            eprintln!(
+                "GRADGUARD_BENCH_DEVICE={other}: expected flex or wgpu (wgpu needs --features wgpu)"
+            );
+            std::process::exit(2)
+        }
+    }
+}
+
+/// Waits for the device's queued work (a no-op cost on flex).
+fn sync(device: &Device) {
+    device.sync().expect("device sync");
+}
+
+/// Counts the kernel launches `f` issues (none where the backend is not a CubeCL one).
+#[cfg(feature = "wgpu")]
+fn launches<R>(f: impl FnOnce() -> R) -> (R, u64) {
+    gradguard_burn::count_launches(f)
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn launches<R>(f: impl FnOnce() -> R) -> (R, u64) {
+    (f(), 0)
+}
+
 fn main() {
-    let device = Device::flex().autodiff();
+    let device = bench_device();
+    let on_flex = format!("{device:?}").contains("Flex");
     let width = 256;
     let mut model = Mlp {
         layers: (0..24)
@@ -59,20 +96,24 @@ fn main() {
     let y = Tensor::<2>::random([128, 1], Distribution::Default, &device);
     let mut optim: ModuleOptimizer = AdamConfig::new().init();
     let dir = tempfile::tempdir().unwrap();
-    println!("model: {params} parameters, batch 128");
-    let runs = [
-        (Placement::Auto, false),
-        (Placement::Auto, true),
-        (Placement::Device, false),
-    ];
-    for (placement, clip) in runs {
+    println!("model: {params} parameters, batch 128, device {device:?}");
+    let runs: &[(Placement, bool)] = if on_flex {
+        &[
+            (Placement::Auto, false),
+            (Placement::Auto, true),
+            (Placement::Device, false),
+        ]
+    } else {
+        &[(Placement::Auto, false), (Placement::Auto, true)]
+    };
+    for &(placement, clip) in runs {
         let rules: Vec<Box<dyn Rule>> = if clip {
             vec![Box::new(ClipByGlobalNorm::new(1.0).unwrap())]
         } else {
             Vec::new()
         };
         let mut guard = Guard::new(GuardConfig::default(), Chain::new(rules).unwrap()).unwrap();
-        let (mut steps, mut guards, mut reads) = (Vec::new(), Vec::new(), 0u32);
+        let (mut steps, mut guards, mut reads, mut launched) = (Vec::new(), Vec::new(), 0u32, 0u64);
         let mut phases = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
         let mut log =
             JsonlSink::create(dir.path().join(format!("{placement:?}-{clip}.jsonl"))).unwrap();
@@ -80,19 +121,29 @@ fn main() {
             let start = Instant::now();
             let loss = model.loss(x.clone(), y.clone());
             let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            sync(&device);
             let before_guard = Instant::now();
-            let mut view =
-                BurnGradients::collect_with(&model, &mut grads, Some(loss), false, placement);
-            let t1 = Instant::now();
-            let loss = view.loss();
-            let report = guard.step(&mut view, loss).unwrap();
-            let t2 = Instant::now();
-            log.write(&MetricsRecord::from_report(&report, 1e-3))
-                .unwrap();
-            reads += view.host_reads();
-            let t3 = Instant::now();
-            let grads = view.into_gradients_params(&model);
+            let ((view, report, t1, t2, t3, grads), n) = launches(|| {
+                let mut view =
+                    BurnGradients::collect_with(&model, &mut grads, Some(loss), false, placement);
+                let t1 = Instant::now();
+                let loss = view.loss();
+                let report = guard.step(&mut view, loss).unwrap();
+                let t2 = Instant::now();
+                log.write(&MetricsRecord::from_report(&report, 1e-3))
+                    .unwrap();
+                let t3 = Instant::now();
+                let reads = view.host_reads();
+                let grads = view.into_gradients_params(&model);
+                (reads, report, t1, t2, t3, grads)
+            });
+            sync(&device);
             let guard_time = before_guard.elapsed();
+            if i >= 5 {
+                // The first steps also carry autotune's trial launches for new shapes.
+                reads += view;
+                launched += n;
+            }
             if i >= 5 {
                 phases[0].push(t1 - before_guard);
                 phases[1].push(t2 - t1);
@@ -100,6 +151,7 @@ fn main() {
                 phases[3].push(t3.elapsed());
             }
             model = optim.step(1e-3 * report.lr_multiplier, model, grads);
+            sync(&device);
             let step_time = start.elapsed();
             if i >= 5 {
                 steps.push(step_time - guard_time);
@@ -112,19 +164,58 @@ fn main() {
         } else {
             "default guard"
         };
+        let launches = if on_flex {
+            String::new()
+        } else {
+            format!(" and {:.1} kernel launches", launched as f64 / 20.0)
+        };
         println!(
-            "{placement:?}, {policy}: unguarded step {:.2} ms, guard {:.3} ms = {:.2}% of the step, {:.1} host reads per step",
+            "{placement:?}, {policy}: unguarded step {:.2} ms, guard {:.3} ms = {:.2}% of the step, {:.1} host reads{launches} per step",
             s.as_secs_f64() * 1e3,
             g.as_secs_f64() * 1e3,
             100.0 * g.as_secs_f64() / s.as_secs_f64(),
-            f64::from(reads) / 25.0
+            f64::from(reads) / 20.0,
         );
         let [collect, rules, telemetry, restore] = phases.map(|p| median(p).as_secs_f64() * 1e3);
         println!(
             "  collect {collect:.3} ms, guard and rules {rules:.3} ms, telemetry {telemetry:.3} ms, hand back {restore:.3} ms"
         );
     }
+    if !on_flex {
+        launches_by_tensor_count(&device);
+    }
     update_bound_cost(model, &x, &y);
+}
+
+/// Kernel launches of collecting the gradients and reading their statistics, for models of
+/// 4 to 96 layers (8 to 194 tensors).
+fn launches_by_tensor_count(device: &Device) {
+    for depth in [4, 24, 96] {
+        let model = Mlp {
+            layers: (0..depth)
+                .map(|_| LinearConfig::new(64, 64).init(device))
+                .collect(),
+            head: LinearConfig::new(64, 1).init(device),
+        };
+        let x = Tensor::<2>::random([32, 64], Distribution::Default, device);
+        let y = Tensor::<2>::random([32, 1], Distribution::Default, device);
+        let mut counted = None;
+        // Counted the second time: the first also carries autotune's trial launches.
+        for _ in 0..2 {
+            let loss = model.loss(x.clone(), y.clone());
+            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            sync(device);
+            counted = Some(launches(|| {
+                BurnGradients::collect_with(&model, &mut grads, Some(loss), false, Placement::Auto)
+            }));
+        }
+        let (view, n) = counted.expect("counted");
+        println!(
+            "statistics of {} tensors: {n} kernel launches, {} host read",
+            2 * depth + 2,
+            view.host_reads()
+        );
+    }
 }
 
 /// Whole guarded steps with and without the update bound, alternating.

@@ -9,14 +9,19 @@
 
 mod collect;
 pub mod faults;
+#[cfg(feature = "wgpu")]
+mod launches;
 #[cfg(feature = "learner")]
 mod learner;
 mod on_device;
+mod padded;
 mod step;
 mod update;
 mod view;
 
 pub use collect::parameter_names;
+#[cfg(feature = "wgpu")]
+pub use launches::count_launches;
 #[cfg(feature = "learner")]
 pub use learner::LearnerGuard;
 pub use step::{GuardedOptimizer, GuardedStep, Stopped};

@@ -1,44 +1,38 @@
-//! Gradients that stay on an accelerator: statistics by tensor ops, one stacked read.
+//! Gradients that stay on an accelerator: every tensor in one padded buffer ([`Padded`]),
+//! statistics by a fixed number of f32 tensor ops over it, one small read per step.
+//!
+//! Scaling, clamping and zeroing non-finite values are one op over the whole buffer (a scale
+//! factor per block, uploaded with the op). Only AGC's unit norms run per tensor.
 
 use std::cell::Cell;
 
-use burn::tensor::{DType, Device, Int, Tensor, Transaction};
+use burn::tensor::{DType, Int, Tensor, Transaction};
 use gradguard::{GuardError, NonFiniteAt, NonFiniteKind, Result, Source, TensorStats, UnitSpan};
 
-/// Scalars per tensor in the statistics read: max |g|, Σg², Σ|g|, NaN count, inf count — all
-/// accumulated in f64 on the device, so a finite f32 tensor cannot overflow and long sums keep
-/// their digits (an f32 sum of 1e5 squares on the CPU backend is off by ~4e-6).
-const PER_TENSOR: usize = 5;
+use crate::padded::{BLOCK, PER_BLOCK, Padded, f32_of, pairwise_row_sums, read_f32};
 
-/// The flattened gradients (and, for AGC, parameter values) of one step, on their device.
-///
-/// Every statistic is computed with tensor ops where the tensors live, and all per-tensor scalars
-/// (and the loss) reach the host in **one** read: they are concatenated into one small tensor.
-/// Only when a tensor holds NaN or inf does a second read locate the first one and recompute that
-/// tensor's sums over its finite values. Scales, clamps and masks are applied on the device.
+/// The gradients (and, for AGC, parameter values) of one step, on their device.
 #[derive(Debug)]
 pub(crate) struct DeviceGradients {
-    pub grads: Vec<Tensor<1>>,
-    pub values: Vec<Tensor<1>>,
+    padded: Padded,
+    /// Each gradient's own dtype, restored when the gradients are handed back.
+    dtypes: Vec<DType>,
+    /// The gradients with no elements, kept as they came.
+    empties: Vec<Option<Tensor<1>>>,
+    values: Vec<Tensor<1>>,
     pub cached: Option<Vec<TensorStats>>,
     pub host_reads: Cell<u32>,
 }
 
-fn f64_of(t: Tensor<1>) -> Tensor<1> {
-    t.cast(DType::F64)
-}
-
-fn read_f64(t: Tensor<1>) -> Vec<f64> {
-    t.into_data()
-        .convert::<f64>()
-        .try_into_vec::<f64>()
-        .expect("statistics convert to f64")
-}
-
 impl DeviceGradients {
+    /// Copies `grads` (flattened) into one padded buffer: one zero fill and one copy per tensor.
     pub fn new(grads: Vec<Tensor<1>>, values: Vec<Tensor<1>>) -> Self {
+        let dtypes = grads.iter().map(Tensor::dtype).collect();
+        let (padded, empties) = Padded::new(grads);
         DeviceGradients {
-            grads,
+            padded,
+            dtypes,
+            empties,
             values,
             cached: None,
             host_reads: Cell::new(0),
@@ -49,99 +43,75 @@ impl DeviceGradients {
         self.host_reads.set(self.host_reads.get() + 1);
     }
 
-    fn device(&self) -> Option<Device> {
-        self.grads.first().map(Tensor::device)
-    }
-
     /// The statistics of every tensor, and the loss, in one read (plus one more only for tensors
-    /// holding non-finite values).
+    /// holding non-finite values, to locate the first).
     pub fn read_stats(&self, loss: Option<Tensor<1>>) -> (Vec<TensorStats>, Option<f64>) {
-        let mut parts = Vec::with_capacity(self.grads.len() * PER_TENSOR + 1);
-        for g in self.grads.iter().filter(|g| g.shape().num_elements() > 0) {
-            let g64 = f64_of(g.clone());
-            parts.push(g64.clone().abs().max());
-            parts.push(g64.clone().square().sum());
-            parts.push(g64.abs().sum());
-            parts.push(f64_of(g.clone().is_nan().int().sum().float()));
-            parts.push(f64_of(g.clone().is_inf().int().sum().float()));
-        }
-        let has_loss = loss.is_some();
-        if let Some(l) = loss {
-            parts.push(f64_of(l.inner().reshape([1])));
-        }
-        let host: Vec<f64> = if parts.is_empty() {
+        let parts: Vec<Tensor<1>> = self
+            .padded
+            .statistics()
+            .into_iter()
+            .chain(loss.map(|l| f32_of(l.inner().reshape([1]))))
+            .collect();
+        let blocks_read = self.padded.blocks() * PER_BLOCK;
+        let host: Vec<f32> = if parts.is_empty() {
             Vec::new()
         } else {
             self.count_read();
-            read_f64(Tensor::cat(parts, 0))
+            read_f32(Tensor::cat(parts, 0))
         };
-        let loss_value = has_loss.then(|| host[host.len() - 1]);
-        let mut stats = Vec::with_capacity(self.grads.len());
-        let mut k = 0;
-        for g in &self.grads {
-            let len = g.shape().num_elements();
-            if len == 0 {
-                stats.push(TensorStats::default());
-                continue;
-            }
-            let v = &host[k..k + PER_TENSOR];
-            k += PER_TENSOR;
-            stats.push(TensorStats {
-                len,
-                sum_squares: v[1],
-                sum_abs: v[2],
-                max_abs: v[0],
-                nan_count: v[3] as u64,
-                inf_count: v[4] as u64,
-                first_non_finite: None,
-            });
-        }
-        self.fill_non_finite(&mut stats);
+        let loss_value = (host.len() > blocks_read).then(|| f64::from(host[blocks_read]));
+        let mut stats = self.padded.combine(&host);
+        self.locate_non_finite(&mut stats, &host);
         (stats, loss_value)
     }
 
-    /// For tensors with NaN or inf: the first one's index and kind, and sums over finite values.
-    fn fill_non_finite(&self, stats: &mut [TensorStats]) {
+    /// For tensors with NaN or inf: the first one's index and kind, from the first block that
+    /// holds one (by the statistics read's counts), in a second, small read.
+    fn locate_non_finite(&self, stats: &mut [TensorStats], host: &[f32]) {
         let bad: Vec<usize> = (0..stats.len())
             .filter(|&i| !stats[i].is_finite())
             .collect();
+        let (Some(blocks), Some(device)) = (self.padded.block_view(), &self.padded.device) else {
+            return;
+        };
         if bad.is_empty() {
             return;
         }
         let mut tx = Transaction::default();
+        let mut offsets = Vec::with_capacity(bad.len());
         for &i in &bad {
-            let g = self.grads[i].clone();
-            let n = g.shape().num_elements();
-            let finite = g.clone().is_finite();
-            let positions = Tensor::<1, Int>::arange(0..n as i64, &g.device());
-            let first = positions.mask_fill(finite.clone(), n as i64).min();
-            let clean = f64_of(g.clone().mask_fill(finite.bool_not(), 0.0));
-            let floats = Tensor::cat(
-                vec![
-                    clean.clone().abs().max(),
-                    clean.clone().square().sum(),
-                    clean.abs().sum(),
-                    f64_of(g.select(0, first.clone())),
-                ],
-                0,
-            );
-            tx = tx.register(floats).register(first);
+            let block = self
+                .padded
+                .first_bad_block(i, host)
+                .expect("a tensor with non-finite values has a block holding one");
+            let row: Tensor<1> = blocks.clone().slice(block..block + 1).reshape([BLOCK]);
+            let positions = Tensor::<1, Int>::arange(0..BLOCK as i64, device);
+            let first = positions
+                .mask_fill(row.clone().is_finite(), BLOCK as i64)
+                .min();
+            let nan = self.padded.view(i).expect("a tensor with values").is_nan();
+            let nan_count = nan.int().sum();
+            tx = tx
+                .register(row.select(0, first.clone()))
+                .register(first)
+                .register(nan_count);
+            offsets.push((block - self.padded.segments[i].first_block) * BLOCK);
         }
         self.count_read();
         let data = tx.execute();
         for (k, &i) in bad.iter().enumerate() {
-            let f = data[2 * k]
-                .clone()
-                .convert::<f64>()
-                .try_into_vec::<f64>()
-                .expect("f64 statistics");
-            let index = data[2 * k + 1].iter::<i64>().next().expect("one index") as usize;
+            let read = |j: usize| data[3 * k + j].clone();
+            let value = read(0).try_into_vec_as::<f32>().expect("one value")[0];
+            let offset = read(1).try_into_vec_as::<i64>().expect("one index")[0] as usize;
+            let nan_count = read(2).try_into_vec_as::<i64>().expect("one count")[0] as u64;
             let st = &mut stats[i];
-            st.max_abs = f[0];
-            st.sum_squares = f[1];
-            st.sum_abs = f[2];
-            st.first_non_finite =
-                NonFiniteKind::of(f[3] as f32).map(|kind| NonFiniteAt { index, kind });
+            // The statistics read counted every non-finite value as inf.
+            st.inf_count -= nan_count;
+            st.nan_count = nan_count;
+            st.first_non_finite = NonFiniteKind::of(value).map(|kind| NonFiniteAt {
+                index: offsets[k] + offset,
+                kind,
+            });
         }
     }
 
@@ -151,18 +121,6 @@ impl DeviceGradients {
         stats
     }
 
-    fn tensors(&self, source: Source) -> Result<&[Tensor<1>]> {
-        match source {
-            Source::Gradient => Ok(&self.grads),
-            Source::Parameter if self.values.len() == self.grads.len() => Ok(&self.values),
-            Source::Parameter => Err(GuardError::MissingParameters {
-                rule: "unit-wise norms of parameters".into(),
-            }),
-        }
-    }
-}
-
-impl DeviceGradients {
     pub fn stats(&self) -> Vec<TensorStats> {
         match &self.cached {
             Some(s) => s.clone(),
@@ -170,86 +128,137 @@ impl DeviceGradients {
         }
     }
 
+    /// Σ (|g| / scale_t)^p over finite values, per block on the device, per tensor in f64.
     pub fn power_sums(&self, p: f64, scales: &[f64]) -> Vec<f64> {
-        let parts: Vec<Tensor<1>> = self
-            .grads
-            .iter()
-            .zip(scales)
-            .filter(|(g, _)| g.shape().num_elements() > 0)
-            .map(|(g, &s)| {
-                let clean = f64_of(g.clone().mask_fill(g.clone().is_finite().bool_not(), 0.0));
-                let s = if s > 0.0 && s.is_finite() { s } else { 1.0 };
-                (clean.abs() / s).powf_scalar(p).sum()
-            })
-            .collect();
-        if parts.is_empty() {
-            return vec![0.0; self.grads.len()];
-        }
-        self.count_read();
-        let mut it = read_f64(Tensor::cat(parts, 0)).into_iter();
-        self.grads
-            .iter()
-            .map(|g| {
-                if g.shape().num_elements() > 0 {
-                    it.next().expect("one sum per tensor")
+        let usable = |s: f64| s > 0.0 && s.is_finite();
+        let (Some(blocks), Some(device)) = (self.padded.block_view(), &self.padded.device) else {
+            return vec![0.0; self.padded.segments.len()];
+        };
+        let inverse = self.padded.per_block(
+            |t| {
+                if usable(scales[t]) {
+                    (1.0 / scales[t]) as f32
                 } else {
                     0.0
                 }
+            },
+            device,
+        );
+        let finite = blocks.clone().is_finite();
+        let ratio = blocks.mask_fill(finite.bool_not(), 0.0).abs() * inverse;
+        let sums = pairwise_row_sums(ratio.powf_scalar(p as f32));
+        self.count_read();
+        let host = read_f32(sums.reshape([self.padded.blocks()]));
+        self.padded
+            .segments
+            .iter()
+            .enumerate()
+            .map(|(t, s)| {
+                if !usable(scales[t]) {
+                    return 0.0;
+                }
+                host[s.first_block..s.first_block + s.blocks()]
+                    .iter()
+                    .map(|&x| f64::from(x))
+                    .sum()
             })
             .collect()
     }
 
+    /// Multiplies tensor t by `factors[t]`: one op over the buffer.
     pub fn scale(&mut self, factors: &[f32]) {
-        for (g, &f) in self.grads.iter_mut().zip(factors) {
-            if f != 1.0 {
-                *g = g.clone().mul_scalar(f);
-            }
+        if factors.iter().all(|&f| f == 1.0) {
+            return;
+        }
+        let blocks = self.padded.blocks();
+        if let (Some(view), Some(device)) = (self.padded.block_view(), &self.padded.device) {
+            let f = self.padded.per_block(|t| factors[t], device);
+            self.padded.buffer = Some((view * f).reshape([blocks * BLOCK]));
         }
         self.cached = None;
     }
 
+    /// Clamps to `[-limit, limit]`; NaN stays NaN (a GPU `clamp` of NaN is unspecified).
     pub fn clamp(&mut self, limit: f32) -> Vec<TensorStats> {
-        for g in &mut self.grads {
-            *g = g.clone().clamp(-limit, limit);
+        if let Some(buffer) = self.padded.buffer.take() {
+            let nan = buffer.clone().is_nan();
+            self.padded.buffer = Some(buffer.clamp(-limit, limit).mask_fill(nan, f32::NAN));
         }
         self.fresh_stats()
     }
 
     pub fn zero_non_finite(&mut self) -> Vec<TensorStats> {
-        for g in &mut self.grads {
-            *g = g.clone().mask_fill(g.clone().is_finite().bool_not(), 0.0);
+        if let Some(buffer) = self.padded.buffer.take() {
+            let bad = buffer.clone().is_finite().bool_not();
+            self.padded.buffer = Some(buffer.mask_fill(bad, 0.0));
         }
         self.fresh_stats()
     }
 
-    /// Unit norms of every tensor, by the spans the caller computed from names and shapes.
+    /// Unit norms of every tensor, by the spans the caller computed from names and shapes: per
+    /// unit max |x| and Σ(x/max)² on the device (f32, no overflow), one read, NaN and inf kept.
     pub fn unit_norms(&self, source: Source, spans: &[UnitSpan]) -> Result<Vec<Vec<f64>>> {
-        let tensors = self.tensors(source)?;
-        let mut parts = Vec::new();
-        for (span, t) in spans.iter().zip(tensors) {
-            if span.units() == 0 || t.shape().num_elements() == 0 {
-                continue;
+        let tensors: Vec<Option<Tensor<1>>> = match source {
+            Source::Gradient => (0..self.dtypes.len())
+                .map(|t| self.padded.view(t))
+                .collect(),
+            Source::Parameter if self.values.len() == self.dtypes.len() => self
+                .values
+                .iter()
+                .map(|v| (v.shape().num_elements() > 0).then(|| f32_of(v.clone())))
+                .collect(),
+            Source::Parameter => {
+                return Err(GuardError::MissingParameters {
+                    rule: "unit-wise norms of parameters".into(),
+                });
             }
-            let x: Tensor<2> = f64_of(t.clone()).reshape([span.rows, span.cols]);
+        };
+        let mut parts = Vec::new();
+        for (span, t) in spans.iter().zip(&tensors) {
+            let Some(t) = t.as_ref().filter(|_| span.units() > 0) else {
+                continue;
+            };
+            let x: Tensor<2> = t.clone().reshape([span.rows, span.cols]);
             let dim = if span.units_are_columns { 0 } else { 1 };
-            parts.push(x.square().sum_dim(dim).reshape([span.units()]));
+            let units = span.units();
+            let nan = x.clone().is_nan().int().sum_dim(dim).float();
+            let inf = x.clone().is_inf().int().sum_dim(dim).float();
+            let magnitude = x.clone().mask_fill(x.is_finite().bool_not(), 0.0).abs();
+            let max = magnitude.clone().max_dim(dim);
+            let unit = max.clone().mask_fill(max.clone().equal_elem(0.0), 1.0);
+            let s2 = (magnitude / unit).square().sum_dim(dim);
+            for part in [max, s2, nan, inf] {
+                parts.push(part.reshape([units]));
+            }
         }
-        let host: Vec<f64> = if parts.is_empty() {
+        let host: Vec<f32> = if parts.is_empty() {
             Vec::new()
         } else {
             self.count_read();
-            read_f64(Tensor::cat(parts, 0))
+            read_f32(Tensor::cat(parts, 0))
         };
         let mut k = 0;
         Ok(spans
             .iter()
-            .zip(tensors)
+            .zip(&tensors)
             .map(|(span, t)| {
-                if span.units() == 0 || t.shape().num_elements() == 0 {
-                    return vec![0.0; span.units()];
+                let units = span.units();
+                if t.is_none() || units == 0 {
+                    return vec![0.0; units];
                 }
-                let out = host[k..k + span.units()].iter().map(|s| s.sqrt()).collect();
-                k += span.units();
+                let at = |part: usize, u: usize| f64::from(host[k + part * units + u]);
+                let out = (0..units)
+                    .map(|u| {
+                        if at(2, u) > 0.0 {
+                            f64::NAN
+                        } else if at(3, u) > 0.0 {
+                            f64::INFINITY
+                        } else {
+                            at(0, u) * at(1, u).sqrt()
+                        }
+                    })
+                    .collect();
+                k += 4 * units;
                 out
             })
             .collect())
@@ -263,25 +272,32 @@ impl DeviceGradients {
         names: &[&str],
         factors: &[Option<Vec<f32>>],
     ) -> Result<Vec<Option<TensorStats>>> {
-        let device = self.device();
-        for (((&span, name), g), f) in spans.iter().zip(names).zip(&mut self.grads).zip(factors) {
-            let (Some(f), Some(device)) = (f, &device) else {
-                continue;
-            };
+        for (t, ((&span, name), f)) in spans.iter().zip(names).zip(factors).enumerate() {
+            let Some(f) = f else { continue };
             if f.len() != span.units() {
                 return Err(GuardError::BadTensor {
                     tensor: name.to_string(),
                     reason: format!("{} unit factors for {} units", f.len(), span.units()),
                 });
             }
+            let (Some(g), Some(device)) = (self.padded.view(t), &self.padded.device) else {
+                continue;
+            };
             let factor = Tensor::<1>::from_floats(f.as_slice(), device);
             let factor: Tensor<2> = if span.units_are_columns {
                 factor.reshape([1, span.cols])
             } else {
                 factor.reshape([span.rows, 1])
             };
-            let x: Tensor<2> = g.clone().reshape([span.rows, span.cols]);
-            *g = (x * factor).reshape([span.rows * span.cols]);
+            let x: Tensor<2> = g.reshape([span.rows, span.cols]);
+            let scaled = (x * factor).reshape([span.rows * span.cols]);
+            let s = self.padded.segments[t];
+            let buffer = self
+                .padded
+                .buffer
+                .take()
+                .expect("a tensor with values has a buffer");
+            self.padded.buffer = Some(buffer.slice_assign(s.start()..s.start() + s.len, scaled));
         }
         let fresh = self.fresh_stats();
         Ok(fresh
@@ -289,5 +305,21 @@ impl DeviceGradients {
             .zip(factors)
             .map(|(s, f)| f.as_ref().map(|_| s))
             .collect())
+    }
+
+    /// The gradients, flattened, each in its own dtype: views into the buffer where possible.
+    pub fn into_grads(mut self) -> Vec<Tensor<1>> {
+        (0..self.dtypes.len())
+            .map(|t| {
+                let Some(g) = self.padded.view(t) else {
+                    return self.empties[t].take().expect("an empty gradient is kept");
+                };
+                if self.dtypes[t] == DType::F32 {
+                    g
+                } else {
+                    g.cast(self.dtypes[t])
+                }
+            })
+            .collect()
     }
 }

@@ -98,6 +98,7 @@ impl<M: Module + Clone> GuardCore<M> {
         let mut view =
             BurnGradients::collect_with(&module, &mut grads, loss, with_values, self.placement);
         let loss = view.loss();
+        let mut host_reads = 0;
         let mut report = match self.guard.step(&mut view, loss) {
             Ok(r) => r,
             Err(error) => return Err(Box::new(Stopped { module, error })),
@@ -112,6 +113,7 @@ impl<M: Module + Clone> GuardCore<M> {
         let module = match report.decision {
             Decision::Apply => {
                 let on_host = view.on_host();
+                host_reads += view.host_reads();
                 let grads = view.into_gradients_params(&module);
                 // With one rate for all parameters the multiplier scales it; per-group rates are
                 // passed through untouched while the multiplier is 1.
@@ -125,6 +127,7 @@ impl<M: Module + Clone> GuardCore<M> {
                 let mut module = optimizer.step(lr, module, grads);
                 if let Some((old, old_optimizer)) = before {
                     let updates = Updates::measure(&old, &module, on_host);
+                    host_reads += u32::from(!on_host);
                     let check = match self.guard.check_update(&updates.norms) {
                         Ok(check) => check.expect("the bound is configured"),
                         Err(error) => {
@@ -165,15 +168,23 @@ impl<M: Module + Clone> GuardCore<M> {
                 }
                 module
             }
-            Decision::Skip => module,
+            Decision::Skip => {
+                host_reads += view.host_reads();
+                module
+            }
             Decision::Rollback { skip_batches, .. } => {
+                host_reads += view.host_reads();
                 let snap = self.snapshot.clone().expect("checked above");
                 *optimizer = snap.optimizer;
                 self.batches_to_skip = skip_batches;
                 snap.module
             }
         };
-        Ok(GuardedStep { module, report })
+        Ok(GuardedStep {
+            module,
+            report,
+            host_reads,
+        })
     }
 }
 
@@ -216,6 +227,10 @@ pub struct GuardedStep<M> {
     pub module: M,
     /// What the guard measured and decided.
     pub report: StepReport,
+    /// Device-to-host reads this step made: on an accelerator one for the statistics and the loss,
+    /// one for the update bound's norms, and one more only to locate a NaN or inf; on the host
+    /// path none.
+    pub host_reads: u32,
 }
 
 impl<M: Module + Clone> GuardedOptimizer<M> {

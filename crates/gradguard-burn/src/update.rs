@@ -5,9 +5,10 @@
 //! handles. Where the device's memory is host memory (the CPU backend) both versions of every
 //! parameter are read as `f32` slices and ‖w‖², ‖Δw‖² accumulated in one pass (f32 lanes per
 //! block of 1024 values, f64 across blocks, an exact f64 pass for blocks of huge values: no
-//! overflow for any finite f32). On an accelerator the norms are tensor ops in the parameters' own
-//! dtype (no f64, so they run where WGSL and Metal do), scaled by each tensor's largest magnitude
-//! so finite weights never overflow, and read in one host read of a small stacked tensor.
+//! overflow for any finite f32). On an accelerator both versions go into one padded buffer each
+//! ([`Padded`]: one copy per parameter), the update is one subtraction, and the block statistics
+//! of both (f32 sums scaled by each block's largest magnitude: no f64, no overflow) come back in
+//! one host read of a small tensor.
 //! Scaling an update back touches only the bounded tensors: w ← w_before + s·(w_after − w_before).
 
 use std::collections::HashMap;
@@ -15,6 +16,8 @@ use std::collections::HashMap;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::{Tensor, TensorData};
 use gradguard::UpdateNorms;
+
+use crate::padded::{Padded, read_f32};
 
 /// The weights before the step, by parameter id, and the norms of the step's updates.
 pub(crate) struct Updates {
@@ -25,19 +28,6 @@ pub(crate) struct Updates {
 fn flat<const D: usize>(t: Tensor<D>) -> Tensor<1> {
     let n = t.shape().num_elements();
     t.reshape([n])
-}
-
-/// ‖x‖₂ as a one-value tensor, computed as m·‖x/m‖₂ with m = max |x|, so that a finite tensor of
-/// values near f32's largest has a finite norm wherever the result itself fits.
-fn scaled_norm(x: Tensor<1>) -> Tensor<1> {
-    let m = x.clone().abs().max();
-    let safe = m.clone().clamp_min(f32::MIN_POSITIVE);
-    x.div(safe.clone())
-        .square()
-        .sum()
-        .sqrt()
-        .mul(safe)
-        .mask_fill(m.equal_elem(0.0), 0.0)
 }
 
 fn f32s(t: Tensor<1>) -> TensorData {
@@ -118,8 +108,9 @@ struct After {
     lens: Vec<usize>,
     /// Host path: the two norms per parameter.
     sums: Vec<(f64, f64)>,
-    /// Device path: the two norm tensors per parameter, read at the end.
-    parts: Vec<Tensor<1>>,
+    /// Device path: every parameter before and after the step, measured together at the end.
+    olds: Vec<Tensor<1>>,
+    news: Vec<Tensor<1>>,
     kept: HashMap<ParamId, (usize, Tensor<1>)>,
 }
 
@@ -137,14 +128,31 @@ impl ModuleVisitor for After {
             );
             self.sums.push((w.sqrt(), d.sqrt()));
         } else {
-            let delta = new.sub(old.clone());
-            self.parts.push(scaled_norm(old.clone()));
-            self.parts.push(scaled_norm(delta));
+            self.olds.push(old.clone());
+            self.news.push(new);
         }
         self.kept.insert(param.id, (self.names.len(), old));
         self.lens.push(param.val().shape().num_elements());
         self.names.push(name);
     }
+}
+
+/// (‖before‖, ‖after − before‖) of every parameter on its device: two padded buffers, one
+/// subtraction, the block statistics of both in one host read.
+fn device_norms(olds: Vec<Tensor<1>>, news: Vec<Tensor<1>>) -> Vec<(f64, f64)> {
+    let (before, _) = Padded::new(olds);
+    let (after, _) = Padded::new(news);
+    let delta = after.minus(&before);
+    let parts: Vec<Tensor<1>> = [before.statistics(), delta.statistics()]
+        .into_iter()
+        .flatten()
+        .collect();
+    if parts.is_empty() {
+        return vec![(0.0, 0.0); before.segments.len()];
+    }
+    let host = read_f32(Tensor::cat(parts, 0));
+    let (b, d) = host.split_at(host.len() / 2);
+    before.norms(b).into_iter().zip(delta.norms(d)).collect()
 }
 
 impl Updates {
@@ -163,18 +171,13 @@ impl Updates {
             names: Vec::new(),
             lens: Vec::new(),
             sums: Vec::new(),
-            parts: Vec::new(),
+            olds: Vec::new(),
+            news: Vec::new(),
             kept: HashMap::new(),
         };
         after.visit(&mut a);
-        if !a.parts.is_empty() {
-            let read = f32s(Tensor::cat(a.parts, 0));
-            a.sums = read
-                .as_slice::<f32>()
-                .expect("f32 after convert")
-                .chunks_exact(2)
-                .map(|pair| (f64::from(pair[0]), f64::from(pair[1])))
-                .collect();
+        if !a.olds.is_empty() {
+            a.sums = device_norms(std::mem::take(&mut a.olds), std::mem::take(&mut a.news));
         }
         let norms = a
             .names

@@ -22,7 +22,8 @@ pub enum Placement {
     /// uniquely owned buffer without copying and takes it back the same way. On an accelerator
     /// it would copy every gradient to the host: use `Device` there.
     Host,
-    /// Tensor ops on the gradients' device, f64 accumulation, one stacked host read per step.
+    /// Tensor ops on the gradients' device over one padded buffer, f32 block sums scaled by each
+    /// block's largest magnitude (no f64 on the device), one small host read per step.
     Device,
 }
 
@@ -72,7 +73,7 @@ enum Storage {
         grads: HostGradients<Buffer>,
         device: Option<Device>,
     },
-    Device(DeviceGradients),
+    Device(Box<DeviceGradients>),
 }
 
 /// The gradients of one step, named by module path (`encoder.layers.3.weight`), as gradguard's
@@ -150,7 +151,7 @@ impl BurnGradients {
             d.cached = Some(stats);
             BurnGradients {
                 entries: c.entries,
-                storage: Storage::Device(d),
+                storage: Storage::Device(Box::new(d)),
                 loss,
             }
         }
@@ -178,7 +179,7 @@ impl BurnGradients {
     /// Puts the (possibly clipped) gradients back for the optimizer.
     pub fn into_gradients_params<M: Module>(self, module: &M) -> GradientsParams {
         let flat: Vec<Tensor<1>> = match self.storage {
-            Storage::Device(d) => d.grads,
+            Storage::Device(d) => d.into_grads(),
             Storage::Host { grads, device } => {
                 let device = device.unwrap_or_default();
                 grads

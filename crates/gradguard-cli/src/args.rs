@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use gradguard::rules::RuleSpec;
 use gradguard::{NonFinitePolicy, NormType, UnitLayout};
 
 /// Find, explain and tame exploding gradients.
@@ -129,12 +130,20 @@ pub struct ClipArgs {
     /// Which axis of a weight holds its units, for --agc.
     #[arg(long, value_enum, default_value = "input-first")]
     pub layout: LayoutArg,
+    /// Any registered rule by the lab's name: clip-value[=C], clip-norm[=C], clip-global[=C],
+    /// agc[=λ] (needs --params), autoclip[=P], zclip, adagc. Repeatable; ordered with the flags.
+    #[arg(long = "rule", value_name = "NAME[=VALUE]", value_parser = parse_rule)]
+    pub rules: Vec<RuleSpec>,
     /// What to do with NaN or inf values.
     #[arg(long = "on-nonfinite", value_enum, default_value = "error")]
     pub on_non_finite: NonFiniteArg,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_rule(s: &str) -> Result<RuleSpec, String> {
+    s.parse::<RuleSpec>()
 }
 
 fn parse_norm(s: &str) -> Result<NormType, String> {

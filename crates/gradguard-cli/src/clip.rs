@@ -26,6 +26,8 @@ pub enum RuleFlag {
     GlobalNorm,
     /// `--agc`.
     Agc,
+    /// The k-th `--rule`.
+    Registered(usize),
 }
 
 /// The rule flags present, in command-line order.
@@ -43,6 +45,13 @@ pub fn rule_order(m: &ArgMatches) -> Vec<RuleFlag> {
             .map(|i| (i, flag))
     })
     .collect();
+    if let Some(indices) = m.indices_of("rules") {
+        found.extend(
+            indices
+                .enumerate()
+                .map(|(k, i)| (i, RuleFlag::Registered(k))),
+        );
+    }
     found.sort_by_key(|(i, _)| *i);
     found.into_iter().map(|(_, f)| f).collect()
 }
@@ -68,12 +77,20 @@ fn build_rules(args: &ClipArgs, order: &[RuleFlag]) -> Result<Vec<Box<dyn Rule>>
                 }
                 .validated()?,
             ),
+            RuleFlag::Registered(k) => {
+                let spec = &args.rules[*k];
+                let rule = spec.build()?;
+                if rule.needs_parameters() && args.params.is_none() {
+                    return Err(BadInput(format!("--rule {spec} needs --params")).into());
+                }
+                rule
+            }
         };
         rules.push(rule);
     }
     if rules.is_empty() {
         return Err(BadInput(
-            "no rule given: use --value, --per-tensor-norm, --global-norm or --agc".into(),
+            "no rule given: use --value, --per-tensor-norm, --global-norm, --agc or --rule".into(),
         )
         .into());
     }

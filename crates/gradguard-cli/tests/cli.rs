@@ -213,6 +213,56 @@ fn rules_apply_in_command_line_order() {
     assert!((bias.values[2] - 12.0 / 13.0035).abs() < 1e-4, "{bias:?}");
 }
 
+/// Any registered rule is reachable by its lab name, ordered with the flags; a bad one is one
+/// line and exit code 2.
+#[test]
+fn registered_rules_run_by_name_in_command_line_order() {
+    let dir = tmp();
+    let f = sample(dir.path());
+    let (a, b) = (
+        dir.path().join("a.safetensors"),
+        dir.path().join("b.safetensors"),
+    );
+    let fs = f.to_str().unwrap();
+    let by_flags = run(&[
+        "clip",
+        fs,
+        a.to_str().unwrap(),
+        "--value",
+        "1",
+        "--global-norm",
+        "1",
+    ]);
+    assert!(by_flags.status.success(), "{}", stderr(&by_flags));
+    let by_name = run(&[
+        "clip",
+        fs,
+        b.to_str().unwrap(),
+        "--rule",
+        "clip-value=1",
+        "--global-norm",
+        "1",
+        "--json",
+    ]);
+    assert!(by_name.status.success(), "{}", stderr(&by_name));
+    let rules = json(&by_name)["rules"].as_array().unwrap().clone();
+    assert_eq!(rules.len(), 2);
+    assert_eq!(rules[1]["rule"], "global_norm");
+    for (x, y) in load(&a).iter().zip(load(&b)) {
+        assert_eq!(x.values, y.values, "{}", x.name);
+    }
+    let o = run(&["clip", fs, b.to_str().unwrap(), "--rule", "zclip", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_bad_input(
+        &run(&["clip", fs, "x.safetensors", "--rule", "nope"]),
+        "nope",
+    );
+    assert_bad_input(
+        &run(&["clip", fs, "x.safetensors", "--rule", "agc"]),
+        "needs --params",
+    );
+}
+
 #[test]
 fn agc_with_parameters_clips_units() {
     let dir = tmp();

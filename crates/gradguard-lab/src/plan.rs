@@ -1,11 +1,8 @@
 //! A run's settings after its remedies: the model, the optimizer, the rules and the guard.
 
 use burn::tensor::Device;
-use gradguard::rules::{
-    AdaGc, AdaGcConfig, AdaptiveGradClip, AutoClip, Chain, ClipByGlobalNorm, ClipByValue,
-    ClipPerTensorNorm, Rule, ZClip, ZClipConfig,
-};
-use gradguard::{Guard, GuardConfig, NonFinitePolicy, NormType, SpikeAction};
+use gradguard::rules::{Chain, Rule};
+use gradguard::{Guard, GuardConfig, NonFinitePolicy, SpikeAction};
 
 use crate::config::RunConfig;
 use crate::error::LabError;
@@ -15,9 +12,6 @@ use crate::tasks::{Task, TaskData};
 
 /// Examples LSUV scales the layers on.
 const LSUV_BATCH: usize = 256;
-
-/// AutoClip's history window (steps).
-const AUTOCLIP_WINDOW: usize = 1000;
 
 /// The network to build.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -141,13 +135,7 @@ impl Plan {
                 Remedy::LrFind => plan.lr_find = true,
                 Remedy::Backoff => backoff = true,
                 Remedy::Guard => guarded = true,
-                Remedy::ClipValue(_)
-                | Remedy::ClipNorm(_)
-                | Remedy::ClipGlobal(_)
-                | Remedy::Agc(_)
-                | Remedy::AutoClip(_)
-                | Remedy::ZClip
-                | Remedy::AdaGc => {}
+                Remedy::Clip(_) => {}
             }
         }
         if guarded {
@@ -174,17 +162,8 @@ impl Plan {
     pub fn build_guard(&self) -> Result<Guard, LabError> {
         let mut rules: Vec<Box<dyn Rule>> = Vec::new();
         for r in &self.remedies {
-            match *r {
-                Remedy::ClipValue(c) => rules.push(Box::new(ClipByValue::new(c)?)),
-                Remedy::ClipNorm(c) => {
-                    rules.push(Box::new(ClipPerTensorNorm::new(c, NormType::L2)?));
-                }
-                Remedy::ClipGlobal(c) => rules.push(Box::new(ClipByGlobalNorm::new(c)?)),
-                Remedy::Agc(l) => rules.push(Box::new(AdaptiveGradClip::new(l)?)),
-                Remedy::AutoClip(p) => rules.push(Box::new(AutoClip::new(p, AUTOCLIP_WINDOW)?)),
-                Remedy::ZClip => rules.push(Box::new(ZClip::new(ZClipConfig::default())?)),
-                Remedy::AdaGc => rules.push(Box::new(AdaGc::new(AdaGcConfig::default())?)),
-                _ => {}
+            if let Remedy::Clip(rule) = r {
+                rules.push(rule.build()?);
             }
         }
         Ok(Guard::new(self.guard.clone(), Chain::new(rules)?)?)

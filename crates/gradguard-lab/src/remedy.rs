@@ -1,5 +1,6 @@
 //! The classic remedies for exploding gradients, each a named option: `NAME` or `NAME=VALUE`.
 
+use gradguard::rules::{RuleSpec, rule_names};
 use serde::{Deserialize, Serialize};
 
 use crate::models::{Cell, Init, Norm};
@@ -46,20 +47,6 @@ impl Family {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "name", content = "value")]
 pub enum Remedy {
-    /// Clamp every gradient value to `[-c, c]`.
-    ClipValue(f64),
-    /// Scale each tensor whose L2 norm exceeds `c` down to `c`.
-    ClipNorm(f64),
-    /// Scale all gradients by `min(1, c / ‖g‖₂)` (Pascanu et al. 2013).
-    ClipGlobal(f64),
-    /// Adaptive gradient clipping with ratio λ (Brock et al. 2021).
-    Agc(f64),
-    /// Clip to the p-th percentile of the norms seen so far (Seetharaman et al. 2020).
-    AutoClip(f64),
-    /// Clip norms whose z-score over an EMA exceeds the threshold (Kumar et al. 2025).
-    ZClip,
-    /// Clip each tensor to 1.05× an EMA of its own clipped norm (Wang et al. 2025, AdaGC).
-    AdaGc,
     /// Add `λ/2 · Σ‖W‖²` to the loss (coupled L2 regularization: the penalty is clipped too).
     L2(f64),
     /// After each step `W ← W · (1 − η λ)` on weight matrices (decoupled, Loshchilov & Hutter 2019).
@@ -95,7 +82,17 @@ pub enum Remedy {
     /// roll back on loss spikes, back off the learning rate (and the bound), give up after 20 bad
     /// steps in a row.
     Guard,
+    /// A clipping rule from the core's registry (`gradguard::rules::RULES`): `clip-value`,
+    /// `clip-norm`, `clip-global`, `agc`, `autoclip`, `zclip`, `adagc`. Serialized as the other
+    /// remedies are, `{"name": "clip-global", "value": 1.0}`.
+    #[serde(untagged)]
+    Clip(RuleSpec),
 }
+
+/// The remedies that are not clipping rules, with their settings, for help texts.
+const OTHER_NAMES: &str = "l2[=λ], weight-decay[=λ], max-norm[=C], xavier, he, orthogonal, lsuv, \
+    gain=G, batch-norm, layer-norm, rms-norm, shallow[=N], residual, lstm, gru, small-lr[=F], \
+    warmup[=N], backoff, adam, lr-find, guard";
 
 fn positive(name: &str, v: f64) -> Result<f64, String> {
     if v > 0.0 && v.is_finite() {
@@ -106,22 +103,15 @@ fn positive(name: &str, v: f64) -> Result<f64, String> {
 }
 
 impl Remedy {
-    /// The names `FromStr` accepts, for help texts.
-    pub const NAMES: &'static str = "none, clip-value[=C], clip-norm[=C], clip-global[=C], \
-        agc[=λ], autoclip[=P], zclip, adagc, l2[=λ], weight-decay[=λ], max-norm[=C], xavier, he, \
-        orthogonal, lsuv, gain=G, batch-norm, layer-norm, rms-norm, shallow[=N], residual, lstm, \
-        gru, small-lr[=F], warmup[=N], backoff, adam, lr-find, guard";
+    /// The names `FromStr` accepts, with their settings, for help texts.
+    pub fn names() -> String {
+        format!("none, {}, {OTHER_NAMES}", rule_names())
+    }
 
     /// The remedy's family.
     pub fn family(&self) -> Family {
         match self {
-            Remedy::ClipValue(_)
-            | Remedy::ClipNorm(_)
-            | Remedy::ClipGlobal(_)
-            | Remedy::Agc(_)
-            | Remedy::AutoClip(_)
-            | Remedy::ZClip
-            | Remedy::AdaGc => Family::Clip,
+            Remedy::Clip(_) => Family::Clip,
             Remedy::L2(_) | Remedy::WeightDecay(_) | Remedy::MaxNorm(_) => Family::Regularize,
             Remedy::Init(_) | Remedy::Gain(_) => Family::Init,
             Remedy::Norm(_) => Family::Normalize,
@@ -169,6 +159,9 @@ impl std::str::FromStr for Remedy {
             Some((n, v)) => (n.trim(), Some(v.trim())),
             None => (s.trim(), None),
         };
+        if let Some(rule) = RuleSpec::parse(name, value) {
+            return rule.map(Remedy::Clip);
+        }
         let number = |default: f64| -> Result<f64, String> {
             match value {
                 None => Ok(default),
@@ -194,19 +187,6 @@ impl std::str::FromStr for Remedy {
             Some(v) => Err(format!("remedy '{name}' takes no value, got '{v}'")),
         };
         match name {
-            "clip-value" => Ok(Remedy::ClipValue(number(1.0)?)),
-            "clip-norm" => Ok(Remedy::ClipNorm(number(1.0)?)),
-            "clip-global" => Ok(Remedy::ClipGlobal(number(1.0)?)),
-            "agc" => Ok(Remedy::Agc(number(0.01)?)),
-            "autoclip" => {
-                let p = number(10.0)?;
-                if p > 100.0 {
-                    return Err(format!("remedy 'autoclip': percentile {p} is above 100"));
-                }
-                Ok(Remedy::AutoClip(p))
-            }
-            "zclip" => flag(Remedy::ZClip),
-            "adagc" => flag(Remedy::AdaGc),
             "l2" => Ok(Remedy::L2(number(1e-4)?)),
             "weight-decay" => Ok(Remedy::WeightDecay(number(0.01)?)),
             "max-norm" => Ok(Remedy::MaxNorm(number(3.0)?)),
@@ -240,7 +220,7 @@ impl std::str::FromStr for Remedy {
             "none" => Err("'none' cannot be combined with other remedies".into()),
             other => Err(format!(
                 "unknown remedy '{other}' (expected one of: {})",
-                Remedy::NAMES
+                Remedy::names()
             )),
         }
     }
@@ -249,13 +229,7 @@ impl std::str::FromStr for Remedy {
 impl std::fmt::Display for Remedy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Remedy::ClipValue(c) => write!(f, "clip-value={c}"),
-            Remedy::ClipNorm(c) => write!(f, "clip-norm={c}"),
-            Remedy::ClipGlobal(c) => write!(f, "clip-global={c}"),
-            Remedy::Agc(l) => write!(f, "agc={l}"),
-            Remedy::AutoClip(p) => write!(f, "autoclip={p}"),
-            Remedy::ZClip => f.write_str("zclip"),
-            Remedy::AdaGc => f.write_str("adagc"),
+            Remedy::Clip(rule) => rule.fmt(f),
             Remedy::L2(l) => write!(f, "l2={l}"),
             Remedy::WeightDecay(l) => write!(f, "weight-decay={l}"),
             Remedy::MaxNorm(c) => write!(f, "max-norm={c}"),
@@ -293,8 +267,19 @@ mod tests {
         assert_eq!(remedies.len(), 28);
         let printed = Remedy::list_name(&remedies);
         assert_eq!(Remedy::parse_list(&printed).unwrap(), remedies);
-        assert_eq!(remedies[1], Remedy::ClipNorm(2.0));
-        assert_eq!(remedies[4], Remedy::AutoClip(50.0));
+        assert_eq!(remedies[1].to_string(), "clip-norm=2");
+        assert_eq!(remedies[4].to_string(), "autoclip=50");
+        assert_eq!(remedies[0].family(), Family::Clip);
+        // The serialized form of a clipping rule is the other remedies' form.
+        let json = serde_json::to_string(&remedies[..3]).unwrap();
+        assert_eq!(
+            json,
+            r#"[{"name":"clip-value","value":1.0},{"name":"clip-norm","value":2.0},{"name":"clip-global","value":1.0}]"#
+        );
+        let back: Vec<Remedy> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, remedies[..3]);
+        let l2: Remedy = serde_json::from_str(r#"{"name":"l2","value":0.5}"#).unwrap();
+        assert_eq!(l2, Remedy::L2(0.5));
         assert!(Remedy::parse_list("none").unwrap().is_empty());
     }
 

@@ -101,6 +101,17 @@ pub enum GuardError {
         /// What is wrong.
         reason: String,
     },
+    /// Dynamic loss scaling overflowed even at its smallest scale: the loss or the model itself
+    /// produces inf/NaN, which no scale can fix.
+    #[error(
+        "loss scale underflow: a scaled gradient overflowed at the smallest scale (next would be {scale:e}, minimum {min_scale:e}); the loss or the model produces inf/NaN on its own"
+    )]
+    ScaleUnderflow {
+        /// The scale the overflow would have set.
+        scale: f64,
+        /// The configured minimum.
+        min_scale: f64,
+    },
     /// A gradient file that cannot be read as f32 safetensors.
     #[error("{0}")]
     BadFile(String),

@@ -39,6 +39,7 @@ mod gradients;
 mod guard;
 mod host;
 pub mod kernel;
+pub mod loss_scale;
 pub mod norm;
 pub mod rules;
 #[cfg(feature = "safetensors")]
@@ -55,5 +56,6 @@ pub use guard::{
     SpikeAction, StepReport, TensorReport, UpdateBound, UpdateCheck, UpdateNorms, check_update,
 };
 pub use host::{HostGradients, HostTensor, Values};
+pub use loss_scale::{LossScaler, LossScalerConfig, LossScalerState, ScaleUpdate};
 pub use norm::NormType;
 pub use stats::{NonFiniteAt, NonFiniteKind, TensorStats, combined, first_non_finite};

@@ -1,0 +1,499 @@
+//! The Burn adapter's promises, on any device: statistics and clips equal the host's, NaN is
+//! named and skipped with nothing changed, rollback is exact, huge gradients stay finite.
+//! `adapter.rs` runs them on flex (both placements), `wgpu.rs` on a wgpu device.
+
+// Each test binary uses part of the suite.
+#![allow(dead_code)]
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::nn::{Linear, LinearConfig, Lstm, LstmConfig};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use gradguard::detect::SpikeConfig;
+use gradguard::rules::{AdaptiveGradClip, Chain, ClipByGlobalNorm, ClipByValue, Rule, RuleAction};
+use gradguard::{
+    Decision, Gradients, Guard, GuardConfig, GuardError, HostGradients, HostTensor,
+    NonFinitePolicy, SpikeAction, UnitLayout,
+};
+use gradguard_burn::{BurnGradients, GuardedOptimizer, Placement, parameter_names};
+
+#[derive(Module, Debug)]
+struct Mlp {
+    layers: Vec<Linear>,
+    head: Linear,
+}
+
+impl Mlp {
+    fn new(depth: usize, width: usize, device: &Device) -> Self {
+        Mlp {
+            layers: (0..depth)
+                .map(|i| LinearConfig::new(if i == 0 { 8 } else { width }, width).init(device))
+                .collect(),
+            head: LinearConfig::new(width, 1).init(device),
+        }
+    }
+
+    fn loss(&self, x: Tensor<2>, y: Tensor<2>) -> Tensor<1> {
+        let mut h = x;
+        for l in &self.layers {
+            h = l.forward(h).tanh();
+        }
+        (self.head.forward(h) - y).square().mean()
+    }
+}
+
+#[derive(Module, Debug)]
+struct Recurrent {
+    lstm: Lstm,
+    head: Linear,
+}
+
+fn batch(device: &Device, seed: f32) -> (Tensor<2>, Tensor<2>) {
+    let x: Vec<f32> = (0..32 * 8)
+        .map(|i| (i as f32 * 0.37 + seed).sin())
+        .collect();
+    let y: Vec<f32> = (0..32).map(|i| (i as f32 * 0.11 + seed).cos()).collect();
+    (
+        Tensor::from_data(TensorData::new(x, [32, 8]), device),
+        Tensor::from_data(TensorData::new(y, [32, 1]), device),
+    )
+}
+
+/// The gradients as host tensors, named by module path, for the host reference.
+fn host_copy<M: Module>(module: &M, grads: &GradientsParams) -> HostGradients {
+    struct Copy<'a> {
+        path: Vec<String>,
+        grads: &'a GradientsParams,
+        out: Vec<HostTensor>,
+    }
+    impl ModuleVisitor for Copy<'_> {
+        fn enter_module(&mut self, n: &str, _: &str) {
+            self.path.push(n.into());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.get::<D>(p.id) {
+                let shape = g.dims().to_vec();
+                let values = g.into_data().try_to_vec::<f32>().unwrap();
+                self.out
+                    .push(HostTensor::new(self.path.join("."), shape, values).unwrap());
+            }
+        }
+    }
+    let mut c = Copy {
+        path: vec![],
+        grads,
+        out: vec![],
+    };
+    module.visit(&mut c);
+    HostGradients::new(c.out).unwrap()
+}
+
+fn params_copy<M: Module>(module: &M) -> Vec<HostTensor> {
+    struct Copy {
+        path: Vec<String>,
+        out: Vec<HostTensor>,
+    }
+    impl ModuleVisitor for Copy {
+        fn enter_module(&mut self, n: &str, _: &str) {
+            self.path.push(n.into());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            let t = p.val();
+            let shape = t.dims().to_vec();
+            let values = t.into_data().try_to_vec::<f32>().unwrap();
+            self.out
+                .push(HostTensor::new(self.path.join("."), shape, values).unwrap());
+        }
+    }
+    let mut c = Copy {
+        path: vec![],
+        out: vec![],
+    };
+    module.visit(&mut c);
+    c.out
+}
+
+fn rel(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs().max(1e-30)
+}
+
+fn weights<M: Module>(m: &M) -> Vec<Vec<f32>> {
+    params_copy(m).into_iter().map(|t| t.values).collect()
+}
+
+fn optimizer_bytes(o: &ModuleOptimizer) -> Vec<u8> {
+    o.into_bytes().unwrap().to_vec()
+}
+
+fn guard(config: GuardConfig, rules: Vec<Box<dyn Rule>>) -> Guard {
+    Guard::new(config, Chain::new(rules).unwrap()).unwrap()
+}
+
+fn quiet() -> GuardConfig {
+    GuardConfig {
+        grad_spike: None,
+        loss_spike: None,
+        ..Default::default()
+    }
+}
+
+pub fn names_are_module_paths(dev: &Device) {
+    let m = Mlp::new(2, 4, dev);
+    assert_eq!(
+        parameter_names(&m),
+        vec![
+            "layers.0.weight",
+            "layers.0.bias",
+            "layers.1.weight",
+            "layers.1.bias",
+            "head.weight",
+            "head.bias"
+        ]
+    );
+}
+
+type MakeRule = Box<dyn Fn() -> Box<dyn Rule>>;
+
+/// Statistics equal the host's to 1e-6 relative, in one read, for an MLP and an LSTM.
+pub fn statistics_match(dev: &Device, placement: Placement) {
+    let dev = dev.clone();
+    let mlp = Mlp::new(6, 64, &dev);
+    let (x, y) = batch(&dev, 0.0);
+    let loss = mlp.loss(x, y);
+    let loss_value = f64::from(loss.clone().into_scalar::<f32>());
+    let mut grads = GradientsParams::from_grads(loss.backward(), &mlp);
+    let host = host_copy(&mlp, &grads);
+    let view = BurnGradients::collect_with(
+        &mlp,
+        &mut grads,
+        Some(loss_detached(loss_value, &dev)),
+        false,
+        placement,
+    );
+    if placement != Placement::Auto {
+        assert_eq!(view.on_host(), placement == Placement::Host);
+    }
+    // On the device: one read of the stacked statistics and loss. On the host: none.
+    assert_eq!(view.host_reads(), if view.on_host() { 0 } else { 1 });
+    assert!((view.loss().unwrap() - loss_value).abs() < 1e-6);
+    let (ours, theirs) = (view.stats(), host.stats());
+    for i in 0..ours.len() {
+        assert_eq!(view.name(i), host.name(i));
+        assert!(
+            rel(ours[i].sum_squares, theirs[i].sum_squares) < 1e-6,
+            "{}: {} vs {}",
+            view.name(i),
+            ours[i].sum_squares,
+            theirs[i].sum_squares
+        );
+        assert!(rel(ours[i].sum_abs, theirs[i].sum_abs) < 1e-6);
+        assert_eq!(ours[i].max_abs, theirs[i].max_abs);
+    }
+    let global = |s: &[gradguard::TensorStats]| gradguard::combined(s).l2();
+    assert!(rel(global(&ours), global(&theirs)) < 1e-6);
+
+    let rnn = Recurrent {
+        lstm: LstmConfig::new(3, 16, true).init(&dev),
+        head: LinearConfig::new(16, 1).init(&dev),
+    };
+    let seq = Tensor::<3>::random([4, 20, 3], Distribution::Default, &dev);
+    let (out, _) = rnn.lstm.forward(seq, None);
+    let last: Tensor<2> = out.narrow(1, 19, 1).reshape([4, 16]);
+    let loss = rnn.head.forward(last).square().mean();
+    let mut grads = GradientsParams::from_grads(loss.backward(), &rnn);
+    let host = host_copy(&rnn, &grads);
+    let view = BurnGradients::collect_with(&rnn, &mut grads, None, false, placement);
+    assert!(
+        view.tensor_count() >= 10,
+        "an LSTM has gates with weights and biases"
+    );
+    assert!(view.name(0).starts_with("lstm."));
+    assert!(rel(global(&view.stats()), global(&host.stats())) < 1e-6);
+}
+
+fn loss_detached(v: f64, dev: &Device) -> Tensor<1> {
+    Tensor::from_data(TensorData::new(vec![v as f32], [1]), dev)
+}
+
+/// Global-norm, value and AGC clips give the host rules' gradients.
+pub fn clipping_matches(dev: &Device, placement: Placement) {
+    let dev = dev.clone();
+    let mlp = Mlp::new(4, 32, &dev);
+    let (x, y) = batch(&dev, 1.0);
+    let grads = GradientsParams::from_grads(mlp.loss(x, y).backward(), &mlp);
+    let host = host_copy(&mlp, &grads);
+    let host_with_params = host.clone().with_parameters(params_copy(&mlp)).unwrap();
+    let rules: Vec<(MakeRule, bool)> = vec![
+        (
+            Box::new(|| Box::new(ClipByGlobalNorm::new(1e-3).unwrap())),
+            false,
+        ),
+        (
+            Box::new(|| Box::new(ClipByValue::new(1e-4).unwrap())),
+            false,
+        ),
+        (
+            Box::new(|| {
+                Box::new(AdaptiveGradClip {
+                    clipping: 1e-3,
+                    eps: 1e-3,
+                    layout: UnitLayout::InputFirst,
+                })
+            }),
+            true,
+        ),
+    ];
+    for (make, needs_params) in rules {
+        let mut grads = GradientsParams::from_grads(
+            mlp.loss(batch(&dev, 1.0).0, batch(&dev, 1.0).1).backward(),
+            &mlp,
+        );
+        let mut view = BurnGradients::collect_with(&mlp, &mut grads, None, needs_params, placement);
+        let mut stats = view.stats();
+        let ours = make().apply(&mut view, &mut stats).unwrap();
+        let mut reference = if needs_params {
+            host_with_params.clone()
+        } else {
+            host.clone()
+        };
+        let mut hstats = reference.stats();
+        let theirs = make().apply(&mut reference, &mut hstats).unwrap();
+        assert_eq!(ours.action, theirs.action, "{}", ours.rule);
+        let clipped = host_copy(&mlp, &view.into_gradients_params(&mlp));
+        for (a, b) in clipped.tensors().iter().zip(reference.tensors()) {
+            for (x, y) in a.values.iter().zip(&b.values) {
+                assert!(
+                    (x - y).abs() <= 1e-6 * y.abs().max(1e-12) + 1e-12,
+                    "{} {}: {x} vs {y}",
+                    ours.rule,
+                    a.name
+                );
+            }
+        }
+    }
+}
+
+fn poison(grads: &mut GradientsParams, id: burn::module::ParamId, index: usize) {
+    let g = grads.remove::<2>(id).unwrap();
+    let dims = g.dims();
+    let dev = g.device();
+    let mut v = g.into_data().try_to_vec::<f32>().unwrap();
+    v[index] = f32::NAN;
+    grads.register::<2>(id, Tensor::from_data(TensorData::new(v, dims), &dev));
+}
+
+/// An injected NaN is named (tensor, index); under skip weights and optimizer state are
+/// byte-for-byte unchanged; under error the step stops naming it.
+pub fn injected_nan(dev: &Device, placement: Placement) {
+    let dev = dev.clone();
+    let mut model = Mlp::new(3, 16, &dev);
+    let mut optim = GuardedOptimizer::new(AdamConfig::new().init(), guard(quiet(), vec![]))
+        .with_placement(placement);
+    // Two good steps so Adam has state.
+    for s in 0..2 {
+        let (x, y) = batch(&dev, s as f32);
+        let loss = model.loss(x, y);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-2, model, grads, None).unwrap().module;
+    }
+    let before_w = weights(&model);
+    let before_o = optimizer_bytes(optim.optimizer());
+    let (x, y) = batch(&dev, 9.0);
+    let mut grads = GradientsParams::from_grads(model.loss(x, y).backward(), &model);
+    poison(&mut grads, model.layers[1].weight.id, 5);
+    let step = optim.step(1e-2, model, grads, None).unwrap();
+    assert_eq!(step.report.decision, Decision::Skip);
+    assert!(
+        step.report.reasons[0].contains("'layers.1.weight' at index 5"),
+        "{:?}",
+        step.report.reasons
+    );
+    assert_eq!(weights(&step.module), before_w);
+    assert_eq!(optimizer_bytes(optim.optimizer()), before_o);
+
+    let mut strict = GuardedOptimizer::new(
+        SgdConfig::new().init(),
+        guard(
+            GuardConfig {
+                non_finite: NonFinitePolicy::Error,
+                ..quiet()
+            },
+            vec![],
+        ),
+    )
+    .with_placement(placement);
+    let model = step.module;
+    let (x, y) = batch(&dev, 3.0);
+    let mut grads = GradientsParams::from_grads(model.loss(x, y).backward(), &model);
+    poison(&mut grads, model.head.weight.id, 0);
+    let stopped = strict.step(1e-2, model, grads, None).unwrap_err();
+    match &stopped.error {
+        GuardError::NonFiniteGradient { tensor, index, .. } => {
+            assert_eq!((tensor.as_str(), *index), ("head.weight", 0))
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(weights(&stopped.module), before_w);
+}
+
+/// A forced spike rolls weights and optimizer state back to the snapshot exactly.
+pub fn rollback_is_exact(dev: &Device, placement: Placement) {
+    let dev = dev.clone();
+    let mut model = Mlp::new(3, 16, &dev);
+    let config = GuardConfig {
+        grad_spike: Some(SpikeConfig {
+            window: 20,
+            k: 4.0,
+            min_history: 4,
+            min_relative_std: 0.05,
+        }),
+        loss_spike: None,
+        on_spike: SpikeAction::Rollback { skip_batches: 3 },
+        snapshot_every: 4,
+        ..Default::default()
+    };
+    let mut optim = GuardedOptimizer::new(AdamConfig::new().init(), guard(config, vec![]))
+        .with_placement(placement);
+    let mut snapshot = None;
+    for s in 0..6 {
+        let (x, y) = batch(&dev, 0.1 * s as f32);
+        let grads = GradientsParams::from_grads(model.loss(x, y).backward(), &model);
+        let step = optim.step(1e-3, model, grads, None).unwrap();
+        model = step.module;
+        if step.report.take_snapshot {
+            snapshot = Some((
+                step.report.step,
+                weights(&model),
+                optimizer_bytes(optim.optimizer()),
+            ));
+        }
+    }
+    let (snap_step, snap_w, snap_o) = snapshot.unwrap();
+    assert_eq!(snap_step, 4);
+    // A batch whose targets are enormous makes a gradient spike.
+    let (x, y) = batch(&dev, 0.0);
+    let grads = GradientsParams::from_grads(model.loss(x, y.mul_scalar(1e4)).backward(), &model);
+    let step = optim.step(1e-3, model, grads, None).unwrap();
+    assert_eq!(
+        step.report.decision,
+        Decision::Rollback {
+            to_step: 4,
+            skip_batches: 3
+        }
+    );
+    assert_eq!(weights(&step.module), snap_w);
+    assert_eq!(optimizer_bytes(optim.optimizer()), snap_o);
+    assert!((0..3).all(|_| optim.skip_batch()));
+    assert!(!optim.skip_batch());
+}
+
+/// SGD without momentum: the update is exactly lr · g, so halving the multiplier halves it.
+pub fn lr_multiplier_reaches_the_optimizer(dev: &Device, placement: Placement) {
+    let dev = dev.clone();
+    let model = Mlp::new(1, 4, &dev);
+    let (x, y) = batch(&dev, 0.5);
+    let loss = model.loss(x.clone(), y.clone());
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    let host = host_copy(&model, &grads);
+    let before = weights(&model);
+    // The exact SGD update, unbounded (the update bound has tests of its own).
+    let config = GuardConfig {
+        update_bound: None,
+        ..quiet()
+    };
+    let mut optim = GuardedOptimizer::new(SgdConfig::new().init(), guard(config, vec![]))
+        .with_placement(placement);
+    let step = optim.step(0.1, model, grads, None).unwrap();
+    assert_eq!(step.report.lr_multiplier, 1.0);
+    let after = weights(&step.module);
+    for ((b, a), g) in before.iter().zip(&after).zip(host.tensors()) {
+        for ((bw, aw), gv) in b.iter().zip(a).zip(&g.values) {
+            assert!((bw - 0.1 * gv - aw).abs() < 1e-6);
+        }
+    }
+}
+
+/// Gradients near 1e30 (their squares overflow f32) give the host's finite norm, and a global
+/// clip brings them to the threshold.
+pub fn huge_gradients_stay_finite(dev: &Device, placement: Placement) {
+    let mlp = Mlp::new(4, 32, dev);
+    let (x, y) = batch(dev, 2.0);
+    let mut grads = GradientsParams::from_grads(mlp.loss(x, y).mul_scalar(1e30).backward(), &mlp);
+    let host = host_copy(&mlp, &grads);
+    let largest = host.stats().iter().map(|s| s.max_abs).fold(0.0, f64::max);
+    assert!(
+        largest > 1e28 && largest.is_finite(),
+        "largest |g| = {largest}"
+    );
+    let mut view = BurnGradients::collect_with(&mlp, &mut grads, None, false, placement);
+    let global = |s: &[gradguard::TensorStats]| gradguard::combined(s).l2();
+    let (ours, theirs) = (view.stats(), host.stats());
+    assert!(global(&ours).is_finite() && global(&ours) > 1e28);
+    assert!(rel(global(&ours), global(&theirs)) < 1e-6);
+    let mut stats = ours;
+    let outcome = ClipByGlobalNorm::new(1.0)
+        .unwrap()
+        .apply(&mut view, &mut stats)
+        .unwrap();
+    assert_eq!(outcome.action, RuleAction::Scaled, "{outcome:?}");
+    let clipped = host_copy(&mlp, &view.into_gradients_params(&mlp));
+    let norm = global(&clipped.stats());
+    assert!((norm - 1.0).abs() < 1e-5, "clipped norm {norm}");
+}
+
+/// Whether `placement` on `dev` runs the statistics on the host.
+pub fn runs_on_host(dev: &Device, placement: Placement) -> bool {
+    let mlp = Mlp::new(1, 4, dev);
+    let (x, y) = batch(dev, 0.0);
+    let mut grads = GradientsParams::from_grads(mlp.loss(x, y).backward(), &mlp);
+    BurnGradients::collect_with(&mlp, &mut grads, None, false, placement).on_host()
+}
+
+/// Kernel launches and host reads of collecting one MLP's gradients with their statistics.
+#[derive(Debug)]
+pub struct Launches {
+    /// Gradient tensors.
+    pub tensors: usize,
+    /// Kernel launches while collecting.
+    pub launches: u64,
+    /// Host reads while collecting.
+    pub reads: u32,
+}
+
+/// Counts, with `count`, the launches of `BurnGradients::collect` on a `depth`-layer MLP: the
+/// fewest of three collections, as autotune may add trial launches (also from its background
+/// tuning) to the first ones for new shapes.
+pub fn statistics_launches(
+    dev: &Device,
+    depth: usize,
+    count: fn(&mut dyn FnMut()) -> u64,
+) -> Launches {
+    let mlp = Mlp::new(depth, 16, dev);
+    let mut measured: Option<Launches> = None;
+    for _ in 0..3 {
+        let (x, y) = batch(dev, 0.0);
+        let loss = mlp.loss(x, y);
+        let mut grads = GradientsParams::from_grads(loss.backward(), &mlp);
+        dev.sync().unwrap();
+        let (mut reads, mut tensors) = (0, 0);
+        let launches = count(&mut || {
+            let view = BurnGradients::collect(&mlp, &mut grads, Some(loss.clone()), false);
+            reads = view.host_reads();
+            tensors = view.tensor_count();
+        });
+        if measured.as_ref().is_none_or(|m| launches < m.launches) {
+            measured = Some(Launches {
+                tensors,
+                launches,
+                reads,
+            });
+        }
+    }
+    measured.expect("measured twice")
+}

@@ -1,0 +1,126 @@
+//! The Burn adapter on a wgpu device (Vulkan, Metal, DirectX): the shared suite, with the
+//! statistics computed where the gradients live. CI runs it on Mesa's software Vulkan driver
+//! (`llvmpipe`): `cargo test -p gradguard-burn --features wgpu --test wgpu`.
+//!
+//! Without a wgpu adapter the tests fail with a message that says so, unless
+//! `GRADGUARD_WGPU=optional` is set (for machines without a Vulkan driver).
+
+mod common;
+
+#[path = "../examples/wgpu_loop.rs"]
+mod wgpu_loop;
+
+use std::sync::Mutex;
+
+use burn::tensor::{Device, DeviceKind, Tensor};
+use gradguard_burn::Placement;
+
+/// The tests take turns: one of them counts kernel launches, which cubecl observes per process.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Runs `f` on the wgpu device, alone.
+fn on_wgpu(f: impl FnOnce(&Device)) {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(d) = device() {
+        f(&d);
+    }
+}
+
+/// The wgpu device under autodiff, or `None` (after saying why) when this machine has no adapter
+/// and the caller allowed that.
+fn device() -> Option<Device> {
+    let probe = std::panic::catch_unwind(|| {
+        let d = Device::wgpu(DeviceKind::DefaultDevice);
+        let t = Tensor::<1>::from_floats([1.0f32, 2.0].as_slice(), &d);
+        let _ = t.sum().into_scalar::<f32>();
+        d
+    });
+    match probe {
+        Ok(d) => Some(d.autodiff()),
+        Err(_) if std::env::var("GRADGUARD_WGPU").as_deref() == Ok("optional") => {
+            eprintln!("no wgpu adapter on this machine: GRADGUARD_WGPU=optional, test skipped");
+            None
+        }
+        Err(_) => panic!(
+            "no wgpu adapter: install a Vulkan driver (Debian: mesa-vulkan-drivers) or set \
+             GRADGUARD_WGPU=optional"
+        ),
+    }
+}
+
+/// Auto places the statistics on the device for wgpu: what a user gets without asking.
+const PLACEMENT: Placement = Placement::Auto;
+
+#[test]
+fn auto_placement_keeps_the_statistics_on_the_device() {
+    on_wgpu(|d| assert!(!common::runs_on_host(d, PLACEMENT)));
+}
+
+#[test]
+fn names_are_module_paths() {
+    on_wgpu(common::names_are_module_paths);
+}
+
+#[test]
+fn statistics_match_the_host_in_one_read_for_an_mlp_and_an_lstm() {
+    on_wgpu(|d| common::statistics_match(d, PLACEMENT));
+}
+
+#[test]
+fn clipping_on_the_device_matches_the_host_rules() {
+    on_wgpu(|d| common::clipping_matches(d, PLACEMENT));
+}
+
+#[test]
+fn an_injected_nan_is_named_and_under_skip_changes_nothing() {
+    on_wgpu(|d| common::injected_nan(d, PLACEMENT));
+}
+
+#[test]
+fn a_forced_spike_rolls_back_to_the_snapshot_exactly() {
+    on_wgpu(|d| common::rollback_is_exact(d, PLACEMENT));
+}
+
+#[test]
+fn the_lr_multiplier_reaches_the_optimizer() {
+    on_wgpu(|d| common::lr_multiplier_reaches_the_optimizer(d, PLACEMENT));
+}
+
+/// Kernel launches of `f`, counted by cubecl's launch observer.
+fn launches(f: &mut dyn FnMut()) -> u64 {
+    gradguard_burn::count_launches(f).1
+}
+
+#[test]
+fn the_statistics_cost_at_most_one_launch_per_tensor_and_one_read() {
+    on_wgpu(|d| {
+        let few = common::statistics_launches(d, 3, launches);
+        let many = common::statistics_launches(d, 30, launches);
+        // 8 and 62 tensors: beyond the one copy of each into the buffer, no launch grows with
+        // the number of tensors.
+        assert!(
+            many.launches - few.launches <= (many.tensors - few.tensors) as u64,
+            "{few:?} vs {many:?}"
+        );
+        assert_eq!((few.reads, many.reads), (1, 1));
+    });
+}
+
+#[test]
+fn the_example_trains_on_wgpu_and_skips_corrupt_batches() {
+    on_wgpu(|d| {
+        let outcome = wgpu_loop::run(60, d);
+        assert_eq!(
+            outcome.skipped, 2,
+            "steps 24 and 49 carry a NaN: {outcome:?}"
+        );
+        assert!(outcome.last_loss < outcome.first_loss, "{outcome:?}");
+        // Statistics and loss in one read, the update bound's norms in another.
+        assert!(outcome.reads_per_step <= 2.0 + 1e-9, "{outcome:?}");
+    });
+}
+
+#[test]
+fn gradients_near_1e30_have_a_finite_norm_and_are_clipped() {
+    on_wgpu(|d| common::huge_gradients_stay_finite(d, PLACEMENT));
+}

@@ -242,6 +242,19 @@ impl<M: Module + Clone> GuardedOptimizer<M> {
         }
     }
 
+    /// The loss multiplied by the guard's loss scale (unchanged without a
+    /// [`gradguard::LossScaler`]): call `backward()` on this, and pass it to
+    /// [`GuardedOptimizer::step`] as the loss. The guard unscales the gradients and the loss it
+    /// reports, and skips an overflow as normal scaling.
+    pub fn scale_loss(&self, loss: Tensor<1>) -> Tensor<1> {
+        let scale = self.core.guard.loss_scale();
+        if scale == 1.0 {
+            loss
+        } else {
+            loss.mul_scalar(scale)
+        }
+    }
+
     /// Where statistics and rules run (default [`Placement::Auto`]).
     pub fn with_placement(mut self, placement: Placement) -> Self {
         self.core.placement = placement;

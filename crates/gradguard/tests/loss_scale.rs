@@ -41,3 +41,85 @@ fn the_scale_and_the_skips_follow_grad_scaler_step_by_step() {
     }
     assert!(grew >= 4, "the recordings exercise growth ({grew} growths)");
 }
+
+mod in_the_guard {
+    use gradguard::{
+        Decision, Gradients, Guard, GuardConfig, HostGradients, HostTensor, LossScaler,
+        LossScalerConfig,
+    };
+
+    fn grads(values: Vec<f32>) -> HostGradients {
+        HostGradients::new(vec![
+            HostTensor::new("w", vec![values.len()], values).unwrap(),
+        ])
+        .unwrap()
+    }
+
+    fn guard() -> Guard {
+        Guard::new(
+            GuardConfig {
+                update_bound: None,
+                ..GuardConfig::default()
+            },
+            Default::default(),
+        )
+        .unwrap()
+        .with_loss_scaler(
+            LossScaler::new(LossScalerConfig {
+                growth_interval: 2,
+                ..Default::default()
+            })
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn scaled_gradients_and_loss_come_out_unscaled_exactly() {
+        let mut g = guard();
+        let s = g.loss_scale() as f32;
+        assert_eq!(s, 65_536.0);
+        let original = vec![0.5f32, -3.0e-6, 1.25, 7.0e-8];
+        let mut scaled = grads(original.iter().map(|x| x * s).collect());
+        let report = g.step(&mut scaled, Some(2.5 * f64::from(s))).unwrap();
+        assert_eq!(report.decision, Decision::Apply);
+        assert_eq!(report.loss, Some(2.5));
+        assert_eq!(scaled.tensors()[0].values, original);
+        let exact: f64 = original.iter().map(|&x| f64::from(x).powi(2)).sum();
+        assert!((report.norm_before - exact.sqrt()).abs() <= 1e-12 * exact.sqrt());
+        assert_eq!(scaled.stats()[0].sum_squares, report_sum(&scaled));
+    }
+
+    fn report_sum(g: &HostGradients) -> f64 {
+        g.tensors()[0]
+            .values
+            .iter()
+            .map(|&x| f64::from(x).powi(2))
+            .sum()
+    }
+
+    #[test]
+    fn an_overflow_is_skipped_as_normal_scaling_not_as_a_bad_step() {
+        let mut g = guard();
+        for k in 0..30 {
+            // Thirty overflows in a row: more than the guard's 20-bad-steps limit, yet no stop.
+            let mut overflowing = grads(vec![1.0, f32::INFINITY]);
+            let report = g.step(&mut overflowing, Some(1.0)).unwrap();
+            assert_eq!(report.decision, Decision::Skip, "step {k}");
+            assert_eq!(report.consecutive_bad, 0);
+            assert_eq!(report.lr_multiplier, 1.0);
+        }
+        assert_eq!(g.loss_scale(), 65_536.0 / 2f64.powi(30));
+        assert_eq!(g.counters().skipped, 30);
+        // Two good steps grow the scale again.
+        for _ in 0..2 {
+            let mut fine = grads(vec![1.0, 2.0]);
+            g.step(&mut fine, None).unwrap();
+        }
+        assert_eq!(g.loss_scale(), 65_536.0 / 2f64.powi(29));
+        // The scaler's state travels with the guard's.
+        let state = g.state();
+        let mut restored = guard();
+        restored.restore(&state).unwrap();
+        assert_eq!(restored.loss_scale(), g.loss_scale());
+    }
+}

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::detect::{SpikeCheck, SpikeDetector, find_non_finite};
 use crate::error::{GuardError, Result};
 use crate::gradients::Gradients;
+use crate::loss_scale::{LossScaler, LossScalerState, ScaleUpdate};
 use crate::rules::{Chain, RuleAction, RuleState};
 use crate::stats::{TensorStats, combined};
 
@@ -81,6 +82,9 @@ pub struct GuardState {
     pub loss_spike_window: Option<Vec<f64>>,
     /// State of each rule of the chain.
     pub rules: Vec<RuleState>,
+    /// The loss scaler's state, when the guard has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<LossScalerState>,
 }
 
 /// Why a step is bad, before the decision is made.
@@ -106,6 +110,7 @@ pub struct Guard {
     counters: GuardCounters,
     /// Bad steps in a row before the last step was applied, for [`Guard::check_update`].
     bad_before_apply: u32,
+    scaler: Option<LossScaler>,
 }
 
 impl Default for Guard {
@@ -127,7 +132,29 @@ impl Guard {
             chain,
             counters: GuardCounters::default(),
             bad_before_apply: 0,
+            scaler: None,
         })
+    }
+
+    /// The guard with dynamic loss scaling (mixed precision): the caller multiplies the loss by
+    /// [`Guard::loss_scale`] before the backward pass and hands the guard the scaled gradients
+    /// (and the scaled loss). The guard unscales both before anything else — the statistics
+    /// arithmetically, the gradients in one scaling of every tensor — and an overflow is skipped as
+    /// normal scaling: it halves the scale and does **not** count as a bad step or back off the
+    /// rate. An overflow at the smallest scale is [`GuardError::ScaleUnderflow`].
+    pub fn with_loss_scaler(mut self, scaler: LossScaler) -> Self {
+        self.scaler = Some(scaler);
+        self
+    }
+
+    /// The loss scaler, if the guard has one.
+    pub fn loss_scaler(&self) -> Option<&LossScaler> {
+        self.scaler.as_ref()
+    }
+
+    /// The factor to multiply this step's loss by: the scaler's scale, or 1 without one.
+    pub fn loss_scale(&self) -> f64 {
+        self.scaler.as_ref().map_or(1.0, LossScaler::scale)
     }
 
     /// The configuration.
@@ -157,6 +184,7 @@ impl Guard {
             grad_spike_window: self.grad_spike.as_ref().map(SpikeDetector::state),
             loss_spike_window: self.loss_spike.as_ref().map(SpikeDetector::state),
             rules: self.chain.state(),
+            loss_scale: self.scaler.as_ref().map(LossScaler::state),
         }
     }
 
@@ -187,6 +215,16 @@ impl Guard {
             "loss spike detector",
         )?;
         self.chain.restore(&state.rules)?;
+        match (&mut self.scaler, state.loss_scale) {
+            (Some(scaler), Some(saved)) => scaler.restore(saved)?,
+            (None, None) => {}
+            _ => {
+                return Err(GuardError::BadState {
+                    what: "loss scaler".into(),
+                    reason: "present in one of the guard and the state, not both".into(),
+                });
+            }
+        }
         self.counters = state.counters.clone();
         Ok(())
     }
@@ -197,6 +235,23 @@ impl Guard {
     pub fn step(&mut self, grads: &mut dyn Gradients, loss: Option<f64>) -> Result<StepReport> {
         let step = self.counters.step;
         let mut stats = grads.stats();
+        let mut loss = loss;
+        let mut loss_scale = None;
+        if let Some(scaler) = self.scaler.as_mut() {
+            let overflow =
+                stats.iter().any(|s| !s.is_finite()) || loss.is_some_and(|l| !l.is_finite());
+            let update = scaler.update(overflow)?;
+            if update.skip {
+                return Ok(self.overflow_skip(grads, &stats, loss, update));
+            }
+            let inverse = 1.0 / update.scale;
+            if inverse != 1.0 {
+                grads.scale(&vec![inverse as f32; stats.len()]);
+                stats = stats.iter().map(|s| s.scaled(inverse)).collect();
+                loss = loss.map(|l| l * inverse);
+            }
+            loss_scale = Some(update);
+        }
         let before = stats.clone();
         let mut reasons = Vec::new();
         let mut trouble: Option<Trouble> = None;
@@ -360,7 +415,43 @@ impl Guard {
             take_snapshot,
             consecutive_bad: self.counters.consecutive_bad,
             update: None,
+            loss_scale,
         })
+    }
+
+    /// A step whose scaled gradients overflowed: skipped as part of normal loss scaling (counted
+    /// as skipped, but neither a bad step nor a reason to back off the rate).
+    fn overflow_skip(
+        &mut self,
+        grads: &dyn Gradients,
+        stats: &[TensorStats],
+        loss: Option<f64>,
+        update: ScaleUpdate,
+    ) -> StepReport {
+        let c = &mut self.counters;
+        let step = c.step;
+        c.step += 1;
+        c.skipped += 1;
+        StepReport {
+            step,
+            loss: loss.map(|l| l / update.scale),
+            norm_before: combined(stats).l2(),
+            norm_after: combined(stats).l2(),
+            tensors: tensor_reports(grads, stats, stats),
+            rules: Vec::new(),
+            grad_spike: None,
+            loss_spike: None,
+            decision: Decision::Skip,
+            reasons: vec![format!(
+                "loss scale overflow at scale {}: skipped, scale now {}",
+                update.scale, update.next_scale
+            )],
+            lr_multiplier: c.lr_multiplier,
+            take_snapshot: false,
+            consecutive_bad: c.consecutive_bad,
+            update: None,
+            loss_scale: Some(update),
+        }
     }
 
     /// Judges the update the optimizer produced for a step this guard decided to apply, under

@@ -72,6 +72,9 @@ pub struct StepReport {
     /// the step; `None` when the bound is off or the step was not applied).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update: Option<UpdateCheck>,
+    /// The loss scaler's move this step, when the guard has one ([`crate::LossScaler`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<crate::ScaleUpdate>,
 }
 
 impl StepReport {

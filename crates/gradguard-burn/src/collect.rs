@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 
 /// One parameter that has a gradient.
 #[derive(Debug, Clone)]
@@ -12,6 +12,8 @@ pub(crate) struct Entry {
     pub name: String,
     pub id: ParamId,
     pub shape: Vec<usize>,
+    /// The gradient's dtype (f16 and bf16 gradients are read as f32 and handed back as they came).
+    pub dtype: DType,
 }
 
 /// Collects every float parameter with a gradient: its path name, id and shape, its gradient
@@ -61,6 +63,7 @@ impl ModuleVisitor for Collector<'_> {
             name: self.path.join("."),
             id: param.id,
             shape: grad.dims().to_vec(),
+            dtype: grad.dtype(),
         });
         self.flat_grads.push(flat(grad));
         if self.with_values {

@@ -185,7 +185,15 @@ impl BurnGradients {
                 grads
                     .into_tensors()
                     .into_iter()
-                    .map(|t| Tensor::from_data(t.values.0, &device))
+                    .zip(&self.entries)
+                    .map(|(t, e)| {
+                        let g = Tensor::<1>::from_data(t.values.0, &device);
+                        if g.dtype() == e.dtype {
+                            g
+                        } else {
+                            g.cast(e.dtype)
+                        }
+                    })
                     .collect()
             }
         };

@@ -18,7 +18,7 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Per-tensor and global statistics of a gradient file (safetensors, f32).
+    /// Per-tensor and global statistics of a gradient file (safetensors: f32, f16 or bf16).
     Inspect(InspectArgs),
     /// Apply clipping rules to a gradient file and write the result.
     Clip(ClipArgs),
@@ -37,7 +37,7 @@ pub enum Command {
 /// `gradguard inspect`.
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// The gradient file (safetensors, all tensors f32).
+    /// The gradient file (safetensors: f32, f16 or bf16 tensors).
     pub file: PathBuf,
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -90,7 +90,7 @@ impl From<NonFiniteArg> for NonFinitePolicy {
     `--value 1 --global-norm 5` clamps first, then clips the global norm."
 )]
 pub struct ClipArgs {
-    /// The gradient file to read (safetensors, all tensors f32).
+    /// The gradient file to read (safetensors: f32, f16 or bf16 tensors; written back in kind).
     pub input: PathBuf,
     /// Where to write the clipped gradients (written atomically; nothing is left on error).
     pub output: PathBuf,

@@ -6,7 +6,7 @@ use gradguard::norm::total_norm;
 use gradguard::rules::{
     AdaptiveGradClip, Chain, ClipByGlobalNorm, ClipByValue, ClipPerTensorNorm, Rule, RuleOutcome,
 };
-use gradguard::safetensors_io::write_tensors;
+use gradguard::safetensors_io::write_tensors_as;
 use gradguard::{Decision, Gradients, Guard, GuardConfig, HostGradients, NormType, StepReport};
 use serde::Serialize;
 
@@ -120,10 +120,10 @@ struct ClipSummary<'a> {
 /// Runs the command.
 pub fn run(args: &ClipArgs, order: &[RuleFlag]) -> Result<()> {
     let rules = build_rules(args, order)?;
-    let (tensors, metadata) = read_gradient_file(&args.input)?;
+    let (tensors, dtypes, metadata) = read_gradient_file(&args.input)?;
     let mut grads = HostGradients::new(tensors)?;
     if let Some(path) = &args.params {
-        let (params, _) = read_gradient_file(path)?;
+        let (params, _, _) = read_gradient_file(path)?;
         grads = grads
             .with_parameters(params)
             .map_err(|e| BadInput(format!("'{}': {e}", path.display())))?;
@@ -141,7 +141,8 @@ pub fn run(args: &ClipArgs, order: &[RuleFlag]) -> Result<()> {
     let total_after = total_norm(&grads, &grads.stats(), args.norm_type);
     let written = report.decision == Decision::Apply;
     if written {
-        let bytes = write_tensors(grads.tensors(), metadata)?;
+        // Each tensor goes back in the dtype it came in (f16/bf16 rounded to nearest even).
+        let bytes = write_tensors_as(grads.tensors(), &dtypes, metadata)?;
         write_atomically(&args.output, &bytes)?;
     }
     let summary = ClipSummary {

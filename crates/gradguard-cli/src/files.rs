@@ -4,15 +4,19 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use gradguard::HostTensor;
-use gradguard::safetensors_io::{FileMetadata, read_tensors};
+use gradguard::safetensors_io::{FileMetadata, StoredDtype, read_tensors_with_dtypes};
 
 use crate::exit::BadInput;
 
-/// Reads an f32 safetensors file; every failure is bad input naming the file.
-pub fn read_gradient_file(path: &Path) -> Result<(Vec<HostTensor>, Option<FileMetadata>)> {
+/// A gradient file read: its tensors as f32, the dtype each was stored in, its metadata.
+pub type GradientFile = (Vec<HostTensor>, Vec<StoredDtype>, Option<FileMetadata>);
+
+/// Reads an f32, f16 or bf16 safetensors file; every failure is bad input naming the file.
+pub fn read_gradient_file(path: &Path) -> Result<GradientFile> {
     let bytes = std::fs::read(path)
         .map_err(|e| BadInput(format!("cannot read '{}': {e}", path.display())))?;
-    read_tensors(&bytes).map_err(|e| BadInput(format!("'{}': {e}", path.display())).into())
+    read_tensors_with_dtypes(&bytes)
+        .map_err(|e| BadInput(format!("'{}': {e}", path.display())).into())
 }
 
 /// Writes `bytes` to `path` through [`gradguard_report::write_atomic`] (temporary file, fsync,

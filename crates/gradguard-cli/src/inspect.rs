@@ -45,7 +45,7 @@ struct Inspection {
 
 /// Runs the command.
 pub fn run(args: &InspectArgs) -> Result<()> {
-    let (tensors, _) = read_gradient_file(&args.file)?;
+    let (tensors, _, _) = read_gradient_file(&args.file)?;
     let grads = HostGradients::new(tensors)?;
     let stats = grads.stats();
     let all = combined(&stats);

@@ -263,6 +263,40 @@ fn registered_rules_run_by_name_in_command_line_order() {
     );
 }
 
+/// f16 and bf16 files (how PyTorch users save gradients) are read exactly and written back in
+/// their own dtype; the clip matches the f32 computation rounded once.
+#[test]
+fn half_precision_files_are_clipped_and_written_back_in_kind() {
+    use gradguard::safetensors_io::{StoredDtype, read_tensors_with_dtypes, write_tensors_as};
+    let dir = tmp();
+    let values: Vec<f32> = vec![3.0, -4.0, 0.25, 12.0];
+    for dtype in [StoredDtype::F16, StoredDtype::BF16] {
+        let input = dir.path().join("half.safetensors");
+        let out = dir.path().join("half-out.safetensors");
+        let t = HostTensor::new("w", vec![2, 2], values.clone()).unwrap();
+        std::fs::write(&input, write_tensors_as(&[t], &[dtype], None).unwrap()).unwrap();
+        let (is, os) = (input.to_str().unwrap(), out.to_str().unwrap());
+        let o = run(&["inspect", is, "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let o = run(&["clip", is, os, "--global-norm", "1", "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let norm = values
+            .iter()
+            .map(|&v| f64::from(v).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!((json(&o)["total_norm_before"].as_f64().unwrap() - norm).abs() < 1e-9);
+        let (back, dtypes, _) = read_tensors_with_dtypes(&std::fs::read(&out).unwrap()).unwrap();
+        assert_eq!(dtypes, vec![dtype], "written back in kind");
+        let scale = (1.0 / (norm + 1e-6)) as f32;
+        let expected: Vec<f32> = values.iter().map(|v| v * scale).collect();
+        let expected = HostTensor::new("w", vec![2, 2], expected).unwrap();
+        let bytes = write_tensors_as(&[expected], &[dtype], None).unwrap();
+        let (expected, _, _) = read_tensors_with_dtypes(&bytes).unwrap();
+        assert_eq!(back[0].values, expected[0].values, "{dtype:?}");
+    }
+}
+
 #[test]
 fn agc_with_parameters_clips_units() {
     let dir = tmp();

@@ -10,8 +10,10 @@ mod common;
 use std::sync::OnceLock;
 
 use common::{apply, close, decode, decode_f32s, tensors};
-use gradguard::rules::{AdaptiveGradClip, ClipByGlobalNorm, ClipByValue, NORM_EPS, RuleAction};
-use gradguard::{HostGradients, NormType, UnitLayout};
+use gradguard::rules::{
+    AdaptiveGradClip, ClipByGlobalNorm, ClipByValue, NORM_EPS, Rule, RuleAction,
+};
+use gradguard::{Gradients, HostGradients, NormType, UnitLayout};
 use serde_json::Value;
 
 fn fixture() -> &'static Value {
@@ -206,4 +208,62 @@ fn agc_matches_optax_adaptive_grad_clip() {
         checked >= 12,
         "only {checked} AGC settings compared with Optax"
     );
+}
+
+/// AGC on ranks 1–5 in both layouts — input-first against Optax 0.2.8 (`unitwise_norm` reduces
+/// axes 0–3 of a rank-5 kernel), output-first against timm (every axis but the first) — and a NaN
+/// weight, which Optax propagates into its unit and gradguard names as an error
+/// (`scripts/reference/make_agc_layouts_fixture.py`).
+#[test]
+fn agc_matches_optax_and_timm_at_every_rank_and_names_a_nan_weight() {
+    let fixture: Value =
+        serde_json::from_str(include_str!("fixtures/agc_layouts.json")).expect("fixture parses");
+    let mut checked = 0;
+    for case in fixture["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let layout = match case["layout"].as_str().unwrap() {
+            "input-first" => UnitLayout::InputFirst,
+            _ => UnitLayout::OutputFirst,
+        };
+        let grads = HostGradients::new(tensors(&case["grads"]))
+            .unwrap()
+            .with_parameters(tensors(&case["params"]))
+            .unwrap();
+        let mut rule = AdaptiveGradClip {
+            clipping: case["clipping"].as_f64().unwrap(),
+            eps: case["eps"].as_f64().unwrap(),
+            layout,
+        };
+        let expected: Vec<Vec<f32>> = tensors(&case["clipped"])
+            .into_iter()
+            .map(|t| t.values)
+            .collect();
+        if let Some(unit) = case.get("nan_unit").and_then(Value::as_u64) {
+            // Optax: NaN in exactly that unit's gradient (the last axis is the unit axis).
+            let units = 5;
+            for (i, v) in expected[0].iter().enumerate() {
+                assert_eq!(
+                    v.is_nan(),
+                    i % units == unit as usize,
+                    "{name}: [{i}] = {v}"
+                );
+            }
+            let mut g = grads.clone();
+            let mut stats = g.stats();
+            match rule.apply(&mut g, &mut stats) {
+                Err(gradguard::GuardError::NonFiniteParameter {
+                    tensor, unit: u, ..
+                }) => {
+                    assert_eq!((tensor.as_str(), u), ("conv3d.kernel", unit as usize));
+                }
+                other => panic!("{name}: expected NonFiniteParameter, got {other:?}"),
+            }
+            checked += 1;
+            continue;
+        }
+        let (_, clipped) = apply(&mut rule, &grads);
+        assert_tensors_close(name, "agc", &clipped, &expected, 1e-5);
+        checked += 1;
+    }
+    assert_eq!(checked, 7);
 }

@@ -12,7 +12,6 @@ mod inspect;
 mod lab;
 mod lab_args;
 mod probe_cmd;
-mod probe_report;
 mod report_cmd;
 mod sweep_cmd;
 mod table;

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use anyhow::Result;
 use gradguard_lab::RunConfig;
 use gradguard_lab::probe::meanfield::critical_gain;
+use gradguard_lab::probe::page::html_report;
 use gradguard_lab::probe::{
     AgreementResult, Butterfly, ProbeConfig, ProbeResult, Verdict, agreement, butterfly, calibrate,
     phase_diagram, probe, probe_run_dir,
@@ -14,7 +15,6 @@ use gradguard_lab::tasks::Task;
 use crate::files::write_atomically;
 use crate::lab::lab_error;
 use crate::lab_args::ProbeArgs;
-use crate::probe_report::html_report;
 use crate::table;
 
 /// Depths of the report's phase diagram.

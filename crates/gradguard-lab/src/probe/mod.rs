@@ -10,6 +10,7 @@ mod butterfly;
 mod calibrate;
 mod jacobian;
 pub mod meanfield;
+pub mod page;
 
 use std::time::Instant;
 

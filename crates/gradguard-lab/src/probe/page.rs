@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use gradguard_lab::probe::{AgreementResult, Butterfly, PhaseDiagram, ProbeResult, Verdict};
+use crate::probe::{AgreementResult, Butterfly, PhaseDiagram, ProbeResult, Verdict};
 use gradguard_report::html::{CategoryGrid, LineChart, STYLE, Series, escape, legend};
 
 fn verdict_color(v: Verdict) -> &'static str {
@@ -13,7 +13,8 @@ fn verdict_color(v: Verdict) -> &'static str {
     }
 }
 
-/// The page for probe `r`, its text summary `text`, its phase diagram and the runs asked for.
+/// The page for probe `r`, its text summary `text`, its phase diagram and the runs asked for: a
+/// self-contained HTML document (inline SVG, no script).
 pub fn html_report(
     r: &ProbeResult,
     text: &str,

@@ -134,18 +134,19 @@ impl DeviceGradients {
         let (Some(blocks), Some(device)) = (self.padded.block_view(), &self.padded.device) else {
             return vec![0.0; self.padded.segments.len()];
         };
-        let inverse = self.padded.per_block(
+        // Divided, not multiplied by 1/s, which overflows f32 for a subnormal scale.
+        let divisor = self.padded.per_block(
             |t| {
                 if usable(scales[t]) {
-                    (1.0 / scales[t]) as f32
+                    (scales[t] as f32).max(f32::from_bits(1))
                 } else {
-                    0.0
+                    1.0
                 }
             },
             device,
         );
         let finite = blocks.clone().is_finite();
-        let ratio = blocks.mask_fill(finite.bool_not(), 0.0).abs() * inverse;
+        let ratio = blocks.mask_fill(finite.bool_not(), 0.0).abs() / divisor;
         let sums = pairwise_row_sums(ratio.powf_scalar(p as f32));
         self.count_read();
         let host = read_f32(sums.reshape([self.padded.blocks()]));

@@ -76,6 +76,17 @@ pub(crate) fn pairwise_row_sums(x: Tensor<2>) -> Tensor<2> {
         .reshape([blocks, 1])
 }
 
+/// The unit a block's values were divided by, from its largest magnitude `m`: m itself, but at
+/// least f32's smallest normal number (so that 1/u is finite for subnormal gradients), and 1 for
+/// an all-zero block — as computed on the device.
+fn block_unit(m: f32) -> f32 {
+    if m == 0.0 {
+        1.0
+    } else {
+        m.max(f32::MIN_POSITIVE)
+    }
+}
+
 /// Flat tensors, each padded with zeros to whole blocks, in one f32 buffer on their device.
 #[derive(Debug)]
 pub(crate) struct Padded {
@@ -173,8 +184,11 @@ impl Padded {
         let bad = finite_count.neg().add_scalar(BLOCK as f32);
         let magnitude = magnitude.mask_fill(finite.bool_not(), 0.0);
         let max = magnitude.clone().max_dim(1);
+        // The block's unit u = max(m, smallest normal) (1 for an all-zero block): 1/u is finite
+        // for subnormal gradients, and the host recomputes u from m ([`block_unit`]).
         let inverse = max
             .clone()
+            .clamp_min(f32::MIN_POSITIVE)
             .mask_fill(max.clone().equal_elem(0.0), 1.0)
             .recip();
         let ratio = magnitude * inverse;
@@ -197,10 +211,10 @@ impl Padded {
                 let mut max = 0.0f32;
                 for b in s.block_range() {
                     let v = &host[b * PER_BLOCK..(b + 1) * PER_BLOCK];
-                    let m = f64::from(v[0]);
+                    let u = f64::from(block_unit(v[0]));
                     max = max.max(v[0]);
-                    st.sum_squares += m * m * f64::from(v[1]);
-                    st.sum_abs += m * f64::from(v[2]);
+                    st.sum_squares += u * u * f64::from(v[1]);
+                    st.sum_abs += u * f64::from(v[2]);
                     st.inf_count += v[3] as u64;
                 }
                 st.max_abs = f64::from(max);

@@ -64,3 +64,10 @@ fn gradients_near_1e30_have_a_finite_norm_and_are_clipped() {
         common::huge_gradients_stay_finite(&device(), placement);
     }
 }
+
+#[test]
+fn subnormal_gradients_keep_their_statistics() {
+    for placement in PLACEMENTS {
+        common::tiny_gradients_keep_their_statistics(&device(), placement);
+    }
+}

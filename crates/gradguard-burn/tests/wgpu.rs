@@ -124,3 +124,8 @@ fn the_example_trains_on_wgpu_and_skips_corrupt_batches() {
 fn gradients_near_1e30_have_a_finite_norm_and_are_clipped() {
     on_wgpu(|d| common::huge_gradients_stay_finite(d, PLACEMENT));
 }
+
+#[test]
+fn subnormal_gradients_keep_their_statistics() {
+    on_wgpu(|d| common::tiny_gradients_keep_their_statistics(d, PLACEMENT));
+}

@@ -497,3 +497,25 @@ pub fn statistics_launches(
     }
     measured.expect("measured twice")
 }
+
+/// Gradients below f32's smallest normal number give the host's statistics, not inf or NaN.
+pub fn tiny_gradients_keep_their_statistics(dev: &Device, placement: Placement) {
+    let mlp = Mlp::new(2, 8, dev);
+    let (x, y) = batch(dev, 3.0);
+    let mut grads = GradientsParams::from_grads(mlp.loss(x, y).mul_scalar(1e-38).backward(), &mlp);
+    let host = host_copy(&mlp, &grads);
+    let view = BurnGradients::collect_with(&mlp, &mut grads, None, false, placement);
+    let (ours, theirs) = (view.stats(), host.stats());
+    assert!(
+        theirs
+            .iter()
+            .any(|s| s.max_abs > 0.0 && s.max_abs < 1.17e-38),
+        "the test needs subnormal gradients: {theirs:?}"
+    );
+    for (a, b) in ours.iter().zip(&theirs) {
+        assert!(a.sum_squares.is_finite() && a.sum_abs.is_finite(), "{a:?}");
+        assert!(rel(a.sum_squares, b.sum_squares) < 1e-5, "{a:?} vs {b:?}");
+        assert!(rel(a.sum_abs, b.sum_abs) < 1e-5, "{a:?} vs {b:?}");
+        assert_eq!(a.max_abs, b.max_abs);
+    }
+}

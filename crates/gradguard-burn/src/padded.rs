@@ -4,13 +4,14 @@
 //! [`BLOCK`] values, so that every block belongs to one tensor. Then, over all blocks at once and
 //! whatever the number of tensors:
 //!
-//! - m_b = max |x| over the block's finite values, and with r = |x| / m_b ≤ 1,
-//!   s2_b = Σ r² and s1_b = Σ r, each summed pairwise (64 values, then 64 partial sums);
+//! - m_b = max |x| over the block's finite values, and with u_b = max(m_b, f32's smallest normal)
+//!   and r = |x| / u_b ≤ 1, s2_b = Σ r² and s1_b = Σ r, each summed pairwise (64 values, then
+//!   64 partial sums);
 //! - the block's count of non-finite values (|x| < ∞ is false for NaN and ±inf alike; which of
 //!   the two they are is counted only for the rare tensor that has any, when it is located).
 //!
 //! The host reads these four f32 per block in **one** read and combines them in f64:
-//! Σx² = Σ_b m_b²·s2_b, Σ|x| = Σ_b m_b·s1_b. This is LAPACK `nrm2`'s idea (scale by the largest
+//! Σx² = Σ_b u_b²·s2_b, Σ|x| = Σ_b u_b·s1_b. This is LAPACK `nrm2`'s idea (scale by the largest
 //! magnitude before squaring) applied per block: a finite f32 tensor never overflows (1e30²
 //! would), a tiny one never underflows, and no f64 is needed on the device — WGSL and Metal have
 //! none. The relative error of a block's f32 pairwise sum is at most about 2·64·2⁻²⁴ ≈ 8e-6 and

@@ -108,6 +108,9 @@ fn an_overflowing_scaled_step_is_skipped_and_the_scale_halved() {
     assert_eq!(weights(&step.module), before);
     let update = step.report.loss_scale.unwrap();
     assert_eq!((update.scale, update.next_scale), (65_536.0, 32_768.0));
+    // The telemetry records the scale of every step (JSONL, TensorBoard's `loss_scale`).
+    let record = gradguard_report::MetricsRecord::from_report(&step.report, 0.1);
+    assert_eq!(record.loss_scale, Some(65_536.0));
 }
 
 /// The model's parameters cast to `dtype` (as they stay through autodiff and the optimizer).

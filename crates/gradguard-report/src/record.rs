@@ -42,6 +42,10 @@ pub struct MetricsRecord {
     /// The factor the update bound applied to the update of the whole model (1: untouched).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_scale: Option<f64>,
+    /// The loss scale this step's loss was multiplied by (mixed precision with a
+    /// `gradguard::LossScaler`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f64>,
 }
 
 /// What a step did, as the telemetry records it (the guard's [`Decision`] without its data).
@@ -105,6 +109,7 @@ impl MetricsRecord {
                 .any(|c| c.is_spike),
             update_ratio: report.update.as_ref().and_then(|u| finite(u.global_ratio)),
             update_scale: report.update.as_ref().map(|u| u.global_scale),
+            loss_scale: report.loss_scale.map(|u| u.scale),
         }
     }
 

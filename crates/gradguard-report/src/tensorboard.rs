@@ -72,8 +72,8 @@ fn now() -> f64 {
 }
 
 /// Writes scalars TensorBoard shows: `loss`, `grad_norm/before`, `grad_norm/after`, `lr`,
-/// `lr_multiplier`, `skipped` (1 when the optimizer did not step) and `tensor_norm/<name>` for
-/// every tensor. Non-finite values are left out of the file.
+/// `lr_multiplier`, `skipped` (1 when the optimizer did not step), `loss_scale` (with a loss
+/// scaler) and `tensor_norm/<name>` for every tensor. Non-finite values are left out of the file.
 #[derive(Debug)]
 pub struct TensorBoardSink {
     path: PathBuf,
@@ -124,6 +124,7 @@ impl Sink for TensorBoardSink {
             ("loss", r.loss),
             ("grad_norm/before", r.grad_norm),
             ("grad_norm/after", r.grad_norm_clipped),
+            ("loss_scale", r.loss_scale),
         ];
         scalars.extend(
             optional

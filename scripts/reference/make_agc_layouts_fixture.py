@@ -13,7 +13,6 @@ Values are f32, non-finite ones as the strings "nan", "inf", "-inf" (as in refer
 """
 
 import json
-import math
 import os
 
 import numpy as np
@@ -25,17 +24,10 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 from timm.utils.agc import adaptive_clip_grad  # noqa: E402
 
+from make_fixtures import enc  # noqa: E402  (the same f32 encoding as reference.json)
+
 OUT = os.path.join(os.path.dirname(__file__), "..", "..", "crates", "gradguard", "tests",
                    "fixtures", "agc_layouts.json")
-
-
-def enc(x):
-    x = float(np.float32(x))
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return x
 
 
 def tensor(name, a):

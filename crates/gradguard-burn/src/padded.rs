@@ -17,9 +17,10 @@
 //! none. The relative error of a block's f32 pairwise sum is at most about 2·64·2⁻²⁴ ≈ 8e-6 and
 //! ~1e-7 in practice; across blocks the sum is f64.
 //!
-//! Cost on a CubeCL backend (counted with cubecl's launch observer in the wgpu tests): one zero
-//! fill, one copy per tensor, and a fixed number of launches for the statistics (about 20, of
-//! which 11 pass over the whole buffer), however many tensors there are.
+//! Cost on a CubeCL backend (counted with cubecl's launch observer in the wgpu tests and the
+//! `guard_overhead` bench): one copy per tensor, plus 27 launches however many tensors there are —
+//! the zero fill, the statistics (11 of them passes over the whole buffer) and the read's
+//! concatenation.
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use gradguard::TensorStats;

@@ -6,9 +6,9 @@ use std::time::Instant;
 
 use anyhow::Result;
 use gradguard_lab::tasks::Task;
-use gradguard_lab::{Family, Remedy, RunConfig};
+use gradguard_lab::{Family, Precision, Remedy, RunConfig};
 use gradguard_report::html::{Report, render};
-use gradguard_report::{Outcome, RunSummary, best_hand_picked};
+use gradguard_report::{Outcome, RunData, RunSummary, best_hand_picked};
 
 use crate::files::write_atomically;
 use crate::lab::{ensure_dir, outcome_table, sweep_with_progress};
@@ -60,15 +60,34 @@ const RNN_REMEDIES: &[&str] = &[
     "guard,clip-global",
 ];
 
+/// The mixed-precision block: the vanilla RNN at recurrent gain 2, whose gradients through
+/// time reach ~10⁵ per element — inside f32's and bf16's range, past f16's largest value
+/// (65,504). (precision, remedies) of each run.
+const PRECISION_RUNS: &[(Precision, &str)] = &[
+    (Precision::F32, "none"),
+    (Precision::F32, "guard"),
+    (Precision::F16, "guard"),
+    (Precision::F16, "guard,loss-scale"),
+    (Precision::Bf16, "guard"),
+];
+/// The recurrent gain of the mixed-precision block.
+const PRECISION_GAIN: f64 = 2.0;
+
 /// The demo's tasks, in the order it reports them.
 const TASKS: [&str; 2] = ["mlp", "adding"];
 
+/// The runs of `task` outside the mixed-precision block.
 fn of_task<'a>(summaries: &[&'a RunSummary], task: &str) -> Vec<&'a RunSummary> {
     summaries
         .iter()
         .copied()
-        .filter(|s| s.task == task)
+        .filter(|s| s.task == task && !in_precision_block(s))
         .collect()
+}
+
+/// Whether `summary` is a run of the mixed-precision block.
+fn in_precision_block(summary: &RunSummary) -> bool {
+    summary.task == "adding" && summary.config.get("init_gain") == Some(&PRECISION_GAIN.into())
 }
 
 /// The curated runs: full, or `quick` for smoke tests.
@@ -87,7 +106,73 @@ pub fn demo_runs(quick: bool) -> Vec<RunConfig> {
             });
         }
     }
+    let mut base = RunConfig::for_task(Task::Adding);
+    base.init_gain = PRECISION_GAIN;
+    base.steps = if quick { 40 } else { 200 };
+    for &(precision, spec) in PRECISION_RUNS {
+        runs.push(RunConfig {
+            precision,
+            remedies: Remedy::parse_list(spec).expect("the demo's remedies parse"),
+            ..base.clone()
+        });
+    }
     runs
+}
+
+/// What the mixed-precision block showed, from its runs (`data` holds their metrics).
+pub fn precision_claims(runs: &[&RunSummary], data: &[RunData]) -> Vec<String> {
+    let find = |precision: Option<&str>, scaled: bool| {
+        runs.iter().copied().find(|s| {
+            s.remedy.starts_with("guard")
+                && s.precision() == precision
+                && s.remedy.contains("loss-scale") == scaled
+        })
+    };
+    let mut out = Vec::new();
+    let (Some(f32), Some(f16), Some(scaled)) = (
+        find(None, false),
+        find(Some("f16"), false),
+        find(Some("f16"), true),
+    ) else {
+        return out;
+    };
+    let describe = |s: &RunSummary| match &s.stopped {
+        Some(_) => format!(
+            "stopped by the guard after {} steps with non-finite gradients",
+            s.non_finite_steps
+        ),
+        None => format!(
+            "{}, held-out loss {} → {}",
+            s.outcome(),
+            loss(s.initial_loss),
+            loss(s.final_loss)
+        ),
+    };
+    out.push(format!(
+        "mixed precision (vanilla RNN at recurrent gain {PRECISION_GAIN}): the default guard in f32: {}; in f16 without loss scaling: {} (its gradients overflow f16's largest value, 65,504, so no clip can act on them); in f16 with loss scaling: {}.",
+        describe(f32),
+        describe(f16),
+        describe(scaled)
+    ));
+    let scales: Vec<f64> = data
+        .iter()
+        .find(|d| d.summary.label() == scaled.label() && in_precision_block(&d.summary))
+        .map(|d| d.metrics.iter().filter_map(|m| m.loss_scale).collect())
+        .unwrap_or_default();
+    if let (Some(first), Some(last)) = (scales.first(), scales.last()) {
+        out.push(format!(
+            "mixed precision: the loss scale went from {first} to {last} — {} overflowing steps skipped, none counted against the guard's limit of bad steps in a row.",
+            scaled.skipped_steps
+        ));
+    }
+    if let Some(bf16) = find(Some("bf16"), false) {
+        out.push(format!(
+            "mixed precision: bf16 keeps f32's exponent range; without a scaler: {} ({} non-finite steps).",
+            describe(bf16),
+            bf16.non_finite_steps
+        ));
+    }
+    out
 }
 
 fn family(summary: &RunSummary) -> &'static str {
@@ -204,6 +289,18 @@ pub fn answer(task: &str, runs: &[&RunSummary]) -> Option<String> {
     ))
 }
 
+/// Prints the outcome table of `rows` with each remedy's family.
+fn print_table(rows: &[&RunSummary]) {
+    let table = outcome_table(rows);
+    let mut lines = table.lines();
+    if let Some(header) = lines.next() {
+        println!("{header}  family");
+    }
+    for (line, s) in lines.zip(rows) {
+        println!("{line}  {}", family(s));
+    }
+}
+
 /// Runs `gradguard demo`.
 pub fn run(args: &DemoArgs) -> Result<()> {
     let started = Instant::now();
@@ -217,6 +314,12 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         all_claims.extend(claims(task, &of_task(&summaries, task)));
     }
     let data = read_runs(std::slice::from_ref(&out))?;
+    let block: Vec<&RunSummary> = summaries
+        .iter()
+        .copied()
+        .filter(|s| in_precision_block(s))
+        .collect();
+    all_claims.extend(precision_claims(&block, &data));
     let mut intro =
         vec!["Every number and picture below comes from the runs this demo just made.".to_string()];
     intro.extend(all_claims.iter().cloned());
@@ -236,22 +339,20 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         }
     }
     println!();
-    let rows: Vec<&RunSummary> = summaries.clone();
-    let table = outcome_table(&rows);
-    let mut lines = table.lines();
-    if let Some(header) = lines.next() {
-        println!("{header}  family");
-    }
-    for (line, s) in lines.zip(&rows) {
-        println!("{line}  {}", family(s));
-    }
+    let (rows, block): (Vec<&RunSummary>, Vec<&RunSummary>) =
+        summaries.iter().partition(|s| !in_precision_block(s));
+    print_table(&rows);
+    println!(
+        "\nmixed precision: the vanilla RNN on adding at recurrent gain {PRECISION_GAIN}, in f32, f16 and bf16"
+    );
+    print_table(&block);
     println!();
     for c in &all_claims {
         println!("- {c}");
     }
     println!(
         "\n{} runs in {:.0} s; report: {}",
-        rows.len(),
+        summaries.len(),
         started.elapsed().as_secs_f64(),
         report.display()
     );

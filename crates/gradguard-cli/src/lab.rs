@@ -55,7 +55,7 @@ pub fn outcome_table(runs: &[&RunSummary]) -> String {
         .iter()
         .map(|s| {
             vec![
-                format!("{} {}", s.task, s.remedy),
+                format!("{} {}", s.task, s.label()),
                 s.outcome().to_string(),
                 s.diverged_at.map_or("–".into(), |v| v.to_string()),
                 short(s.initial_loss),

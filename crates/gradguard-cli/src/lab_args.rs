@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use gradguard_lab::models::{Activation, Cell, Init};
 use gradguard_lab::tasks::Task;
-use gradguard_lab::{Remedy, RunConfig};
+use gradguard_lab::{Precision, Remedy, RunConfig};
 
 /// A comma-separated remedy list, one flag value.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,7 +72,8 @@ pub struct RunFlags {
     /// Remedies, comma-separated: `none`, or any of: clip-value[=C], clip-norm[=C],
     /// clip-global[=C], agc[=λ], autoclip[=P], zclip, l2[=λ], weight-decay[=λ], max-norm[=C],
     /// xavier, he, orthogonal, lsuv, gain=G, batch-norm, layer-norm, rms-norm, shallow[=N],
-    /// residual, lstm, gru, small-lr[=F], warmup[=N], backoff, adam, lr-find, guard.
+    /// residual, lstm, gru, small-lr[=F], warmup[=N], backoff, adam, lr-find, loss-scale[=S],
+    /// guard.
     #[arg(long, value_parser = remedy_list, default_value = "none", value_name = "NAME[,NAME…]")]
     pub remedy: RemedyList,
     /// Training loss (mean of 10 steps) counted as reached [default: 0.5 (mlp), 0.05 (adding),
@@ -82,6 +83,10 @@ pub struct RunFlags {
     /// Good steps between checkpoints (and rollback snapshots) [default: 50].
     #[arg(long, value_parser = at_least_one, value_name = "N")]
     pub checkpoint_every: Option<u64>,
+    /// The format of the forward and backward passes: f32, or mixed precision with f16 or bf16
+    /// (weights stay f32, as with PyTorch's autocast; add the `loss-scale` remedy for f16).
+    #[arg(long, default_value = "f32", value_name = "f32|f16|bf16")]
+    pub precision: Precision,
 }
 
 impl RunFlags {
@@ -129,6 +134,7 @@ impl RunFlags {
         if let Some(v) = self.checkpoint_every {
             c.checkpoint_every = v;
         }
+        c.precision = self.precision;
         c
     }
 }

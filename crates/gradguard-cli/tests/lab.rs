@@ -378,6 +378,8 @@ fn the_quick_demo_prints_its_table_and_writes_the_report() {
         "adding none",
         "mlp clip-global=1",
         "adding lstm",
+        "adding guard,loss-scale=65536 · f16",
+        "mixed precision",
         "family",
         "report:",
     ] {
@@ -392,6 +394,8 @@ fn the_quick_demo_prints_its_table_and_writes_the_report() {
         "Global gradient norm",
         "Per-layer gradient norm over steps",
         "clip threshold",
+        "Dynamic loss scale",
+        "guard · bf16",
         "data:image/png;base64,",
     ] {
         assert!(html.contains(needle), "report lacks {needle}");

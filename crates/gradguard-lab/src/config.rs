@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::LabError;
 use crate::models::{Activation, Cell, Init};
+use crate::precision::Precision;
 use crate::remedy::Remedy;
 use crate::tasks::Task;
 
@@ -42,6 +43,10 @@ pub struct RunConfig {
     pub target_loss: f64,
     /// Good steps between checkpoints (and rollback snapshots).
     pub checkpoint_every: u64,
+    /// The format of the forward and backward passes (weights stay f32). Left out of the JSON
+    /// when f32, so configurations written before precisions existed read back equal.
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
 
 impl RunConfig {
@@ -70,6 +75,7 @@ impl RunConfig {
                 Task::Order => 0.3,
             },
             checkpoint_every: 50,
+            precision: Precision::F32,
         }
     }
 

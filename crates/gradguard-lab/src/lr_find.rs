@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::models::Net;
 use crate::objective::data_loss;
+use crate::precision::Precision;
 use crate::tasks::TaskData;
 
 /// Steps of the range test.
@@ -34,6 +35,7 @@ pub fn range_test(
     batch: usize,
     seed: u64,
     device: &Device,
+    precision: Precision,
 ) -> LrRange {
     let ratio = (RANGE_MAX_LR / RANGE_MIN_LR).powf(1.0 / (RANGE_STEPS - 1) as f64);
     let (mut ema, mut best) = (0.0f64, f64::INFINITY);
@@ -42,7 +44,7 @@ pub fn range_test(
     for step in 0..RANGE_STEPS {
         let lr = RANGE_MIN_LR * ratio.powi(step as i32);
         let b = data.train_batch(step, batch, seed);
-        let loss = data_loss(&net, &b, device);
+        let loss = data_loss(&net, &b, device, precision);
         let value = f64::from(loss.clone().into_scalar::<f32>());
         // Exponential moving average with bias correction (β = 0.98 in fastai; 0.9 here for a
         // 100-step test).

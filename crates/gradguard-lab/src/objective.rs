@@ -6,11 +6,13 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::models::Net;
+use crate::precision::Precision;
 use crate::tasks::{HostBatch, Targets};
 
-/// The data loss of `net` on `batch`: cross-entropy for classes, mean squared error for values.
-pub fn data_loss(net: &Net, batch: &HostBatch, device: &Device) -> Tensor<1> {
-    let out = net.forward(batch, device);
+/// The data loss of `net` on `batch`: cross-entropy for classes, mean squared error for values,
+/// computed in f32 from the network's outputs in `precision`.
+pub fn data_loss(net: &Net, batch: &HostBatch, device: &Device, precision: Precision) -> Tensor<1> {
+    let out = net.forward(batch, device, precision);
     match &batch.targets {
         Targets::Classes(labels) => {
             let y = Tensor::<1, Int>::from_data(
@@ -55,16 +57,17 @@ pub struct Evaluation {
     pub accuracy: Option<f64>,
 }
 
-/// Evaluates `net` on `batch` in inference mode (batch norm uses its running statistics).
-pub fn evaluate(net: &Net, batch: &HostBatch, device: &Device) -> Evaluation {
+/// Evaluates `net` on `batch` in inference mode (batch norm uses its running statistics), in
+/// the run's `precision`.
+pub fn evaluate(net: &Net, batch: &HostBatch, device: &Device, precision: Precision) -> Evaluation {
     let net = net.valid();
     let device = device.clone().inner();
-    let loss = f64::from(data_loss(&net, batch, &device).into_scalar::<f32>());
+    let loss = f64::from(data_loss(&net, batch, &device, precision).into_scalar::<f32>());
     let accuracy = match &batch.targets {
         Targets::Values(_) => None,
         Targets::Classes(labels) => {
             let out: Vec<f32> = net
-                .forward(batch, &device)
+                .forward(batch, &device, precision)
                 .into_data()
                 .try_to_vec::<f32>()
                 .unwrap_or_default();

@@ -2,11 +2,12 @@
 
 use burn::tensor::Device;
 use gradguard::rules::{Chain, Rule};
-use gradguard::{Guard, GuardConfig, NonFinitePolicy, SpikeAction};
+use gradguard::{Guard, GuardConfig, LossScaler, LossScalerConfig, NonFinitePolicy, SpikeAction};
 
 use crate::config::RunConfig;
 use crate::error::LabError;
 use crate::models::{Cell, Init, MlpConfig, Net, Norm, RecurrentConfig};
+use crate::precision::Precision;
 use crate::remedy::Remedy;
 use crate::tasks::{Task, TaskData};
 
@@ -43,6 +44,10 @@ pub struct Plan {
     pub lr_find: bool,
     /// The guard's configuration.
     pub guard: GuardConfig,
+    /// The format of the forward and backward passes.
+    pub precision: Precision,
+    /// Dynamic loss scaling (the `loss-scale` remedy).
+    pub loss_scale: Option<LossScalerConfig>,
     remedies: Vec<Remedy>,
 }
 
@@ -81,6 +86,8 @@ impl Plan {
             weight_max_norm: None,
             lr_find: false,
             guard: passthrough(config.checkpoint_every),
+            precision: config.precision,
+            loss_scale: None,
             remedies: config.remedies.clone(),
         };
         let only = |task_ok: bool, r: &Remedy, which: &str| {
@@ -133,6 +140,13 @@ impl Plan {
                 Remedy::Warmup(n) => plan.warmup = n,
                 Remedy::Adam => plan.adam = true,
                 Remedy::LrFind => plan.lr_find = true,
+                Remedy::LossScale(init_scale) => {
+                    let scaler = LossScalerConfig {
+                        init_scale,
+                        ..LossScalerConfig::default()
+                    };
+                    plan.loss_scale = Some(scaler.validated()?);
+                }
                 Remedy::Backoff => backoff = true,
                 Remedy::Guard => guarded = true,
                 Remedy::Clip(_) => {}
@@ -166,7 +180,11 @@ impl Plan {
                 rules.push(rule.build()?);
             }
         }
-        Ok(Guard::new(self.guard.clone(), Chain::new(rules)?)?)
+        let guard = Guard::new(self.guard.clone(), Chain::new(rules)?)?;
+        Ok(match self.loss_scale {
+            Some(config) => guard.with_loss_scaler(LossScaler::new(config)?),
+            None => guard,
+        })
     }
 
     /// The learning rate at `step` for a base rate `lr`: linear warm-up, then constant.

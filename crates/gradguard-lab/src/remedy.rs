@@ -23,6 +23,8 @@ pub enum Family {
     Architecture,
     /// Change the step size.
     StepSize,
+    /// Keep reduced-precision arithmetic in range.
+    Precision,
     /// The full guard.
     Guard,
 }
@@ -38,6 +40,7 @@ impl Family {
             Family::Normalize => "normalize",
             Family::Architecture => "architecture",
             Family::StepSize => "step size",
+            Family::Precision => "precision",
             Family::Guard => "guard",
         }
     }
@@ -77,6 +80,12 @@ pub enum Remedy {
     /// Run a learning-rate range test first (Smith 2017) and train at a tenth of the largest
     /// stable rate, never above the requested one.
     LrFind,
+    /// Dynamic loss scaling with this initial scale (PyTorch's `GradScaler` semantics, default
+    /// 2¹⁶): the loss is multiplied by the scale before the backward pass, so half-precision
+    /// gradients neither underflow nor (after the scale backs off) overflow; the guard divides
+    /// the gradients by it, skips a step whose scaled gradients overflowed and halves the scale,
+    /// and doubles it after 2,000 good steps (Micikevicius et al. 2018).
+    LossScale(f64),
     /// The default guard, with no rule or threshold to choose ([`gradguard::GuardConfig`]'s
     /// defaults): bound each update relative to the weights from step 0, skip non-finite steps,
     /// roll back on loss spikes, back off the learning rate (and the bound), give up after 20 bad
@@ -92,7 +101,7 @@ pub enum Remedy {
 /// The remedies that are not clipping rules, with their settings, for help texts.
 const OTHER_NAMES: &str = "l2[=λ], weight-decay[=λ], max-norm[=C], xavier, he, orthogonal, lsuv, \
     gain=G, batch-norm, layer-norm, rms-norm, shallow[=N], residual, lstm, gru, small-lr[=F], \
-    warmup[=N], backoff, adam, lr-find, guard";
+    warmup[=N], backoff, adam, lr-find, loss-scale[=S], guard";
 
 fn positive(name: &str, v: f64) -> Result<f64, String> {
     if v > 0.0 && v.is_finite() {
@@ -121,6 +130,7 @@ impl Remedy {
             | Remedy::Backoff
             | Remedy::Adam
             | Remedy::LrFind => Family::StepSize,
+            Remedy::LossScale(_) => Family::Precision,
             Remedy::Guard => Family::Guard,
         }
     }
@@ -216,6 +226,7 @@ impl std::str::FromStr for Remedy {
             "backoff" => flag(Remedy::Backoff),
             "adam" => flag(Remedy::Adam),
             "lr-find" => flag(Remedy::LrFind),
+            "loss-scale" => Ok(Remedy::LossScale(number(65_536.0)?)),
             "guard" => flag(Remedy::Guard),
             "none" => Err("'none' cannot be combined with other remedies".into()),
             other => Err(format!(
@@ -249,6 +260,7 @@ impl std::fmt::Display for Remedy {
             Remedy::Backoff => f.write_str("backoff"),
             Remedy::Adam => f.write_str("adam"),
             Remedy::LrFind => f.write_str("lr-find"),
+            Remedy::LossScale(s) => write!(f, "loss-scale={s}"),
             Remedy::Guard => f.write_str("guard"),
         }
     }
@@ -262,9 +274,11 @@ mod tests {
     fn every_name_parses_and_prints_back() {
         let list = "clip-value,clip-norm=2,clip-global,agc,autoclip=50,zclip,adagc,l2,weight-decay,\
                     max-norm,xavier,he,orthogonal,lsuv,gain=1.5,batch-norm,layer-norm,rms-norm,\
-                    shallow,residual,lstm,gru,small-lr,warmup=10,backoff,adam,lr-find,guard";
+                    shallow,residual,lstm,gru,small-lr,warmup=10,backoff,adam,lr-find,loss-scale,guard";
         let remedies = Remedy::parse_list(list).unwrap();
-        assert_eq!(remedies.len(), 28);
+        assert_eq!(remedies.len(), 29);
+        assert_eq!(remedies[27], Remedy::LossScale(65_536.0));
+        assert_eq!(remedies[27].family(), Family::Precision);
         let printed = Remedy::list_name(&remedies);
         assert_eq!(Remedy::parse_list(&printed).unwrap(), remedies);
         assert_eq!(remedies[1].to_string(), "clip-norm=2");
@@ -294,6 +308,8 @@ mod tests {
             ("gain", "needs a value"),
             ("none,guard", "cannot be combined"),
             ("small-lr=2", "below 1"),
+            ("loss-scale=0", "positive"),
+            ("loss-scale=inf", "positive"),
         ] {
             let err = Remedy::parse_list(spec).unwrap_err();
             assert!(err.contains(needle), "{spec}: {err}");

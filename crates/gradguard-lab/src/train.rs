@@ -157,6 +157,7 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainOutcome,
             config.batch,
             config.seed,
             &device,
+            plan.precision,
         );
         progress.largest_stable_lr = Some(range.largest_stable);
         progress.lr = plan.lr.min(range.largest_stable / 10.0);
@@ -175,7 +176,7 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainOutcome,
 
     let test = data.test_batch(config.seed);
     if progress.next_batch == 0 {
-        progress.initial_eval = evaluate(&net, &test, &device).loss;
+        progress.initial_eval = evaluate(&net, &test, &device, plan.precision).loss;
     }
     // Only the measuring guard of an unremedied or clip-only run lets NaN reach the weights.
     let guarded = plan.guard.non_finite != gradguard::NonFinitePolicy::Apply;
@@ -213,7 +214,7 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainOutcome,
         if options.faults.iter().any(|f| f.nan_batch_at(index)) {
             batch.inputs[0] = f32::NAN;
         }
-        let mut loss = data_loss(&net, &batch, &device);
+        let mut loss = data_loss(&net, &batch, &device, plan.precision);
         if plan.l2 > 0.0
             && let Some(penalty) = l2_penalty(&net, plan.l2)
         {
@@ -228,6 +229,8 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainOutcome,
             }
         }
         let value = f64::from(loss.clone().into_scalar::<f32>());
+        // With a loss scaler the backward pass sees `scale · loss`; the guard divides it out.
+        let loss = optim.scale_loss(loss);
         let mut grads = GradientsParams::from_grads(loss.backward(), &net);
         for fault in &options.faults {
             if let Some((tensor, kind)) = fault.gradient_at(index)
@@ -278,7 +281,7 @@ pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainOutcome,
     }
     sinks.flush()?;
 
-    let eval = evaluate(&net, &test, &device);
+    let eval = evaluate(&net, &test, &device, plan.precision);
     let mut summary = summarize(config, &progress, optim.guard(), eval, &started);
     summary.trivial_loss = Some(test.trivial_loss(data.outputs()));
     if let Some(dir) = &options.out {

@@ -94,6 +94,24 @@ impl RunSummary {
     pub fn failed(&self) -> bool {
         matches!(self.outcome(), Outcome::Diverged | Outcome::Stopped)
     }
+
+    /// The reduced precision the run computed in (`"f16"`, `"bf16"`), `None` for f32: the lab
+    /// writes the configuration's `precision` only when it is not f32.
+    pub fn precision(&self) -> Option<&str> {
+        self.config
+            .get("precision")
+            .and_then(|p| p.as_str())
+            .filter(|p| *p != "f32")
+    }
+
+    /// The remedies, and the precision when it is not f32 (`guard,loss-scale · f16`): what
+    /// tells runs of one task apart in tables and legends.
+    pub fn label(&self) -> String {
+        match self.precision() {
+            Some(p) => format!("{} · {p}", self.remedy),
+            None => self.remedy.clone(),
+        }
+    }
 }
 
 /// The index of the best hand-picked remedy among one task's runs: the lowest final held-out
@@ -102,7 +120,12 @@ impl RunSummary {
 pub fn best_hand_picked<'a>(runs: impl IntoIterator<Item = &'a RunSummary>) -> Option<usize> {
     runs.into_iter()
         .enumerate()
-        .filter(|(_, s)| s.remedy != "none" && !s.remedy.starts_with("guard") && !s.failed())
+        .filter(|(_, s)| {
+            s.remedy != "none"
+                && !s.remedy.starts_with("guard")
+                && s.precision().is_none()
+                && !s.failed()
+        })
         .min_by(|(_, a), (_, b)| {
             let loss = |s: &RunSummary| s.final_loss.unwrap_or(f64::INFINITY);
             loss(a).total_cmp(&loss(b))

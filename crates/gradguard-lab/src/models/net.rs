@@ -1,10 +1,11 @@
 //! One model type for every task, so a run, its checkpoint and its guard are written once.
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use super::mlp::DeepMlp;
 use super::recurrent::RecurrentNet;
+use crate::precision::Precision;
 use crate::tasks::HostBatch;
 
 /// The network a run trains.
@@ -19,12 +20,19 @@ pub enum Net {
 }
 
 impl Net {
-    /// Outputs `[n, outputs]` for `batch`'s inputs, placed on `device`.
-    pub fn forward(&self, batch: &HostBatch, device: &Device) -> Tensor<2> {
+    /// Outputs `[n, outputs]` in f32 for `batch`'s inputs, placed on `device`, the network run
+    /// in `precision` (the f32 weights cast on the graph, see [`Precision`]).
+    pub fn forward(&self, batch: &HostBatch, device: &Device, precision: Precision) -> Tensor<2> {
         let data = TensorData::new(batch.inputs.clone(), batch.shape.clone());
-        match self {
-            Net::Mlp(m) => m.forward(Tensor::from_data(data, device)),
-            Net::Recurrent(r) => r.forward(Tensor::from_data(data, device)),
+        let half = precision.cast_module(self);
+        let out = match half.as_ref().unwrap_or(self) {
+            Net::Mlp(m) => m.forward(precision.cast_input(Tensor::from_data(data, device))),
+            Net::Recurrent(r) => r.forward(precision.cast_input(Tensor::from_data(data, device))),
+        };
+        if half.is_some() {
+            out.cast(DType::F32)
+        } else {
+            out
         }
     }
 

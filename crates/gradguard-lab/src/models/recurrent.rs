@@ -186,7 +186,8 @@ impl RecurrentNet {
         let k = self.cell.gates() * self.hidden;
         // Input projections of every step at once; only the recurrence is sequential.
         let projected = self.project(x);
-        let mut h: Tensor<2> = Tensor::zeros([n, self.hidden], &projected.device());
+        let mut h: Tensor<2> =
+            Tensor::<2>::zeros([n, self.hidden], &projected.device()).cast(projected.dtype());
         let mut c = h.clone();
         for t in 0..steps {
             let xt = projected.clone().narrow(1, t, 1).reshape([n, k]);

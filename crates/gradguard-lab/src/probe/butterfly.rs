@@ -127,7 +127,7 @@ pub fn butterfly(config: &RunConfig, epsilon: f64) -> Result<Butterfly, LabError
     };
     let sgd =
         |net: Net, opt: &mut burn::optim::ModuleOptimizer, batch: &crate::tasks::HostBatch| {
-            let loss = data_loss(&net, batch, &device);
+            let loss = data_loss(&net, batch, &device, config.precision);
             let value = finite(f64::from(loss.clone().into_scalar::<f32>()));
             let grads = GradientsParams::from_grads(loss.backward(), &net);
             (opt.step(config.lr, net, grads), value)

@@ -8,6 +8,7 @@ use crate::config::RunConfig;
 use crate::error::LabError;
 use crate::models::{Activation, Cell, Init};
 use crate::plan::Plan;
+use crate::precision::Precision;
 use crate::remedy::Remedy;
 use crate::tasks::{Task, TaskData};
 
@@ -61,6 +62,7 @@ struct GridFile {
     steps: Option<u64>,
     batch: Option<usize>,
     target_loss: Option<f64>,
+    precision: Option<String>,
     depth: Option<OneOrMany<usize>>,
     lr: Option<OneOrMany<f64>>,
     init: Option<OneOrMany<String>>,
@@ -85,7 +87,7 @@ impl Grid {
     }
 
     /// Parses a TOML grid file; `path` names it in errors. Keys: `task`, `width`, `cell`,
-    /// `seq_len`, `steps`, `batch`, `target_loss` (one value each) and `depth`, `activation`,
+    /// `seq_len`, `steps`, `batch`, `target_loss`, `precision` (one value each) and `depth`, `activation`,
     /// `lr`, `init`, `init_gain`, `remedy`, `seed` (a value or a list). Unset keys take the task's
     /// defaults ([`RunConfig::for_task`]).
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, LabError> {
@@ -131,6 +133,9 @@ impl Grid {
         }
         if let Some(v) = file.target_loss {
             base.target_loss = v;
+        }
+        if let Some(v) = &file.precision {
+            base.precision = parse(path, "precision", v.parse::<Precision>())?;
         }
         let mut grid = Grid::single(base);
         if let Some(v) = file.depth {

@@ -39,8 +39,13 @@ pub fn run_name(config: &RunConfig) -> String {
     } else {
         format!("d{}-{}", config.depth, config.activation.name())
     };
+    let precision = if config.precision.is_f32() {
+        String::new()
+    } else {
+        format!("-{}", config.precision)
+    };
     format!(
-        "{}-{arch}-lr{}-{}-g{}-{remedy}-s{}",
+        "{}-{arch}-lr{}-{}-g{}-{remedy}-s{}{precision}",
         config.task, config.lr, config.init, config.init_gain, config.seed
     )
 }

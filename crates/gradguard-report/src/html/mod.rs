@@ -15,7 +15,7 @@ use std::fmt::Write;
 pub use grid::CategoryGrid;
 pub use headline::guard_headline;
 pub use heatmap::Heatmap;
-use run_charts::{depth_chart, heatmap, loss_charts, norm_chart};
+use run_charts::{depth_chart, heatmap, loss_charts, norm_chart, scale_chart};
 pub use svg::{LineChart, Marker, Series, escape, legend};
 
 use crate::summary::RunData;
@@ -128,7 +128,7 @@ pub fn outcome_table(runs: &[RunData]) -> Table {
                 let s = &r.summary;
                 vec![
                     s.task.clone(),
-                    s.remedy.clone(),
+                    s.label(),
                     s.seed.to_string(),
                     s.outcome().to_string(),
                     s.diverged_at.map_or("–".into(), |v| v.to_string()),
@@ -194,7 +194,8 @@ pub fn render(report: &Report) -> String {
     for run in report.runs {
         let mut cell = run.summary.config.clone();
         if let Some(obj) = cell.as_object_mut() {
-            for key in ["remedies", "seed"] {
+            // Runs that differ only in remedies, seed or precision are compared side by side.
+            for key in ["remedies", "seed", "precision"] {
                 obj.remove(key);
             }
         }
@@ -230,17 +231,32 @@ pub fn render(report: &Report) -> String {
     for runs in by_task.values_mut() {
         // The unremedied run first: it is the reference every picture compares against.
         runs.sort_by_key(|r| r.summary.remedy != "none");
+        let mut about = describe(runs[0]);
+        if runs.iter().any(|r| r.summary.precision().is_some()) {
+            about.push_str(
+                " Runs marked f16 or bf16 compute the forward and backward passes in that format \
+                 with f32 weights (mixed precision); the others compute in f32.",
+            );
+        }
         let _ = write!(
             out,
             "<h2>{}</h2><p class=\"note\">{}</p>",
             escape(&runs[0].summary.task),
-            escape(&describe(runs[0]))
+            escape(&about)
         );
         let _ = write!(
             out,
             "<h3>Training loss of each remedy (color) against none (red); × marks the first non-finite loss</h3><div class=\"multiples losses\">{}</div>",
             loss_charts(runs)
         );
+        if let Some(chart) = scale_chart(runs) {
+            let _ = write!(
+                out,
+                "<section class=\"scale\">{}{}</section>",
+                chart.render(),
+                legend(&chart.series)
+            );
+        }
         let (chart, series) = depth_chart(runs);
         if !series.is_empty() {
             let _ = write!(

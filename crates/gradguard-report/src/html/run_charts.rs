@@ -75,11 +75,11 @@ fn max(v: &[f64]) -> f64 {
 }
 
 pub(super) fn run_label(run: &RunData) -> String {
-    run.summary.remedy.clone()
+    run.summary.label()
 }
 
 fn color(run: &RunData, i: usize) -> String {
-    if run.summary.remedy == "none" {
+    if run.summary.label() == "none" {
         BASELINE.to_string()
     } else {
         PALETTE[i % PALETTE.len()].to_string()
@@ -97,7 +97,7 @@ fn loss_points(run: &RunData) -> Vec<(f64, Option<f64>)> {
 
 /// One small chart per remedy: its training loss against the unremedied run's.
 pub(super) fn loss_charts(runs: &[&RunData]) -> String {
-    let baseline = runs.iter().find(|r| r.summary.remedy == "none");
+    let baseline = runs.iter().find(|r| r.summary.label() == "none");
     // A blow-up is drawn at the top edge, 100× above the largest first loss.
     let cap = runs
         .iter()
@@ -106,7 +106,7 @@ pub(super) fn loss_charts(runs: &[&RunData]) -> String {
         * 100.0;
     let mut out = String::new();
     for (i, run) in runs.iter().enumerate() {
-        if baseline.is_some() && run.summary.remedy == "none" && runs.len() > 1 {
+        if baseline.is_some() && run.summary.label() == "none" && runs.len() > 1 {
             continue;
         }
         let mut chart = LineChart {
@@ -119,7 +119,7 @@ pub(super) fn loss_charts(runs: &[&RunData]) -> String {
             ..Default::default()
         };
         for r in baseline.into_iter().chain(std::iter::once(run)) {
-            let is_baseline = r.summary.remedy == "none";
+            let is_baseline = r.summary.label() == "none";
             chart.series.push(Series {
                 label: run_label(r),
                 color: if is_baseline {
@@ -147,6 +147,37 @@ pub(super) fn loss_charts(runs: &[&RunData]) -> String {
         out.push_str(&chart.render());
     }
     out
+}
+
+/// The loss scale of every run that has one, over steps (log₂ steps: each halving after an
+/// overflow is one step down, each doubling after a run of good steps one up).
+pub(super) fn scale_chart(runs: &[&RunData]) -> Option<LineChart> {
+    let mut chart = LineChart {
+        title: "Dynamic loss scale: halved (and the step skipped) on an overflow, doubled after 2,000 good steps".into(),
+        size: (900.0, 260.0),
+        x_label: "step".into(),
+        y_label: "loss scale (log)".into(),
+        log_y: true,
+        ..Default::default()
+    };
+    for (i, run) in runs.iter().enumerate() {
+        let points: Vec<(f64, Option<f64>)> = run
+            .metrics
+            .iter()
+            .filter_map(|m| m.loss_scale.map(|s| (m.step as f64, Some(s))))
+            .collect();
+        if points.is_empty() {
+            continue;
+        }
+        chart.series.push(Series {
+            label: run_label(run),
+            color: color(run, i),
+            points,
+            dashed: false,
+            width: 2.0,
+        });
+    }
+    (!chart.series.is_empty()).then_some(chart)
 }
 
 pub(super) fn depth_chart(runs: &[&RunData]) -> (LineChart, Vec<Series>) {

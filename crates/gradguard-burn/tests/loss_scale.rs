@@ -1,11 +1,13 @@
 //! Dynamic loss scaling through the guarded optimizer: scaled backward, unscaled step.
 
+mod common;
+
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::{GradientsParams, SgdConfig};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use gradguard::{Decision, Guard, GuardConfig, LossScaler};
-use gradguard_burn::GuardedOptimizer;
+use gradguard_burn::{GuardedOptimizer, Placement};
 
 #[derive(Module, Debug)]
 struct Mlp {
@@ -113,68 +115,11 @@ fn an_overflowing_scaled_step_is_skipped_and_the_scale_halved() {
     assert_eq!(record.loss_scale, Some(65_536.0));
 }
 
-/// The model's parameters cast to `dtype` (as they stay through autodiff and the optimizer).
-fn cast<M: Module>(model: M, dtype: burn::tensor::DType) -> M {
-    struct Cast(burn::tensor::DType);
-    impl burn::module::ModuleMapper for Cast {
-        fn map_float<const D: usize>(
-            &mut self,
-            param: burn::module::Param<Tensor<D>>,
-        ) -> burn::module::Param<Tensor<D>> {
-            let dtype = self.0;
-            param.map(|t| {
-                let require_grad = t.is_require_grad();
-                t.inner()
-                    .cast(dtype)
-                    .autodiff()
-                    .set_require_grad(require_grad)
-            })
-        }
-    }
-    model.map(&mut Cast(dtype))
-}
-
 #[test]
 fn half_precision_models_step_through_the_guard_on_both_placements() {
-    use burn::tensor::DType;
-    use gradguard_burn::Placement;
     let device = Device::flex().autodiff();
-    for dtype in [DType::F16, DType::BF16] {
-        for placement in [Placement::Host, Placement::Device] {
-            let mut model = cast(
-                Mlp {
-                    layers: (0..3)
-                        .map(|_| LinearConfig::new(8, 8).init(&device))
-                        .collect(),
-                },
-                dtype,
-            );
-            let mut optim = optimizer(true).with_placement(placement);
-            let first = model.layers[0].weight.val().into_data().convert::<f32>();
-            let mut applied = 0;
-            for s in 0..12 {
-                let (x, y) = batch(s, &device);
-                let loss = optim.scale_loss(model.loss(x.cast(dtype), y.cast(dtype)));
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                let step = optim.step(0.1, model, grads, Some(loss)).unwrap();
-                // In f16, 2^16 times a loss near 1 overflows: GradScaler's first steps skip and
-                // halve the scale until the scaled gradients fit, never counted as bad steps.
-                let scale = step.report.loss_scale.unwrap();
-                match step.report.decision {
-                    Decision::Apply => applied += 1,
-                    Decision::Skip => assert!(scale.skip, "{:?}", step.report.reasons),
-                    other => panic!("{dtype:?} {placement:?}: {other:?}"),
-                }
-                assert_eq!(step.report.consecutive_bad, 0);
-                model = step.module;
-            }
-            assert!(
-                applied >= 6,
-                "{dtype:?} {placement:?}: {applied} steps applied"
-            );
-            assert_eq!(model.layers[0].weight.val().dtype(), dtype);
-            let last = model.layers[0].weight.val().into_data().convert::<f32>();
-            assert_ne!(first, last, "{dtype:?} {placement:?}: the weights moved");
-        }
+    for placement in [Placement::Host, Placement::Device] {
+        let tested = common::half_precision_models_step(&device, placement);
+        assert_eq!(tested, [DType::F16, DType::BF16], "flex computes in both");
     }
 }

@@ -129,3 +129,14 @@ fn gradients_near_1e30_have_a_finite_norm_and_are_clipped() {
 fn subnormal_gradients_keep_their_statistics() {
     on_wgpu(|d| common::tiny_gradients_keep_their_statistics(d, PLACEMENT));
 }
+
+#[test]
+fn half_precision_models_step_with_a_loss_scaler() {
+    on_wgpu(|d| {
+        let tested = common::half_precision_models_step(d, PLACEMENT);
+        assert!(
+            !tested.is_empty(),
+            "this device computes in neither f16 nor bf16"
+        );
+    });
+}

@@ -519,3 +519,72 @@ pub fn tiny_gradients_keep_their_statistics(dev: &Device, placement: Placement) 
         assert_eq!(a.max_abs, b.max_abs);
     }
 }
+
+/// `model` with its parameters cast to `dtype`: they stay in it through autodiff and the
+/// optimizer (a model trained in f16 or bf16 throughout).
+fn cast<M: Module>(model: M, dtype: burn::tensor::DType) -> M {
+    struct Cast(burn::tensor::DType);
+    impl burn::module::ModuleMapper for Cast {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let dtype = self.0;
+            param.map(|t| {
+                let require_grad = t.is_require_grad();
+                t.inner()
+                    .cast(dtype)
+                    .autodiff()
+                    .set_require_grad(require_grad)
+            })
+        }
+    }
+    model.map(&mut Cast(dtype))
+}
+
+/// f16 and bf16 models step through a guard with a loss scaler: in f16, 2¹⁶ times a loss near
+/// 1 overflows, so the first steps skip and halve the scale until the scaled gradients fit
+/// (never counted as bad steps); then the steps apply, and the parameters stay in their dtype.
+/// Returns the dtypes tested: those the device computes in (`Device::supports_dtype`; Vulkan
+/// devices without bf16 arithmetic, llvmpipe's among them, are said and skipped).
+pub fn half_precision_models_step(dev: &Device, placement: Placement) -> Vec<burn::tensor::DType> {
+    use burn::tensor::DType;
+    use gradguard::LossScaler;
+    let mut tested = Vec::new();
+    for dtype in [DType::F16, DType::BF16] {
+        if !dev.supports_dtype(dtype) {
+            eprintln!("{dtype:?}: this device does not compute in it, not tested");
+            continue;
+        }
+        tested.push(dtype);
+        let mut model = cast(Mlp::new(3, 8, dev), dtype);
+        let config = GuardConfig {
+            update_bound: None,
+            ..quiet()
+        };
+        let guard = guard(config, vec![]).with_loss_scaler(LossScaler::default());
+        let mut optim =
+            GuardedOptimizer::new(SgdConfig::new().init(), guard).with_placement(placement);
+        let first = model.layers[0].weight.val().into_data().convert::<f32>();
+        let mut applied = 0;
+        for s in 0..12 {
+            let (x, y) = batch(dev, s as f32);
+            let loss = optim.scale_loss(model.loss(x.cast(dtype), y.cast(dtype)));
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let step = optim.step(0.1, model, grads, Some(loss)).unwrap();
+            let scale = step.report.loss_scale.unwrap();
+            match step.report.decision {
+                Decision::Apply => applied += 1,
+                Decision::Skip => assert!(scale.skip, "{:?}", step.report.reasons),
+                other => panic!("{dtype:?} {placement:?}: {other:?}"),
+            }
+            assert_eq!(step.report.consecutive_bad, 0);
+            model = step.module;
+        }
+        assert!(
+            applied >= 6,
+            "{dtype:?} {placement:?}: {applied} steps applied"
+        );
+        assert_eq!(model.layers[0].weight.val().dtype(), dtype);
+        let last = model.layers[0].weight.val().into_data().convert::<f32>();
+        assert_ne!(first, last, "{dtype:?} {placement:?}: the weights moved");
+    }
+    tested
+}

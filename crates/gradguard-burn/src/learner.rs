@@ -86,6 +86,19 @@ impl<M: Module + Clone> LearnerGuard<M> {
         self.lock().hook = Some(Box::new(hook));
     }
 
+    /// `loss` times the guard's loss scale (a guard built with
+    /// [`Guard::with_loss_scaler`]; without one, `loss` as it is): call it in `TrainStep::step`
+    /// and backpropagate — and [`LearnerGuard::record_loss`] — the scaled loss. The guard
+    /// divides the gradients and the loss by the scale before it judges them.
+    pub fn scale_loss(&self, loss: Tensor<1>) -> Tensor<1> {
+        let scale = self.lock().core.guard.loss_scale();
+        if scale == 1.0 {
+            loss
+        } else {
+            loss.mul_scalar(scale)
+        }
+    }
+
     /// Records this step's loss (call from `TrainStep::step`; one host read of one value).
     pub fn record_loss(&self, loss: Tensor<1>) {
         let value = f64::from(loss.inner().into_scalar::<f32>());

@@ -237,17 +237,19 @@ impl Gradients for BurnGradients {
         }
     }
 
-    fn scale(&mut self, factors: &[f32]) {
+    fn scale(&mut self, factors: &[f64]) {
         match &mut self.storage {
             Storage::Host { grads, .. } => grads.scale(factors),
-            Storage::Device(d) => d.scale(factors),
+            Storage::Device(d) => {
+                d.scale(&factors.iter().map(|&f| f as f32).collect::<Vec<_>>());
+            }
         }
     }
 
-    fn clamp(&mut self, limit: f32) -> Vec<TensorStats> {
+    fn clamp(&mut self, limit: f64) -> Vec<TensorStats> {
         match &mut self.storage {
             Storage::Host { grads, .. } => grads.clamp(limit),
-            Storage::Device(d) => d.clamp(limit),
+            Storage::Device(d) => d.clamp(limit as f32),
         }
     }
 
@@ -268,7 +270,7 @@ impl Gradients for BurnGradients {
     fn scale_units(
         &mut self,
         layout: UnitLayout,
-        factors: &[Option<Vec<f32>>],
+        factors: &[Option<Vec<f64>>],
     ) -> Result<Vec<Option<TensorStats>>> {
         let spans = match &self.storage {
             Storage::Host { .. } => Vec::new(),
@@ -277,7 +279,13 @@ impl Gradients for BurnGradients {
         let names: Vec<&str> = self.entries.iter().map(|e| e.name.as_str()).collect();
         match &mut self.storage {
             Storage::Host { grads, .. } => grads.scale_units(layout, factors),
-            Storage::Device(d) => d.scale_units(&spans, &names, factors),
+            Storage::Device(d) => {
+                let narrow: Vec<Option<Vec<f32>>> = factors
+                    .iter()
+                    .map(|f| f.as_ref().map(|f| f.iter().map(|&x| x as f32).collect()))
+                    .collect();
+                d.scale_units(&spans, &names, &narrow)
+            }
         }
     }
 }

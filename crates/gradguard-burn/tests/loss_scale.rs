@@ -45,6 +45,10 @@ fn weights(m: &Mlp) -> Vec<Vec<f32>> {
 }
 
 fn optimizer(scaled: bool) -> GuardedOptimizer<Mlp> {
+    GuardedOptimizer::new(SgdConfig::new().init(), guard(scaled))
+}
+
+fn guard(scaled: bool) -> Guard {
     let guard = Guard::new(
         GuardConfig {
             update_bound: None,
@@ -53,12 +57,11 @@ fn optimizer(scaled: bool) -> GuardedOptimizer<Mlp> {
         Default::default(),
     )
     .unwrap();
-    let guard = if scaled {
+    if scaled {
         guard.with_loss_scaler(LossScaler::default())
     } else {
         guard
-    };
-    GuardedOptimizer::new(SgdConfig::new().init(), guard)
+    }
 }
 
 #[test]
@@ -122,4 +125,33 @@ fn half_precision_models_step_through_the_guard_on_both_placements() {
         let tested = common::half_precision_models_step(&device, placement);
         assert_eq!(tested, [DType::F16, DType::BF16], "flex computes in both");
     }
+}
+
+/// burn-train's `Learner` path: `LearnerGuard::scale_loss` in `step`, the guard unscales in
+/// `optimize`; the steps are the unscaled ones, bit for bit.
+#[test]
+fn the_learner_guard_scales_and_unscales_as_the_optimizer_does() {
+    use gradguard_burn::LearnerGuard;
+    let device = Device::flex().autodiff();
+    let start = Mlp {
+        layers: (0..3)
+            .map(|_| LinearConfig::new(8, 8).init(&device))
+            .collect(),
+    };
+    let mut runs = Vec::new();
+    for scaled in [false, true] {
+        let guard = LearnerGuard::new(guard(scaled));
+        let mut optim = SgdConfig::new().init();
+        let mut model = start.clone();
+        for s in 0..4 {
+            let (x, y) = batch(s, &device);
+            let loss = guard.scale_loss(model.loss(x, y));
+            guard.record_loss(loss.clone());
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = guard.optimize(model, &mut optim, 0.1.into(), grads);
+        }
+        assert_eq!(guard.counters().step, 4);
+        runs.push(weights(&model));
+    }
+    assert_eq!(runs[0], runs[1]);
 }

@@ -6,8 +6,7 @@ use gradguard::norm::total_norm;
 use gradguard::rules::{
     AdaptiveGradClip, Chain, ClipByGlobalNorm, ClipByValue, ClipPerTensorNorm, Rule, RuleOutcome,
 };
-use gradguard::safetensors_io::write_tensors_as;
-use gradguard::{Decision, Gradients, Guard, GuardConfig, HostGradients, NormType, StepReport};
+use gradguard::{Decision, Guard, GuardConfig, NormType, StepReport};
 use serde::Serialize;
 
 use crate::args::ClipArgs;
@@ -120,14 +119,7 @@ struct ClipSummary<'a> {
 /// Runs the command.
 pub fn run(args: &ClipArgs, order: &[RuleFlag]) -> Result<()> {
     let rules = build_rules(args, order)?;
-    let (tensors, dtypes, metadata) = read_gradient_file(&args.input)?;
-    let mut grads = HostGradients::new(tensors)?;
-    if let Some(path) = &args.params {
-        let (params, _, _) = read_gradient_file(path)?;
-        grads = grads
-            .with_parameters(params)
-            .map_err(|e| BadInput(format!("'{}': {e}", path.display())))?;
-    }
+    let mut file = read_gradient_file(&args.input, args.params.as_deref())?;
     let config = GuardConfig {
         non_finite: args.on_non_finite.into(),
         grad_spike: None,
@@ -136,14 +128,15 @@ pub fn run(args: &ClipArgs, order: &[RuleFlag]) -> Result<()> {
         ..GuardConfig::default()
     };
     let mut guard = Guard::new(config, Chain::new(rules)?)?;
-    let total_before = total_norm(&grads, &grads.stats(), args.norm_type);
-    let report = guard.step(&mut grads, None)?;
-    let total_after = total_norm(&grads, &grads.stats(), args.norm_type);
+    let grads = file.grads();
+    let total_before = total_norm(grads, &grads.stats(), args.norm_type);
+    let report = guard.step(file.grads_mut(), None)?;
+    let grads = file.grads();
+    let total_after = total_norm(grads, &grads.stats(), args.norm_type);
     let written = report.decision == Decision::Apply;
     if written {
-        // Each tensor goes back in the dtype it came in (f16/bf16 rounded to nearest even).
-        let bytes = write_tensors_as(grads.tensors(), &dtypes, metadata)?;
-        write_atomically(&args.output, &bytes)?;
+        // Each tensor goes back in the dtype it came in (narrower ones rounded to nearest even).
+        write_atomically(&args.output, &file.to_bytes()?)?;
     }
     let summary = ClipSummary {
         input: args.input.display().to_string(),

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use gradguard::detect::{DepthProfile, depth_profile};
-use gradguard::{Gradients, HostGradients, NonFiniteAt, combined, first_non_finite};
+use gradguard::{NonFiniteAt, combined, first_non_finite};
 use serde::Serialize;
 
 use crate::args::InspectArgs;
@@ -45,20 +45,19 @@ struct Inspection {
 
 /// Runs the command.
 pub fn run(args: &InspectArgs) -> Result<()> {
-    let (tensors, _, _) = read_gradient_file(&args.file)?;
-    let grads = HostGradients::new(tensors)?;
+    let file = read_gradient_file(&args.file, None)?;
+    let grads = file.grads();
     let stats = grads.stats();
     let all = combined(&stats);
     let names: Vec<&str> = (0..grads.tensor_count()).map(|i| grads.name(i)).collect();
     let inspection = Inspection {
         file: args.file.display().to_string(),
-        tensors: grads
-            .tensors()
+        tensors: stats
             .iter()
-            .zip(&stats)
+            .enumerate()
             .map(|(t, s)| TensorRow {
-                name: t.name.clone(),
-                shape: t.shape.clone(),
+                name: grads.name(t).to_string(),
+                shape: grads.shape(t).to_vec(),
                 numel: s.len,
                 l2: s.l2(),
                 l1: s.l1(),

@@ -297,6 +297,42 @@ fn half_precision_files_are_clipped_and_written_back_in_kind() {
     }
 }
 
+/// An f64 file (a double-precision model's gradients) keeps f64 precision through `inspect` and
+/// `clip`: values that f32 cannot hold survive, the total is the f64 one, the output is F64.
+#[test]
+fn f64_files_keep_their_precision_through_inspect_and_clip() {
+    use gradguard::F64Tensor;
+    use gradguard::safetensors_io::{StoredDtype, read_f64_tensors, write_f64_tensors_as};
+    let dir = tmp();
+    let input = dir.path().join("f64.safetensors");
+    let out = dir.path().join("f64-out.safetensors");
+    // 1 + 2⁻⁴⁰ rounds to 1 in f32.
+    let values = vec![3.0 * (1.0 + 2f64.powi(-40)), -4.0, 0.25, 12.0];
+    let mixed = [
+        F64Tensor::new("layers.0.weight", vec![2, 2], values.clone()).unwrap(),
+        F64Tensor::new("layers.1.bias", vec![1], vec![0.5]).unwrap(),
+    ];
+    let dtypes = [StoredDtype::F64, StoredDtype::F32];
+    std::fs::write(&input, write_f64_tensors_as(&mixed, &dtypes, None).unwrap()).unwrap();
+    let (is, os) = (input.to_str().unwrap(), out.to_str().unwrap());
+    let all: Vec<f64> = values.iter().copied().chain([0.5]).collect();
+    let norm = all.iter().map(|v| v * v).sum::<f64>().sqrt();
+
+    let o = run(&["inspect", is, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&o)["global"]["l2"].as_f64().unwrap(), norm);
+
+    let o = run(&["clip", is, os, "--global-norm", "1", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&o)["total_norm_before"].as_f64().unwrap(), norm);
+    let (back, kinds, _) = read_f64_tensors(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(kinds, dtypes, "each tensor written back in kind");
+    let coef = 1.0 / (norm + 1e-6);
+    let expected: Vec<f64> = values.iter().map(|v| v * coef).collect();
+    assert_eq!(back[0].values, expected, "f64 values clipped in f64");
+    assert_eq!(back[1].values, vec![f64::from((0.5 * coef) as f32)]);
+}
+
 #[test]
 fn agc_with_parameters_clips_units() {
     let dir = tmp();
@@ -383,12 +419,12 @@ fn bad_input_is_one_line_exit_2_and_leaves_nothing_behind() {
     std::fs::write(&truncated, &bytes[..bytes.len() - 5]).unwrap();
     let garbage = dir.path().join("garbage.safetensors");
     std::fs::write(&garbage, b"this is not a tensor file at all").unwrap();
-    let f64_file = dir.path().join("f64.safetensors");
-    let header = br#"{"x":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}}"#;
-    let mut f64_bytes = (header.len() as u64).to_le_bytes().to_vec();
-    f64_bytes.extend_from_slice(header);
-    f64_bytes.extend_from_slice(&1.5f64.to_le_bytes());
-    std::fs::write(&f64_file, f64_bytes).unwrap();
+    let int_file = dir.path().join("i64.safetensors");
+    let header = br#"{"x":{"dtype":"I64","shape":[1],"data_offsets":[0,8]}}"#;
+    let mut int_bytes = (header.len() as u64).to_le_bytes().to_vec();
+    int_bytes.extend_from_slice(header);
+    int_bytes.extend_from_slice(&3i64.to_le_bytes());
+    std::fs::write(&int_file, int_bytes).unwrap();
     let params = dir.path().join("params.safetensors");
     save(&params, &[("layers.0.weight", &[3, 2], vec![0.0; 6])]);
     let out = dir.path().join("out.safetensors");
@@ -408,7 +444,7 @@ fn bad_input_is_one_line_exit_2_and_leaves_nothing_behind() {
             vec!["inspect", garbage.to_str().unwrap()],
             "not a valid safetensors file",
         ),
-        (vec!["inspect", f64_file.to_str().unwrap()], "dtype F64"),
+        (vec!["inspect", int_file.to_str().unwrap()], "dtype I64"),
         (
             vec![
                 "clip",

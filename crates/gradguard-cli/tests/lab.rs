@@ -163,6 +163,18 @@ fn bad_input_gets_one_line_and_exit_code_2_and_leaves_nothing() {
         ),
         (vec!["train", "--steps", "0", "--out", o], "≥ 1"),
         (
+            vec!["train", "--precision", "f8", "--out", o],
+            "unknown precision 'f8'",
+        ),
+        (
+            vec!["train", "--remedy", "loss-scale=0", "--out", o],
+            "positive",
+        ),
+        (
+            vec!["train", "--remedy", "loss-scale=1e30", "--out", o],
+            "init_scale 1e30",
+        ),
+        (
             vec![
                 "train",
                 "--task",

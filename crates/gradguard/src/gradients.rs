@@ -130,11 +130,19 @@ pub trait Gradients {
     /// For each tensor t, Σ (|g| / `scales[t]`)^p over its finite values (for general p-norms).
     fn power_sums(&self, p: f64, scales: &[f64]) -> Vec<f64>;
 
-    /// Multiplies tensor t by `factors[t]`; a factor of exactly 1 leaves the tensor untouched.
-    fn scale(&mut self, factors: &[f32]);
+    /// `x` as this set applies a factor or a limit to its values: rounded to f32 (the default,
+    /// for f32, f16 and bf16 gradients, which are scaled in f32), or unchanged for f64 values.
+    /// Rules use it to keep the statistics they update in step with what was applied.
+    fn applied(&self, x: f64) -> f64 {
+        f64::from(x as f32)
+    }
+
+    /// Multiplies tensor t by `factors[t]` (as [`Gradients::applied`] rounds it); a factor of
+    /// exactly 1 leaves the tensor untouched.
+    fn scale(&mut self, factors: &[f64]);
 
     /// Clamps every value to `[-limit, limit]` (NaN stays NaN) and returns the new statistics.
-    fn clamp(&mut self, limit: f32) -> Vec<TensorStats>;
+    fn clamp(&mut self, limit: f64) -> Vec<TensorStats>;
 
     /// Replaces NaN and ±inf by 0 and returns the new statistics.
     fn zero_non_finite(&mut self) -> Vec<TensorStats>;
@@ -147,6 +155,6 @@ pub trait Gradients {
     fn scale_units(
         &mut self,
         layout: UnitLayout,
-        factors: &[Option<Vec<f32>>],
+        factors: &[Option<Vec<f64>>],
     ) -> Result<Vec<Option<TensorStats>>>;
 }

@@ -81,15 +81,7 @@ impl<V> Default for HostGradients<V> {
 impl<V: Values> HostGradients<V> {
     /// Gradients from tensors with distinct names, kept in the given order.
     pub fn new(tensors: Vec<HostTensor<V>>) -> Result<Self> {
-        let mut seen = HashSet::new();
-        for t in &tensors {
-            if !seen.insert(t.name.as_str()) {
-                return Err(GuardError::BadTensor {
-                    tensor: t.name.clone(),
-                    reason: "the name appears twice".into(),
-                });
-            }
-        }
+        distinct_names(tensors.iter().map(|t| t.name.as_str()))?;
         Ok(HostGradients {
             tensors,
             parameters: None,
@@ -98,29 +90,8 @@ impl<V: Values> HostGradients<V> {
 
     /// Attaches the parameters: one per gradient tensor, matched by name, of the same shape.
     pub fn with_parameters(mut self, parameters: Vec<HostTensor<V>>) -> Result<Self> {
-        let mut by_name: std::collections::HashMap<String, HostTensor<V>> = parameters
-            .into_iter()
-            .map(|p| (p.name.clone(), p))
-            .collect();
-        let mut ordered = Vec::with_capacity(self.tensors.len());
-        for g in &self.tensors {
-            let p = by_name
-                .remove(&g.name)
-                .ok_or_else(|| GuardError::BadTensor {
-                    tensor: g.name.clone(),
-                    reason: "no parameter of this name was given".into(),
-                })?;
-            if p.shape != g.shape {
-                return Err(GuardError::BadTensor {
-                    tensor: g.name.clone(),
-                    reason: format!(
-                        "gradient shape {:?} differs from parameter shape {:?}",
-                        g.shape, p.shape
-                    ),
-                });
-            }
-            ordered.push(p);
-        }
+        let gradients = self.tensors.iter().map(|g| (g.name.as_str(), &g.shape[..]));
+        let ordered = in_gradient_order(gradients, parameters, |p| (&p.name, &p.shape))?;
         self.parameters = Some(ordered);
         Ok(self)
     }
@@ -173,6 +144,51 @@ impl<V: Values> HostGradients<V> {
         };
         merge_partials(self.tensors.len(), partials)
     }
+}
+
+/// An error naming the first name that appears twice.
+pub(crate) fn distinct_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<()> {
+    let mut seen = HashSet::new();
+    for name in names {
+        if !seen.insert(name) {
+            return Err(GuardError::BadTensor {
+                tensor: name.to_string(),
+                reason: "the name appears twice".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `parameters` reordered to match `gradients` (name, shape) one to one, by name; an error names
+/// a gradient without a parameter or with a parameter of another shape.
+pub(crate) fn in_gradient_order<'a, T>(
+    gradients: impl Iterator<Item = (&'a str, &'a [usize])>,
+    parameters: Vec<T>,
+    key: impl Fn(&T) -> (&String, &Vec<usize>),
+) -> Result<Vec<T>> {
+    let mut by_name: std::collections::HashMap<String, T> = parameters
+        .into_iter()
+        .map(|p| (key(&p).0.clone(), p))
+        .collect();
+    gradients
+        .map(|(name, shape)| {
+            let p = by_name.remove(name).ok_or_else(|| GuardError::BadTensor {
+                tensor: name.to_string(),
+                reason: "no parameter of this name was given".into(),
+            })?;
+            let p_shape = key(&p).1;
+            if p_shape.as_slice() != shape {
+                return Err(GuardError::BadTensor {
+                    tensor: name.to_string(),
+                    reason: format!(
+                        "gradient shape {shape:?} differs from parameter shape {p_shape:?}"
+                    ),
+                });
+            }
+            Ok(p)
+        })
+        .collect()
 }
 
 fn merge_partials(count: usize, partials: Vec<(usize, usize, TensorStats)>) -> Vec<TensorStats> {
@@ -243,14 +259,14 @@ impl<V: Values> Gradients for HostGradients<V> {
         out
     }
 
-    fn scale(&mut self, factors: &[f32]) {
+    fn scale(&mut self, factors: &[f64]) {
         let parallel = self.total_len() >= PARALLEL_MIN;
         let jobs: Vec<(&mut [f32], f32)> = self
             .tensors
             .iter_mut()
-            .zip(factors)
-            .filter(|(_, f)| **f != 1.0)
-            .flat_map(|(t, &f)| t.values.as_mut().chunks_mut(CHUNK).map(move |c| (c, f)))
+            .zip(factors.iter().map(|&f| f as f32))
+            .filter(|(_, f)| *f != 1.0)
+            .flat_map(|(t, f)| t.values.as_mut().chunks_mut(CHUNK).map(move |c| (c, f)))
             .collect();
         if parallel {
             jobs.into_par_iter()
@@ -261,7 +277,8 @@ impl<V: Values> Gradients for HostGradients<V> {
         }
     }
 
-    fn clamp(&mut self, limit: f32) -> Vec<TensorStats> {
+    fn clamp(&mut self, limit: f64) -> Vec<TensorStats> {
+        let limit = limit as f32;
         self.chunked_stats(|xs| kernel::clamp_with_stats(xs, limit))
     }
 
@@ -298,7 +315,7 @@ impl<V: Values> Gradients for HostGradients<V> {
     fn scale_units(
         &mut self,
         layout: UnitLayout,
-        factors: &[Option<Vec<f32>>],
+        factors: &[Option<Vec<f64>>],
     ) -> Result<Vec<Option<TensorStats>>> {
         self.tensors
             .par_iter_mut()
@@ -313,7 +330,7 @@ impl<V: Values> Gradients for HostGradients<V> {
                     });
                 }
                 for (i, x) in t.values.as_mut().iter_mut().enumerate() {
-                    let factor = f[span.unit_of(i)];
+                    let factor = f[span.unit_of(i)] as f32;
                     if factor != 1.0 {
                         *x *= factor;
                     }

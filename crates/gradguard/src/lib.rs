@@ -46,6 +46,7 @@ pub mod rules;
 pub mod safetensors_io;
 pub mod shard;
 mod stats;
+mod wide;
 
 pub use error::{GuardError, Result};
 
@@ -59,3 +60,4 @@ pub use host::{HostGradients, HostTensor, Values};
 pub use loss_scale::{LossScaler, LossScalerConfig, LossScalerState, ScaleUpdate};
 pub use norm::NormType;
 pub use stats::{NonFiniteAt, NonFiniteKind, TensorStats, combined, first_non_finite};
+pub use wide::{F64Gradients, F64Tensor, f64_stats};

@@ -62,7 +62,7 @@ impl LossScalerConfig {
         if !positive(self.min_scale) || !positive(self.max_scale) || self.min_scale > self.max_scale
         {
             return bad(format!(
-                "min_scale {} and max_scale {} must be positive, finite, min ≤ max",
+                "min_scale {:?} and max_scale {:?} must be positive, finite, min ≤ max",
                 self.min_scale, self.max_scale
             ));
         }
@@ -71,19 +71,19 @@ impl LossScalerConfig {
             || self.init_scale > self.max_scale
         {
             return bad(format!(
-                "init_scale {} must be positive and finite, within [{}, {}]",
+                "init_scale {:?} must be positive and finite, within [{:?}, {:?}]",
                 self.init_scale, self.min_scale, self.max_scale
             ));
         }
         if !(self.growth_factor > 1.0 && self.growth_factor.is_finite()) {
             return bad(format!(
-                "growth_factor {} must be above 1",
+                "growth_factor {:?} must be above 1",
                 self.growth_factor
             ));
         }
         if !(self.backoff_factor > 0.0 && self.backoff_factor < 1.0) {
             return bad(format!(
-                "backoff_factor {} must be in (0, 1)",
+                "backoff_factor {:?} must be in (0, 1)",
                 self.backoff_factor
             ));
         }

@@ -13,13 +13,15 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::error::{GuardError, Result};
 use crate::host::HostTensor;
+use crate::wide::F64Tensor;
 
 /// A file's `__metadata__`: free-form string pairs.
 pub type FileMetadata = HashMap<String, String>;
 
-/// The float types a gradient file may store. gradguard computes in f32 (statistics in f64
-/// blocks): f16 and bf16 widen to f32 exactly, and are narrowed back (round to nearest even) when
-/// written. F64 is refused: narrowing it to f32 would lose what the file holds.
+/// The float types a gradient file may store. The f32 readers ([`read_tensors`]) widen f16 and
+/// bf16 to f32 exactly and narrow them back (round to nearest even) when writing; they refuse
+/// F64, which f32 would not keep. A file holding F64 is read with [`read_f64_tensors`] (every
+/// dtype widened to f64 exactly) and written back with [`write_f64_tensors_as`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum StoredDtype {
     /// IEEE half precision.
@@ -28,6 +30,8 @@ pub enum StoredDtype {
     BF16,
     /// IEEE single precision.
     F32,
+    /// IEEE double precision.
+    F64,
 }
 
 impl StoredDtype {
@@ -36,6 +40,7 @@ impl StoredDtype {
             Dtype::F16 => Some(StoredDtype::F16),
             Dtype::BF16 => Some(StoredDtype::BF16),
             Dtype::F32 => Some(StoredDtype::F32),
+            Dtype::F64 => Some(StoredDtype::F64),
             _ => None,
         }
     }
@@ -45,6 +50,37 @@ impl StoredDtype {
             StoredDtype::F16 => Dtype::F16,
             StoredDtype::BF16 => Dtype::BF16,
             StoredDtype::F32 => Dtype::F32,
+            StoredDtype::F64 => Dtype::F64,
+        }
+    }
+
+    /// The values of `bytes` (little endian) as f64, exactly.
+    fn widen_f64(self, bytes: &[u8]) -> Vec<f64> {
+        match self {
+            StoredDtype::F64 => bytes
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .collect(),
+            other => other.widen(bytes).into_iter().map(f64::from).collect(),
+        }
+    }
+
+    /// `values` in this dtype's little-endian bytes, rounded once to nearest even.
+    fn narrow_f64(self, values: &[f64]) -> Vec<u8> {
+        match self {
+            StoredDtype::F64 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            StoredDtype::F32 => values
+                .iter()
+                .flat_map(|&v| (v as f32).to_le_bytes())
+                .collect(),
+            StoredDtype::F16 => values
+                .iter()
+                .flat_map(|&v| half::f16::from_f64(v).to_le_bytes())
+                .collect(),
+            StoredDtype::BF16 => values
+                .iter()
+                .flat_map(|&v| half::bf16::from_f64(v).to_le_bytes())
+                .collect(),
         }
     }
 
@@ -63,6 +99,7 @@ impl StoredDtype {
                 .chunks_exact(2)
                 .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
                 .collect(),
+            StoredDtype::F64 => unreachable!("the f32 readers refuse F64 before widening"),
         }
     }
 
@@ -78,8 +115,81 @@ impl StoredDtype {
                 .iter()
                 .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
                 .collect(),
+            StoredDtype::F64 => values
+                .iter()
+                .flat_map(|&v| f64::from(v).to_le_bytes())
+                .collect(),
         }
     }
+}
+
+/// The tensor views of `bytes` in natural name order, each with its dtype (an unsupported dtype
+/// is an error naming the tensor), and the file's `__metadata__`.
+type Parsed<'a> = (
+    Vec<(String, TensorView<'a>, StoredDtype)>,
+    Option<FileMetadata>,
+);
+
+fn parse(bytes: &[u8]) -> Result<Parsed<'_>> {
+    let file = SafeTensors::deserialize(bytes)
+        .map_err(|e| GuardError::BadFile(format!("not a valid safetensors file: {e}")))?;
+    let (_, metadata) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| GuardError::BadFile(format!("not a valid safetensors file: {e}")))?;
+    let mut views: Vec<(String, TensorView<'_>)> = file.tensors();
+    views.sort_by(|(a, _), (b, _)| natural_cmp(a, b));
+    let views = views
+        .into_iter()
+        .map(|(name, view)| match StoredDtype::of(view.dtype()) {
+            Some(dtype) => Ok((name, view, dtype)),
+            None => Err(GuardError::BadFile(format!(
+                "tensor '{name}' has dtype {:?}; supported: F32, F16, BF16, F64",
+                view.dtype()
+            ))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((views, metadata.metadata().clone()))
+}
+
+/// Whether any tensor of the safetensors `bytes` is stored as F64 (read such a file with
+/// [`read_f64_tensors`] to keep its precision).
+pub fn holds_f64(bytes: &[u8]) -> Result<bool> {
+    let (views, _) = parse(bytes)?;
+    Ok(views.iter().any(|(_, _, d)| *d == StoredDtype::F64))
+}
+
+/// Parses safetensors bytes of f64, f32, f16 or bf16 tensors into f64 values (every dtype
+/// widens exactly), in natural name order, with each tensor's stored dtype and the file's
+/// `__metadata__`.
+pub fn read_f64_tensors(
+    bytes: &[u8],
+) -> Result<(Vec<F64Tensor>, Vec<StoredDtype>, Option<FileMetadata>)> {
+    let (views, metadata) = parse(bytes)?;
+    let mut out = Vec::with_capacity(views.len());
+    let mut dtypes = Vec::with_capacity(views.len());
+    for (name, view, dtype) in views {
+        let values = dtype.widen_f64(view.data());
+        out.push(F64Tensor::new(name, view.shape().to_vec(), values)?);
+        dtypes.push(dtype);
+    }
+    Ok((out, dtypes, metadata))
+}
+
+/// Serializes f64 tensors, each in its `dtypes` entry (narrower types rounded once to nearest
+/// even), with optional `__metadata__`.
+pub fn write_f64_tensors_as(
+    tensors: &[F64Tensor],
+    dtypes: &[StoredDtype],
+    metadata: Option<FileMetadata>,
+) -> Result<Vec<u8>> {
+    let bytes = tensors
+        .iter()
+        .zip(dtypes)
+        .map(|(t, d)| d.narrow_f64(&t.values))
+        .collect::<Vec<_>>();
+    let shapes = tensors
+        .iter()
+        .map(|t| (t.name.as_str(), t.shape.as_slice()));
+    serialize(shapes, dtypes, &bytes, metadata)
 }
 
 /// Parses safetensors bytes of f32, f16 or bf16 tensors into f32 values (widened exactly), in
@@ -97,27 +207,21 @@ pub fn read_tensors(bytes: &[u8]) -> Result<(Vec<HostTensor>, Option<FileMetadat
 pub fn read_tensors_with_dtypes(
     bytes: &[u8],
 ) -> Result<(Vec<HostTensor>, Vec<StoredDtype>, Option<FileMetadata>)> {
-    let file = SafeTensors::deserialize(bytes)
-        .map_err(|e| GuardError::BadFile(format!("not a valid safetensors file: {e}")))?;
-    let (_, metadata) = SafeTensors::read_metadata(bytes)
-        .map_err(|e| GuardError::BadFile(format!("not a valid safetensors file: {e}")))?;
-    let mut views: Vec<(String, TensorView<'_>)> = file.tensors();
-    views.sort_by(|(a, _), (b, _)| natural_cmp(a, b));
+    let (views, metadata) = parse(bytes)?;
     let mut out = Vec::with_capacity(views.len());
     let mut dtypes = Vec::with_capacity(views.len());
-    for (name, view) in views {
-        let Some(dtype) = StoredDtype::of(view.dtype()) else {
+    for (name, view, dtype) in views {
+        if dtype == StoredDtype::F64 {
             return Err(GuardError::BadFile(format!(
-                "tensor '{name}' has dtype {:?}; supported: F32, F16, BF16 (gradguard computes \
-                 in f32, which would not keep an F64 file's precision)",
-                view.dtype()
+                "tensor '{name}' is F64, which f32 would not keep: read this file with \
+                 read_f64_tensors"
             )));
-        };
+        }
         let values = dtype.widen(view.data());
         out.push(HostTensor::new(name, view.shape().to_vec(), values)?);
         dtypes.push(dtype);
     }
-    Ok((out, dtypes, metadata.metadata().clone()))
+    Ok((out, dtypes, metadata))
 }
 
 /// Compares names with runs of digits taken as numbers: `l.2` < `l.10`.
@@ -157,27 +261,39 @@ pub fn write_tensors_as(
     dtypes: &[StoredDtype],
     metadata: Option<FileMetadata>,
 ) -> Result<Vec<u8>> {
-    if dtypes.len() != tensors.len() {
-        return Err(GuardError::BadFile(format!(
-            "{} dtypes for {} tensors",
-            dtypes.len(),
-            tensors.len()
-        )));
-    }
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .zip(dtypes)
         .map(|(t, d)| d.narrow(&t.values))
         .collect();
-    let views = tensors
+    let shapes = tensors
         .iter()
+        .map(|t| (t.name.as_str(), t.shape.as_slice()));
+    serialize(shapes, dtypes, &bytes, metadata)
+}
+
+/// Safetensors bytes of tensors given as (name, shape), dtype and little-endian bytes.
+fn serialize<'a>(
+    shapes: impl ExactSizeIterator<Item = (&'a str, &'a [usize])>,
+    dtypes: &[StoredDtype],
+    bytes: &[Vec<u8>],
+    metadata: Option<FileMetadata>,
+) -> Result<Vec<u8>> {
+    if dtypes.len() != shapes.len() {
+        return Err(GuardError::BadFile(format!(
+            "{} dtypes for {} tensors",
+            dtypes.len(),
+            shapes.len()
+        )));
+    }
+    let views = shapes
         .zip(dtypes)
-        .zip(&bytes)
-        .map(|((t, d), b)| {
-            TensorView::new(d.safetensors(), t.shape.clone(), b)
-                .map(|v| (t.name.clone(), v))
+        .zip(bytes)
+        .map(|(((name, shape), d), b)| {
+            TensorView::new(d.safetensors(), shape.to_vec(), b)
+                .map(|v| (name.to_string(), v))
                 .map_err(|e| GuardError::BadTensor {
-                    tensor: t.name.clone(),
+                    tensor: name.to_string(),
                     reason: e.to_string(),
                 })
         })

@@ -135,11 +135,15 @@ impl<G: Gradients, C: Collective> Gradients for ShardedGradients<'_, G, C> {
         sums
     }
 
-    fn scale(&mut self, factors: &[f32]) {
+    fn applied(&self, x: f64) -> f64 {
+        self.local.applied(x)
+    }
+
+    fn scale(&mut self, factors: &[f64]) {
         self.local.scale(factors);
     }
 
-    fn clamp(&mut self, limit: f32) -> Vec<TensorStats> {
+    fn clamp(&mut self, limit: f64) -> Vec<TensorStats> {
         let local = self.local.clamp(limit);
         reduce_stats(&local, &self.offsets, self.collective)
     }
@@ -168,7 +172,7 @@ impl<G: Gradients, C: Collective> Gradients for ShardedGradients<'_, G, C> {
     fn scale_units(
         &mut self,
         layout: UnitLayout,
-        factors: &[Option<Vec<f32>>],
+        factors: &[Option<Vec<f64>>],
     ) -> Result<Vec<Option<TensorStats>>> {
         let local = self.local.scale_units(layout, factors)?;
         let filled: Vec<TensorStats> = local

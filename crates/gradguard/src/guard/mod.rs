@@ -246,7 +246,7 @@ impl Guard {
             }
             let inverse = 1.0 / update.scale;
             if inverse != 1.0 {
-                grads.scale(&vec![inverse as f32; stats.len()]);
+                grads.scale(&vec![inverse; stats.len()]);
                 stats = stats.iter().map(|s| s.scaled(inverse)).collect();
                 loss = loss.map(|l| l * inverse);
             }

@@ -100,14 +100,14 @@ impl Rule for AdaptiveGradClip {
                 });
             }
         }
-        let factors: Vec<Option<Vec<f32>>> = grad_norms
+        let factors: Vec<Option<Vec<f64>>> = grad_norms
             .iter()
             .zip(&param_norms)
             .map(|(g, p)| {
-                let f: Vec<f32> = g
+                let f: Vec<f64> = g
                     .iter()
                     .zip(p)
-                    .map(|(&gn, &pn)| self.unit_factor(gn, pn).map_or(1.0, |f| f as f32))
+                    .map(|(&gn, &pn)| self.unit_factor(gn, pn).map_or(1.0, |f| grads.applied(f)))
                     .collect();
                 f.iter().any(|&x| x != 1.0).then_some(f)
             })

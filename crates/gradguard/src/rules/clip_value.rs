@@ -37,13 +37,13 @@ impl Rule for ClipByValue {
         grads: &mut dyn Gradients,
         stats: &mut [TensorStats],
     ) -> Result<RuleOutcome> {
-        let limit = self.limit as f32;
+        let limit = grads.applied(self.limit);
         let mut outcome = RuleOutcome::new(self.name(), RuleAction::Unchanged);
         outcome.threshold = Some(self.limit);
         outcome.norm = stats.iter().map(|s| s.max_abs).reduce(f64::max);
         let exceeding = stats
             .iter()
-            .filter(|s| s.max_abs > f64::from(limit) || s.inf_count > 0)
+            .filter(|s| s.max_abs > limit || s.inf_count > 0)
             .count();
         if exceeding > 0 {
             let fresh = grads.clamp(limit);

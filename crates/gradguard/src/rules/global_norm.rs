@@ -81,13 +81,13 @@ pub(crate) fn scale_tensors(grads: &mut dyn Gradients, stats: &mut [TensorStats]
             }
         })
         .collect();
-    grads.scale(&first.iter().map(|&f| f as f32).collect::<Vec<_>>());
+    grads.scale(&first);
     let second: Vec<f64> = factors.iter().zip(&first).map(|(f, a)| f / a).collect();
-    if second.iter().any(|&f| f != 1.0) {
-        grads.scale(&second.iter().map(|&f| f as f32).collect::<Vec<_>>());
+    if second.iter().any(|&f| grads.applied(f) != 1.0) {
+        grads.scale(&second);
     }
     for (s, (&a, &b)) in stats.iter_mut().zip(first.iter().zip(&second)) {
-        *s = s.scaled(f64::from(a as f32) * f64::from(b as f32));
+        *s = s.scaled(grads.applied(a) * grads.applied(b));
     }
 }
 

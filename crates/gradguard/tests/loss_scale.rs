@@ -89,6 +89,86 @@ mod in_the_guard {
         assert_eq!(scaled.stats()[0].sum_squares, report_sum(&scaled));
     }
 
+    /// Gradients that count the passes that scale them.
+    struct Counting(HostGradients, usize);
+
+    impl Gradients for Counting {
+        fn tensor_count(&self) -> usize {
+            self.0.tensor_count()
+        }
+        fn name(&self, index: usize) -> &str {
+            self.0.name(index)
+        }
+        fn shape(&self, index: usize) -> &[usize] {
+            self.0.shape(index)
+        }
+        fn stats(&self) -> Vec<gradguard::TensorStats> {
+            self.0.stats()
+        }
+        fn power_sums(&self, p: f64, scales: &[f64]) -> Vec<f64> {
+            self.0.power_sums(p, scales)
+        }
+        fn scale(&mut self, factors: &[f64]) {
+            self.1 += 1;
+            self.0.scale(factors)
+        }
+        fn clamp(&mut self, limit: f64) -> Vec<gradguard::TensorStats> {
+            self.0.clamp(limit)
+        }
+        fn zero_non_finite(&mut self) -> Vec<gradguard::TensorStats> {
+            self.0.zero_non_finite()
+        }
+        fn unit_norms(
+            &self,
+            source: gradguard::Source,
+            layout: gradguard::UnitLayout,
+        ) -> gradguard::Result<Vec<Vec<f64>>> {
+            self.0.unit_norms(source, layout)
+        }
+        fn scale_units(
+            &mut self,
+            layout: gradguard::UnitLayout,
+            factors: &[Option<Vec<f64>>],
+        ) -> gradguard::Result<Vec<Option<gradguard::TensorStats>>> {
+            self.0.scale_units(layout, factors)
+        }
+    }
+
+    /// The unscale rides on the clip's scaling: one pass over the gradients, with the values of
+    /// unscaling and clipping in two.
+    #[test]
+    fn the_unscale_and_a_clip_are_one_pass() {
+        use gradguard::rules::{Chain, ClipByGlobalNorm};
+        let original = vec![3.0f32, -4.0, 0.5];
+        let clip = || Chain::new(vec![Box::new(ClipByGlobalNorm::new(1.0).unwrap())]).unwrap();
+        let config = GuardConfig {
+            update_bound: None,
+            ..GuardConfig::default()
+        };
+        let mut plain = Guard::new(config.clone(), clip()).unwrap();
+        let mut reference = grads(original.clone());
+        plain.step(&mut reference, None).unwrap();
+
+        let mut scaled_guard = Guard::new(config.clone(), clip())
+            .unwrap()
+            .with_loss_scaler(LossScaler::default());
+        let s = scaled_guard.loss_scale() as f32;
+        let mut scaled = Counting(grads(original.iter().map(|x| x * s).collect()), 0);
+        let report = scaled_guard.step(&mut scaled, None).unwrap();
+        assert_eq!(report.decision, Decision::Apply);
+        assert_eq!(scaled.1, 1, "one scaling pass");
+        assert_eq!(scaled.0.tensors()[0].values, reference.tensors()[0].values);
+
+        // No rule scales: the unscale is its own pass at the end.
+        let mut unclipped = Guard::new(config, Default::default())
+            .unwrap()
+            .with_loss_scaler(LossScaler::default());
+        let mut scaled = Counting(grads(original.iter().map(|x| x * s).collect()), 0);
+        unclipped.step(&mut scaled, None).unwrap();
+        assert_eq!(scaled.1, 1);
+        assert_eq!(scaled.0.tensors()[0].values, original);
+    }
+
     fn report_sum(g: &HostGradients) -> f64 {
         g.tensors()[0]
             .values

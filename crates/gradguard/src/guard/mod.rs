@@ -1,6 +1,7 @@
 //! The step guard: rules and detectors combined into one decision per step.
 
 mod config;
+mod deferred;
 mod report;
 mod update_bound;
 
@@ -16,6 +17,7 @@ use crate::gradients::Gradients;
 use crate::loss_scale::{LossScaler, LossScalerState, ScaleUpdate};
 use crate::rules::{Chain, RuleAction, RuleState};
 use crate::stats::{TensorStats, combined};
+use deferred::DeferredScale;
 
 /// Counters the guard keeps; part of its saved state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -233,7 +235,6 @@ impl Guard {
     /// what the optimizer must do. Errors are the stops the configuration asks for (and bad
     /// rule input such as AGC without parameters).
     pub fn step(&mut self, grads: &mut dyn Gradients, loss: Option<f64>) -> Result<StepReport> {
-        let step = self.counters.step;
         let mut stats = grads.stats();
         let mut loss = loss;
         let mut loss_scale = None;
@@ -246,12 +247,28 @@ impl Guard {
             }
             let inverse = 1.0 / update.scale;
             if inverse != 1.0 {
-                grads.scale(&vec![inverse; stats.len()]);
+                // The division by the scale rides on the first rule that scales (one pass).
                 stats = stats.iter().map(|s| s.scaled(inverse)).collect();
                 loss = loss.map(|l| l * inverse);
+                let mut deferred = DeferredScale::new(grads, inverse);
+                let judged = self.judge(&mut deferred, stats, loss, Some(update));
+                deferred.flush();
+                return judged;
             }
             loss_scale = Some(update);
         }
+        self.judge(grads, stats, loss, loss_scale)
+    }
+
+    /// [`Guard::step`] after the loss scale is taken out: `stats` and `loss` are unscaled.
+    fn judge(
+        &mut self,
+        grads: &mut dyn Gradients,
+        mut stats: Vec<TensorStats>,
+        loss: Option<f64>,
+        loss_scale: Option<ScaleUpdate>,
+    ) -> Result<StepReport> {
+        let step = self.counters.step;
         let before = stats.clone();
         let mut reasons = Vec::new();
         let mut trouble: Option<Trouble> = None;

@@ -4,6 +4,30 @@
 //! `GradientsParams` ([`BurnGradients`]), [`GuardedOptimizer`] — one call that runs the guard and
 //! steps any Burn optimizer, or does not — and, with the `learner` feature, `LearnerGuard` for
 //! burn-train's `Learner`.
+//!
+//! Wrap the optimizer once; each step then measures every gradient, clips by the guard's rules,
+//! and applies, skips or rolls back ([`GuardedStep::report`] says which and why):
+//!
+//! ```
+//! use burn::nn::LinearConfig;
+//! use burn::optim::{GradientsParams, SgdConfig};
+//! use burn::tensor::{Device, Distribution, Tensor};
+//! use gradguard::Guard;
+//! use gradguard_burn::GuardedOptimizer;
+//!
+//! let device = Device::flex().autodiff();
+//! let mut model = LinearConfig::new(4, 1).init(&device);
+//! // The default guard: no rule or threshold to choose.
+//! let mut optim = GuardedOptimizer::new(SgdConfig::new().init(), Guard::default());
+//! for _ in 0..3 {
+//!     let x = Tensor::<2>::random([8, 4], Distribution::Default, &device);
+//!     let loss = model.forward(x).square().mean();
+//!     let grads = GradientsParams::from_grads(loss.backward(), &model);
+//!     let step = optim.step(0.1, model, grads, Some(loss)).expect("the guard did not stop");
+//!     assert!(step.report.norm_before.is_finite());
+//!     model = step.module;
+//! }
+//! ```
 
 #![deny(missing_docs)]
 

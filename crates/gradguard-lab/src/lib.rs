@@ -7,6 +7,27 @@
 //! ([`sweep`]) runs a grid in parallel and ranks remedies by their measured effect; the
 //! [`probe`] predicts explosion before training from the network's Jacobians, beside
 //! mean-field theory; [`faults`] lets tests make a run suffer what the guard must survive.
+//!
+//! One short run in memory — the default configuration explodes on purpose; the default guard
+//! keeps it finite:
+//!
+//! ```
+//! use gradguard_lab::tasks::Task;
+//! use gradguard_lab::{Remedy, RunConfig, TrainOptions, TrainOutcome, train};
+//!
+//! let config = RunConfig {
+//!     depth: 8,
+//!     steps: 10,
+//!     remedies: Remedy::parse_list("guard")?,
+//!     ..RunConfig::for_task(Task::Mlp)
+//! };
+//! let TrainOutcome::Finished(summary) = train(&config, &TrainOptions::default())? else {
+//!     unreachable!("not interrupted");
+//! };
+//! assert_eq!(summary.steps, 10);
+//! assert!(summary.final_loss.is_some(), "{:?}", summary.outcome());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![deny(missing_docs)]
 

@@ -4,6 +4,24 @@
 //! [`MetricsRecord`] that [`Sink`]s write as JSON Lines ([`JsonlSink`]), CSV ([`CsvSink`]) or
 //! TensorBoard event files ([`TensorBoardSink`], read by TensorBoard itself). [`read_metrics`]
 //! parses a JSONL file back, naming the line and the field of any malformed record.
+//!
+//! ```
+//! use gradguard::{Guard, HostGradients, HostTensor};
+//! use gradguard_report::{JsonlSink, MetricsRecord, Sink, read_metrics};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("metrics.jsonl");
+//! let mut sink = JsonlSink::create(&path)?;
+//! let mut guard = Guard::default();
+//! let mut grads = HostGradients::new(vec![HostTensor::new("w", vec![2], vec![3.0, 4.0])?])?;
+//! let report = guard.step(&mut grads, Some(0.5))?;
+//! sink.write(&MetricsRecord::from_report(&report, 0.1))?;
+//! sink.flush()?;
+//!
+//! let records = read_metrics(std::io::BufReader::new(std::fs::File::open(&path)?))?;
+//! assert_eq!(records[0].grad_norm, Some(5.0));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 #![deny(missing_docs)]
 

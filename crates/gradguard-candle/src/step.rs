@@ -1,0 +1,285 @@
+//! The guarded optimizer step for Candle: guard, then step any `candle_nn::Optimizer` — or not.
+
+use std::time::Instant;
+
+use candle_core::{DType, Tensor, Var};
+use candle_nn::{Optimizer, VarMap};
+use gradguard::safetensors_io::natural_cmp;
+use gradguard::{Decision, Guard, StepReport, UpdateNorms};
+
+use crate::error::CandleGuardError;
+use crate::view::CandleGradients;
+
+/// The named trainable variables of `varmap` (`layers.3.weight`, …), in natural name order.
+pub fn named_vars(varmap: &VarMap) -> Vec<(String, Var)> {
+    let data = varmap.data().lock().unwrap_or_else(|p| p.into_inner());
+    let mut vars: Vec<(String, Var)> = data.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+    vars.sort_by(|a, b| natural_cmp(&a.0, &b.0));
+    vars
+}
+
+/// The weights at a good step, to roll back to.
+#[derive(Debug)]
+struct Snapshot {
+    step: u64,
+    weights: Vec<Tensor>,
+}
+
+/// Copies of every var's values (Candle's vars are mutable: a snapshot is a copy).
+fn copy_weights(vars: &[(String, Var)]) -> candle_core::Result<Vec<Tensor>> {
+    vars.iter().map(|(_, v)| v.as_tensor().copy()).collect()
+}
+
+fn restore(vars: &[(String, Var)], weights: &[Tensor]) -> candle_core::Result<()> {
+    for ((_, v), w) in vars.iter().zip(weights) {
+        v.set(w)?;
+    }
+    Ok(())
+}
+
+/// ‖t‖₂ in f64 (accumulated in f64 on the host: no overflow for finite f32 values).
+fn norm(t: &Tensor) -> candle_core::Result<f64> {
+    let values = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let s = gradguard::kernel::slice_stats(&values);
+    Ok(if s.is_finite() { s.l2() } else { f64::NAN })
+}
+
+/// A Candle optimizer behind a gradguard [`Guard`].
+///
+/// ```ignore
+/// let mut optim = GuardedOptimizer::<AdamW>::new(&varmap, ParamsAdamW::default(), Guard::default())?;
+/// for batch in batches {
+///     if optim.skip_batch() { continue; }                  // after a rollback
+///     let loss = model.forward(&batch.x)?.sub(&batch.y)?.sqr()?.mean_all()?;
+///     let report = optim.step(&loss)?;                      // backward, guard, step — or not
+/// }
+/// ```
+///
+/// - `Apply`: the (clipped) gradients go to the optimizer at `lr · lr_multiplier`; with the
+///   guard's update bound (the default guard's), the update the optimizer made is measured
+///   against the weights before it and scaled down when oversized, or undone when not finite.
+/// - `Skip`: the optimizer is not called: weights and optimizer state stay as they were.
+/// - `Rollback`: the weights are restored from the last snapshot (a copy, taken every
+///   `GuardConfig::snapshot_every` good steps), and [`GuardedOptimizer::skip_batch`] answers
+///   `true` for the next batches. Candle's optimizers keep their state private, so a rollback —
+///   and an undone step — restarts the optimizer from its configuration (Adam's moments and step
+///   count from zero) rather than restoring it.
+pub struct GuardedOptimizer<O: Optimizer> {
+    optimizer: O,
+    config: O::Config,
+    vars: Vec<(String, Var)>,
+    guard: Guard,
+    base_lr: f64,
+    snapshot: Option<Snapshot>,
+    skip_batches: u64,
+    snapshot_seconds: f64,
+}
+
+impl<O: Optimizer> std::fmt::Debug for GuardedOptimizer<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardedOptimizer")
+            .field("vars", &self.vars.len())
+            .field("base_lr", &self.base_lr)
+            .field("guard", &self.guard.counters())
+            .field("snapshot_step", &self.snapshot.as_ref().map(|s| s.step))
+            .finish()
+    }
+}
+
+impl<O> GuardedOptimizer<O>
+where
+    O: Optimizer,
+    O::Config: Clone,
+{
+    /// Guards an optimizer of every var in `varmap`, built from `config`.
+    pub fn new(varmap: &VarMap, config: O::Config, guard: Guard) -> Result<Self, CandleGuardError> {
+        Self::from_vars(named_vars(varmap), config, guard)
+    }
+
+    /// Guards an optimizer of the named `vars`, built from `config`.
+    pub fn from_vars(
+        vars: Vec<(String, Var)>,
+        config: O::Config,
+        guard: Guard,
+    ) -> Result<Self, CandleGuardError> {
+        let optimizer = O::new(
+            vars.iter().map(|(_, v)| v.clone()).collect(),
+            config.clone(),
+        )?;
+        let base_lr = optimizer.learning_rate();
+        Ok(GuardedOptimizer {
+            optimizer,
+            config,
+            vars,
+            guard,
+            base_lr,
+            snapshot: None,
+            skip_batches: 0,
+            snapshot_seconds: 0.0,
+        })
+    }
+
+    /// The guard.
+    pub fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
+    /// The optimizer.
+    pub fn optimizer(&self) -> &O {
+        &self.optimizer
+    }
+
+    /// The named vars, in the order the guard reports them.
+    pub fn vars(&self) -> &[(String, Var)] {
+        &self.vars
+    }
+
+    /// Sets the base learning rate (the guard's multiplier applies on top).
+    pub fn set_learning_rate(&mut self, lr: f64) {
+        self.base_lr = lr;
+    }
+
+    /// Seconds spent copying weights for snapshots so far (what the snapshot interval costs).
+    pub fn snapshot_seconds(&self) -> f64 {
+        self.snapshot_seconds
+    }
+
+    /// Whether to skip this batch (after a rollback); counts down.
+    pub fn skip_batch(&mut self) -> bool {
+        if self.skip_batches > 0 {
+            self.skip_batches -= 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// `loss` times the guard's loss scale ([`Guard::with_loss_scaler`]); pass the result to
+    /// [`GuardedOptimizer::step`], which divides it out.
+    pub fn scale_loss(&self, loss: &Tensor) -> candle_core::Result<Tensor> {
+        let scale = self.guard.loss_scale();
+        if scale == 1.0 {
+            Ok(loss.clone())
+        } else {
+            loss.affine(scale, 0.0)
+        }
+    }
+
+    /// One guarded step: the backward pass of the scalar `loss`, the guard's decision, and the
+    /// optimizer's step when the decision is to apply. A guard stop is
+    /// [`CandleGuardError::Guard`], with the weights as they were before the step.
+    pub fn step(&mut self, loss: &Tensor) -> Result<StepReport, CandleGuardError> {
+        let mut grads = loss.backward()?;
+        let value = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+        let with_values = self.guard.chain().needs_parameters();
+        let mut view = CandleGradients::collect(&grads, &self.vars, with_values)?;
+        let mut report = self.guard.step(&mut view, Some(value))?;
+        if matches!(report.decision, Decision::Rollback { .. }) && self.snapshot.is_none() {
+            report.decision = Decision::Skip;
+            report
+                .reasons
+                .push("no snapshot in this process: skipped instead of rolling back".into());
+        }
+        match report.decision {
+            Decision::Apply => {
+                view.write_back(&mut grads)?;
+                self.apply(&grads, &mut report)?;
+                if report.take_snapshot {
+                    let started = Instant::now();
+                    self.snapshot = Some(Snapshot {
+                        step: report.step,
+                        weights: copy_weights(&self.vars)?,
+                    });
+                    self.snapshot_seconds += started.elapsed().as_secs_f64();
+                }
+            }
+            Decision::Skip => {}
+            Decision::Rollback { skip_batches, .. } => {
+                let snapshot = self.snapshot.as_ref().expect("checked above");
+                restore(&self.vars, &snapshot.weights)?;
+                let to_step = snapshot.step;
+                self.restart_optimizer()?;
+                self.skip_batches = u64::from(skip_batches);
+                report.reasons.push(format!(
+                    "weights restored to step {to_step}; optimizer restarted"
+                ));
+            }
+        }
+        Ok(report)
+    }
+
+    fn restart_optimizer(&mut self) -> candle_core::Result<()> {
+        let vars = self.vars.iter().map(|(_, v)| v.clone()).collect();
+        self.optimizer = O::new(vars, self.config.clone())?;
+        Ok(())
+    }
+
+    /// The optimizer's step at the guarded rate, under the update bound when configured.
+    fn apply(
+        &mut self,
+        grads: &candle_core::backprop::GradStore,
+        report: &mut StepReport,
+    ) -> Result<(), CandleGuardError> {
+        self.optimizer
+            .set_learning_rate(report.effective_lr(self.base_lr));
+        if self.guard.config().update_bound.is_none() {
+            self.optimizer.step(grads)?;
+            return Ok(());
+        }
+        let before = copy_weights(&self.vars)?;
+        self.optimizer.step(grads)?;
+        let mut deltas = Vec::with_capacity(before.len());
+        let mut norms = Vec::with_capacity(before.len());
+        for ((name, var), old) in self.vars.iter().zip(&before) {
+            let delta = (var.as_tensor() - old)?;
+            norms.push(UpdateNorms {
+                name: name.clone(),
+                len: old.elem_count(),
+                weight: norm(old)?,
+                update: norm(&delta)?,
+            });
+            deltas.push(delta);
+        }
+        let check = match self.guard.check_update(&norms) {
+            Ok(check) => check.expect("the bound is configured"),
+            Err(error) => {
+                restore(&self.vars, &before)?;
+                self.restart_optimizer()?;
+                return Err(error.into());
+            }
+        };
+        if check.revert {
+            restore(&self.vars, &before)?;
+            self.restart_optimizer()?;
+            report.reasons.push(format!(
+                "the optimizer's update of '{}' is not finite: step undone, optimizer restarted",
+                check.largest_tensor.as_deref().unwrap_or("?")
+            ));
+            report.decision = Decision::Skip;
+            report.take_snapshot = false;
+        } else if check.bounded > 0 {
+            report.reasons.push(format!(
+                "update bounded in {} tensors: ratio {:.3e} over the model, {:.3e} in '{}'; \
+                 bound {:.3e}",
+                check.bounded,
+                check.global_ratio,
+                check.largest_ratio,
+                check.largest_tensor.as_deref().unwrap_or("?"),
+                check.max_ratio
+            ));
+            for (((_, var), old), (delta, &scale)) in self
+                .vars
+                .iter()
+                .zip(&before)
+                .zip(deltas.iter().zip(&check.scales))
+            {
+                if scale < 1.0 {
+                    var.set(&(old + delta.affine(scale, 0.0)?)?)?;
+                }
+            }
+        }
+        report.consecutive_bad = self.guard.counters().consecutive_bad;
+        report.update = Some(check);
+        Ok(())
+    }
+}

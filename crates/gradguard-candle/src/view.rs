@@ -13,19 +13,43 @@ struct Entry {
     dtype: DType,
 }
 
-/// The gradients of named [`Var`]s in a [`GradStore`], copied to the host as f32 (exactly, for
-/// f32, f16 and bf16 gradients): on the CPU one copy per tensor; on CUDA or Metal the gradients
-/// are flattened and concatenated on the device and read in **one** transfer. The guard's
-/// statistics and rules run on the host kernels; [`CandleGradients::write_back`] puts the
-/// gradients a rule changed back into the store, in their own dtype and on their own device.
+/// The gradients of named [`Var`]s in a [`GradStore`], as the guard's host kernels read them.
+///
+/// On the CPU, contiguous f32 gradients are **not copied**: the statistics (the guard's one read
+/// per step) run on Candle's own buffers, borrowed in place; a copy is made only when a rule
+/// changes the gradients (clips them) or needs unit norms. Other dtypes are widened to f32
+/// (exactly, for f16 and bf16). On CUDA or Metal the gradients are flattened and concatenated on
+/// the device and read in **one** transfer. [`CandleGradients::write_back`] puts the gradients a
+/// rule changed back into the store, in their own dtype and on their own device.
 ///
 /// Vars without a gradient are left out (Candle's fused `LayerNorm` and `RmsNorm` give their
 /// weights none, silently).
 #[derive(Debug)]
 pub struct CandleGradients {
-    host: HostGradients,
+    names: Vec<String>,
+    shapes: Vec<Vec<usize>>,
+    /// The flattened f32 gradients, borrowed for reading until `host` is made.
+    borrowed: Vec<Tensor>,
+    /// Host copies, made on the first change (or at once off the CPU, or for AGC).
+    host: Option<HostGradients>,
     entries: Vec<Entry>,
     changed: bool,
+}
+
+/// `f` applied to the f32 values of the flat tensor `t`: borrowed in place when it lives in CPU
+/// memory as contiguous f32, else copied.
+fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> R {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(cpu), Some((start, end))) =
+            (&*storage, layout.contiguous_offsets())
+            && let Ok(all) = cpu.as_slice::<f32>()
+        {
+            return f(&all[start..end]);
+        }
+    }
+    let copy = t.to_vec1::<f32>().unwrap_or_default();
+    f(&copy)
 }
 
 /// Every gradient of `vars` in `grads`, flattened, as f32.
@@ -69,39 +93,73 @@ impl CandleGradients {
         let device = flat
             .first()
             .map_or(Device::Cpu, |(_, t)| t.device().clone());
-        let tensors: Vec<Tensor> = flat.iter().map(|(_, t)| t.clone()).collect();
-        let values = read_all(&tensors, &device)?;
-        let mut host = Vec::with_capacity(values.len());
-        let mut entries = Vec::with_capacity(values.len());
-        for ((i, _), values) in flat.iter().zip(values) {
+        let mut names = Vec::with_capacity(flat.len());
+        let mut shapes = Vec::with_capacity(flat.len());
+        let mut entries = Vec::with_capacity(flat.len());
+        for (i, _) in &flat {
             let (name, var) = &vars[*i];
             let grad = grads.get(var).expect("collected above");
-            host.push(HostTensor::new(name.clone(), grad.dims().to_vec(), values)?);
+            names.push(name.clone());
+            shapes.push(grad.dims().to_vec());
             entries.push(Entry {
                 var: var.clone(),
                 dtype: grad.dtype(),
             });
         }
-        let mut host = HostGradients::new(host)?;
+        let tensors: Vec<Tensor> = flat.into_iter().map(|(_, t)| t).collect();
+        let mut view = CandleGradients {
+            names,
+            shapes,
+            borrowed: Vec::new(),
+            host: None,
+            entries,
+            changed: false,
+        };
+        if device.is_cpu() && !with_parameters {
+            view.borrowed = tensors;
+            return Ok(view);
+        }
+        let values = read_all(&tensors, &device)?;
+        let mut host = view.host_tensors(values)?;
         if with_parameters {
-            let weights: Vec<Tensor> = entries
+            let weights: Vec<Tensor> = view
+                .entries
                 .iter()
                 .map(|e| e.var.as_tensor().flatten_all()?.to_dtype(DType::F32))
                 .collect::<candle_core::Result<_>>()?;
             let values = read_all(&weights, &device)?;
-            let params = host
-                .tensors()
-                .iter()
-                .zip(values)
-                .map(|(g, v)| HostTensor::new(g.name.clone(), g.shape.clone(), v))
-                .collect::<gradguard::Result<Vec<_>>>()?;
-            host = host.with_parameters(params)?;
+            host = host.with_parameters(view.host_tensors(values)?.into_tensors())?;
         }
-        Ok(CandleGradients {
-            host,
-            entries,
-            changed: false,
-        })
+        view.host = Some(host);
+        Ok(view)
+    }
+
+    fn host_tensors(&self, values: Vec<Vec<f32>>) -> gradguard::Result<HostGradients> {
+        let tensors = self
+            .names
+            .iter()
+            .zip(&self.shapes)
+            .zip(values)
+            .map(|((n, s), v)| HostTensor::new(n.clone(), s.clone(), v))
+            .collect::<gradguard::Result<Vec<_>>>()?;
+        HostGradients::new(tensors)
+    }
+
+    /// The host copies, made now if they are not yet.
+    fn host_mut(&mut self) -> &mut HostGradients {
+        if self.host.is_none() {
+            let values = self
+                .borrowed
+                .iter()
+                .map(|t| with_values(t, <[f32]>::to_vec))
+                .collect();
+            let host = self
+                .host_tensors(values)
+                .expect("names and shapes were read from the tensors");
+            self.host = Some(host);
+            self.borrowed.clear();
+        }
+        self.host.as_mut().expect("made above")
     }
 
     /// Whether a rule (or the non-finite policy) changed any gradient.
@@ -109,18 +167,18 @@ impl CandleGradients {
         self.changed
     }
 
-    /// The host copies.
-    pub fn host(&self) -> &HostGradients {
-        &self.host
+    /// Whether the gradients are still read in place (no copy made).
+    pub fn borrowed(&self) -> bool {
+        self.host.is_none()
     }
 
     /// Replaces, in `grads`, every gradient by its host copy (as changed by the rules) in its
     /// own dtype and device. Does nothing when nothing changed.
     pub fn write_back(&self, grads: &mut GradStore) -> Result<(), CandleGuardError> {
-        if !self.changed {
+        let Some(host) = self.host.as_ref().filter(|_| self.changed) else {
             return Ok(());
-        }
-        for (t, e) in self.host.tensors().iter().zip(&self.entries) {
+        };
+        for (t, e) in host.tensors().iter().zip(&self.entries) {
             let device = e.var.device();
             let g = Tensor::from_slice(&t.values, t.shape.as_slice(), device)?.to_dtype(e.dtype)?;
             grads.insert(e.var.as_tensor(), g);
@@ -131,42 +189,76 @@ impl CandleGradients {
 
 impl Gradients for CandleGradients {
     fn tensor_count(&self) -> usize {
-        self.host.tensor_count()
+        self.names.len()
     }
 
     fn name(&self, index: usize) -> &str {
-        self.host.name(index)
+        &self.names[index]
     }
 
     fn shape(&self, index: usize) -> &[usize] {
-        self.host.shape(index)
+        &self.shapes[index]
     }
 
     fn stats(&self) -> Vec<TensorStats> {
-        self.host.stats()
+        match &self.host {
+            Some(host) => host.stats(),
+            None => self
+                .borrowed
+                .iter()
+                .map(|t| with_values(t, gradguard::kernel::slice_stats))
+                .collect(),
+        }
     }
 
     fn power_sums(&self, p: f64, scales: &[f64]) -> Vec<f64> {
-        self.host.power_sums(p, scales)
+        match &self.host {
+            Some(host) => host.power_sums(p, scales),
+            None => self
+                .borrowed
+                .iter()
+                .zip(scales)
+                .map(|(t, &scale)| {
+                    if scale > 0.0 && scale.is_finite() {
+                        with_values(t, |xs| gradguard::kernel::scaled_power_sum(xs, p, scale))
+                    } else {
+                        0.0
+                    }
+                })
+                .collect(),
+        }
     }
 
     fn scale(&mut self, factors: &[f64]) {
-        self.changed |= factors.iter().any(|&f| self.host.applied(f) != 1.0);
-        self.host.scale(factors);
+        let host = self.host_mut();
+        let changed = factors.iter().any(|&f| host.applied(f) != 1.0);
+        host.scale(factors);
+        self.changed |= changed;
     }
 
     fn clamp(&mut self, limit: f64) -> Vec<TensorStats> {
         self.changed = true;
-        self.host.clamp(limit)
+        self.host_mut().clamp(limit)
     }
 
     fn zero_non_finite(&mut self) -> Vec<TensorStats> {
         self.changed = true;
-        self.host.zero_non_finite()
+        self.host_mut().zero_non_finite()
     }
 
     fn unit_norms(&self, source: Source, layout: UnitLayout) -> gradguard::Result<Vec<Vec<f64>>> {
-        self.host.unit_norms(source, layout)
+        match &self.host {
+            Some(host) => host.unit_norms(source, layout),
+            // Parameters are read at collection (with_parameters); gradients alone, copied.
+            None => {
+                let values = self
+                    .borrowed
+                    .iter()
+                    .map(|t| with_values(t, <[f32]>::to_vec))
+                    .collect();
+                self.host_tensors(values)?.unit_norms(source, layout)
+            }
+        }
     }
 
     fn scale_units(
@@ -175,6 +267,6 @@ impl Gradients for CandleGradients {
         factors: &[Option<Vec<f64>>],
     ) -> gradguard::Result<Vec<Option<TensorStats>>> {
         self.changed = true;
-        self.host.scale_units(layout, factors)
+        self.host_mut().scale_units(layout, factors)
     }
 }

@@ -138,6 +138,10 @@ fn the_same_gradients_give_the_same_statistics_clip_and_decision_everywhere() {
         (burn_view(Placement::Host), burn_view(Placement::Device));
 
     let reference = host.stats();
+    assert!(
+        candle.borrowed(),
+        "on the CPU the statistics read Candle's buffers in place"
+    );
     assert_eq!(candle.stats(), reference, "Candle = host, bit for bit");
     assert_eq!(burn_host.stats(), reference, "Burn (host kernels) = host");
     for (d, h) in burn_device_view.stats().iter().zip(&reference) {
@@ -167,6 +171,7 @@ fn the_same_gradients_give_the_same_statistics_clip_and_decision_everywhere() {
         );
         assert_eq!(r.rules[0].action, reports[0].rules[0].action);
     }
+    assert!(!candle.borrowed(), "a clip works on copies");
     // The clipped gradients go back into Candle's store, equal to the host's.
     candle.write_back(&mut store).unwrap();
     for ((_, v), h) in vars.iter().zip(host.tensors()) {

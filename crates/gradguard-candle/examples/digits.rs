@@ -27,6 +27,10 @@ pub struct Outcome {
     pub skipped: usize,
     /// Whether every weight is finite at the end.
     pub finite: bool,
+    /// Seconds of the training loop.
+    pub seconds: f64,
+    /// Of those, seconds spent copying the weights for rollback snapshots.
+    pub snapshot_seconds: f64,
 }
 
 struct Mlp {
@@ -126,6 +130,7 @@ pub fn run(
     let test = data.test_batch(0);
     let first_loss = model.loss(&test, &device)?.to_scalar::<f32>()?;
     let mut skipped = 0;
+    let started = std::time::Instant::now();
     for step in 0..steps {
         if optim.skip_batch() {
             continue;
@@ -138,6 +143,7 @@ pub fn run(
         skipped += usize::from(report.decision == Decision::Skip);
         sinks.write(&MetricsRecord::from_report(&report, 1e-3))?;
     }
+    let seconds = started.elapsed().as_secs_f64();
     sinks.flush()?;
     let finite = optim.vars().iter().all(|(_, v)| {
         v.as_tensor()
@@ -151,6 +157,8 @@ pub fn run(
         accuracy: model.accuracy(&test, &device)?,
         skipped,
         finite,
+        seconds,
+        snapshot_seconds: optim.snapshot_seconds(),
     })
 }
 
@@ -166,6 +174,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         100.0 * o.accuracy,
         o.skipped,
         o.finite
+    );
+    println!(
+        "{:.2} s of training, {:.4} s of it copying snapshots",
+        o.seconds, o.snapshot_seconds
     );
     println!("telemetry: {}", out.display());
     Ok(())

@@ -7,7 +7,9 @@ mod digits;
 fn the_digits_example_learns_under_the_default_guard_and_skips_corrupt_batches() {
     let dir = tempfile::tempdir().unwrap();
     let o = digits::run(300, 100, gradguard::Guard::default(), dir.path()).unwrap();
+    eprintln!("{o:?}");
     assert!(o.finite, "{o:?}");
+    assert!(o.snapshot_seconds > 0.0 && o.snapshot_seconds < o.seconds);
     assert_eq!(o.skipped, 3, "steps 99, 199 and 299 carry a NaN: {o:?}");
     assert!(o.last_loss < 0.2 * o.first_loss, "{o:?}");
     assert!(o.accuracy > 0.85, "{o:?}");

@@ -203,6 +203,10 @@ pub struct SweepArgs {
     /// Sequence length (recurrent tasks).
     #[arg(long, value_parser = at_least_one)]
     pub seq_len: Option<u64>,
+    /// The format of the forward and backward passes: f32, f16 or bf16 (with a grid file, its
+    /// `precision` key, overridden by this flag when given).
+    #[arg(long, value_name = "f32|f16|bf16")]
+    pub precision: Option<Precision>,
     /// The sweep directory (runs/, sweep.json, report.html).
     #[arg(long, value_name = "DIR", default_value = "sweep")]
     pub out: PathBuf,

@@ -19,6 +19,9 @@ fn grid_of(args: &SweepArgs) -> Result<Grid> {
         if let Some(v) = args.steps {
             grid.base.steps = v;
         }
+        if let Some(v) = args.precision {
+            grid.base.precision = v;
+        }
         return Ok(grid);
     }
     let mut base = RunConfig::for_task(args.task);
@@ -27,6 +30,9 @@ fn grid_of(args: &SweepArgs) -> Result<Grid> {
     }
     if let Some(v) = args.seq_len {
         base.seq_len = usize::try_from(v).unwrap_or(usize::MAX);
+    }
+    if let Some(v) = args.precision {
+        base.precision = v;
     }
     let mut grid = Grid::single(base);
     fn set<T>(dst: &mut Vec<T>, src: Vec<T>) {

@@ -268,6 +268,37 @@ fn fail_on_divergence_exits_1_for_an_exploding_run() {
 }
 
 #[test]
+fn a_sweep_runs_in_the_precision_asked_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("sweep");
+    let o = run(&[
+        "sweep",
+        "--task",
+        "mlp",
+        "--depth",
+        "3",
+        "--steps",
+        "3",
+        "--remedy",
+        "none",
+        "--precision",
+        "bf16",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let runs: Vec<String> = std::fs::read_dir(out.join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(runs.len(), 1);
+    assert!(runs[0].ends_with("-bf16"), "{runs:?}");
+    let config =
+        std::fs::read_to_string(out.join("runs").join(&runs[0]).join("config.json")).unwrap();
+    assert!(config.contains(r#""precision": "bf16""#), "{config}");
+}
+
+#[test]
 fn a_sweep_ranks_remedies_writes_a_report_and_resumes() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("sweep");

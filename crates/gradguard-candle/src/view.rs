@@ -230,10 +230,12 @@ impl Gradients for CandleGradients {
     }
 
     fn scale(&mut self, factors: &[f64]) {
-        let host = self.host_mut();
-        let changed = factors.iter().any(|&f| host.applied(f) != 1.0);
-        host.scale(factors);
-        self.changed |= changed;
+        // Factors that round to 1 change nothing: no copy for them.
+        if factors.iter().all(|&f| self.applied(f) == 1.0) {
+            return;
+        }
+        self.host_mut().scale(factors);
+        self.changed = true;
     }
 
     fn clamp(&mut self, limit: f64) -> Vec<TensorStats> {

@@ -137,6 +137,12 @@ fn the_same_gradients_give_the_same_statistics_clip_and_decision_everywhere() {
     let (mut burn_host, mut burn_device_view) =
         (burn_view(Placement::Host), burn_view(Placement::Device));
 
+    // A step no rule changes reads Candle's buffers in place and copies nothing.
+    let mut untouched = CandleGradients::collect(&store, &vars, false).unwrap();
+    let report = Guard::default().step(&mut untouched, Some(1.0)).unwrap();
+    assert_eq!(report.decision, Decision::Apply);
+    assert!(untouched.borrowed() && !untouched.changed());
+
     let reference = host.stats();
     assert!(
         candle.borrowed(),

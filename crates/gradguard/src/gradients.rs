@@ -65,6 +65,23 @@ impl UnitSpan {
 }
 
 impl UnitLayout {
+    /// [`UnitLayout::span`], checking that `factors` (one per unit) matches the unit count.
+    pub fn span_for_factors(
+        &self,
+        name: &str,
+        shape: &[usize],
+        factors: usize,
+    ) -> Result<UnitSpan> {
+        let span = self.span(name, shape)?;
+        if factors != span.units() {
+            return Err(GuardError::BadTensor {
+                tensor: name.to_string(),
+                reason: format!("{factors} unit factors for {} units", span.units()),
+            });
+        }
+        Ok(span)
+    }
+
     /// How a tensor of `shape` splits into units under this layout.
     pub fn span(&self, name: &str, shape: &[usize]) -> Result<UnitSpan> {
         let len: usize = shape.iter().product();

@@ -322,13 +322,7 @@ impl<V: Values> Gradients for HostGradients<V> {
             .zip(factors)
             .map(|(t, f)| {
                 let Some(f) = f else { return Ok(None) };
-                let span = layout.span(&t.name, &t.shape)?;
-                if f.len() != span.units() {
-                    return Err(GuardError::BadTensor {
-                        tensor: t.name.clone(),
-                        reason: format!("{} unit factors for {} units", f.len(), span.units()),
-                    });
-                }
+                let span = layout.span_for_factors(&t.name, &t.shape, f.len())?;
                 for (i, x) in t.values.as_mut().iter_mut().enumerate() {
                     let factor = f[span.unit_of(i)] as f32;
                     if factor != 1.0 {

@@ -233,13 +233,7 @@ impl Gradients for F64Gradients {
             .zip(factors)
             .map(|(t, f)| {
                 let Some(f) = f else { return Ok(None) };
-                let span = layout.span(&t.name, &t.shape)?;
-                if f.len() != span.units() {
-                    return Err(GuardError::BadTensor {
-                        tensor: t.name.clone(),
-                        reason: format!("{} unit factors for {} units", f.len(), span.units()),
-                    });
-                }
+                let span = layout.span_for_factors(&t.name, &t.shape, f.len())?;
                 for (i, x) in t.values.iter_mut().enumerate() {
                     let factor = f[span.unit_of(i)];
                     if factor != 1.0 {

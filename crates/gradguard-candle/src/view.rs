@@ -48,7 +48,11 @@ fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> R {
             return f(&all[start..end]);
         }
     }
-    let copy = t.to_vec1::<f32>().unwrap_or_default();
+    // Borrowed tensors are CPU f32 vectors (see `collect`): reading them back cannot fail, and
+    // empty values would be a silent substitute for the gradient.
+    let copy = t
+        .to_vec1::<f32>()
+        .expect("a flattened f32 CPU tensor reads back");
     f(&copy)
 }
 

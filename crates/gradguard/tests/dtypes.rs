@@ -7,6 +7,8 @@
 //! total and rounded once; PyTorch rounds the total and the coefficient to the half dtype first,
 //! so the two agree to two units in the last place of that dtype.
 
+mod common;
+
 use gradguard::rules::{ClipByGlobalNorm, ClipByValue, Rule};
 use gradguard::safetensors_io::{
     StoredDtype, holds_f64, read_f64_tensors, read_tensors_with_dtypes, write_f64_tensors_as,
@@ -64,15 +66,9 @@ fn file(case: &Value) -> Vec<u8> {
         .unwrap()
         .iter()
         .map(|t| {
-            let shape = t["shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap() as usize)
-                .collect();
             (
                 t["name"].as_str().unwrap().to_string(),
-                shape,
+                common::shape(t),
                 bytes_of(&t["bits"], width),
             )
         })

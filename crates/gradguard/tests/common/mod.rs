@@ -28,21 +28,25 @@ pub fn decode_f32s(v: &Value) -> Vec<f32> {
         .collect()
 }
 
+/// A fixture tensor's `shape`.
+pub fn shape(t: &Value) -> Vec<usize> {
+    t["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_u64().unwrap() as usize)
+        .collect()
+}
+
 /// The tensors of a fixture case (`tensors` or `params`).
 pub fn tensors(v: &Value) -> Vec<HostTensor> {
     v.as_array()
         .unwrap()
         .iter()
         .map(|t| {
-            let shape = t["shape"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d.as_u64().unwrap() as usize)
-                .collect();
             HostTensor::new(
                 t["name"].as_str().unwrap(),
-                shape,
+                shape(t),
                 decode_f32s(&t["values"]),
             )
             .unwrap()

@@ -32,8 +32,10 @@
 #![deny(missing_docs)]
 
 mod collect;
+#[cfg(feature = "cube")]
+mod cube;
 pub mod faults;
-#[cfg(feature = "wgpu")]
+#[cfg(feature = "cube")]
 mod launches;
 #[cfg(feature = "learner")]
 mod learner;
@@ -44,7 +46,9 @@ mod update;
 mod view;
 
 pub use collect::parameter_names;
-#[cfg(feature = "wgpu")]
+#[cfg(feature = "cube")]
+pub use cube::tensors_per_launch;
+#[cfg(feature = "cube")]
 pub use launches::count_launches;
 #[cfg(feature = "learner")]
 pub use learner::LearnerGuard;

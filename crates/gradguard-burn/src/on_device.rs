@@ -1,38 +1,56 @@
-//! Gradients that stay on an accelerator: every tensor in one padded buffer ([`Padded`]),
-//! statistics by a fixed number of f32 tensor ops over it, one small read per step.
+//! Gradients that stay on an accelerator, and their statistics in one small read per step.
 //!
-//! Scaling, clamping and zeroing non-finite values are one op over the whole buffer (a scale
-//! factor per block, uploaded with the op). Only AGC's unit norms run per tensor.
+//! On Burn's CubeCL backends (wgpu, CUDA, ROCm; feature `cube`) the gradients stay where the
+//! backward pass left them and one fused kernel ([`crate::cube`]) measures them all in place. On
+//! any other accelerator backend, and once a rule needs them in one piece, they are copied into
+//! one padded buffer ([`Padded`], one copy per tensor) and measured by a fixed number of f32 tensor
+//! ops over it. Both write the same four numbers per block, read in one host read with the loss.
+//!
+//! Scaling multiplies each tensor a rule changed (one op per tensor, or one op over the padded
+//! buffer); clamping, zeroing non-finite values, power sums and AGC's unit norms run on the padded
+//! buffer.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell, RefMut};
 
-use burn::tensor::{DType, Int, Tensor, Transaction};
+use burn::tensor::{DType, Device, Int, Tensor, Transaction};
 use gradguard::{GuardError, NonFiniteAt, NonFiniteKind, Result, Source, TensorStats, UnitSpan};
 
-use crate::padded::{BLOCK, PER_BLOCK, Padded, f32_of, pairwise_row_sums, read_f32};
+use crate::padded::{BLOCK, Padded, Segment, f32_of, pairwise_row_sums, read_f32};
+
+/// Where the gradients are kept.
+#[derive(Debug)]
+enum Storage {
+    /// Flattened, in their own dtype, as the backward pass left them (or as a scale left them).
+    Separate(Vec<Tensor<1>>),
+    /// Copied into one padded f32 buffer; the empty tensors kept as they came.
+    Padded(Box<Padded>, Vec<Option<Tensor<1>>>),
+}
 
 /// The gradients (and, for AGC, parameter values) of one step, on their device.
 #[derive(Debug)]
 pub(crate) struct DeviceGradients {
-    padded: Padded,
+    storage: RefCell<Storage>,
+    /// Where each tensor's blocks are in the statistics (and in the padded buffer).
+    segments: Vec<Segment>,
     /// Each gradient's own dtype, restored when the gradients are handed back.
     dtypes: Vec<DType>,
-    /// The gradients with no elements, kept as they came.
-    empties: Vec<Option<Tensor<1>>>,
+    device: Option<Device>,
     values: Vec<Tensor<1>>,
     pub cached: Option<Vec<TensorStats>>,
     pub host_reads: Cell<u32>,
 }
 
 impl DeviceGradients {
-    /// Copies `grads` (flattened) into one padded buffer: one zero fill and one copy per tensor.
+    /// Keeps `grads` (flattened) as they are; nothing is copied or launched yet.
     pub fn new(grads: Vec<Tensor<1>>, values: Vec<Tensor<1>>) -> Self {
         let dtypes = grads.iter().map(Tensor::dtype).collect();
-        let (padded, empties) = Padded::new(grads);
+        let device = grads.first().map(Tensor::device);
+        let segments = Padded::segments_of(grads.iter().map(|t| t.shape().num_elements()));
         DeviceGradients {
-            padded,
+            storage: RefCell::new(Storage::Separate(grads)),
+            segments,
             dtypes,
-            empties,
+            device,
             values,
             cached: None,
             host_reads: Cell::new(0),
@@ -43,24 +61,68 @@ impl DeviceGradients {
         self.host_reads.set(self.host_reads.get() + 1);
     }
 
+    /// The padded buffer, copied from the separate tensors the first time it is needed.
+    fn padded(&self) -> RefMut<'_, Padded> {
+        let mut storage = self.storage.borrow_mut();
+        if let Storage::Separate(tensors) = &mut *storage {
+            let (padded, empties) = Padded::new(std::mem::take(tensors));
+            *storage = Storage::Padded(Box::new(padded), empties);
+        }
+        RefMut::map(storage, |s| match s {
+            Storage::Padded(p, _) => &mut **p,
+            Storage::Separate(_) => unreachable!("just padded"),
+        })
+    }
+
+    /// The blocks' statistics (`segments` layout, [`PER_BLOCK`] per block) and the loss, read
+    /// together in one host read; `None` for the statistics when there are no values.
+    fn block_statistics(&self, loss: Option<Tensor<1>>) -> (Vec<f32>, Option<f64>) {
+        let loss = loss.map(|l| f32_of(l.inner().reshape([1])));
+        #[cfg(feature = "cube")]
+        if let Some(read) = self.block_statistics_fused(loss.as_ref()) {
+            return read;
+        }
+        let stats = self.padded().statistics();
+        let blocks_read = stats.as_ref().map_or(0, |s| s.shape().num_elements());
+        let parts: Vec<Tensor<1>> = stats.into_iter().chain(loss).collect();
+        if parts.is_empty() {
+            return (Vec::new(), None);
+        }
+        self.count_read();
+        let mut host = read_f32(Tensor::cat(parts, 0));
+        let loss_value = (host.len() > blocks_read).then(|| f64::from(host[blocks_read]));
+        host.truncate(blocks_read);
+        (host, loss_value)
+    }
+
+    /// [`DeviceGradients::block_statistics`] by the fused kernel, when every tensor (and the
+    /// loss) lives on a CubeCL device; `None` otherwise.
+    #[cfg(feature = "cube")]
+    fn block_statistics_fused(&self, loss: Option<&Tensor<1>>) -> Option<(Vec<f32>, Option<f64>)> {
+        let storage = self.storage.borrow();
+        let inputs: Vec<Tensor<1>> = match &*storage {
+            Storage::Separate(tensors) => tensors.clone(),
+            Storage::Padded(p, _) => p.buffer.iter().cloned().collect(),
+        };
+        let loss = match loss {
+            Some(l) => Some(crate::cube::resolve(l)?),
+            None => None,
+        };
+        let cube = crate::cube::resolve_all(&inputs)?;
+        let stats = crate::cube::block_statistics(&cube, None);
+        if stats.is_none() && loss.is_none() {
+            return Some((Vec::new(), None));
+        }
+        self.count_read();
+        let (host, loss_value) = crate::cube::read(stats.as_ref(), loss.as_ref());
+        Some((host, loss_value.map(f64::from)))
+    }
+
     /// The statistics of every tensor, and the loss, in one read (plus one more only for tensors
     /// holding non-finite values, to locate the first).
     pub fn read_stats(&self, loss: Option<Tensor<1>>) -> (Vec<TensorStats>, Option<f64>) {
-        let parts: Vec<Tensor<1>> = self
-            .padded
-            .statistics()
-            .into_iter()
-            .chain(loss.map(|l| f32_of(l.inner().reshape([1]))))
-            .collect();
-        let blocks_read = self.padded.blocks() * PER_BLOCK;
-        let host: Vec<f32> = if parts.is_empty() {
-            Vec::new()
-        } else {
-            self.count_read();
-            read_f32(Tensor::cat(parts, 0))
-        };
-        let loss_value = (host.len() > blocks_read).then(|| f64::from(host[blocks_read]));
-        let mut stats = self.padded.combine(&host);
+        let (host, loss_value) = self.block_statistics(loss);
+        let mut stats = Padded::combine_segments(&self.segments, &host);
         self.locate_non_finite(&mut stats, &host);
         (stats, loss_value)
     }
@@ -71,31 +133,30 @@ impl DeviceGradients {
         let bad: Vec<usize> = (0..stats.len())
             .filter(|&i| !stats[i].is_finite())
             .collect();
-        let (Some(blocks), Some(device)) = (self.padded.block_view(), &self.padded.device) else {
-            return;
-        };
         if bad.is_empty() {
             return;
         }
+        let padded = self.padded();
+        let (Some(blocks), Some(device)) = (padded.block_view(), &self.device) else {
+            return;
+        };
         let mut tx = Transaction::default();
         let mut offsets = Vec::with_capacity(bad.len());
         for &i in &bad {
-            let block = self
-                .padded
-                .first_bad_block(i, host)
+            let block = Padded::first_bad_block_of(self.segments[i], host)
                 .expect("a tensor with non-finite values has a block holding one");
             let row: Tensor<1> = blocks.clone().slice(block..block + 1).reshape([BLOCK]);
             let positions = Tensor::<1, Int>::arange(0..BLOCK as i64, device);
             let first = positions
                 .mask_fill(row.clone().is_finite(), BLOCK as i64)
                 .min();
-            let nan = self.padded.view(i).expect("a tensor with values").is_nan();
+            let nan = padded.view(i).expect("a tensor with values").is_nan();
             let nan_count = nan.int().sum();
             tx = tx
                 .register(row.select(0, first.clone()))
                 .register(first)
                 .register(nan_count);
-            offsets.push((block - self.padded.segments[i].first_block) * BLOCK);
+            offsets.push((block - self.segments[i].first_block) * BLOCK);
         }
         self.count_read();
         let data = tx.execute();
@@ -131,11 +192,12 @@ impl DeviceGradients {
     /// Σ (|g| / scale_t)^p over finite values, per block on the device, per tensor in f64.
     pub fn power_sums(&self, p: f64, scales: &[f64]) -> Vec<f64> {
         let usable = |s: f64| s > 0.0 && s.is_finite();
-        let (Some(blocks), Some(device)) = (self.padded.block_view(), &self.padded.device) else {
-            return vec![0.0; self.padded.segments.len()];
+        let padded = self.padded();
+        let (Some(blocks), Some(device)) = (padded.block_view(), &self.device) else {
+            return vec![0.0; self.segments.len()];
         };
         // Divided, not multiplied by 1/s, which overflows f32 for a subnormal scale.
-        let divisor = self.padded.per_block(
+        let divisor = padded.per_block(
             |t| {
                 if usable(scales[t]) {
                     (scales[t] as f32).max(f32::from_bits(1))
@@ -149,9 +211,8 @@ impl DeviceGradients {
         let ratio = blocks.mask_fill(finite.bool_not(), 0.0).abs() / divisor;
         let sums = pairwise_row_sums(ratio.powf_scalar(p as f32));
         self.count_read();
-        let host = read_f32(sums.reshape([self.padded.blocks()]));
-        self.padded
-            .segments
+        let host = read_f32(sums.reshape([padded.blocks()]));
+        self.segments
             .iter()
             .enumerate()
             .map(|(t, s)| {
@@ -166,33 +227,53 @@ impl DeviceGradients {
             .collect()
     }
 
-    /// Multiplies tensor t by `factors[t]`: one op over the buffer.
+    /// Multiplies tensor t by `factors[t]`: in f32, one op per tensor whose factor is not 1
+    /// (separate tensors), or one op over the padded buffer.
     pub fn scale(&mut self, factors: &[f32]) {
         if factors.iter().all(|&f| f == 1.0) {
             return;
         }
-        let blocks = self.padded.blocks();
-        if let (Some(view), Some(device)) = (self.padded.block_view(), &self.padded.device) {
-            let f = self.padded.per_block(|t| factors[t], device);
-            self.padded.buffer = Some((view * f).reshape([blocks * BLOCK]));
-        }
         self.cached = None;
+        match self.storage.get_mut() {
+            Storage::Separate(tensors) => {
+                for (t, &f) in tensors.iter_mut().zip(factors) {
+                    if f != 1.0 && t.shape().num_elements() > 0 {
+                        *t = f32_of(t.clone()) * f;
+                    }
+                }
+            }
+            Storage::Padded(padded, _) => {
+                let blocks = padded.blocks();
+                if let (Some(view), Some(device)) = (padded.block_view(), &self.device) {
+                    let f = padded.per_block(|t| factors[t], device);
+                    padded.buffer = Some((view * f).reshape([blocks * BLOCK]));
+                }
+            }
+        }
+    }
+
+    /// Replaces the padded buffer by `op` of it.
+    fn map_buffer(&mut self, op: impl FnOnce(Tensor<1>) -> Tensor<1>) {
+        let mut padded = self.padded();
+        if let Some(buffer) = padded.buffer.take() {
+            padded.buffer = Some(op(buffer));
+        }
     }
 
     /// Clamps to `[-limit, limit]`; NaN stays NaN (a GPU `clamp` of NaN is unspecified).
     pub fn clamp(&mut self, limit: f32) -> Vec<TensorStats> {
-        if let Some(buffer) = self.padded.buffer.take() {
+        self.map_buffer(|buffer| {
             let nan = buffer.clone().is_nan();
-            self.padded.buffer = Some(buffer.clamp(-limit, limit).mask_fill(nan, f32::NAN));
-        }
+            buffer.clamp(-limit, limit).mask_fill(nan, f32::NAN)
+        });
         self.fresh_stats()
     }
 
     pub fn zero_non_finite(&mut self) -> Vec<TensorStats> {
-        if let Some(buffer) = self.padded.buffer.take() {
+        self.map_buffer(|buffer| {
             let bad = buffer.clone().is_finite().bool_not();
-            self.padded.buffer = Some(buffer.mask_fill(bad, 0.0));
-        }
+            buffer.mask_fill(bad, 0.0)
+        });
         self.fresh_stats()
     }
 
@@ -200,9 +281,10 @@ impl DeviceGradients {
     /// unit max |x| and Σ(x/max)² on the device (f32, no overflow), one read, NaN and inf kept.
     pub fn unit_norms(&self, source: Source, spans: &[UnitSpan]) -> Result<Vec<Vec<f64>>> {
         let tensors: Vec<Option<Tensor<1>>> = match source {
-            Source::Gradient => (0..self.dtypes.len())
-                .map(|t| self.padded.view(t))
-                .collect(),
+            Source::Gradient => {
+                let padded = self.padded();
+                (0..self.dtypes.len()).map(|t| padded.view(t)).collect()
+            }
             Source::Parameter if self.values.len() == self.dtypes.len() => self
                 .values
                 .iter()
@@ -281,7 +363,8 @@ impl DeviceGradients {
                     reason: format!("{} unit factors for {} units", f.len(), span.units()),
                 });
             }
-            let (Some(g), Some(device)) = (self.padded.view(t), &self.padded.device) else {
+            let mut padded = self.padded();
+            let (Some(g), Some(device)) = (padded.view(t), &self.device) else {
                 continue;
             };
             let factor = Tensor::<1>::from_floats(f.as_slice(), device);
@@ -292,13 +375,12 @@ impl DeviceGradients {
             };
             let x: Tensor<2> = g.reshape([span.rows, span.cols]);
             let scaled = (x * factor).reshape([span.rows * span.cols]);
-            let s = self.padded.segments[t];
-            let buffer = self
-                .padded
+            let s = self.segments[t];
+            let buffer = padded
                 .buffer
                 .take()
                 .expect("a tensor with values has a buffer");
-            self.padded.buffer = Some(buffer.slice_assign(s.start()..s.start() + s.len, scaled));
+            padded.buffer = Some(buffer.slice_assign(s.start()..s.start() + s.len, scaled));
         }
         let fresh = self.fresh_stats();
         Ok(fresh
@@ -308,19 +390,27 @@ impl DeviceGradients {
             .collect())
     }
 
-    /// The gradients, flattened, each in its own dtype: views into the buffer where possible.
-    pub fn into_grads(mut self) -> Vec<Tensor<1>> {
-        (0..self.dtypes.len())
-            .map(|t| {
-                let Some(g) = self.padded.view(t) else {
-                    return self.empties[t].take().expect("an empty gradient is kept");
-                };
-                if self.dtypes[t] == DType::F32 {
-                    g
-                } else {
-                    g.cast(self.dtypes[t])
-                }
-            })
-            .collect()
+    /// The gradients, flattened, each in its own dtype: as they came where nothing changed them,
+    /// else the scaled tensors or views into the padded buffer.
+    pub fn into_grads(self) -> Vec<Tensor<1>> {
+        let dtypes = self.dtypes;
+        let in_own_dtype = |(t, g): (usize, Tensor<1>)| {
+            if g.dtype() == dtypes[t] {
+                g
+            } else {
+                g.cast(dtypes[t])
+            }
+        };
+        match self.storage.into_inner() {
+            Storage::Separate(tensors) => {
+                tensors.into_iter().enumerate().map(in_own_dtype).collect()
+            }
+            Storage::Padded(padded, mut empties) => (0..dtypes.len())
+                .map(|t| match padded.view(t) {
+                    Some(g) => in_own_dtype((t, g)),
+                    None => empties[t].take().expect("an empty gradient is kept"),
+                })
+                .collect(),
+        }
     }
 }

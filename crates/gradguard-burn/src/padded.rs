@@ -17,10 +17,11 @@
 //! none. The relative error of a block's f32 pairwise sum is at most about 2·64·2⁻²⁴ ≈ 8e-6 and
 //! ~1e-7 in practice; across blocks the sum is f64.
 //!
-//! Cost on a CubeCL backend (counted with cubecl's launch observer in the wgpu tests and the
-//! `guard_overhead` bench): one copy per tensor, plus 27 launches however many tensors there are —
-//! the zero fill, the statistics (11 of them passes over the whole buffer) and the read's
-//! concatenation.
+//! Cost with Burn's tensor ops (counted with cubecl's launch observer): one copy per tensor, plus
+//! 27 launches however many tensors there are — the zero fill, the statistics (11 of them passes
+//! over the whole buffer) and the read's concatenation. On CubeCL backends the fused kernel of
+//! [`crate::cube`] writes the same statistics from the tensors where they lie, and the buffer is
+//! only built for the rules that need it.
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use gradguard::TensorStats;
@@ -95,7 +96,6 @@ pub(crate) struct Padded {
     /// `None` when every tensor is empty.
     pub buffer: Option<Tensor<1>>,
     pub segments: Vec<Segment>,
-    pub device: Option<Device>,
 }
 
 impl Padded {
@@ -103,16 +103,8 @@ impl Padded {
     /// tensors have no place in it and come back as they were (`Some` at their index).
     pub fn new(tensors: Vec<Tensor<1>>) -> (Self, Vec<Option<Tensor<1>>>) {
         let device = tensors.first().map(Tensor::device);
-        let mut segments = Vec::with_capacity(tensors.len());
-        let mut next_block = 0;
-        for t in &tensors {
-            let s = Segment {
-                first_block: next_block,
-                len: t.shape().num_elements(),
-            };
-            next_block += s.blocks();
-            segments.push(s);
-        }
+        let segments = Self::segments_of(tensors.iter().map(|t| t.shape().num_elements()));
+        let next_block: usize = segments.iter().map(|s| s.blocks()).sum();
         let mut buffer = device
             .as_ref()
             .filter(|_| next_block > 0)
@@ -132,12 +124,22 @@ impl Padded {
                 }
             }
         }
-        let padded = Padded {
-            buffer,
-            segments,
-            device,
-        };
+        let padded = Padded { buffer, segments };
         (padded, empties)
+    }
+
+    /// Where tensors of lengths `lens` go: each from the block after the previous one's last.
+    pub fn segments_of(lens: impl Iterator<Item = usize>) -> Vec<Segment> {
+        let mut next_block = 0;
+        lens.map(|len| {
+            let s = Segment {
+                first_block: next_block,
+                len,
+            };
+            next_block += s.blocks();
+            s
+        })
+        .collect()
     }
 
     /// `self − other`, for two buffers of tensors of the same lengths: one op.
@@ -199,11 +201,12 @@ impl Padded {
         Some(Tensor::cat(vec![max, s2, s1, bad], 1).reshape([n * PER_BLOCK]))
     }
 
-    /// Each tensor's statistics from the read of [`Padded::statistics`]: sums over finite values
-    /// in f64. Non-finite values are all counted as `inf_count` here; the caller that locates
-    /// them splits NaN from inf and fills `first_non_finite`.
-    pub fn combine(&self, host: &[f32]) -> Vec<TensorStats> {
-        self.segments
+    /// Each statistic of the tensors laid out as `segments`, from the read of
+    /// [`Padded::statistics`] (or of the fused kernel, which writes the same layout): sums over
+    /// finite values in f64. Non-finite values are all counted as `inf_count` here; the caller
+    /// that locates them splits NaN from inf and fills `first_non_finite`.
+    pub fn combine_segments(segments: &[Segment], host: &[f32]) -> Vec<TensorStats> {
+        segments
             .iter()
             .map(|&s| {
                 let mut st = TensorStats {
@@ -228,7 +231,12 @@ impl Padded {
     /// Each tensor's Euclidean norm from the read of [`Padded::statistics`]; NaN when it holds
     /// any non-finite value.
     pub fn norms(&self, host: &[f32]) -> Vec<f64> {
-        self.combine(host)
+        Self::norms_of(&self.segments, host)
+    }
+
+    /// [`Padded::norms`] for tensors laid out as `segments`.
+    pub fn norms_of(segments: &[Segment], host: &[f32]) -> Vec<f64> {
+        Self::combine_segments(segments, host)
             .into_iter()
             .map(|s| {
                 if s.is_finite() {
@@ -240,9 +248,10 @@ impl Padded {
             .collect()
     }
 
-    /// The first block of tensor `t` that holds a non-finite value, by the read's counts.
-    pub fn first_bad_block(&self, t: usize, host: &[f32]) -> Option<usize> {
-        self.segments[t]
+    /// The first block of the tensor at `segment` that holds a non-finite value, by the read's
+    /// counts.
+    pub fn first_bad_block_of(segment: Segment, host: &[f32]) -> Option<usize> {
+        segment
             .block_range()
             .find(|&b| host[b * PER_BLOCK + 3] > 0.0)
     }

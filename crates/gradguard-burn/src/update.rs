@@ -137,9 +137,29 @@ impl ModuleVisitor for After {
     }
 }
 
-/// (‖before‖, ‖after − before‖) of every parameter on its device: two padded buffers, one
-/// subtraction, the block statistics of both in one host read.
+/// (‖before‖, ‖after − before‖) of every parameter on its device, in one host read: on a CubeCL
+/// device by the fused kernel's pair form, reading both versions where they lie; elsewhere by two
+/// padded buffers, one subtraction, and the block statistics of both.
 fn device_norms(olds: Vec<Tensor<1>>, news: Vec<Tensor<1>>) -> Vec<(f64, f64)> {
+    #[cfg(feature = "cube")]
+    if let (Some(before), Some(after)) = (
+        crate::cube::resolve_all(&olds),
+        crate::cube::resolve_all(&news),
+    ) {
+        let segments = Padded::segments_of(olds.iter().map(|t| t.shape().num_elements()));
+        let Some(stats) = crate::cube::block_statistics(&before, Some(&after)) else {
+            return vec![(0.0, 0.0); segments.len()];
+        };
+        let (host, _) = crate::cube::read(Some(&stats), None);
+        // Per block: the four statistics of `before`, then the four of the update.
+        let (mut b, mut d) = (Vec::new(), Vec::new());
+        for block in host.chunks_exact(2 * crate::padded::PER_BLOCK) {
+            b.extend_from_slice(&block[..crate::padded::PER_BLOCK]);
+            d.extend_from_slice(&block[crate::padded::PER_BLOCK..]);
+        }
+        let norms = |h: &[f32]| Padded::norms_of(&segments, h);
+        return norms(&b).into_iter().zip(norms(&d)).collect();
+    }
     let (before, _) = Padded::new(olds);
     let (after, _) = Padded::new(news);
     let delta = after.minus(&before);

@@ -71,3 +71,10 @@ fn subnormal_gradients_keep_their_statistics() {
         common::tiny_gradients_keep_their_statistics(&device(), placement);
     }
 }
+
+#[test]
+fn the_update_bound_measures_alike_on_both_placements() {
+    for placement in PLACEMENTS {
+        common::update_bound_matches_the_host(&device(), placement);
+    }
+}

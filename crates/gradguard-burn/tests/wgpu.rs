@@ -92,16 +92,17 @@ fn launches(f: &mut dyn FnMut()) -> u64 {
 }
 
 #[test]
-fn the_statistics_cost_at_most_one_launch_per_tensor_and_one_read() {
+fn the_statistics_take_one_launch_per_group_of_tensors_and_one_read() {
     on_wgpu(|d| {
+        let group = gradguard_burn::tensors_per_launch(d).expect("wgpu is a CubeCL device");
         let few = common::statistics_launches(d, 3, launches);
         let many = common::statistics_launches(d, 30, launches);
-        // 8 and 62 tensors: beyond the one copy of each into the buffer, no launch grows with
-        // the number of tensors.
-        assert!(
-            many.launches - few.launches <= (many.tensors - few.tensors) as u64,
-            "{few:?} vs {many:?}"
-        );
+        eprintln!("{group} tensors per launch: {few:?}, {many:?}");
+        // 8 and 62 tensors: one fused launch per group the device can bind at once (llvmpipe:
+        // 29), nothing per tensor — the tensor-op path took a copy per tensor plus 27.
+        for m in [&few, &many] {
+            assert!(m.launches <= m.tensors.div_ceil(group) as u64, "{m:?}");
+        }
         assert_eq!((few.reads, many.reads), (1, 1));
     });
 }
@@ -139,4 +140,9 @@ fn half_precision_models_step_with_a_loss_scaler() {
             "this device computes in neither f16 nor bf16"
         );
     });
+}
+
+#[test]
+fn the_update_bound_measures_on_the_device_as_the_host_does() {
+    on_wgpu(|d| common::update_bound_matches_the_host(d, PLACEMENT));
 }

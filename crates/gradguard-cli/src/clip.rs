@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::args::ClipArgs;
 use crate::exit::BadInput;
 use crate::files::{print_json, read_gradient_file, write_atomically};
-use crate::table::{num, render};
+use gradguard_report::table::{num, render};
 
 /// A rule flag, in the order the user gave them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::args::InspectArgs;
 use crate::files::{print_json, read_gradient_file};
-use crate::table::{num, render};
+use gradguard_report::table::{num, render};
 
 /// Tolerance on per-layer growth when locating where growth starts.
 const GROWTH_TOLERANCE: f64 = 0.1;

@@ -8,7 +8,7 @@ use gradguard_report::RunSummary;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::exit::BadInput;
-use crate::table;
+use gradguard_report::table;
 
 /// Lab errors as CLI errors: configuration, files and checkpoints are bad input (exit 2).
 pub fn lab_error(e: LabError) -> anyhow::Error {

@@ -72,7 +72,7 @@ pub struct RunFlags {
     /// Remedies, comma-separated: `none`, or any of: clip-value[=C], clip-norm[=C],
     /// clip-global[=C], agc[=λ], autoclip[=P], zclip, l2[=λ], weight-decay[=λ], max-norm[=C],
     /// xavier, he, orthogonal, lsuv, gain=G, batch-norm, layer-norm, rms-norm, shallow[=N],
-    /// residual, lstm, gru, small-lr[=F], warmup[=N], backoff, adam, lr-find, loss-scale[=S],
+    /// residual, lstm, gru, small-lr[=F], warmup[=N], backoff, adam[=LR], lr-find, loss-scale[=S],
     /// guard.
     #[arg(long, value_parser = remedy_list, default_value = "none", value_name = "NAME[,NAME…]")]
     pub remedy: RemedyList,

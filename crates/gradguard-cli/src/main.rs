@@ -14,7 +14,6 @@ mod lab_args;
 mod probe_cmd;
 mod report_cmd;
 mod sweep_cmd;
-mod table;
 mod train_cmd;
 
 use std::process::ExitCode;

@@ -80,7 +80,7 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     }
     let rows: Vec<Vec<String>> = table.rows.clone();
     let headers: Vec<&str> = table.headers.iter().map(String::as_str).collect();
-    print!("{}", crate::table::render(&headers, &rows));
+    print!("{}", gradguard_report::table::render(&headers, &rows));
     if let Some(v) = &result.guard {
         println!("{}", guard_line(v));
     }

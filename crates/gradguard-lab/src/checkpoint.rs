@@ -47,6 +47,9 @@ pub struct CheckpointHeader {
     pub stopped: Option<String>,
     /// Held-out loss before the first step.
     pub initial_loss: Option<f64>,
+    /// Gradients through time measured so far (recurrent tasks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub time_gradients: Vec<gradguard_report::TimeGradients>,
 }
 
 /// A checkpoint in memory.

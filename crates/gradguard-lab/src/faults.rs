@@ -2,7 +2,13 @@
 //! in one layer's gradients, a NaN loss, a NaN in the input batch, a gradient spike, and a run of
 //! bad steps longer than the guard's limit.
 
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
+
+use crate::error::LabError;
+use crate::tasks::HostBatch;
 
 /// One fault, at a batch index.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,4 +93,47 @@ impl Fault {
             _ => None,
         }
     }
+}
+
+/// Puts the faults planned for batch `index` into its inputs (a NaN as the first value).
+pub(crate) fn corrupt_batch(faults: &[Fault], index: u64, batch: &mut HostBatch) {
+    if faults.iter().any(|f| f.nan_batch_at(index))
+        && let Some(first) = batch.inputs.first_mut()
+    {
+        *first = f32::NAN;
+    }
+}
+
+/// Puts the faults planned for batch `index` into its loss: spikes multiply it, a NaN fault
+/// makes it NaN.
+pub(crate) fn corrupt_loss(faults: &[Fault], index: u64, mut loss: Tensor<1>) -> Tensor<1> {
+    for fault in faults {
+        if let Some(factor) = fault.spike_at(index) {
+            loss = loss * factor;
+        }
+        if fault.nan_loss_at(index) {
+            loss = loss * f32::NAN;
+        }
+    }
+    loss
+}
+
+/// Puts the gradient faults planned for batch `index` into `grads`; a fault that names no
+/// parameter of `module` is a configuration error.
+pub(crate) fn corrupt_gradients<M: Module>(
+    faults: &[Fault],
+    index: u64,
+    module: &M,
+    grads: &mut GradientsParams,
+) -> Result<(), LabError> {
+    for fault in faults {
+        if let Some((tensor, kind)) = fault.gradient_at(index)
+            && !gradguard_burn::faults::inject(module, grads, tensor, kind)
+        {
+            return Err(LabError::Config(format!(
+                "fault injection: no parameter named '{tensor}'"
+            )));
+        }
+    }
+    Ok(())
 }

@@ -41,10 +41,13 @@ pub mod objective;
 mod plan;
 mod precision;
 pub mod probe;
+mod progress;
 mod remedy;
+mod run;
 mod run_dir;
 pub mod sweep;
 pub mod tasks;
+pub mod through_time;
 mod train;
 
 pub use config::RunConfig;

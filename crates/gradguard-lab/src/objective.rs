@@ -12,7 +12,11 @@ use crate::tasks::{HostBatch, Targets};
 /// The data loss of `net` on `batch`: cross-entropy for classes, mean squared error for values,
 /// computed in f32 from the network's outputs in `precision`.
 pub fn data_loss(net: &Net, batch: &HostBatch, device: &Device, precision: Precision) -> Tensor<1> {
-    let out = net.forward(batch, device, precision);
+    loss_of(net.forward(batch, device, precision), batch, device)
+}
+
+/// The data loss of outputs `out` (f32) against `batch`'s targets.
+pub(crate) fn loss_of(out: Tensor<2>, batch: &HostBatch, device: &Device) -> Tensor<1> {
     match &batch.targets {
         Targets::Classes(labels) => {
             let y = Tensor::<1, Int>::from_data(

@@ -28,7 +28,8 @@ pub enum ModelPlan {
 pub struct Plan {
     /// The network.
     pub model: ModelPlan,
-    /// The learning rate after `small-lr` (and before `lr-find`, which the run measures).
+    /// The learning rate: the task's SGD rate, or Adam's own with `adam`; times `small-lr`'s
+    /// factor (and before `lr-find`, which the run measures).
     pub lr: f64,
     /// Linear warm-up steps (0: none).
     pub warmup: u64,
@@ -102,6 +103,7 @@ impl Plan {
         };
         let mut guarded = false;
         let mut backoff = false;
+        let mut lr_factor = 1.0;
         for r in &config.remedies {
             match *r {
                 Remedy::L2(l) => plan.l2 = l,
@@ -136,9 +138,12 @@ impl Plan {
                     }
                     rnn.cell = c;
                 }
-                Remedy::SmallLr(f) => plan.lr *= f,
+                Remedy::SmallLr(f) => lr_factor *= f,
                 Remedy::Warmup(n) => plan.warmup = n,
-                Remedy::Adam => plan.adam = true,
+                Remedy::Adam(rate) => {
+                    plan.adam = true;
+                    plan.lr = rate;
+                }
                 Remedy::LrFind => plan.lr_find = true,
                 Remedy::LossScale(init_scale) => {
                     let scaler = LossScalerConfig {
@@ -152,6 +157,7 @@ impl Plan {
                 Remedy::Clip(_) => {}
             }
         }
+        plan.lr *= lr_factor;
         if guarded {
             // The default guard, as a user gets it; snapshots at the run's checkpoints.
             plan.guard = GuardConfig {
@@ -185,6 +191,29 @@ impl Plan {
             Some(config) => guard.with_loss_scaler(LossScaler::new(config)?),
             None => guard,
         })
+    }
+
+    /// The optimizer and why the run trains at `lr` (its base rate after any range test), for
+    /// the report: e.g. "Adam 0.001 (Adam's own rate)".
+    pub fn rate_choice(&self, lr: f64) -> String {
+        let optimizer = if self.adam { "Adam" } else { "SGD" };
+        let mut why = vec![if self.adam {
+            "Adam's own rate".to_string()
+        } else {
+            "the task's rate".to_string()
+        }];
+        for r in &self.remedies {
+            if let Remedy::SmallLr(f) = r {
+                why.push(format!("× {f} (small-lr)"));
+            }
+        }
+        if self.lr_find && lr < self.lr {
+            why = vec!["a tenth of the range test's largest stable rate".into()];
+        }
+        if self.warmup > 0 {
+            why.push(format!("warmed up over {} steps", self.warmup));
+        }
+        format!("{optimizer} {lr} ({})", why.join(", "))
     }
 
     /// The learning rate at `step` for a base rate `lr`: linear warm-up, then constant.

@@ -75,8 +75,10 @@ pub enum Remedy {
     Warmup(u64),
     /// Detect spikes of the gradient norm or loss and back off the learning rate on them.
     Backoff,
-    /// Adam instead of SGD: a per-parameter adaptive step (Kingma & Ba 2015).
-    Adam,
+    /// Adam instead of SGD, at its own rate (default 1e-3, the rate Kingma & Ba 2015 recommend
+    /// and PyTorch and Optax default to): a per-parameter adaptive step. The task's rate is an
+    /// SGD rate, about a hundred times too large for Adam, so it is not used.
+    Adam(f64),
     /// Run a learning-rate range test first (Smith 2017) and train at a tenth of the largest
     /// stable rate, never above the requested one.
     LrFind,
@@ -101,7 +103,10 @@ pub enum Remedy {
 /// The remedies that are not clipping rules, with their settings, for help texts.
 const OTHER_NAMES: &str = "l2[=λ], weight-decay[=λ], max-norm[=C], xavier, he, orthogonal, lsuv, \
     gain=G, batch-norm, layer-norm, rms-norm, shallow[=N], residual, lstm, gru, small-lr[=F], \
-    warmup[=N], backoff, adam, lr-find, loss-scale[=S], guard";
+    warmup[=N], backoff, adam[=LR], lr-find, loss-scale[=S], guard";
+
+/// Adam's own learning rate when `adam` is given without one.
+pub const ADAM_LR: f64 = 1e-3;
 
 fn positive(name: &str, v: f64) -> Result<f64, String> {
     if v > 0.0 && v.is_finite() {
@@ -128,7 +133,7 @@ impl Remedy {
             Remedy::SmallLr(_)
             | Remedy::Warmup(_)
             | Remedy::Backoff
-            | Remedy::Adam
+            | Remedy::Adam(_)
             | Remedy::LrFind => Family::StepSize,
             Remedy::LossScale(_) => Family::Precision,
             Remedy::Guard => Family::Guard,
@@ -224,7 +229,7 @@ impl std::str::FromStr for Remedy {
             }
             "warmup" => Ok(Remedy::Warmup(count(100)?)),
             "backoff" => flag(Remedy::Backoff),
-            "adam" => flag(Remedy::Adam),
+            "adam" => Ok(Remedy::Adam(number(ADAM_LR)?)),
             "lr-find" => flag(Remedy::LrFind),
             "loss-scale" => Ok(Remedy::LossScale(number(65_536.0)?)),
             "guard" => flag(Remedy::Guard),
@@ -258,7 +263,7 @@ impl std::fmt::Display for Remedy {
             Remedy::SmallLr(x) => write!(f, "small-lr={x}"),
             Remedy::Warmup(n) => write!(f, "warmup={n}"),
             Remedy::Backoff => f.write_str("backoff"),
-            Remedy::Adam => f.write_str("adam"),
+            Remedy::Adam(lr) => write!(f, "adam={lr}"),
             Remedy::LrFind => f.write_str("lr-find"),
             Remedy::LossScale(s) => write!(f, "loss-scale={s}"),
             Remedy::Guard => f.write_str("guard"),
@@ -277,6 +282,11 @@ mod tests {
                     shallow,residual,lstm,gru,small-lr,warmup=10,backoff,adam,lr-find,loss-scale,guard";
         let remedies = Remedy::parse_list(list).unwrap();
         assert_eq!(remedies.len(), 29);
+        assert_eq!(remedies[25], Remedy::Adam(ADAM_LR));
+        assert_eq!(
+            Remedy::parse_list("adam=0.003").unwrap(),
+            [Remedy::Adam(0.003)]
+        );
         assert_eq!(remedies[27], Remedy::LossScale(65_536.0));
         assert_eq!(remedies[27].family(), Family::Precision);
         let printed = Remedy::list_name(&remedies);
@@ -310,6 +320,7 @@ mod tests {
             ("small-lr=2", "below 1"),
             ("loss-scale=0", "positive"),
             ("loss-scale=inf", "positive"),
+            ("adam=0", "positive"),
         ] {
             let err = Remedy::parse_list(spec).unwrap_err();
             assert!(err.contains(needle), "{spec}: {err}");

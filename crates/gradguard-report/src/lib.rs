@@ -32,6 +32,7 @@ mod jsonl;
 mod record;
 mod sink;
 mod summary;
+pub mod table;
 mod tensorboard;
 
 pub use csv_sink::CsvSink;
@@ -41,6 +42,6 @@ pub use record::{MetricsRecord, StepDecision};
 pub use sink::{Sink, Sinks};
 pub use summary::{
     METRICS_FILE, Outcome, RunData, RunDirError, RunSummary, SUMMARY_FILE, TEMP_PREFIX,
-    best_hand_picked, read_run, write_atomic,
+    TimeGradients, best_hand_picked, read_run, write_atomic,
 };
 pub use tensorboard::{TensorBoardSink, encode_scalar_event};

@@ -58,10 +58,29 @@ pub struct RunSummary {
     pub lr: f64,
     /// The largest stable rate a range test found (`lr-find`).
     pub largest_stable_lr: Option<f64>,
+    /// The optimizer and why it trained at `lr`, for a reader: e.g. "Adam 0.001 (Adam's own
+    /// rate)", "SGD 0.1 (the task's rate)".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_choice: Option<String>,
+    /// Recurrent tasks: ‖∂L/∂h_t‖ for every time step on the held-out batch, at the first step
+    /// and after the last (gradients through time).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub time_gradients: Vec<TimeGradients>,
     /// Seconds of training, summed over interrupted sessions.
     pub wall_time_s: f64,
     /// The run's full configuration.
     pub config: serde_json::Value,
+}
+
+/// The gradient of the loss with respect to a recurrent net's hidden state at every time step,
+/// measured at one training step: the product of per-step Jacobians that explodes or vanishes
+/// over time, as the per-layer profile does over depth.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimeGradients {
+    /// The training step it was measured at (before that step's update).
+    pub step: u64,
+    /// ‖∂L/∂h_t‖ for t = 1 … T (`None` where not finite).
+    pub norms: Vec<Option<f64>>,
 }
 
 impl RunSummary {
@@ -286,6 +305,8 @@ mod tests {
             steps_to_target: None,
             lr: 0.1,
             largest_stable_lr: None,
+            rate_choice: None,
+            time_gradients: Vec::new(),
             wall_time_s: 0.0,
             config: serde_json::Value::Null,
         }

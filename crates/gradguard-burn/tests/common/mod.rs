@@ -588,3 +588,38 @@ pub fn half_precision_models_step(dev: &Device, placement: Placement) -> Vec<bur
     }
     tested
 }
+
+/// The update bound measured on `dev` (its device path: on a CubeCL device the fused kernel's
+/// pair form, ‖w‖ and ‖Δw‖ read where they lie) equals the host path's on a copy of the same
+/// network on the CPU backend: the same ratios and the same bounded tensors.
+pub fn update_bound_matches_the_host(dev: &Device, placement: Placement) {
+    let mlp = Mlp::new(3, 32, dev);
+    let host_device = Device::flex().autodiff();
+    let host_mlp = mlp.clone().fork(&host_device);
+    let step = |mlp: Mlp, d: &Device, placement: Placement| {
+        let mut optim = GuardedOptimizer::new(SgdConfig::new().init(), Guard::default())
+            .with_placement(placement);
+        let (x, y) = batch(d, 1.0);
+        // A large loss: the first SGD step at rate 1 moves the weights by far more than 1%.
+        let loss = mlp.loss(x, y).mul_scalar(1e3);
+        let grads = GradientsParams::from_grads(loss.backward(), &mlp);
+        let s = optim
+            .step(1.0, mlp, grads, Some(loss))
+            .expect("not stopped");
+        (
+            weights(&s.module),
+            s.report.update.expect("the default guard bounds updates"),
+        )
+    };
+    let (ours_w, ours) = step(mlp, dev, placement);
+    let (host_w, host) = step(host_mlp, &host_device, Placement::Host);
+    assert!(host.global_scale < 1.0, "the step is bounded: {host:?}");
+    assert!(
+        rel(ours.global_ratio, host.global_ratio) < 1e-5,
+        "{ours:?} {host:?}"
+    );
+    assert_eq!(ours.bounded, host.bounded);
+    for (a, b) in ours_w.iter().flatten().zip(host_w.iter().flatten()) {
+        assert!((a - b).abs() <= 1e-4 * a.abs().max(1e-2), "{a} {b}");
+    }
+}

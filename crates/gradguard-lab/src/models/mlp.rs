@@ -93,7 +93,11 @@ pub struct MlpConfig {
     pub init_gain: f64,
     /// Normalization before each nonlinearity.
     pub norm: Norm,
-    /// Skip connections `h ← h + φ(norm(W h + b))` around every hidden layer after the first.
+    /// Skip connections `h ← h + α·φ(norm(W h + b))` around every hidden layer after the first,
+    /// with α = 1/√(number of branches): the sum of L unscaled branches grows the activations'
+    /// variance with depth, and scaling each branch by 1/√L keeps it O(1) at initialization, as
+    /// modern residual nets do in some form (Fixup, Zhang et al. 2019; SkipInit, De & Smith 2020;
+    /// the 1/√L depth scaling of Hayou et al. 2021).
     pub residual: bool,
     /// Biases are drawn from N(0, σ_b²) with this σ_b² (0: biases start at 0).
     #[serde(default)]
@@ -163,8 +167,14 @@ impl MlpConfig {
             head,
             activation: self.activation,
             residual: self.residual,
+            branch_scale: branch_scale(self.depth),
         })
     }
+}
+
+/// α = 1/√(depth − 1): the scale of each of a residual MLP's `depth − 1` branches (1 without any).
+fn branch_scale(depth: usize) -> f32 {
+    1.0 / (depth.saturating_sub(1).max(1) as f32).sqrt()
 }
 
 /// `depth` × (Linear → norm → activation, with an optional skip), then a linear head.
@@ -179,6 +189,9 @@ pub struct DeepMlp {
     activation: Activation,
     #[module(skip)]
     residual: bool,
+    /// α of every residual branch ([`MlpConfig::residual`]).
+    #[module(skip)]
+    branch_scale: f32,
 }
 
 impl DeepMlp {
@@ -194,12 +207,17 @@ impl DeepMlp {
         }
     }
 
-    /// Hidden layer `i` applied to `h`: `φ(norm(W h + b))`, plus `h` with skip connections.
+    /// Hidden layer `i` applied to `h`: `φ(norm(W h + b))`; with skip connections
+    /// `h + α·φ(norm(W h + b))`.
     pub fn hidden(&self, i: usize, h: Tensor<2>) -> Tensor<2> {
         let out = self
             .activation
             .apply(self.normalize(i, self.layers[i].forward(h.clone())));
-        if self.residual && i > 0 { h + out } else { out }
+        if self.residual && i > 0 {
+            h + out.mul_scalar(self.branch_scale)
+        } else {
+            out
+        }
     }
 
     /// Logits for a batch `[n, inputs]`.

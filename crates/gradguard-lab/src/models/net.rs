@@ -23,11 +23,26 @@ impl Net {
     /// Outputs `[n, outputs]` in f32 for `batch`'s inputs, placed on `device`, the network run
     /// in `precision` (the f32 weights cast on the graph, see [`Precision`]).
     pub fn forward(&self, batch: &HostBatch, device: &Device, precision: Precision) -> Tensor<2> {
+        self.forward_probed(batch, device, precision, &[])
+    }
+
+    /// [`Net::forward`] with probes added to a recurrent net's hidden states
+    /// ([`RecurrentNet::forward_probed`]); an MLP ignores them.
+    pub fn forward_probed(
+        &self,
+        batch: &HostBatch,
+        device: &Device,
+        precision: Precision,
+        probes: &[Tensor<2>],
+    ) -> Tensor<2> {
         let data = TensorData::new(batch.inputs.clone(), batch.shape.clone());
         let half = precision.cast_module(self);
         let out = match half.as_ref().unwrap_or(self) {
             Net::Mlp(m) => m.forward(precision.cast_input(Tensor::from_data(data, device))),
-            Net::Recurrent(r) => r.forward(precision.cast_input(Tensor::from_data(data, device))),
+            Net::Recurrent(r) => r.forward_probed(
+                precision.cast_input(Tensor::from_data(data, device)),
+                probes,
+            ),
         };
         if half.is_some() {
             out.cast(DType::F32)

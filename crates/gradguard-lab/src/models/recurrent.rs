@@ -182,6 +182,14 @@ impl RecurrentNet {
 
     /// Outputs `[n, outputs]` for sequences `[n, T, inputs]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<2> {
+        self.forward_probed(x, &[])
+    }
+
+    /// [`RecurrentNet::forward`] with `probes[t]` (`[n, hidden]`, zeros) added to the hidden
+    /// state after step t: the gradient of the loss with respect to a probe is the gradient with
+    /// respect to that hidden state, ∂L/∂h_t, which autodiff does not keep for intermediate
+    /// values. Steps beyond `probes` get none.
+    pub fn forward_probed(&self, x: Tensor<3>, probes: &[Tensor<2>]) -> Tensor<2> {
         let [n, steps, _] = x.dims();
         let k = self.cell.gates() * self.hidden;
         // Input projections of every step at once; only the recurrence is sequential.
@@ -192,6 +200,9 @@ impl RecurrentNet {
         for t in 0..steps {
             let xt = projected.clone().narrow(1, t, 1).reshape([n, k]);
             (h, c) = self.step(xt, h, c);
+            if let Some(p) = probes.get(t) {
+                h = h.clone() + p.clone().cast(h.dtype());
+            }
         }
         self.head.forward(h)
     }

@@ -11,6 +11,7 @@ mod calibrate;
 mod jacobian;
 pub mod meanfield;
 pub mod page;
+pub mod text;
 
 use std::time::Instant;
 

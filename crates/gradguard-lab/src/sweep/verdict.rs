@@ -155,6 +155,8 @@ mod tests {
                 steps_to_target: None,
                 lr: 0.1,
                 largest_stable_lr: None,
+                rate_choice: None,
+                time_gradients: Vec::new(),
                 wall_time_s: 1.0,
                 config: serde_json::json!({ "seed": seed, "remedies": [remedy] }),
             },

@@ -15,7 +15,7 @@ use std::fmt::Write;
 pub use grid::CategoryGrid;
 pub use headline::guard_headline;
 pub use heatmap::Heatmap;
-use run_charts::{depth_chart, heatmap, loss_charts, norm_chart, scale_chart};
+use run_charts::{depth_chart, heatmap, loss_charts, norm_chart, scale_chart, time_chart};
 pub use svg::{LineChart, Marker, Series, escape, legend};
 
 use crate::summary::RunData;
@@ -116,6 +116,7 @@ pub fn outcome_table(runs: &[RunData]) -> Table {
             "start loss",
             "final loss",
             "accuracy",
+            "rate (why)",
             "skipped",
             "rollbacks",
             "seconds",
@@ -138,6 +139,7 @@ pub fn outcome_table(runs: &[RunData]) -> Table {
                     loss_cell(s.final_loss),
                     s.accuracy
                         .map_or("–".into(), |a| format!("{:.1}%", 100.0 * a)),
+                    s.rate_choice.clone().unwrap_or_else(|| format!("{}", s.lr)),
                     s.skipped_steps.to_string(),
                     s.rollbacks.to_string(),
                     format!("{:.1}", s.wall_time_s),
@@ -265,6 +267,16 @@ pub fn render(report: &Report) -> String {
                 chart.render(),
                 legend(&series)
             );
+        }
+        for first in [true, false] {
+            if let Some(chart) = time_chart(runs, first) {
+                let _ = write!(
+                    out,
+                    "<section class=\"through-time\">{}{}</section>",
+                    chart.render(),
+                    legend(&chart.series)
+                );
+            }
         }
         out.push_str("<h3>Global gradient norm — dashed: clip threshold; dots: skipped (red), spike (orange), non-finite (magenta)</h3><div class=\"multiples norms\">");
         for (i, run) in runs.iter().enumerate() {

@@ -217,6 +217,59 @@ pub(super) fn depth_chart(runs: &[&RunData]) -> (LineChart, Vec<Series>) {
     (chart, series)
 }
 
+/// Gradients through time, one chart per measured moment (`first`: at the first step; else after
+/// the last): ‖∂L/∂h_t‖ over t for every recurrent run, one line per distinct profile.
+pub(super) fn time_chart(runs: &[&RunData], first: bool) -> Option<LineChart> {
+    let when = if first {
+        "at step 0"
+    } else {
+        "after the last step"
+    };
+    let mut chart = LineChart {
+        title: format!(
+            "Gradient through time {when}: ‖∂L/∂h_t‖ over the sequence, the product of per-step \
+             Jacobians (one line per distinct profile)"
+        ),
+        size: (900.0, 300.0),
+        x_label: "time step t (first → last)".into(),
+        y_label: format!("‖∂L/∂h_t‖ {when} (log)"),
+        log_y: true,
+        ..Default::default()
+    };
+    let mut seen: Vec<Vec<(f64, Option<f64>)>> = Vec::new();
+    for (i, run) in runs.iter().enumerate() {
+        let measured = &run.summary.time_gradients;
+        let Some(at) = (if first {
+            measured.first()
+        } else {
+            measured.last()
+        }) else {
+            continue;
+        };
+        if first != (at.step == 0) {
+            continue;
+        }
+        let points: Vec<(f64, Option<f64>)> = at
+            .norms
+            .iter()
+            .enumerate()
+            .map(|(t, &n)| ((t + 1) as f64, n))
+            .collect();
+        if seen.contains(&points) {
+            continue;
+        }
+        seen.push(points.clone());
+        chart.series.push(Series {
+            label: run_label(run),
+            color: color(run, i),
+            points,
+            dashed: false,
+            width: 2.0,
+        });
+    }
+    (!chart.series.is_empty()).then_some(chart)
+}
+
 pub(super) fn norm_chart(run: &RunData, i: usize) -> String {
     let points: Vec<(f64, Option<f64>)> = run
         .metrics

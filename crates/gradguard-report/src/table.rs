@@ -1,4 +1,4 @@
-//! Plain-text tables for the terminal.
+//! Plain-text tables for the terminal: the CLI's outcome tables and the probe's text report.
 
 /// A number in a short scientific form; NaN and inf spelled out.
 pub fn num(x: f64) -> String {

@@ -1,0 +1,190 @@
+//! The guard's statistics on Burn's CubeCL backends (wgpu: Vulkan, Metal, DirectX, WebGPU; CUDA;
+//! ROCm) by one fused kernel ([`kernel`]) that reads every gradient where it lies — no copy into
+//! a buffer first — in one launch per group of tensors, and one host read of the result.
+//!
+//! Burn keeps tensors behind its fusion layer on these backends; each one is resolved to its
+//! CubeCL buffer (which runs the operations still queued for it, and reads nothing back), and the
+//! statistics are read straight from the kernel's output, together with the loss, in one read.
+//!
+//! A launch takes as many tensors as the device lets one kernel bind, at most [`MAX_GROUP`]
+//! (the kernel is unrolled over its inputs, so a group's size is also a compile-time cost):
+//! a model of up to 64 tensors per dtype costs one launch, 200 tensors four.
+
+pub(crate) mod kernel;
+
+use burn::tensor::{DType, Tensor};
+use burn_cubecl::fusion::FusionCubeRuntime;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{Cube, CubeBackend};
+use burn_fusion::FusionTensor;
+use cubecl::prelude::*;
+
+use kernel::{BLOCK, STATS};
+
+/// The most tensors one launch reads (each sequence, in the pair form).
+pub(crate) const MAX_GROUP: usize = 64;
+
+/// The CubeCL buffer behind a Burn tensor, or `None` when the tensor lives on another backend
+/// (the CPU backend, LibTorch): the caller then uses Burn's own tensor ops.
+pub(crate) fn resolve(t: &Tensor<1>) -> Option<CubeTensor> {
+    let fused: FusionTensor<FusionCubeRuntime> = t.clone().try_into_primitive::<Cube>().ok()?;
+    let client = fused.client.clone();
+    let cube = client.resolve_tensor_float::<CubeBackend>(fused);
+    Some(burn_cubecl::kernel::into_contiguous(cube))
+}
+
+/// Every tensor's CubeCL buffer, or `None` if any is not on a CubeCL device.
+pub(crate) fn resolve_all(ts: &[Tensor<1>]) -> Option<Vec<CubeTensor>> {
+    ts.iter().map(resolve).collect()
+}
+
+/// How many tensors of each of `sequences` sequences one launch reads on `client`'s device: all
+/// its bindings but the output's and the runtime's metadata buffer's, at most [`MAX_GROUP`].
+fn group_size(client: &cubecl::client::Client, sequences: usize) -> usize {
+    let bindings = client.properties().hardware.max_bindings as usize;
+    (bindings.saturating_sub(2) / sequences).clamp(1, MAX_GROUP)
+}
+
+/// How many gradient tensors one launch of the statistics kernel reads on `device` (one launch
+/// per this many tensors of one dtype), or `None` when `device` is not a CubeCL device.
+pub fn tensors_per_launch(device: &burn::tensor::Device) -> Option<usize> {
+    let probe = resolve(&Tensor::<1>::zeros([1], &device.clone().inner()))?;
+    Some(group_size(&probe.client, 1))
+}
+
+/// The first block of each tensor in the whole set, as [`crate::padded::Segment`]s count them.
+fn first_blocks(lens: impl Iterator<Item = usize>) -> Vec<usize> {
+    let mut next = 0;
+    lens.map(|len| {
+        let first = next;
+        next += len.div_ceil(BLOCK);
+        first
+    })
+    .collect()
+}
+
+/// Block statistics of `a` — and with `b` (tensors of the same lengths), of `b − a` — for every
+/// block of every tensor, in the layout of [`crate::padded::Padded::statistics`]: per block
+/// `STATS` values for `a`, then (pair form) `STATS` for `b − a`. Empty tensors have no blocks.
+/// Returns `None` when there is nothing to measure.
+pub(crate) fn block_statistics(a: &[CubeTensor], b: Option<&[CubeTensor]>) -> Option<CubeTensor> {
+    let first = a.first()?;
+    let lens: Vec<usize> = a.iter().map(|t| t.meta.num_elements()).collect();
+    let firsts = first_blocks(lens.iter().copied());
+    let blocks: usize = lens.iter().map(|l| l.div_ceil(BLOCK)).sum();
+    if blocks == 0 {
+        return None;
+    }
+    let client = first.client.clone();
+    let per_block = if b.is_some() { 2 * STATS } else { STATS };
+    let out = burn_cubecl::ops::numeric::empty_device_dtype(
+        client.clone(),
+        first.device.clone(),
+        [blocks * per_block].into(),
+        DType::F32,
+    );
+    let group = group_size(&client, if b.is_some() { 2 } else { 1 });
+
+    // Groups of consecutive non-empty tensors of one dtype.
+    let mut i = 0;
+    while i < a.len() {
+        if lens[i] == 0 {
+            i += 1;
+            continue;
+        }
+        let dtype = a[i].dtype;
+        let mut members = Vec::new();
+        while i < a.len() && members.len() < group && (lens[i] == 0 || a[i].dtype == dtype) {
+            if lens[i] > 0 {
+                members.push(i);
+            }
+            i += 1;
+        }
+        launch_group(&client, a, b, &members, &firsts, &lens, &out);
+    }
+    Some(out)
+}
+
+/// One launch over the tensors `members` (non-empty, one dtype).
+fn launch_group(
+    client: &cubecl::client::Client,
+    a: &[CubeTensor],
+    b: Option<&[CubeTensor]>,
+    members: &[usize],
+    firsts: &[usize],
+    lens: &[usize],
+    out: &CubeTensor,
+) {
+    let first_block = firsts[members[0]];
+    // Blocks of this group, relative to its first; the members are consecutive in the set
+    // (empty tensors between them have no blocks), so their blocks are too.
+    let mut starts: Vec<u32> = members
+        .iter()
+        .map(|&t| (firsts[t] - first_block) as u32)
+        .collect();
+    let last = *members.last().expect("a group has a member");
+    let blocks = firsts[last] + lens[last].div_ceil(BLOCK) - first_block;
+    starts.push(blocks as u32);
+
+    let a_args: SequenceArg<_> = members
+        .iter()
+        .map(|&t| a[t].clone().into_tensor_arg())
+        .collect();
+    let b_args: SequenceArg<_> = match b {
+        Some(b) => members
+            .iter()
+            .map(|&t| b[t].clone().into_tensor_arg())
+            .collect(),
+        None => SequenceArg::new(),
+    };
+    let start_args: SequenceArg<_> = starts.into_iter().collect();
+    let (x, y) = grid(blocks);
+    kernel::block_statistics::launch(
+        client,
+        CubeCount::Static(x, y, 1),
+        CubeDim::new_1d(kernel::UNITS as u32),
+        a_args,
+        b_args,
+        start_args,
+        out.clone().into_tensor_arg(),
+        first_block as u32,
+        b.is_some(),
+        burn::backend::cubecl::dtype_to_storage_type(a[members[0]].dtype),
+    );
+}
+
+/// A grid of at least `blocks` cubes within the 65,535 cubes per axis that every API allows.
+fn grid(blocks: usize) -> (u32, u32) {
+    const AXIS: usize = 65_535;
+    let x = blocks.clamp(1, AXIS);
+    (x as u32, blocks.div_ceil(x).max(1) as u32)
+}
+
+/// Reads `stats` (f32) and the scalar `loss` (f32) in one host read: (the statistics, the loss).
+pub(crate) fn read(
+    stats: Option<&CubeTensor>,
+    loss: Option<&CubeTensor>,
+) -> (Vec<f32>, Option<f32>) {
+    let handles: Vec<_> = stats
+        .iter()
+        .chain(loss.iter())
+        .map(|t| t.handle.clone())
+        .collect();
+    let Some(client) = stats.or(loss).map(|t| t.client.clone()) else {
+        return (Vec::new(), None);
+    };
+    let bytes = client
+        .read(handles)
+        .expect("the device reads back its own buffers");
+    // A buffer may be read back longer than its tensor (allocation granularity).
+    let floats = |b: &[u8], t: &CubeTensor| -> Vec<f32> {
+        b.chunks_exact(4)
+            .take(t.meta.num_elements())
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    let mut parts = bytes.iter();
+    let stats_values = stats.map(|t| floats(parts.next().expect("one part per handle"), t));
+    let loss_value = loss.map(|t| floats(parts.next().expect("one part per handle"), t)[0]);
+    (stats_values.unwrap_or_default(), loss_value)
+}

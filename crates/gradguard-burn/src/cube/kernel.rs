@@ -7,8 +7,9 @@
 //!
 //! - m = max |x| over the block's finite values;
 //! - with u = m (at least f32's smallest normal; 1 for an all-zero block) and r = |x| / u ≤ 1,
-//!   Σ r² and Σ r (sixteen values per unit in sequence, then a tree over the 256 units in
-//!   shared memory);
+//!   Σ r² and Σ r: each unit accumulates its sixteen values relative to its own largest
+//!   magnitude, rescaling when a larger one arrives, and the 256 partials are folded the same
+//!   way (256 → 16 → 1 in shared memory);
 //! - the count of non-finite values (|x| ≤ f32::MAX is false for NaN and ±inf alike).
 //!
 //! Scaling by the block's largest magnitude before squaring is LAPACK `nrm2`'s idea: a finite
@@ -49,6 +50,7 @@ fn load<F: Float>(
             let tensor = inputs.index(i).as_slice();
             let len = tensor.len();
             let base = (block - start) as usize * BLOCK;
+            // Not unrolled: the loop is repeated for every input of the group already.
             for j in 0..PER_UNIT {
                 let at = base + j * UNITS + unit;
                 if at < len {
@@ -59,76 +61,95 @@ fn load<F: Float>(
     }
 }
 
-/// The block's four statistics from every unit's `values`, written by unit 0 at `out[at..at+4]`.
-/// Every unit of the cube must call it (it synchronizes the cube).
+/// Folds `(m2, s2_2, s1_2)` — a largest magnitude and the sums of (|x|/m2)² and |x|/m2 — into
+/// the partial `acc = [m, s2, s1]`, rescaling whichever side has the smaller largest magnitude
+/// (LAPACK `nrm2`'s update, for partial sums).
 #[cube]
-fn reduce_block(
-    values: &Array<f32>,
-    shared_a: &mut Shared<[f32]>,
-    shared_b: &mut Shared<[f32]>,
-    out: &mut Tensor<f32>,
-    at: usize,
-) {
+fn fold(acc: &mut Array<f32>, m2: f32, s2_2: f32, s1_2: f32) {
+    let m = acc[0];
+    if m2 > m {
+        let r = m / m2;
+        acc[1] = acc[1] * r * r + s2_2;
+        acc[2] = acc[2] * r + s1_2;
+        acc[0] = m2;
+    } else if m2 > 0.0 {
+        let r = m2 / m;
+        acc[1] += s2_2 * r * r;
+        acc[2] += s1_2 * r;
+    }
+}
+
+/// Level-2 partial sums: this many units each fold this many of the units' partials.
+const FOLDERS: usize = 16;
+
+/// The block's four statistics from every unit's `values`, written by unit 0 at `out[at..at+4]`.
+/// Every unit of the cube must call it (it synchronizes the cube three times: a tree of shared
+/// partials, 256 → 16 → 1, rather than one barrier per level, which is what costs most on a
+/// CPU-emulated device such as llvmpipe).
+#[cube]
+fn reduce_block(values: &Array<f32>, out: &mut Tensor<f32>, at: usize) {
     let unit = UNIT_POS_X as usize;
-    let mut largest = 0.0f32;
+    // This unit's largest finite magnitude, the sums relative to it, and its non-finite count.
+    let mut acc = Array::<f32>::new(3usize);
     let mut bad = 0.0f32;
+    #[unroll]
     for j in 0..PER_UNIT {
         let magnitude = f32::abs(values[j]);
         if magnitude <= f32::MAX {
-            largest = f32::max(largest, magnitude);
+            fold(&mut acc, magnitude, 1.0, 1.0);
         } else {
             bad += 1.0;
         }
     }
-    shared_a[unit] = largest;
-    shared_b[unit] = bad;
-    sync_cube();
-    #[unroll]
-    for level in 1..9 {
-        let stride = comptime![UNITS >> level];
-        if unit < stride {
-            shared_a[unit] = f32::max(shared_a[unit], shared_a[unit + stride]);
-            shared_b[unit] += shared_b[unit + stride];
-        }
-        sync_cube();
-    }
-    let m = shared_a[0];
-    let bad_total = shared_b[0];
+    let mut shared_m = Shared::<[f32]>::new_slice(UNITS);
+    let mut shared_s2 = Shared::<[f32]>::new_slice(UNITS);
+    let mut shared_s1 = Shared::<[f32]>::new_slice(UNITS);
+    let mut shared_bad = Shared::<[f32]>::new_slice(UNITS);
+    shared_m[unit] = acc[0];
+    shared_s2[unit] = acc[1];
+    shared_s1[unit] = acc[2];
+    shared_bad[unit] = bad;
     sync_cube();
 
-    let mut block_unit = f32::max(m, f32::MIN_POSITIVE);
-    if m == 0.0 {
-        block_unit = 1.0;
-    }
-    let inverse = 1.0 / block_unit;
-    let mut s2 = 0.0f32;
-    let mut s1 = 0.0f32;
-    for j in 0..PER_UNIT {
-        let magnitude = f32::abs(values[j]);
-        if magnitude <= f32::MAX {
-            let r = magnitude * inverse;
-            s2 += r * r;
-            s1 += r;
+    let mut folded_m = Shared::<[f32]>::new_slice(FOLDERS);
+    let mut folded_s2 = Shared::<[f32]>::new_slice(FOLDERS);
+    let mut folded_s1 = Shared::<[f32]>::new_slice(FOLDERS);
+    let mut folded_bad = Shared::<[f32]>::new_slice(FOLDERS);
+    if unit < FOLDERS {
+        let mut part = Array::<f32>::new(3usize);
+        let mut part_bad = 0.0f32;
+        for k in 0..UNITS / FOLDERS {
+            let i = unit * (UNITS / FOLDERS) + k;
+            fold(&mut part, shared_m[i], shared_s2[i], shared_s1[i]);
+            part_bad += shared_bad[i];
         }
+        folded_m[unit] = part[0];
+        folded_s2[unit] = part[1];
+        folded_s1[unit] = part[2];
+        folded_bad[unit] = part_bad;
     }
-    shared_a[unit] = s2;
-    shared_b[unit] = s1;
     sync_cube();
-    #[unroll]
-    for level in 1..9 {
-        let stride = comptime![UNITS >> level];
-        if unit < stride {
-            shared_a[unit] += shared_a[unit + stride];
-            shared_b[unit] += shared_b[unit + stride];
-        }
-        sync_cube();
-    }
+
     if unit == 0 {
-        out[at] = m;
-        out[at + 1] = shared_a[0];
-        out[at + 2] = shared_b[0];
-        out[at + 3] = bad_total;
+        let mut total = Array::<f32>::new(3usize);
+        let mut bb = 0.0f32;
+        for k in 0..FOLDERS {
+            fold(&mut total, folded_m[k], folded_s2[k], folded_s1[k]);
+            bb += folded_bad[k];
+        }
+        let (bm, b2, b1) = (total[0], total[1], total[2]);
+        // Sums relative to the block's unit u = max(m, f32's smallest normal), 1 for an all-zero
+        // block — what the host multiplies back by (`padded::block_unit`).
+        let mut rel = 0.0f32;
+        if bm > 0.0 {
+            rel = bm / f32::max(bm, f32::MIN_POSITIVE);
+        }
+        out[at] = bm;
+        out[at + 1] = b2 * rel * rel;
+        out[at + 2] = b1 * rel;
+        out[at + 3] = bb;
     }
+    // The shared partials are reused by the next call (the pair form's second sequence).
     sync_cube();
 }
 
@@ -149,8 +170,6 @@ pub fn block_statistics<F: Float>(
     if block >= *starts.index(n) {
         terminate!();
     }
-    let mut shared_a = Shared::<[f32]>::new_slice(UNITS);
-    let mut shared_b = Shared::<[f32]>::new_slice(UNITS);
     let per_block = comptime![if pair { 2 * STATS } else { STATS }];
     let at = (first_block + block) as usize * per_block;
 
@@ -159,12 +178,13 @@ pub fn block_statistics<F: Float>(
     if pair {
         let mut after = Array::<f32>::new(PER_UNIT);
         load::<F>(b, starts, block, &mut after);
+        #[unroll]
         for j in 0..PER_UNIT {
             after[j] -= values[j];
         }
-        reduce_block(&values, &mut shared_a, &mut shared_b, out, at);
-        reduce_block(&after, &mut shared_a, &mut shared_b, out, at + STATS);
+        reduce_block(&values, out, at);
+        reduce_block(&after, out, at + STATS);
     } else {
-        reduce_block(&values, &mut shared_a, &mut shared_b, out, at);
+        reduce_block(&values, out, at);
     }
 }

@@ -180,11 +180,40 @@ fn main() {
         println!(
             "  collect {collect:.3} ms, guard and rules {rules:.3} ms, telemetry {telemetry:.3} ms, hand back {restore:.3} ms"
         );
+        if !on_flex && !clip {
+            // Collecting is the statistics pass and its one read: the gradients' bytes over its
+            // time, against Burn's own sum over as many f32 values, timed here the same way.
+            let bytes = 4.0 * params as f64;
+            let reference = reference_read_ms(&device, params);
+            println!(
+                "  statistics read the gradients at {:.2} GB/s; Burn's sum over the same bytes: {:.2} GB/s (ratio {:.2})",
+                bytes / collect * 1e-6,
+                bytes / reference * 1e-6,
+                reference / collect
+            );
+        }
     }
     if !on_flex {
         launches_by_tensor_count(&device);
     }
     update_bound_cost(model, &x, &y);
+}
+
+/// Median milliseconds of Burn's `sum` over `n` f32 values on `device`, read back: a reference
+/// for one pass over the same bytes with one host read.
+fn reference_read_ms(device: &Device, n: usize) -> f64 {
+    let inner = device.clone().inner();
+    let values = Tensor::<1>::random([n], Distribution::Default, &inner);
+    let mut times = Vec::new();
+    for i in 0..15 {
+        sync(&inner);
+        let start = Instant::now();
+        let _ = values.clone().sum().into_scalar::<f32>();
+        if i >= 5 {
+            times.push(start.elapsed());
+        }
+    }
+    median(times).as_secs_f64() * 1e3
 }
 
 /// Kernel launches of collecting the gradients and reading their statistics, for models of

@@ -75,7 +75,12 @@ fn nan_under_error_names_the_tensor_and_index() {
 
 #[test]
 fn non_finite_under_skip_leaves_gradients_and_skips() {
-    let mut g = guard(quiet(), vec![Box::new(ClipByGlobalNorm::new(1.0).unwrap())]);
+    // Without the update bound a non-finite skip also backs the rate off.
+    let config = GuardConfig {
+        update_bound: None,
+        ..quiet()
+    };
+    let mut g = guard(config, vec![Box::new(ClipByGlobalNorm::new(1.0).unwrap())]);
     let mut grads = poisoned(f32::NEG_INFINITY);
     let before = grads.clone();
     let report = g.step(&mut grads, Some(1.0)).unwrap();
@@ -282,6 +287,7 @@ fn lr_multiplier_never_drops_below_its_floor() {
                 min: 0.01,
                 ..Default::default()
             },
+            update_bound: None,
             ..quiet()
         },
         vec![],
@@ -290,6 +296,30 @@ fn lr_multiplier_never_drops_below_its_floor() {
         g.step(&mut poisoned(f32::NAN), None).unwrap();
     }
     assert_eq!(g.lr_multiplier(), 0.01);
+}
+
+/// Regression test for the default guard's stall under frequent bad batches (issue "A guard that
+/// needs no tuning"): with the update bound watching the rate, skipping a NaN batch does not back
+/// the rate off, however often it happens; the skips are still counted and a run of them still
+/// stops the guard.
+#[test]
+fn under_the_update_bound_nan_batches_are_skipped_without_slowing_the_rate() {
+    let mut g = guard(quiet(), vec![]);
+    for i in 0..200 {
+        let r = if i % 25 == 24 {
+            g.step(&mut poisoned(f32::NAN), Some(f64::NAN)).unwrap()
+        } else {
+            g.step(&mut batch(1.0), Some(1.0)).unwrap()
+        };
+        assert_eq!(r.lr_multiplier, 1.0, "step {i}: {r:?}");
+    }
+    assert_eq!(g.counters().skipped, 8);
+    assert_eq!(g.counters().non_finite_steps, 8);
+    let stopped = (0..30).find_map(|_| g.step(&mut poisoned(f32::NAN), None).err());
+    assert!(
+        matches!(stopped, Some(GuardError::TooManyBadSteps { .. })),
+        "{stopped:?}"
+    );
 }
 
 #[test]

@@ -526,7 +526,10 @@ impl Guard {
         c.step += 1;
         c.non_finite_steps += u64::from(non_finite);
         c.spikes += u64::from(spiked);
-        if decision != Decision::Apply || spiked {
+        // A non-finite skip is data trouble, not rate trouble, when the update bound watches the
+        // rate (`LrBackoff`'s doc comment).
+        let data_only = non_finite && decision == Decision::Skip && self.config.update_bound.is_some();
+        if (decision != Decision::Apply && !data_only) || spiked {
             c.back_off(lr);
         }
         if decision != Decision::Apply {

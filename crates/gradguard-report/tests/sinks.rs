@@ -8,12 +8,14 @@ use gradguard_report::{
     CsvSink, JsonlSink, MetricsError, MetricsRecord, Sink, Sinks, TensorBoardSink, read_metrics,
 };
 
-/// Runs a small guarded sequence (one NaN step) and returns its records.
+/// Runs a small guarded sequence (one NaN step) and returns its records. Without an update bound
+/// the NaN skip backs the rate off, so the records carry a changed rate too.
 pub fn records() -> Vec<MetricsRecord> {
     let rules: Vec<Box<dyn Rule>> = vec![Box::new(ClipByGlobalNorm::new(1.0).unwrap())];
     let config = GuardConfig {
         grad_spike: None,
         loss_spike: None,
+        update_bound: None,
         ..Default::default()
     };
     let mut guard = Guard::new(config, Chain::new(rules).unwrap()).unwrap();

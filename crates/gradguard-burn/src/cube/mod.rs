@@ -6,9 +6,11 @@
 //! CubeCL buffer (which runs the operations still queued for it, and reads nothing back), and the
 //! statistics are read straight from the kernel's output, together with the loss, in one read.
 //!
-//! A launch takes as many tensors as the device lets one kernel bind, at most [`MAX_GROUP`]
-//! (the kernel is unrolled over its inputs, so a group's size is also a compile-time cost):
-//! a model of up to 64 tensors per dtype costs one launch, 200 tensors four.
+//! A launch takes as many tensors (of one dtype, consecutive in module order) as the device lets
+//! one kernel bind, at most [`MAX_GROUP`] (the kernel is unrolled over its inputs, so a group's
+//! size is also a compile-time cost): on CUDA a model of up to 64 tensors costs one launch, 200
+//! tensors four; on llvmpipe (32 storage bindings) 29 tensors a launch. A gradient that is not
+//! contiguous is made so first (one copy, by Burn's own kernel).
 
 pub(crate) mod kernel;
 
@@ -19,7 +21,11 @@ use burn_cubecl::{Cube, CubeBackend};
 use burn_fusion::FusionTensor;
 use cubecl::prelude::*;
 
+use crate::padded::Padded;
 use kernel::{BLOCK, STATS};
+
+// The kernel writes the layout the tensor-op path writes and the host combines.
+const _: () = assert!(BLOCK == crate::padded::BLOCK && STATS == crate::padded::PER_BLOCK);
 
 /// The most tensors one launch reads (each sequence, in the pair form).
 pub(crate) const MAX_GROUP: usize = 64;
@@ -52,17 +58,6 @@ pub fn tensors_per_launch(device: &burn::tensor::Device) -> Option<usize> {
     Some(group_size(&probe.client, 1))
 }
 
-/// The first block of each tensor in the whole set, as [`crate::padded::Segment`]s count them.
-fn first_blocks(lens: impl Iterator<Item = usize>) -> Vec<usize> {
-    let mut next = 0;
-    lens.map(|len| {
-        let first = next;
-        next += len.div_ceil(BLOCK);
-        first
-    })
-    .collect()
-}
-
 /// Block statistics of `a` — and with `b` (tensors of the same lengths), of `b − a` — for every
 /// block of every tensor, in the layout of [`crate::padded::Padded::statistics`]: per block
 /// `STATS` values for `a`, then (pair form) `STATS` for `b − a`. Empty tensors have no blocks.
@@ -70,7 +65,10 @@ fn first_blocks(lens: impl Iterator<Item = usize>) -> Vec<usize> {
 pub(crate) fn block_statistics(a: &[CubeTensor], b: Option<&[CubeTensor]>) -> Option<CubeTensor> {
     let first = a.first()?;
     let lens: Vec<usize> = a.iter().map(|t| t.meta.num_elements()).collect();
-    let firsts = first_blocks(lens.iter().copied());
+    let firsts: Vec<usize> = Padded::segments_of(lens.iter().copied())
+        .iter()
+        .map(|s| s.first_block)
+        .collect();
     let blocks: usize = lens.iter().map(|l| l.div_ceil(BLOCK)).sum();
     if blocks == 0 {
         return None;

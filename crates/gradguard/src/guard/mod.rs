@@ -528,7 +528,8 @@ impl Guard {
         c.spikes += u64::from(spiked);
         // A non-finite skip is data trouble, not rate trouble, when the update bound watches the
         // rate (`LrBackoff`'s doc comment).
-        let data_only = non_finite && decision == Decision::Skip && self.config.update_bound.is_some();
+        let data_only =
+            non_finite && decision == Decision::Skip && self.config.update_bound.is_some();
         if (decision != Decision::Apply && !data_only) || spiked {
             c.back_off(lr);
         }

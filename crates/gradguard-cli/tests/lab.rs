@@ -440,6 +440,10 @@ fn the_quick_demo_prints_its_table_and_writes_the_report() {
         "Dynamic loss scale",
         "guard · bf16",
         "data:image/png;base64,",
+        "Gradient through time at step 0",
+        "Gradient through time after the last step",
+        "rate (why)",
+        "Adam's own rate",
     ] {
         assert!(html.contains(needle), "report lacks {needle}");
     }

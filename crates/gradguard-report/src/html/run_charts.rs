@@ -226,10 +226,7 @@ pub(super) fn time_chart(runs: &[&RunData], first: bool) -> Option<LineChart> {
         "after the last step"
     };
     let mut chart = LineChart {
-        title: format!(
-            "Gradient through time {when}: ‖∂L/∂h_t‖ over the sequence, the product of per-step \
-             Jacobians (one line per distinct profile)"
-        ),
+        title: format!("Gradient through time {when}: ‖∂L/∂h_t‖, a product of per-step Jacobians"),
         size: (900.0, 300.0),
         x_label: "time step t (first → last)".into(),
         y_label: format!("‖∂L/∂h_t‖ {when} (log)"),

@@ -189,7 +189,6 @@ pub(super) fn depth_chart(runs: &[&RunData]) -> (LineChart, Vec<Series>) {
         log_y: true,
         ..Default::default()
     };
-    let mut seen: Vec<Vec<(f64, Option<f64>)>> = Vec::new();
     for (i, run) in runs.iter().enumerate() {
         let Some(first) = run.metrics.first() else {
             continue;
@@ -199,19 +198,10 @@ pub(super) fn depth_chart(runs: &[&RunData]) -> (LineChart, Vec<Series>) {
             .enumerate()
             .map(|(k, n)| (k as f64, first.tensor_norms[n]))
             .collect();
-        // Remedies that leave the initial network as it is draw the same line: draw it once.
         // Fewer than four weight matrices (a recurrent net) is no depth profile.
-        if points.len() < 4 || seen.contains(&points) {
-            continue;
+        if points.len() >= 4 {
+            push_distinct(&mut chart, run, i, points);
         }
-        seen.push(points.clone());
-        chart.series.push(Series {
-            label: run_label(run),
-            color: color(run, i),
-            points,
-            dashed: false,
-            width: 2.0,
-        });
     }
     let series = chart.series.clone();
     (chart, series)
@@ -233,7 +223,6 @@ pub(super) fn time_chart(runs: &[&RunData], first: bool) -> Option<LineChart> {
         log_y: true,
         ..Default::default()
     };
-    let mut seen: Vec<Vec<(f64, Option<f64>)>> = Vec::new();
     for (i, run) in runs.iter().enumerate() {
         let measured = &run.summary.time_gradients;
         let Some(at) = (if first {
@@ -252,19 +241,24 @@ pub(super) fn time_chart(runs: &[&RunData], first: bool) -> Option<LineChart> {
             .enumerate()
             .map(|(t, &n)| ((t + 1) as f64, n))
             .collect();
-        if seen.contains(&points) {
-            continue;
-        }
-        seen.push(points.clone());
-        chart.series.push(Series {
-            label: run_label(run),
-            color: color(run, i),
-            points,
-            dashed: false,
-            width: 2.0,
-        });
+        push_distinct(&mut chart, run, i, points);
     }
     (!chart.series.is_empty()).then_some(chart)
+}
+
+/// Adds run `i`'s line to a profile chart unless an earlier run drew the same one: remedies that
+/// leave the initial network as it is draw the same profile, drawn once.
+fn push_distinct(chart: &mut LineChart, run: &RunData, i: usize, points: Vec<(f64, Option<f64>)>) {
+    if chart.series.iter().any(|s| s.points == points) {
+        return;
+    }
+    chart.series.push(Series {
+        label: run_label(run),
+        color: color(run, i),
+        points,
+        dashed: false,
+        width: 2.0,
+    });
 }
 
 pub(super) fn norm_chart(run: &RunData, i: usize) -> String {

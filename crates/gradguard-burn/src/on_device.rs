@@ -74,8 +74,8 @@ impl DeviceGradients {
         })
     }
 
-    /// The blocks' statistics (`segments` layout, [`PER_BLOCK`] per block) and the loss, read
-    /// together in one host read; `None` for the statistics when there are no values.
+    /// The blocks' statistics (`segments` layout, four per block) and the loss, read together in
+    /// one host read; no statistics when there are no values.
     fn block_statistics(&self, loss: Option<Tensor<1>>) -> (Vec<f32>, Option<f64>) {
         let loss = loss.map(|l| f32_of(l.inner().reshape([1])));
         #[cfg(feature = "cube")]

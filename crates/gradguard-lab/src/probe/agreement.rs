@@ -49,6 +49,10 @@ pub struct AgreementResult {
     pub rate: f64,
     /// The fraction where the depth-aware prediction and the outcome agree.
     pub rate_depth_aware: f64,
+    /// The 95% Wilson score interval of `rate` over the cells (lower, upper).
+    pub rate_interval: (f64, f64),
+    /// The 95% Wilson score interval of `rate_depth_aware`.
+    pub rate_depth_aware_interval: (f64, f64),
     /// Steps each training run took.
     pub steps: u64,
 }
@@ -144,14 +148,52 @@ pub fn agreement(
             .collect()
     });
     let cells = results.into_iter().collect::<Result<Vec<_>, _>>()?;
-    let share = |f: fn(&AgreementCell) -> bool| {
-        cells.iter().filter(|c| f(c)).count() as f64 / cells.len().max(1) as f64
-    };
-    let (rate, rate_depth_aware) = (share(|c| c.agree), share(|c| c.agree_depth_aware));
+    let agreeing = |f: fn(&AgreementCell) -> bool| cells.iter().filter(|c| f(c)).count();
+    let n = cells.len();
+    let (plain, depth_aware) = (agreeing(|c| c.agree), agreeing(|c| c.agree_depth_aware));
+    let share = |k: usize| k as f64 / n.max(1) as f64;
     Ok(AgreementResult {
+        rate: share(plain),
+        rate_depth_aware: share(depth_aware),
+        rate_interval: wilson_interval(plain, n),
+        rate_depth_aware_interval: wilson_interval(depth_aware, n),
         cells,
-        rate,
-        rate_depth_aware,
         steps: base.steps,
     })
+}
+
+/// The 95% Wilson score interval for `k` successes in `n` trials (Wilson 1927): with z = 1.96 and
+/// p = k/n, (p + z²/2n ± z·√(p(1−p)/n + z²/4n²)) / (1 + z²/n). Unlike the normal approximation it
+/// stays inside [0, 1] and is honest for a rate near 1 over a few dozen cells. `(0, 1)` for n = 0.
+pub fn wilson_interval(k: usize, n: usize) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let (k, n, z) = (k as f64, n as f64, 1.96f64);
+    let p = k / n;
+    let denominator = 1.0 + z * z / n;
+    let centre = (p + z * z / (2.0 * n)) / denominator;
+    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / denominator;
+    ((centre - half).max(0.0), (centre + half).min(1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wilson_interval;
+
+    #[test]
+    fn the_wilson_interval_matches_published_values() {
+        // 81 of 263: 0.2553–0.3662 in Newcombe (1998), Statistics in Medicine 17, 857, table I;
+        // then all and none.
+        let (lo, hi) = wilson_interval(81, 263);
+        assert!(
+            (lo - 0.2553).abs() < 5e-4 && (hi - 0.3662).abs() < 5e-4,
+            "{lo} {hi}"
+        );
+        let (lo, hi) = wilson_interval(10, 10);
+        assert!((lo - 0.7225).abs() < 5e-4 && hi == 1.0, "{lo} {hi}");
+        assert_eq!(wilson_interval(0, 0), (0.0, 1.0));
+        let (lo, _) = wilson_interval(0, 20);
+        assert_eq!(lo, 0.0);
+    }
 }

@@ -140,12 +140,17 @@ pub fn text_report(
     if let Some(a) = agree {
         let _ = writeln!(
             out,
-            "agreement with training ({} steps) over {} cells: the verdict (sign of λ) {:.0}%, \
-             the depth-aware prediction (exp(λ·depth) above 1e3: diverges, below 1e-3: stalls) {:.0}%",
+            "agreement with training ({} steps) over {} cells: the verdict (sign of λ) {:.0}% \
+             (95% interval {:.0}–{:.0}%), the depth-aware prediction (exp(λ·depth) above 1e3: \
+             diverges, below 1e-3: stalls) {:.0}% ({:.0}–{:.0}%)",
             a.steps,
             a.cells.len(),
             100.0 * a.rate,
-            100.0 * a.rate_depth_aware
+            100.0 * a.rate_interval.0,
+            100.0 * a.rate_interval.1,
+            100.0 * a.rate_depth_aware,
+            100.0 * a.rate_depth_aware_interval.0,
+            100.0 * a.rate_depth_aware_interval.1
         );
         let rows: Vec<Vec<String>> = a
             .cells

@@ -162,10 +162,21 @@ pub fn agreement(
     })
 }
 
+/// A rate with its 95% interval, as the text and HTML reports print it: "86% (95% interval
+/// 69–94%)".
+pub(crate) fn percent_with_interval(rate: f64, (low, high): (f64, f64)) -> String {
+    format!(
+        "{:.0}% (95% interval {:.0}–{:.0}%)",
+        100.0 * rate,
+        100.0 * low,
+        100.0 * high
+    )
+}
+
 /// The 95% Wilson score interval for `k` successes in `n` trials (Wilson 1927): with z = 1.96 and
 /// p = k/n, (p + z²/2n ± z·√(p(1−p)/n + z²/4n²)) / (1 + z²/n). Unlike the normal approximation it
 /// stays inside [0, 1] and is honest for a rate near 1 over a few dozen cells. `(0, 1)` for n = 0.
-pub fn wilson_interval(k: usize, n: usize) -> (f64, f64) {
+pub(crate) fn wilson_interval(k: usize, n: usize) -> (f64, f64) {
     if n == 0 {
         return (0.0, 1.0);
     }

@@ -156,14 +156,13 @@ pub fn html_report(
     if let Some(a) = agree {
         let _ = write!(
             body,
-            "<p class=\"note\">Against training over {} cells: the verdict (exploding ↔ diverged, vanishing ↔ stable, critical ↔ learning) agreed in {:.0}% (95% interval {:.0}–{:.0}%); the depth-aware prediction (exp(λ·depth) above 1e3 ↔ diverged, below 1e-3 ↔ stable, between ↔ learning) in {:.0}% ({:.0}–{:.0}%).</p>",
+            "<p class=\"note\">Against training over {} cells: the verdict (exploding ↔ diverged, vanishing ↔ stable, critical ↔ learning) agreed in {}; the depth-aware prediction (exp(λ·depth) above 1e3 ↔ diverged, below 1e-3 ↔ stable, between ↔ learning) in {}.</p>",
             a.cells.len(),
-            100.0 * a.rate,
-            100.0 * a.rate_interval.0,
-            100.0 * a.rate_interval.1,
-            100.0 * a.rate_depth_aware,
-            100.0 * a.rate_depth_aware_interval.0,
-            100.0 * a.rate_depth_aware_interval.1
+            super::agreement::percent_with_interval(a.rate, a.rate_interval),
+            super::agreement::percent_with_interval(
+                a.rate_depth_aware,
+                a.rate_depth_aware_interval
+            )
         );
     }
     body.push_str("</body></html>\n");

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use gradguard_report::table;
 
+use super::agreement::percent_with_interval;
 use super::{AgreementResult, Butterfly, ProbeConfig, ProbeResult, Verdict};
 
 /// One line that says what was probed: the network, its initialization, its inputs.
@@ -140,17 +141,12 @@ pub fn text_report(
     if let Some(a) = agree {
         let _ = writeln!(
             out,
-            "agreement with training ({} steps) over {} cells: the verdict (sign of λ) {:.0}% \
-             (95% interval {:.0}–{:.0}%), the depth-aware prediction (exp(λ·depth) above 1e3: \
-             diverges, below 1e-3: stalls) {:.0}% ({:.0}–{:.0}%)",
+            "agreement with training ({} steps) over {} cells: the verdict (sign of λ) {}, the \
+             depth-aware prediction (exp(λ·depth) above 1e3: diverges, below 1e-3: stalls) {}",
             a.steps,
             a.cells.len(),
-            100.0 * a.rate,
-            100.0 * a.rate_interval.0,
-            100.0 * a.rate_interval.1,
-            100.0 * a.rate_depth_aware,
-            100.0 * a.rate_depth_aware_interval.0,
-            100.0 * a.rate_depth_aware_interval.1
+            percent_with_interval(a.rate, a.rate_interval),
+            percent_with_interval(a.rate_depth_aware, a.rate_depth_aware_interval)
         );
         let rows: Vec<Vec<String>> = a
             .cells

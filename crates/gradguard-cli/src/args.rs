@@ -32,6 +32,9 @@ pub enum Command {
     Demo(crate::lab_args::DemoArgs),
     /// Predict explosion before training: Jacobian gains, Lyapunov exponent, edge of chaos.
     Probe(crate::lab_args::ProbeArgs),
+    /// Re-measure classic results (Pascanu 2013, He 2015, Saxe 2014, Schoenholz 2017): claim,
+    /// measurement, verdict, figure.
+    Reproduce(crate::lab_args::ReproduceArgs),
 }
 
 /// `gradguard inspect`.

@@ -350,3 +350,41 @@ pub struct ProbeArgs {
     #[arg(long)]
     pub json: bool,
 }
+
+/// A paper name of `gradguard reproduce`, or `all`.
+#[derive(Debug, Clone)]
+pub struct PaperArg(pub Option<gradguard_lab::reproduce::Paper>);
+
+fn paper_arg(s: &str) -> Result<PaperArg, String> {
+    if s == "all" {
+        return Ok(PaperArg(None));
+    }
+    s.parse().map(|p| PaperArg(Some(p)))
+}
+
+/// `gradguard reproduce`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Papers: pascanu2013 (clipping and RNN stability), he2015 (He init, 30-layer \
+    ReLU), saxe2014 (deep linear nets, orthogonal init), schoenholz2017 (trainable depth and the \
+    correlation depth ξ_c), or all. Each prints: paper claims / we measured / holds: yes|no."
+)]
+pub struct ReproduceArgs {
+    /// The paper (pascanu2013, he2015, saxe2014, schoenholz2017), or `all`.
+    #[arg(value_name = "NAME", value_parser = paper_arg)]
+    pub name: PaperArg,
+    /// A smaller grid with the same rule (seconds each, for CI); the README's numbers are the
+    /// full runs.
+    #[arg(long)]
+    pub quick: bool,
+    /// Print the findings as JSON (keys `name`, `claim`, `measured`, `holds`, …): one object for
+    /// one paper, an array for `all`.
+    #[arg(long)]
+    pub json: bool,
+    /// Where `report.html` and `findings.json` go.
+    #[arg(long, value_name = "DIR", default_value = "gradguard-reproduce")]
+    pub out: PathBuf,
+    /// Runs at once [default: one per core].
+    #[arg(long, default_value_t = 0)]
+    pub jobs: usize,
+}

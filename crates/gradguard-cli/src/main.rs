@@ -13,6 +13,7 @@ mod lab;
 mod lab_args;
 mod probe_cmd;
 mod report_cmd;
+mod reproduce_cmd;
 mod sweep_cmd;
 mod train_cmd;
 
@@ -49,6 +50,7 @@ fn main() -> ExitCode {
         Command::Report(a) => report_cmd::run(&a),
         Command::Demo(a) => demo::run(&a),
         Command::Probe(a) => probe_cmd::run(&a),
+        Command::Reproduce(a) => reproduce_cmd::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

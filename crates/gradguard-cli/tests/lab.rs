@@ -236,6 +236,11 @@ fn bad_input_gets_one_line_and_exit_code_2_and_leaves_nothing() {
         ),
         (vec!["sweep", "--lr", "0.1,-2", "--out", o], "positive"),
         (vec!["probe", "--from", "/no/such/run"], "config.json"),
+        (vec!["reproduce", "pascanu", "--out", o], "pascanu2013"),
+        (
+            vec!["reproduce", "he2015", "--jobs", "x", "--out", o],
+            "--jobs",
+        ),
     ];
     for (args, needle) in cases {
         let r = run(&args);
@@ -623,4 +628,30 @@ fn kills_at_random_moments_never_leave_a_corrupt_checkpoint_and_resume_bit_for_b
         .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn reproduce_prints_a_verdict_as_json_and_writes_its_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("rep");
+    let o = out.to_str().unwrap();
+    let r = run(&["reproduce", "he2015", "--quick", "--json", "--out", o]);
+    assert!(r.status.success(), "{}", text(&r.stderr));
+    let v = json(&r);
+    assert_eq!(v["name"], "he2015");
+    for key in ["claim", "measured"] {
+        assert!(v[key].as_str().is_some_and(|s| !s.is_empty()), "{v}");
+    }
+    assert!(v["holds"].is_boolean(), "{v}");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("he2015"));
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("findings.json")).unwrap()).unwrap();
+    assert_eq!(saved[0]["holds"], v["holds"]);
+    // Without --json: the three lines a reader looks for.
+    let r = run(&["reproduce", "he2015", "--quick", "--out", o]);
+    let said = text(&r.stdout);
+    for needle in ["paper claims:", "we measured:", "holds: "] {
+        assert!(said.contains(needle), "{said}");
+    }
 }

@@ -43,6 +43,7 @@ mod precision;
 pub mod probe;
 mod progress;
 mod remedy;
+pub mod reproduce;
 mod run;
 mod run_dir;
 pub mod sweep;

@@ -154,9 +154,110 @@ pub fn critical_gain(activation: Activation, bias_var: f64) -> f64 {
     0.5 * (lo + hi)
 }
 
+/// Nodes per axis of the two-dimensional Gaussian integrals of the correlation map (Simpson on
+/// [−10, 10] in each direction; 401² evaluations, smooth integrands).
+const NODES_2D: usize = 401;
+
+/// `E[f(z₁, z₂)]` for independent standard normals `z₁, z₂` (product Simpson rule).
+fn gaussian_expectation_2d(f: impl Fn(f64, f64) -> f64) -> f64 {
+    let h = 2.0 * LIMIT / (NODES_2D - 1) as f64;
+    let weight = |i: usize| {
+        if i == 0 || i == NODES_2D - 1 {
+            1.0
+        } else if i % 2 == 1 {
+            4.0
+        } else {
+            2.0
+        }
+    };
+    let density = |z: f64| (-0.5 * z * z).exp() / (2.0 * std::f64::consts::PI).sqrt();
+    let nodes: Vec<(f64, f64)> = (0..NODES_2D)
+        .map(|i| {
+            let z = -LIMIT + i as f64 * h;
+            (z, weight(i) * density(z) * h / 3.0)
+        })
+        .collect();
+    let mut sum = 0.0;
+    for &(z1, w1) in &nodes {
+        let mut inner = 0.0;
+        for &(z2, w2) in &nodes {
+            inner += w2 * f(z1, z2);
+        }
+        sum += w1 * inner;
+    }
+    sum
+}
+
+/// The correlation map of two inputs at the variance fixed point `q*` (Poole et al. 2016,
+/// eq. 5): `c ↦ (σ_w² E[φ(u₁) φ(u₂)] + σ_b²) / q*` with `u₁ = √q* z₁`,
+/// `u₂ = √q* (c z₁ + √(1−c²) z₂)`.
+fn correlation_map(activation: Activation, sigma_w: f64, bias_var: f64, q: f64, c: f64) -> f64 {
+    let root = q.sqrt();
+    let side = (1.0 - c * c).max(0.0).sqrt();
+    let e = gaussian_expectation_2d(|z1, z2| {
+        phi(activation, root * z1) * phi(activation, root * (c * z1 + side * z2))
+    });
+    (sigma_w * sigma_w * e + bias_var) / q
+}
+
+/// The correlation depth ξ_c of Schoenholz et al. 2017 (eq. 9): how many layers two inputs stay
+/// distinguishable, `ξ_c = −1 / ln χ_c` with `χ_c = σ_w² E[φ'(u₁) φ'(u₂)]` at the correlation
+/// fixed point c*. In the ordered phase (χ₁ = χ at q* below 1) c* = 1 and χ_c = χ₁; in the
+/// chaotic phase c* < 1 is found by iterating the correlation map. Infinite on the critical
+/// line; `None` where the variance has no fixed point (ReLU or linear above critical).
+///
+/// Schoenholz et al. found networks trainable to a depth of about 6 ξ_c and not beyond.
+pub fn correlation_depth(activation: Activation, sigma_w: f64, bias_var: f64) -> Option<f64> {
+    let q = fixed_point(activation, sigma_w, bias_var)?.max(f64::MIN_POSITIVE);
+    let chi_1 = chi(activation, sigma_w, q);
+    let chi_c = if chi_1 < 1.0 {
+        chi_1
+    } else {
+        let mut c = 0.5;
+        for _ in 0..200 {
+            let next = correlation_map(activation, sigma_w, bias_var, q, c).clamp(-1.0, 1.0);
+            let done = (next - c).abs() < 1e-9;
+            c = next;
+            if done {
+                break;
+            }
+        }
+        let root = q.sqrt();
+        let side = (1.0 - c * c).max(0.0).sqrt();
+        sigma_w
+            * sigma_w
+            * gaussian_expectation_2d(|z1, z2| {
+                phi_prime(activation, root * z1)
+                    * phi_prime(activation, root * (c * z1 + side * z2))
+            })
+    };
+    let log = chi_c.ln();
+    Some(if log < 0.0 { -1.0 / log } else { f64::INFINITY })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_correlation_depth_diverges_at_the_edge_of_chaos() {
+        // Ordered tanh without bias: c* = 1, χ_c = σ_w² (q* → 0), ξ_c = −1 / ln σ_w².
+        let xi = correlation_depth(Activation::Tanh, 0.8, 0.0).unwrap();
+        assert!((xi + 1.0 / (0.64f64).ln()).abs() < 1e-3, "{xi}");
+        // Chaotic without bias: c* = 0 (tanh is odd), χ_c = σ_w² E[φ'(√q* z)]².
+        let q = fixed_point(Activation::Tanh, 2.0, 0.0).unwrap();
+        let slope = gaussian_expectation(|z| phi_prime(Activation::Tanh, q.sqrt() * z));
+        let expected = -1.0 / (4.0 * slope * slope).ln();
+        let xi = correlation_depth(Activation::Tanh, 2.0, 0.0).unwrap();
+        assert!(
+            (xi - expected).abs() < 1e-3 * expected,
+            "{xi} vs {expected}"
+        );
+        // Deeper towards the critical line, from both sides.
+        let depth = |g| correlation_depth(Activation::Tanh, g, 0.0).unwrap();
+        assert!(depth(0.6) < depth(0.9) && depth(0.9) < depth(0.99));
+        assert!(depth(1.01) > depth(1.2) && depth(1.2) > depth(2.0) && depth(2.0) > depth(4.0));
+    }
 
     #[test]
     fn gaussian_moments_are_exact_to_high_precision() {

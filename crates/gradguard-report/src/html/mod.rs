@@ -16,7 +16,7 @@ pub use grid::CategoryGrid;
 pub use headline::guard_headline;
 pub use heatmap::Heatmap;
 use run_charts::{depth_chart, heatmap, loss_charts, norm_chart, scale_chart, time_chart};
-pub use svg::{LineChart, Marker, Series, escape, legend};
+pub use svg::{LineChart, Marker, PALETTE, Series, escape, legend};
 
 use crate::summary::RunData;
 

@@ -336,6 +336,10 @@ pub struct ProbeArgs {
     /// Depths of --agreement.
     #[arg(long, value_delimiter = ',', default_value = "4,8,16,32")]
     pub agreement_depths: Vec<u64>,
+    /// Seeds of --agreement (every depth × gain at each) [default: --seed]. The informed
+    /// prediction's thresholds were chosen on seed 0: judge it on others.
+    #[arg(long, value_delimiter = ',')]
+    pub agreement_seeds: Vec<u64>,
     /// Gains of --agreement (and rows of the report's phase diagram).
     #[arg(long, value_delimiter = ',', value_parser = positive_f64, default_value = "0.6,0.8,1,1.2,1.4,1.6,2")]
     pub gains: Vec<f64>,

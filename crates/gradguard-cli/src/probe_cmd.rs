@@ -99,7 +99,7 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
             .iter()
             .map(|&d| usize::try_from(d).unwrap_or(usize::MAX).max(1))
             .collect();
-        Some(agreement(&base, &depths, &args.gains, 0).map_err(lab_error)?)
+        Some(agreement(&base, &depths, &args.gains, &args.agreement_seeds, 0).map_err(lab_error)?)
     } else {
         None
     };

@@ -3,7 +3,9 @@
 use gradguard_lab::RunConfig;
 use gradguard_lab::models::{Activation, Cell, Init};
 use gradguard_lab::probe::meanfield::critical_gain;
-use gradguard_lab::probe::{ProbeConfig, Verdict, butterfly, calibrate, probe};
+use gradguard_lab::probe::{
+    ProbeConfig, Verdict, agreement, butterfly, calibrate, informed_prediction, probe,
+};
 use gradguard_lab::tasks::Task;
 
 fn wide(activation: Activation) -> ProbeConfig {
@@ -141,4 +143,43 @@ fn a_fifty_layer_probe_measures_every_layer() {
     assert_eq!(r.per_layer_forward_gain.len(), 50);
     assert!(r.per_layer_gain.iter().all(|g| g.is_finite() && *g > 0.0));
     assert!(r.lyapunov.is_finite() && r.seconds > 0.0);
+}
+
+#[test]
+fn the_agreement_grid_runs_every_seed_and_scores_the_informed_prediction() {
+    let base = RunConfig {
+        activation: Activation::Relu,
+        steps: 40,
+        ..RunConfig::for_task(Task::Mlp)
+    };
+    let result = agreement(&base, &[4, 16], &[0.6, 2.0], &[0, 1], 0).unwrap();
+    assert_eq!(result.seeds, vec![0, 1]);
+    assert_eq!(result.cells.len(), 8);
+    for seed in [0, 1] {
+        assert_eq!(result.cells.iter().filter(|c| c.seed == seed).count(), 4);
+    }
+    for c in &result.cells {
+        let expected = informed_prediction(
+            c.depth,
+            c.lyapunov,
+            c.gradient_ratio,
+            c.first_update_ratio,
+            c.correlation_depth,
+        );
+        assert_eq!(c.expected_informed, expected, "{c:?}");
+        assert_eq!(c.agree_informed, c.outcome == expected, "{c:?}");
+        // ReLU above √2 has no variance fixed point; below, its ξ_c is finite.
+        assert_eq!(c.correlation_depth.is_none(), c.gain > 2f64.sqrt(), "{c:?}");
+    }
+    // A 16-layer ReLU net at gain 2 takes a first step of the order of its weights.
+    let hot = result
+        .cells
+        .iter()
+        .find(|c| c.depth == 16 && c.gain == 2.0)
+        .unwrap();
+    assert!(hot.first_update_ratio.is_none_or(|r| r > 0.2), "{hot:?}");
+    let k = result.cells.iter().filter(|c| c.agree_informed).count();
+    assert_eq!(result.rate_informed, k as f64 / 8.0);
+    let (lo, hi) = result.rate_informed_interval;
+    assert!(lo <= result.rate_informed && result.rate_informed <= hi);
 }

@@ -19,7 +19,10 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-pub use agreement::{AgreementCell, AgreementResult, agreement};
+pub use agreement::{
+    AgreementCell, AgreementResult, CHAOTIC_DEPTHS, DIVERGING_FIRST_STEP, STALLING_RATIO,
+    agreement, informed_prediction,
+};
 pub use butterfly::{Butterfly, butterfly};
 pub use calibrate::{PhaseDiagram, calibrate, phase_diagram};
 

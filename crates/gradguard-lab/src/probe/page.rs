@@ -156,13 +156,15 @@ pub fn html_report(
     if let Some(a) = agree {
         let _ = write!(
             body,
-            "<p class=\"note\">Against training over {} cells: the verdict (exploding ↔ diverged, vanishing ↔ stable, critical ↔ learning) agreed in {}; the depth-aware prediction (exp(λ·depth) above 1e3 ↔ diverged, below 1e-3 ↔ stable, between ↔ learning) in {}.</p>",
+            "<p class=\"note\">Against training over {} cells (seeds {:?}): the verdict (exploding ↔ diverged, vanishing ↔ stable, critical ↔ learning) agreed in {}; the depth-aware prediction (exp(λ·depth) above 1e3 ↔ diverged, below 1e-3 ↔ stable, between ↔ learning) in {}; the informed prediction (the first step's size, the depth in correlation depths, whether the forward signal is bounded; thresholds chosen on seed 0) in {}.</p>",
             a.cells.len(),
+            a.seeds,
             super::agreement::percent_with_interval(a.rate, a.rate_interval),
             super::agreement::percent_with_interval(
                 a.rate_depth_aware,
                 a.rate_depth_aware_interval
-            )
+            ),
+            super::agreement::percent_with_interval(a.rate_informed, a.rate_informed_interval)
         );
     }
     body.push_str("</body></html>\n");

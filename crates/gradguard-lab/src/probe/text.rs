@@ -141,18 +141,23 @@ pub fn text_report(
     if let Some(a) = agree {
         let _ = writeln!(
             out,
-            "agreement with training ({} steps) over {} cells: the verdict (sign of λ) {}, the \
-             depth-aware prediction (exp(λ·depth) above 1e3: diverges, below 1e-3: stalls) {}",
+            "agreement with training ({} steps) over {} cells (seeds {:?}): the verdict (sign of \
+             λ) {}, the depth-aware prediction (exp(λ·depth) above 1e3: diverges, below 1e-3: \
+             stalls) {}, the informed prediction (first step, depth, chaos; thresholds chosen on \
+             seed 0) {}",
             a.steps,
             a.cells.len(),
+            a.seeds,
             percent_with_interval(a.rate, a.rate_interval),
-            percent_with_interval(a.rate_depth_aware, a.rate_depth_aware_interval)
+            percent_with_interval(a.rate_depth_aware, a.rate_depth_aware_interval),
+            percent_with_interval(a.rate_informed, a.rate_informed_interval)
         );
         let rows: Vec<Vec<String>> = a
             .cells
             .iter()
             .map(|c| {
                 vec![
+                    c.seed.to_string(),
                     c.depth.to_string(),
                     format!("{}", c.gain),
                     format!("{:+.4}", c.lyapunov),
@@ -161,11 +166,18 @@ pub fn text_report(
                     c.outcome.clone(),
                     if c.agree { "yes" } else { "no" }.into(),
                     if c.agree_depth_aware { "yes" } else { "no" }.into(),
+                    c.first_update_ratio
+                        .map_or("non-finite".into(), |r| format!("{r:.2e}")),
+                    c.correlation_depth
+                        .map_or("–".into(), |x| format!("{x:.3}")),
+                    c.expected_informed.clone(),
+                    if c.agree_informed { "yes" } else { "no" }.into(),
                 ]
             })
             .collect();
         out.push_str(&table::render(
             &[
+                "seed",
                 "depth",
                 "gain",
                 "λ",
@@ -174,6 +186,10 @@ pub fn text_report(
                 "training",
                 "agrees",
                 "depth-aware agrees",
+                "first step ‖Δθ‖/‖θ‖",
+                "ξ_c",
+                "informed",
+                "informed agrees",
             ],
             &rows,
         ));

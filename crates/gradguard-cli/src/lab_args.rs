@@ -54,10 +54,10 @@ pub struct RunFlags {
     /// Initialization: gaussian, xavier, he, orthogonal or lsuv [default: gaussian].
     #[arg(long)]
     pub init: Option<Init>,
-    /// Multiplies the init's standard deviation [default: 2 (mlp), 1.5 (recurrent)].
+    /// Multiplies the init's standard deviation [default: 1.7 (mlp), 1.5 (recurrent)].
     #[arg(long, value_parser = positive_f64, value_name = "G", allow_negative_numbers = true)]
     pub init_gain: Option<f64>,
-    /// SGD learning rate [default: 0.01 (mlp), 0.1 (recurrent)].
+    /// SGD learning rate [default: 0.1].
     #[arg(long, value_parser = positive_f64, value_name = "X", allow_negative_numbers = true)]
     pub lr: Option<f64>,
     /// Batches to train on [default: 300].

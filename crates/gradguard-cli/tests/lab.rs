@@ -655,3 +655,28 @@ fn reproduce_prints_a_verdict_as_json_and_writes_its_report() {
         assert!(said.contains(needle), "{said}");
     }
 }
+
+#[test]
+fn the_train_help_states_the_defaults_a_run_uses() {
+    use gradguard_lab::RunConfig;
+    use gradguard_lab::tasks::Task;
+    let help = text(&run(&["train", "--help"]).stdout);
+    let (mlp, rnn) = (
+        RunConfig::for_task(Task::Mlp),
+        RunConfig::for_task(Task::Adding),
+    );
+    let gain = format!(
+        "[default: {} (mlp), {} (recurrent)]",
+        mlp.init_gain, rnn.init_gain
+    );
+    assert!(help.contains(&gain), "{gain} not in {help}");
+    assert_eq!(mlp.lr, rnn.lr);
+    assert!(
+        help.contains(&format!("SGD learning rate [default: {}]", mlp.lr)),
+        "{help}"
+    );
+    assert!(
+        help.contains(&format!("[default: {}]", mlp.depth)),
+        "{help}"
+    );
+}

@@ -8,7 +8,10 @@
 //! median final held-out loss over the seeds): the claim holds when at depth 30 every seed
 //! learns from He init and none learns from Xavier init.
 
-use super::{Budget, Curve, Draft, Figure, Finding, Key, Paper, Runner, Trained, learned, show};
+use super::{
+    Budget, Curve, Draft, Figure, Finding, Paper, Runner, Trained, depth_curves, init_by_depth,
+    learned, show,
+};
 use crate::config::RunConfig;
 use crate::error::LabError;
 use crate::models::{Activation, Init};
@@ -31,29 +34,8 @@ pub(super) fn reproduce(budget: Budget, runner: &Runner) -> Result<Finding, LabE
         steps: budget.pick(200, 600),
         ..RunConfig::for_task(Task::Mlp)
     };
-    let mut planned = Vec::new();
-    for (series, (init, _)) in INITS.iter().enumerate() {
-        for &depth in &depths {
-            for &lr in &lrs {
-                for &seed in &seeds {
-                    let key = Key {
-                        series,
-                        x: depth as f64,
-                        lr,
-                    };
-                    let config = RunConfig {
-                        init: *init,
-                        depth,
-                        lr,
-                        seed,
-                        ..base.clone()
-                    };
-                    planned.push((key, config));
-                }
-            }
-        }
-    }
-    let trained = Trained::train(runner, planned)?;
+    let inits = INITS.map(|(init, _)| init);
+    let trained = Trained::train(runner, init_by_depth(&base, &inits, &depths, &lrs, &seeds))?;
     let loss = |r: &gradguard_report::RunSummary| r.final_loss.filter(|_| !r.failed());
     let best = |series: usize, depth: usize| trained.best_rate(series, depth as f64, &lrs, loss);
 
@@ -68,18 +50,7 @@ pub(super) fn reproduce(budget: Budget, runner: &Runner) -> Result<Finding, LabE
     };
     let trivial = trained.runs.first().and_then(|r| r.trivial_loss);
 
-    let mut curves: Vec<Curve> = INITS
-        .iter()
-        .enumerate()
-        .map(|(series, (_, label))| Curve {
-            label: (*label).into(),
-            points: depths
-                .iter()
-                .map(|&d| (d as f64, best(series, d).1))
-                .collect(),
-            reference: false,
-        })
-        .collect();
+    let mut curves = depth_curves(&INITS.map(|(_, label)| label), &depths, |s, d| best(s, d).1);
     if let Some(t) = trivial {
         curves.push(Curve {
             label: "trivial predictor".into(),

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
 use crate::error::LabError;
+use crate::models::Init;
 use crate::train::{TrainOptions, TrainOutcome, train};
 
 /// A paper whose result `gradguard reproduce` re-measures.
@@ -274,6 +275,59 @@ impl Trained {
             })
             .unwrap_or((f64::NAN, None))
     }
+}
+
+/// Every (init, depth, rate, seed) of `base`: the grid of He and Saxe, one series per init.
+fn init_by_depth(
+    base: &RunConfig,
+    inits: &[Init],
+    depths: &[usize],
+    lrs: &[f64],
+    seeds: &[u64],
+) -> Vec<(Key, RunConfig)> {
+    let mut planned = Vec::new();
+    for (series, &init) in inits.iter().enumerate() {
+        for &depth in depths {
+            for &lr in lrs {
+                for &seed in seeds {
+                    let key = Key {
+                        series,
+                        x: depth as f64,
+                        lr,
+                    };
+                    let config = RunConfig {
+                        init,
+                        depth,
+                        lr,
+                        seed,
+                        ..base.clone()
+                    };
+                    planned.push((key, config));
+                }
+            }
+        }
+    }
+    planned
+}
+
+/// One measured curve per label over `depths`, `value(series, depth)` each.
+fn depth_curves(
+    labels: &[&str],
+    depths: &[usize],
+    value: impl Fn(usize, usize) -> Option<f64>,
+) -> Vec<Curve> {
+    labels
+        .iter()
+        .enumerate()
+        .map(|(series, label)| Curve {
+            label: (*label).into(),
+            points: depths
+                .iter()
+                .map(|&d| (d as f64, value(series, d)))
+                .collect(),
+            reference: false,
+        })
+        .collect()
 }
 
 /// A finding before its wall time is known.

@@ -13,7 +13,7 @@
 
 use gradguard_report::RunSummary;
 
-use super::{Budget, Curve, Draft, Figure, Finding, Key, Paper, Runner, Trained};
+use super::{Budget, Draft, Figure, Finding, Paper, Runner, Trained, depth_curves, init_by_depth};
 use crate::config::RunConfig;
 use crate::error::LabError;
 use crate::models::{Activation, Init};
@@ -60,47 +60,15 @@ pub(super) fn reproduce(budget: Budget, runner: &Runner) -> Result<Finding, LabE
         steps: 400,
         ..RunConfig::for_task(Task::Mlp)
     };
-    let mut planned = Vec::new();
-    for (series, (init, _)) in INITS.iter().enumerate() {
-        for &depth in &depths {
-            for &lr in &lrs {
-                for &seed in &seeds {
-                    let key = Key {
-                        series,
-                        x: depth as f64,
-                        lr,
-                    };
-                    let config = RunConfig {
-                        init: *init,
-                        depth,
-                        lr,
-                        seed,
-                        ..base.clone()
-                    };
-                    planned.push((key, config));
-                }
-            }
-        }
-    }
-    let trained = Trained::train(runner, planned)?;
+    let inits = INITS.map(|(init, _)| init);
+    let trained = Trained::train(runner, init_by_depth(&base, &inits, &depths, &lrs, &seeds))?;
     let time = |series: usize, depth: usize| trained.best_rate(series, depth as f64, &lrs, steps);
     let (shallow, deep) = (depths[0], depths[depths.len() - 1]);
     let orthogonal = growth(time(0, shallow).1, time(0, deep).1);
     let gaussian = growth(time(1, shallow).1, time(1, deep).1);
     let holds = orthogonal.is_some_and(|g| g <= FLAT) && gaussian.is_some_and(|g| g >= GROWS);
 
-    let curves: Vec<Curve> = INITS
-        .iter()
-        .enumerate()
-        .map(|(series, (_, label))| Curve {
-            label: (*label).into(),
-            points: depths
-                .iter()
-                .map(|&d| (d as f64, time(series, d).1))
-                .collect(),
-            reference: false,
-        })
-        .collect();
+    let curves = depth_curves(&INITS.map(|(_, label)| label), &depths, |s, d| time(s, d).1);
     let describe = |series: usize| {
         depths
             .iter()

@@ -143,6 +143,9 @@ pub struct Curve {
     pub points: Vec<(f64, Option<f64>)>,
     /// A reference line (a threshold, a prediction) rather than a measurement.
     pub reference: bool,
+    /// Where the measurement has no value and why (`x`, e.g. "diverged"): drawn on the top edge.
+    #[serde(default)]
+    pub marks: Vec<(f64, String)>,
 }
 
 /// A figure of a finding: the picture the paper drew, from these runs.
@@ -310,22 +313,33 @@ fn init_by_depth(
     planned
 }
 
-/// One measured curve per label over `depths`, `value(series, depth)` each.
+/// One measured curve per label over `depths`, `value(series, depth)` each; a depth without a
+/// value is marked `missing`.
 fn depth_curves(
     labels: &[&str],
     depths: &[usize],
+    missing: &str,
     value: impl Fn(usize, usize) -> Option<f64>,
 ) -> Vec<Curve> {
     labels
         .iter()
         .enumerate()
-        .map(|(series, label)| Curve {
-            label: (*label).into(),
-            points: depths
+        .map(|(series, label)| {
+            let points: Vec<(f64, Option<f64>)> = depths
                 .iter()
                 .map(|&d| (d as f64, value(series, d)))
-                .collect(),
-            reference: false,
+                .collect();
+            let marks = points
+                .iter()
+                .filter(|(_, y)| y.is_none())
+                .map(|(x, _)| (*x, missing.to_string()))
+                .collect();
+            Curve {
+                label: (*label).into(),
+                points,
+                reference: false,
+                marks,
+            }
         })
         .collect()
 }

@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use gradguard_report::html::{LineChart, PALETTE, STYLE, Series, escape, legend};
+use gradguard_report::html::{LineChart, Marker, PALETTE, STYLE, Series, escape, legend};
 
 use super::{Figure, Finding};
 
@@ -28,8 +28,34 @@ fn chart(figure: &Figure) -> (LineChart, Vec<Series>) {
             }
         })
         .collect();
+    // Every measured point as a dot (a grid of one rate or one depth has no line to draw), and
+    // every point without a value as a cross on the top edge, saying why.
+    let markers = figure
+        .curves
+        .iter()
+        .zip(&series)
+        .filter(|(c, _)| !c.reference)
+        .flat_map(|(c, s)| {
+            let dots = c.points.iter().filter_map(|&(x, y)| {
+                y.map(|y| Marker {
+                    x,
+                    y: Some(y),
+                    color: s.color.clone(),
+                    title: format!("{}: {y:.4}", c.label),
+                })
+            });
+            let crosses = c.marks.iter().map(|(x, why)| Marker {
+                x: *x,
+                y: None,
+                color: s.color.clone(),
+                title: format!("{}: {why}", c.label),
+            });
+            dots.chain(crosses).collect::<Vec<_>>()
+        })
+        .collect();
     let chart = LineChart {
         title: figure.title.clone(),
+        markers,
         x_label: figure.x_label.clone(),
         y_label: figure.y_label.clone(),
         log_y: figure.log_y,

@@ -108,10 +108,17 @@ impl Ladder {
                 (lr.log10(), finite.get(finite.len() / 2).copied())
             })
             .collect();
+        let marks = self
+            .lrs
+            .iter()
+            .filter(|&&lr| self.at(setting, lr).all(|r| r.failed()))
+            .map(|&lr| (lr.log10(), format!("lr {lr}: every run diverged")))
+            .collect();
         Curve {
             label: label.into(),
             points,
             reference: false,
+            marks,
         }
     }
 }
@@ -126,12 +133,13 @@ fn figure(title: &str, ladder: &Ladder) -> Figure {
             label: "trivial predictor".into(),
             points: ladder.lrs.iter().map(|lr| (lr.log10(), Some(t))).collect(),
             reference: true,
+            marks: Vec::new(),
         });
     }
     Figure {
         title: title.into(),
-        x_label: "log10 learning rate".into(),
-        y_label: "final held-out loss (median of the runs that did not fail)".into(),
+        x_label: "learning rate (log10)".into(),
+        y_label: "final held-out loss".into(),
         log_y: true,
         curves,
     }
@@ -204,11 +212,12 @@ pub(super) fn reproduce(budget: Budget, runner: &Runner) -> Result<Finding, LabE
     );
     let figures = vec![
         figure(
-            "Adding problem, T = 100, vanilla RNN at gain 1.5: where SGD stays stable",
+            "Adding, T = 100, vanilla RNN at gain 1.5: median final loss of the runs that did \
+             not diverge (× on top: all diverged)",
             &long_ladder,
         ),
         figure(
-            "Adding problem, T = 10, gain 1: the tamed network learns",
+            "Adding, T = 10, gain 1: the tamed network learns (× on top: all diverged)",
             &short_ladder,
         ),
     ];

@@ -108,6 +108,12 @@ pub(super) fn reproduce(budget: Budget, runner: &Runner) -> Result<Finding, LabE
                     .map(|(s, &g)| (g, deepest(s)))
                     .collect(),
                 reference: false,
+                marks: gains
+                    .iter()
+                    .enumerate()
+                    .filter(|&(s, _)| deepest(s).is_none())
+                    .map(|(_, &g)| (g, "no depth trained".to_string()))
+                    .collect(),
             },
             Curve {
                 label: "6 ξ_c, mean-field theory (drawn up to twice the deepest net tried)".into(),
@@ -117,6 +123,7 @@ pub(super) fn reproduce(budget: Budget, runner: &Runner) -> Result<Finding, LabE
                     .map(|(&g, &x)| (g, Some((BOUND * x).min(2.0 * max_depth))))
                     .collect(),
                 reference: true,
+                marks: Vec::new(),
             },
         ],
     };

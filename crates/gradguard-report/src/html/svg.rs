@@ -90,6 +90,21 @@ fn nice_ticks(lo: f64, hi: f64, count: usize) -> Vec<f64> {
     ticks
 }
 
+/// Ticks of a log axis spanning `lo..hi` in log10 units: the powers of ten inside, or — when
+/// fewer than two fall inside (a range within a decade) — 1, 2 and 5 times them.
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let decades: Vec<f64> = (lo.ceil() as i64..=hi.floor() as i64)
+        .map(|e| e as f64)
+        .collect();
+    if decades.len() >= 2 {
+        return decades;
+    }
+    (lo.floor() as i64..=hi.ceil() as i64)
+        .flat_map(|e| [1.0f64, 2.0, 5.0].map(|m| m.log10() + e as f64))
+        .filter(|t| (lo..=hi).contains(t))
+        .collect()
+}
+
 pub(super) fn label(v: f64) -> String {
     let a = v.abs();
     if a != 0.0 && !(1e-3..1e4).contains(&a) {
@@ -177,17 +192,17 @@ impl LineChart {
             r#"<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" class="plot"/>"#
         );
         let yticks: Vec<f64> = if self.log_y {
-            (y0.ceil() as i64..=y1.floor() as i64)
-                .map(|e| e as f64)
-                .collect()
+            log_ticks(y0, y1)
         } else {
             nice_ticks(y0, y1, 5)
         };
         let step = (yticks.len() / 6).max(1);
         for t in yticks.iter().step_by(step) {
             let y = sy(*t);
-            let text = if self.log_y {
+            let text = if self.log_y && t.fract() == 0.0 {
                 format!("1e{t}")
+            } else if self.log_y {
+                label(10f64.powf(*t))
             } else {
                 label(*t)
             };
@@ -297,6 +312,29 @@ pub fn legend(series: &[Series]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_axis_within_one_decade_still_has_ticks() {
+        // 0.15 to 0.5: no power of ten inside, so 0.2 and 0.5.
+        let ticks = log_ticks(0.15f64.log10(), 0.5f64.log10() + 1e-9);
+        let values: Vec<f64> = ticks.iter().map(|t| 10f64.powf(*t)).collect();
+        assert_eq!(values.len(), 2, "{values:?}");
+        assert!((values[0] - 0.2).abs() < 1e-9 && (values[1] - 0.5).abs() < 1e-9);
+        // Over decades: the powers of ten only.
+        assert_eq!(log_ticks(-2.5, 1.2), vec![-2.0, -1.0, 0.0, 1.0]);
+        let chart = LineChart {
+            log_y: true,
+            series: vec![Series {
+                label: "a".into(),
+                color: "#000".into(),
+                points: vec![(0.0, Some(0.15)), (1.0, Some(0.5))],
+                dashed: false,
+                width: 1.0,
+            }],
+            ..Default::default()
+        };
+        assert!(chart.render().contains(">0.2<"));
+    }
 
     #[test]
     fn a_gap_splits_the_line_and_log_axis_drops_non_positive_values() {

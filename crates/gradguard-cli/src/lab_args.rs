@@ -7,12 +7,13 @@ use gradguard_lab::models::{Activation, Cell, Init};
 use gradguard_lab::tasks::Task;
 use gradguard_lab::{Precision, Remedy, RunConfig};
 
-/// A comma-separated remedy list, one flag value.
+/// A comma-separated remedy list, one flag value, and whether it names `adam` without a rate.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RemedyList(pub Vec<Remedy>);
+pub struct RemedyList(pub Vec<Remedy>, pub bool);
 
 fn remedy_list(s: &str) -> Result<RemedyList, String> {
-    Remedy::parse_list(s).map(RemedyList)
+    let bare_adam = s.split(',').any(|name| name.trim() == "adam");
+    Remedy::parse_list(s).map(|list| RemedyList(list, bare_adam))
 }
 
 fn positive_f64(s: &str) -> Result<f64, String> {
@@ -57,7 +58,8 @@ pub struct RunFlags {
     /// Multiplies the init's standard deviation [default: 1.7 (mlp), 1.5 (recurrent)].
     #[arg(long, value_parser = positive_f64, value_name = "G", allow_negative_numbers = true)]
     pub init_gain: Option<f64>,
-    /// SGD learning rate [default: 0.1].
+    /// SGD learning rate [default: 0.1]; with `--remedy adam` (no rate of its own), Adam's rate
+    /// [default: 0.001].
     #[arg(long, value_parser = positive_f64, value_name = "X", allow_negative_numbers = true)]
     pub lr: Option<f64>,
     /// Batches to train on [default: 300].
@@ -128,6 +130,14 @@ impl RunFlags {
             c.seed = v;
         }
         c.remedies = self.remedy.0.clone();
+        // A rate the user asked for is the one Adam trains at, unless `adam=LR` gave its own.
+        if let (Some(lr), RemedyList(_, true)) = (self.lr, &self.remedy) {
+            for r in &mut c.remedies {
+                if let Remedy::Adam(rate) = r {
+                    *rate = lr;
+                }
+            }
+        }
         if let Some(v) = self.target_loss {
             c.target_loss = v;
         }

@@ -680,3 +680,45 @@ fn the_train_help_states_the_defaults_a_run_uses() {
         "{help}"
     );
 }
+
+#[test]
+fn adam_trains_at_its_own_rate_unless_the_user_sets_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let summary = |flags: &[&str], name: &str| {
+        let out = tmp.path().join(name);
+        let mut args = train_args(flags, &out);
+        args.push("--json".into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = run(&args);
+        assert!(r.status.success(), "{}", text(&r.stderr));
+        json(&r)
+    };
+    fn with<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        ["--depth", "2", "--steps", "3"]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect()
+    }
+    let own = summary(&with(&["--remedy", "adam"]), "own");
+    assert_eq!(own["lr"], 0.001, "{own}");
+    assert!(
+        own["rate_choice"]
+            .as_str()
+            .unwrap()
+            .contains("Adam's own rate")
+    );
+    let asked = summary(&with(&["--remedy", "adam", "--lr", "0.003"]), "asked");
+    assert_eq!(asked["lr"], 0.003, "{asked}");
+    assert!(
+        asked["rate_choice"]
+            .as_str()
+            .unwrap()
+            .contains("the rate set for Adam")
+    );
+    // A rate given to `adam` itself wins over --lr, which then stays the (unused) SGD rate.
+    let given = summary(
+        &with(&["--remedy", "adam=0.0005", "--lr", "0.003"]),
+        "given",
+    );
+    assert_eq!(given["lr"], 0.0005, "{given}");
+}

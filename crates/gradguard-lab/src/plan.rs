@@ -197,10 +197,14 @@ impl Plan {
     /// the report: e.g. "Adam 0.001 (Adam's own rate)".
     pub fn rate_choice(&self, lr: f64) -> String {
         let optimizer = if self.adam { "Adam" } else { "SGD" };
-        let mut why = vec![if self.adam {
-            "Adam's own rate".to_string()
-        } else {
-            "the task's rate".to_string()
+        let adam_rate = self.remedies.iter().find_map(|r| match r {
+            Remedy::Adam(rate) => Some(*rate),
+            _ => None,
+        });
+        let mut why = vec![match adam_rate {
+            Some(rate) if rate == crate::remedy::ADAM_LR => "Adam's own rate".to_string(),
+            Some(_) => "the rate set for Adam".to_string(),
+            None => "the task's rate".to_string(),
         }];
         for r in &self.remedies {
             if let Remedy::SmallLr(f) = r {

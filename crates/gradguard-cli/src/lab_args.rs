@@ -1,4 +1,4 @@
-//! Flags of the lab's commands: `train`, `sweep`, `report`, `demo`.
+//! Flags of the lab's commands: `train`, `sweep`, `report`, `demo`, `probe`, `reproduce`.
 
 use std::path::PathBuf;
 

@@ -210,7 +210,8 @@ pub fn agreement(
                     seed: config.seed,
                     ..ProbeConfig::default()
                 };
-                let first_update_ratio = first_update_ratio(&Net::Mlp(mlp.clone()), &data, &config);
+                let first_update_ratio =
+                    first_update_ratio(&Net::Mlp(mlp.clone()), &data, &config, &device);
                 let result = probe_mlp_at(&mlp, x0, probe_config, config.seed);
                 let TrainOutcome::Finished(summary) = train(&config, &TrainOptions::default())?
                 else {
@@ -263,12 +264,17 @@ pub fn agreement(
     })
 }
 
-/// ‖θ₁ − θ₀‖ / ‖θ₀‖ of one SGD step of `net` at `config.lr` on the run's first batch.
-fn first_update_ratio(net: &Net, data: &TaskData, config: &RunConfig) -> Option<f64> {
-    let device = Device::flex().autodiff();
+/// ‖θ₁ − θ₀‖ / ‖θ₀‖ of one SGD step of `net` at `config.lr` on the run's first batch, on the
+/// autodiff `device` the net lives on.
+fn first_update_ratio(
+    net: &Net,
+    data: &TaskData,
+    config: &RunConfig,
+    device: &Device,
+) -> Option<f64> {
     let batch = data.train_batch(0, config.batch, config.seed);
     let before = net.parameters_flat();
-    let loss = data_loss(net, &batch, &device, config.precision);
+    let loss = data_loss(net, &batch, device, config.precision);
     let grads = GradientsParams::from_grads(loss.backward(), net);
     let mut sgd: ModuleOptimizer = SgdConfig::new().init();
     let after = sgd.step(config.lr, net.clone(), grads).parameters_flat();

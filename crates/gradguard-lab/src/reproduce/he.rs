@@ -48,7 +48,7 @@ pub(super) fn reproduce(budget: Budget, runner: &Runner) -> Result<Finding, LabE
         super::median(trained.at(series, deep, lr).map(|r| r.accuracy))
             .map_or("–".to_string(), |a| format!("{:.0}%", 100.0 * a))
     };
-    let trivial = trained.runs.first().and_then(|r| r.trivial_loss);
+    let trivial = trained.trivial();
 
     let mut curves = depth_curves(
         &INITS.map(|(_, label)| label),

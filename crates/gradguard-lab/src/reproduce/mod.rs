@@ -261,6 +261,11 @@ impl Trained {
             .map(|(_, r)| r)
     }
 
+    /// The trivial predictor's held-out loss (the same in every run of a task and seed 0's split).
+    fn trivial(&self) -> Option<f64> {
+        self.runs.first().and_then(|r| r.trivial_loss)
+    }
+
     /// Of `lrs`, the rate whose runs at (`series`, `x`) have the lowest median `score`
     /// (`None` scores count as +∞), with that median (`None`: no run scored at any rate).
     fn best_rate(

@@ -13,7 +13,7 @@
 
 use gradguard_report::RunSummary;
 
-use super::{Budget, Curve, Draft, Figure, Finding, Runner, learned, show};
+use super::{Budget, Curve, Draft, Figure, Finding, Key, Runner, Trained, learned, median, show};
 use crate::config::RunConfig;
 use crate::error::LabError;
 use crate::remedy::Remedy;
@@ -24,35 +24,10 @@ use super::Paper;
 /// The two settings compared.
 const SETTINGS: [&str; 2] = ["none", "clip-global"];
 
-fn configs(
-    base: &RunConfig,
-    lrs: &[f64],
-    seeds: &[u64],
-) -> Result<Vec<(usize, f64, RunConfig)>, LabError> {
-    let mut out = Vec::new();
-    for (setting, name) in SETTINGS.iter().enumerate() {
-        let remedies = Remedy::parse_list(name).map_err(LabError::Config)?;
-        for &lr in lrs {
-            for &seed in seeds {
-                let config = RunConfig {
-                    lr,
-                    seed,
-                    remedies: remedies.clone(),
-                    ..base.clone()
-                };
-                out.push((setting, lr, config));
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Per setting and rate: the runs.
+/// Per setting and rate: the runs (a [`Trained`] grid whose x is the rate).
 struct Ladder {
     lrs: Vec<f64>,
-    /// (setting, rate) of each run.
-    keys: Vec<(usize, f64)>,
-    runs: Vec<RunSummary>,
+    trained: Trained,
 }
 
 impl Ladder {
@@ -63,25 +38,30 @@ impl Ladder {
         lrs: &[f64],
         seeds: &[u64],
     ) -> Result<Self, LabError> {
-        let planned = configs(base, lrs, seeds)?;
-        let configs: Vec<RunConfig> = planned.iter().map(|(_, _, c)| c.clone()).collect();
+        let mut planned = Vec::new();
+        for (series, name) in SETTINGS.iter().enumerate() {
+            let remedies = Remedy::parse_list(name).map_err(LabError::Config)?;
+            for &lr in lrs {
+                for &seed in seeds {
+                    let key = Key { series, x: lr, lr };
+                    let config = RunConfig {
+                        lr,
+                        seed,
+                        remedies: remedies.clone(),
+                        ..base.clone()
+                    };
+                    planned.push((key, config));
+                }
+            }
+        }
         Ok(Ladder {
             lrs: lrs.to_vec(),
-            keys: planned.into_iter().map(|(s, lr, _)| (s, lr)).collect(),
-            runs: runner.train_all(&configs)?,
+            trained: Trained::train(runner, planned)?,
         })
     }
 
     fn at(&self, setting: usize, lr: f64) -> impl Iterator<Item = &RunSummary> {
-        self.keys
-            .iter()
-            .zip(&self.runs)
-            .filter(move |((s, l), _)| *s == setting && *l == lr)
-            .map(|(_, r)| r)
-    }
-
-    fn trivial(&self) -> Option<f64> {
-        self.runs.first().and_then(|r| r.trivial_loss)
+        self.trained.at(setting, lr, lr)
     }
 
     /// The largest rate at which no run of `setting` failed.
@@ -93,19 +73,15 @@ impl Ladder {
             .reduce(f64::max)
     }
 
-    /// The median final held-out loss of `setting` at each rate (`None`: no run finite).
+    /// The median final held-out loss of `setting` at each rate, over the runs that did not
+    /// fail (`None`: every run failed).
     fn curve(&self, setting: usize, label: &str) -> Curve {
         let points = self
             .lrs
             .iter()
             .map(|&lr| {
-                let mut finite: Vec<f64> = self
-                    .at(setting, lr)
-                    .filter(|r| !r.failed())
-                    .filter_map(|r| r.final_loss)
-                    .collect();
-                finite.sort_by(f64::total_cmp);
-                (lr.log10(), finite.get(finite.len() / 2).copied())
+                let kept = self.at(setting, lr).filter(|r| !r.failed());
+                (lr.log10(), median(kept.map(|r| r.final_loss)))
             })
             .collect();
         let marks = self
@@ -128,7 +104,7 @@ fn figure(title: &str, ladder: &Ladder) -> Figure {
         ladder.curve(0, "no clipping"),
         ladder.curve(1, "clip-global at 1"),
     ];
-    if let Some(t) = ladder.trivial() {
+    if let Some(t) = ladder.trained.trivial() {
         curves.push(Curve {
             label: "trivial predictor".into(),
             points: ladder.lrs.iter().map(|lr| (lr.log10(), Some(t))).collect(),
@@ -189,7 +165,7 @@ pub(super) fn reproduce(budget: Budget, runner: &Runner) -> Result<Finding, LabE
         .at(1, learning_lrs[learning_lrs.len() - 1])
         .filter_map(|r| r.final_loss)
         .fold(f64::INFINITY, f64::min);
-    let trivial_short = short_ladder.trivial();
+    let trivial_short = short_ladder.trained.trivial();
 
     let measured = format!(
         "T = 100, gain 1.5, rates {:?}: largest stable rate {} without clipping, {} with it. \
@@ -237,7 +213,7 @@ pub(super) fn reproduce(budget: Budget, runner: &Runner) -> Result<Finding, LabE
         ),
         figures,
         budget,
-        runs: long_ladder.runs.len() + short_ladder.runs.len(),
+        runs: long_ladder.trained.runs.len() + short_ladder.trained.runs.len(),
     }
     .into())
 }

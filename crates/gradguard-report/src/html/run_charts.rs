@@ -169,13 +169,7 @@ pub(super) fn scale_chart(runs: &[&RunData]) -> Option<LineChart> {
         if points.is_empty() {
             continue;
         }
-        chart.series.push(Series {
-            label: run_label(run),
-            color: color(run, i),
-            points,
-            dashed: false,
-            width: 2.0,
-        });
+        chart.series.push(run_line(run, i, points));
     }
     (!chart.series.is_empty()).then_some(chart)
 }
@@ -252,13 +246,18 @@ fn push_distinct(chart: &mut LineChart, run: &RunData, i: usize, points: Vec<(f6
     if chart.series.iter().any(|s| s.points == points) {
         return;
     }
-    chart.series.push(Series {
+    chart.series.push(run_line(run, i, points));
+}
+
+/// Run `i`'s solid line in its color and legend label.
+fn run_line(run: &RunData, i: usize, points: Vec<(f64, Option<f64>)>) -> Series {
+    Series {
         label: run_label(run),
         color: color(run, i),
         points,
         dashed: false,
         width: 2.0,
-    });
+    }
 }
 
 pub(super) fn norm_chart(run: &RunData, i: usize) -> String {

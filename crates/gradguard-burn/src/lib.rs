@@ -32,6 +32,7 @@
 #![deny(missing_docs)]
 
 mod collect;
+mod collective;
 #[cfg(feature = "cube")]
 mod cube;
 pub mod faults;
@@ -46,6 +47,7 @@ mod update;
 mod view;
 
 pub use collect::parameter_names;
+pub use collective::DeviceCollective;
 #[cfg(feature = "cube")]
 pub use cube::tensors_per_launch;
 #[cfg(feature = "cube")]

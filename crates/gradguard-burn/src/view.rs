@@ -39,7 +39,7 @@ impl Placement {
 
 /// Whether a device's memory is host memory: Burn's `flex` CPU backend, directly or under
 /// autodiff.
-fn is_host_memory(device: &Device) -> bool {
+pub(crate) fn is_host_memory(device: &Device) -> bool {
     fn flex(d: &DispatchDevice) -> bool {
         match d {
             DispatchDevice::Flex(_) => true,

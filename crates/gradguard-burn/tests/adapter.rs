@@ -78,3 +78,22 @@ fn the_update_bound_measures_alike_on_both_placements() {
         common::update_bound_matches_the_host(&device(), placement);
     }
 }
+
+#[test]
+fn a_device_collective_is_refused_on_the_cpu_backend_naming_the_device() {
+    use gradguard_burn::DeviceCollective;
+    let err = DeviceCollective::new(vec![device()], 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("device 0") && err.contains("cannot join a collective"),
+        "{err}"
+    );
+    let err = DeviceCollective::new(vec![device()], 1)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("rank 1 is not below the number of devices (1)"),
+        "{err}"
+    );
+}

@@ -129,6 +129,7 @@ fn half_precision_models_step_through_the_guard_on_both_placements() {
 
 /// burn-train's `Learner` path: `LearnerGuard::scale_loss` in `step`, the guard unscales in
 /// `optimize`; the steps are the unscaled ones, bit for bit.
+#[cfg(feature = "learner")]
 #[test]
 fn the_learner_guard_scales_and_unscales_as_the_optimizer_does() {
     use gradguard_burn::LearnerGuard;

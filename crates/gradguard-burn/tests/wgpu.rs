@@ -146,3 +146,17 @@ fn half_precision_models_step_with_a_loss_scaler() {
 fn the_update_bound_measures_on_the_device_as_the_host_does() {
     on_wgpu(|d| common::update_bound_matches_the_host(d, PLACEMENT));
 }
+
+#[test]
+fn a_device_collective_is_refused_on_wgpu_before_burn_would_panic() {
+    // cubecl's wgpu runtime has no all-reduce yet: turned away here, naming the runtime.
+    on_wgpu(|d| {
+        let err = gradguard_burn::DeviceCollective::new(vec![d.clone()], 0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("CUDA only") && err.contains("Wgpu device"),
+            "{err}"
+        );
+    });
+}

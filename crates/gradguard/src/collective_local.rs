@@ -2,6 +2,7 @@
 
 use std::sync::{Barrier, Mutex};
 
+use crate::collective_gather::nan_max;
 use crate::shard::Collective;
 
 /// All-reduce among `n` threads of one process: each thread calls with its own values and gets
@@ -52,12 +53,6 @@ impl Collective for ThreadCollective {
 
     fn all_reduce_max(&self, values: &mut [f64]) {
         // NaN-safe: a NaN anywhere makes the maximum NaN.
-        self.reduce(values, |a, b| {
-            if a.is_nan() || !(b <= a) {
-                if a.is_nan() { a } else { b }
-            } else {
-                a
-            }
-        });
+        self.reduce(values, nan_max);
     }
 }

@@ -32,6 +32,7 @@
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
+mod collective_gather;
 mod collective_local;
 pub mod detect;
 mod error;
@@ -50,6 +51,7 @@ mod wide;
 
 pub use error::{GuardError, Result};
 
+pub use collective_gather::{all_reduce_max_by_sum, nan_max};
 pub use collective_local::ThreadCollective;
 pub use gradients::{Gradients, Source, UnitLayout, UnitSpan};
 pub use guard::{

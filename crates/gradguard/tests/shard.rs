@@ -6,9 +6,10 @@ use std::thread;
 
 use common::exact_l2;
 use gradguard::rules::{Chain, ClipByGlobalNorm, Rule};
-use gradguard::shard::ShardedGradients;
+use gradguard::shard::{Collective, ShardedGradients};
 use gradguard::{
     Decision, Guard, GuardConfig, HostGradients, HostTensor, StepReport, ThreadCollective,
+    all_reduce_max_by_sum,
 };
 
 const DEVICES: usize = 4;
@@ -29,8 +30,35 @@ fn whole(poison: Option<(usize, usize)>) -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
+/// A collective that can only sum, as NCCL's all-reduce through Burn: its maxima are gathered
+/// through one sum (`all_reduce_max_by_sum`).
+struct SumOnly<'a> {
+    inner: &'a ThreadCollective,
+    rank: usize,
+}
+
+impl Collective for SumOnly<'_> {
+    fn all_reduce_sum(&self, values: &mut [f64]) {
+        self.inner.all_reduce_sum(values);
+    }
+
+    fn all_reduce_max(&self, values: &mut [f64]) {
+        all_reduce_max_by_sum(values, self.rank, DEVICES, |slots| {
+            self.inner.all_reduce_sum(slots)
+        });
+    }
+}
+
 /// Runs one guarded step on `DEVICES` threads, each with a contiguous shard of every tensor.
 fn sharded_step(tensors: &[(String, Vec<f32>)]) -> Vec<(StepReport, HostGradients)> {
+    sharded_step_with(tensors, false)
+}
+
+/// `sharded_step`, its maxima reduced by a native maximum or (`sum_only`) gathered by a sum.
+fn sharded_step_with(
+    tensors: &[(String, Vec<f32>)],
+    sum_only: bool,
+) -> Vec<(StepReport, HostGradients)> {
     let collective = ThreadCollective::new(DEVICES);
     thread::scope(|s| {
         let handles: Vec<_> = (0..DEVICES)
@@ -58,7 +86,14 @@ fn sharded_step(tensors: &[(String, Vec<f32>)]) -> Vec<(StepReport, HostGradient
                         ..Default::default()
                     };
                     let mut guard = Guard::new(config, Chain::new(rules).unwrap()).unwrap();
-                    let report = {
+                    let report = if sum_only {
+                        let summing = SumOnly {
+                            inner: collective,
+                            rank,
+                        };
+                        let mut view = ShardedGradients::new(&mut local, &summing, offsets);
+                        guard.step(&mut view, Some(1.0)).unwrap()
+                    } else {
                         let mut view = ShardedGradients::new(&mut local, collective, offsets);
                         guard.step(&mut view, Some(1.0)).unwrap()
                     };
@@ -126,5 +161,20 @@ fn a_nan_on_one_device_makes_every_device_skip_and_name_it() {
             "{:?}",
             report.reasons
         );
+    }
+}
+
+#[test]
+fn maxima_gathered_through_a_sum_decide_exactly_as_a_native_maximum() {
+    // NCCL (Burn's all-reduce) sums but has no maximum: the gathered maximum must give the same
+    // reports, bit for bit, clean and with a NaN (max|g| and the first non-finite index are maxima).
+    for poison in [None, Some((2, 5)), Some((0, 999))] {
+        let tensors = whole(poison);
+        let native = sharded_step_with(&tensors, false);
+        let gathered = sharded_step_with(&tensors, true);
+        for ((a, ga), (b, gb)) in native.iter().zip(&gathered) {
+            assert_eq!(format!("{a:?}"), format!("{b:?}"), "poison {poison:?}");
+            assert_eq!(exact_l2(ga).to_bits(), exact_l2(gb).to_bits());
+        }
     }
 }

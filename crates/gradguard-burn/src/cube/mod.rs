@@ -58,6 +58,13 @@ pub fn tensors_per_launch(device: &burn::tensor::Device) -> Option<usize> {
     Some(group_size(&probe.client, 1))
 }
 
+/// The CubeCL runtime `device` runs on (CUDA, HIP, wgpu, …), or `None` when it is not a CubeCL
+/// device.
+pub(crate) fn runtime(device: &burn::tensor::Device) -> Option<cubecl::device::RuntimeId> {
+    let probe = resolve(&Tensor::<1>::zeros([1], &device.clone().inner()))?;
+    Some(probe.device.runtime())
+}
+
 /// Block statistics of `a` — and with `b` (tensors of the same lengths), of `b − a` — for every
 /// block of every tensor, in the layout of [`crate::padded::Padded::statistics`]: per block
 /// `STATS` values for `a`, then (pair form) `STATS` for `b − a`. Empty tensors have no blocks.

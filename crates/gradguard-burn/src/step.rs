@@ -122,11 +122,13 @@ impl<M: Module + Clone> GuardCore<M> {
                 } else {
                     report.effective_lr(lr.base()).into()
                 };
-                let bounded = self.guard.config().update_bound.is_some();
-                let before = bounded.then(|| (module.clone(), optimizer.clone()));
+                let bound = self.guard.config().update_bound;
+                let before = bound.map(|_| (module.clone(), optimizer.clone()));
                 let mut module = optimizer.step(lr, module, grads);
                 if let Some((old, old_optimizer)) = before {
-                    let updates = Updates::measure(&old, &module, on_host);
+                    let bound = bound.expect("measured only under a bound");
+                    let units = bound.max_unit_ratio.map(|_| bound.unit_layout);
+                    let updates = Updates::measure(&old, &module, on_host, units);
                     host_reads += u32::from(!on_host);
                     let check = match self.guard.check_update(&updates.norms) {
                         Ok(check) => check.expect("the bound is configured"),
@@ -146,15 +148,21 @@ impl<M: Module + Clone> GuardCore<M> {
                         module = old;
                     } else if check.bounded > 0 {
                         report.reasons.push(format!(
-                            "update bounded in {} tensors: ratio {:.3e} over the model, {:.3e} \
-                             in '{}'; bound {:.3e}",
+                            "update bounded in {} tensors ({} units): ratio {:.3e} over the \
+                             model, {:.3e} in '{}'; bound {:.3e}",
                             check.bounded,
+                            check.bounded_units,
                             check.global_ratio,
                             check.largest_ratio,
                             check.largest_tensor.as_deref().unwrap_or("?"),
                             check.max_ratio
                         ));
-                        module = updates.scale(module, &check.scales);
+                        module = updates.scale(
+                            module,
+                            &check.scales,
+                            &check.unit_scales,
+                            bound.unit_layout,
+                        );
                     }
                     report.consecutive_bad = self.guard.counters().consecutive_bad;
                     report.update = Some(check);

@@ -9,13 +9,18 @@
 //! ([`Padded`]: one copy per parameter), the update is one subtraction, and the block statistics
 //! of both (f32 sums scaled by each block's largest magnitude: no f64, no overflow) come back in
 //! one host read of a small tensor.
-//! Scaling an update back touches only the bounded tensors: w ← w_before + s·(w_after − w_before).
+//! With the unit-wise bound on, every unit's (‖w_u‖, ‖Δw_u‖) is measured too: on the host in f64
+//! in the same visit; on an accelerator by tensor ops, each tensor's values divided by its largest
+//! magnitude before they are squared (no overflow, no f64), all of it in one host read, from
+//! which the tensors' own norms are summed (the fused kernel is then not needed).
+//! Scaling an update back touches only the bounded tensors: w ← w_before + s·(w_after − w_before),
+//! s one factor per tensor or one per unit.
 
 use std::collections::HashMap;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::{Tensor, TensorData};
-use gradguard::UpdateNorms;
+use gradguard::{UnitLayout, UnitSpan, UpdateNorms};
 
 use crate::padded::{Padded, read_f32};
 
@@ -23,6 +28,7 @@ use crate::padded::{Padded, read_f32};
 pub(crate) struct Updates {
     pub norms: Vec<UpdateNorms>,
     before: HashMap<ParamId, (usize, Tensor<1>)>,
+    names: Vec<String>,
 }
 
 fn flat<const D: usize>(t: Tensor<D>) -> Tensor<1> {
@@ -82,6 +88,75 @@ fn host_sums(before: &[f32], after: &[f32]) -> (f64, f64) {
     (w, d)
 }
 
+/// Per unit of `span`: (‖before_u‖, ‖after_u − before_u‖), accumulated in f64 (no overflow for
+/// any finite f32).
+fn host_unit_norms(before: &[f32], after: &[f32], span: UnitSpan) -> Vec<(f64, f64)> {
+    let units = span.units();
+    let (mut w, mut d) = (vec![0.0f64; units], vec![0.0f64; units]);
+    let cols = span.cols.max(1);
+    for (row, (b, a)) in before.chunks(cols).zip(after.chunks(cols)).enumerate() {
+        for (col, (&x, &y)) in b.iter().zip(a).enumerate() {
+            let u = if span.units_are_columns { col } else { row };
+            let x64 = f64::from(x);
+            let diff = f64::from(y) - x64;
+            w[u] += x64 * x64;
+            d[u] += diff * diff;
+        }
+    }
+    w.into_iter()
+        .zip(d)
+        .map(|(w, d)| (w.sqrt(), d.sqrt()))
+        .collect()
+}
+
+/// One parameter's per-unit sums on its device, as one flat tensor: its largest |w| and |Δw|,
+/// then Σ (w/max|w|)² and Σ (Δw/max|Δw|)² per unit.
+fn device_unit_sums(old: Tensor<1>, new: Tensor<1>, span: UnitSpan) -> Tensor<1> {
+    let [rows, cols] = [span.rows, span.cols];
+    let axis = if span.units_are_columns { 0 } else { 1 };
+    let units = span.units();
+    let delta = new.sub(old.clone());
+    let sums = |x: Tensor<1>| {
+        // The divisor is at least the smallest normal f32, so an all-zero tensor divides by it.
+        let top = x.clone().abs().max().clamp_min(f32::MIN_POSITIVE);
+        let scaled = x.div(top.clone()).reshape([rows, cols]);
+        let per_unit = scaled.square().sum_dim(axis).reshape([units]);
+        (top, per_unit)
+    };
+    let (top_w, units_w) = sums(old);
+    let (top_d, units_d) = sums(delta);
+    Tensor::cat(vec![top_w, top_d, units_w, units_d], 0)
+}
+
+/// Undoes [`device_unit_sums`] for every parameter, read back as one slice: per unit (‖w_u‖, ‖Δw_u‖).
+fn unit_norms_from(host: &[f32], spans: &[UnitSpan]) -> Vec<Vec<(f64, f64)>> {
+    let mut at = 0;
+    spans
+        .iter()
+        .map(|span| {
+            let units = span.units();
+            let part = &host[at..at + 2 + 2 * units];
+            at += 2 + 2 * units;
+            let (top_w, top_d) = (f64::from(part[0]), f64::from(part[1]));
+            (0..units)
+                .map(|u| {
+                    let w = top_w * f64::from(part[2 + u]).sqrt();
+                    let d = top_d * f64::from(part[2 + units + u]).sqrt();
+                    (w, d)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The tensor's own (‖w‖, ‖Δw‖) from its units'.
+fn tensor_norms(units: &[(f64, f64)]) -> (f64, f64) {
+    let (w, d) = units
+        .iter()
+        .fold((0.0, 0.0), |(w, d), &(uw, ud)| (w + uw * uw, d + ud * ud));
+    (w.sqrt(), d.sqrt())
+}
+
 struct Before {
     path: Vec<String>,
     values: HashMap<ParamId, (String, Tensor<1>)>,
@@ -104,6 +179,12 @@ impl ModuleVisitor for Before {
 struct After {
     before: HashMap<ParamId, (String, Tensor<1>)>,
     on_host: bool,
+    /// The unit layout when the unit-wise bound is on.
+    layout: Option<UnitLayout>,
+    /// Per parameter with units measured: its span (device path: measured at the end).
+    spans: Vec<UnitSpan>,
+    /// Per parameter: (‖w_u‖, ‖Δw_u‖) per unit (host path; empty when not measured).
+    units: Vec<Vec<(f64, f64)>>,
     names: Vec<String>,
     lens: Vec<usize>,
     /// Host path: the two norms per parameter.
@@ -120,14 +201,26 @@ impl ModuleVisitor for After {
             return;
         };
         let new = flat(param.val().inner());
+        let span = self.layout.map(|layout| {
+            layout.span(&name, &param.val().dims()).unwrap_or(UnitSpan {
+                // A rank the layout does not split (above 5): the tensor is one unit.
+                rows: 1,
+                cols: param.val().shape().num_elements(),
+                units_are_columns: false,
+            })
+        });
         if self.on_host {
             let (b, a) = (f32s(old.clone()), f32s(new));
-            let (w, d) = host_sums(
+            let (b, a) = (
                 b.as_slice().expect("f32 after convert"),
                 a.as_slice().expect("f32 after convert"),
             );
+            let (w, d) = host_sums(b, a);
             self.sums.push((w.sqrt(), d.sqrt()));
+            self.units
+                .push(span.map_or_else(Vec::new, |span| host_unit_norms(b, a, span)));
         } else {
+            self.spans.extend(span);
             self.olds.push(old.clone());
             self.news.push(new);
         }
@@ -179,7 +272,14 @@ impl Updates {
     /// Measures every float parameter's ‖w‖ in `before` and ‖Δw‖ from `before` to `after`: on
     /// the host when `on_host` (a CPU backend, no host read at all), else on the device with one
     /// host read.
-    pub fn measure<M: Module>(before: &M, after: &M, on_host: bool) -> Self {
+    ///
+    /// With `units` (the unit-wise bound's layout), every parameter's units are measured too.
+    pub fn measure<M: Module>(
+        before: &M,
+        after: &M,
+        on_host: bool,
+        units: Option<UnitLayout>,
+    ) -> Self {
         let mut b = Before {
             path: Vec::new(),
             values: HashMap::new(),
@@ -188,6 +288,9 @@ impl Updates {
         let mut a = After {
             before: b.values,
             on_host,
+            layout: units,
+            spans: Vec::new(),
+            units: Vec::new(),
             names: Vec::new(),
             lens: Vec::new(),
             sums: Vec::new(),
@@ -197,32 +300,60 @@ impl Updates {
         };
         after.visit(&mut a);
         if !a.olds.is_empty() {
-            a.sums = device_norms(std::mem::take(&mut a.olds), std::mem::take(&mut a.news));
+            let (olds, news) = (std::mem::take(&mut a.olds), std::mem::take(&mut a.news));
+            if a.layout.is_some() {
+                let parts: Vec<Tensor<1>> = olds
+                    .into_iter()
+                    .zip(news)
+                    .zip(&a.spans)
+                    .map(|((old, new), &span)| device_unit_sums(old, new, span))
+                    .collect();
+                let host = read_f32(Tensor::cat(parts, 0));
+                a.units = unit_norms_from(&host, &a.spans);
+                a.sums = a.units.iter().map(|u| tensor_norms(u)).collect();
+            } else {
+                a.sums = device_norms(olds, news);
+            }
         }
-        let norms = a
+        a.units.resize(a.names.len(), Vec::new());
+        let norms: Vec<UpdateNorms> = a
             .names
             .into_iter()
             .zip(a.lens)
             .zip(a.sums)
-            .map(|((name, len), (weight, update))| UpdateNorms {
+            .zip(a.units)
+            .map(|(((name, len), (weight, update)), units)| UpdateNorms {
                 name,
                 len,
                 weight,
                 update,
+                units,
             })
             .collect();
+        let names = norms.iter().map(|n: &UpdateNorms| n.name.clone()).collect();
         Updates {
             norms,
             before: a.kept,
+            names,
         }
     }
 
     /// `after` with each parameter's update multiplied by its factor in `scales` (in the order of
-    /// `norms`): w ← w_before + s·(w_after − w_before). Parameters with s = 1 are left as they are.
-    pub fn scale<M: Module>(self, after: M, scales: &[f64]) -> M {
+    /// `norms`), or unit by unit where `unit_scales` has factors for it (units of `layout`):
+    /// w ← w_before + s·(w_after − w_before). Parameters with s = 1 are left as they are.
+    pub fn scale<M: Module>(
+        self,
+        after: M,
+        scales: &[f64],
+        unit_scales: &[Vec<f64>],
+        layout: UnitLayout,
+    ) -> M {
         struct Scale<'a> {
             before: HashMap<ParamId, (usize, Tensor<1>)>,
             scales: &'a [f64],
+            unit_scales: &'a [Vec<f64>],
+            layout: UnitLayout,
+            names: &'a [String],
         }
         impl ModuleMapper for Scale<'_> {
             fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
@@ -230,15 +361,38 @@ impl Updates {
                     return param;
                 };
                 let s = self.scales[i];
-                if !(s < 1.0) {
+                let units = self.unit_scales.get(i).filter(|u| !u.is_empty());
+                if !(s < 1.0) && units.is_none() {
                     return param;
                 }
+                let span = units.and_then(|u| {
+                    self.layout
+                        .span_for_factors(&self.names[i], &param.val().dims(), u.len())
+                        .ok()
+                });
                 param.map(|w| {
                     let dims = w.dims();
                     let (autodiff, require_grad) = (w.is_autodiff(), w.is_require_grad());
                     // Computed off the graph, then a leaf as the optimizer's output was.
                     let old = old.reshape(dims);
-                    let kept = old.clone().add(w.inner().sub(old).mul_scalar(s));
+                    let delta = w.inner().sub(old.clone());
+                    let delta = match (units, span) {
+                        (Some(factors), Some(span)) => {
+                            let n = dims.iter().product::<usize>();
+                            let shape = if span.units_are_columns {
+                                [1, span.cols]
+                            } else {
+                                [span.rows, 1]
+                            };
+                            let f: Vec<f32> = factors.iter().map(|&f| f as f32).collect();
+                            let f =
+                                Tensor::<2>::from_data(TensorData::new(f, shape), &delta.device());
+                            let by_unit = delta.reshape([n]).reshape([span.rows, span.cols]).mul(f);
+                            by_unit.reshape([n]).reshape(dims)
+                        }
+                        _ => delta.mul_scalar(s),
+                    };
+                    let kept = old.add(delta);
                     if autodiff {
                         kept.autodiff().set_require_grad(require_grad)
                     } else {
@@ -250,6 +404,9 @@ impl Updates {
         after.map(&mut Scale {
             before: self.before,
             scales,
+            unit_scales,
+            layout,
+            names: &self.names,
         })
     }
 }

@@ -82,8 +82,18 @@ fn step_once(
     lr: f64,
     scale: f32,
 ) -> (Vec<Vec<f32>>, Vec<Vec<f32>>, gradguard::StepReport) {
+    step_from(Net::new(&device()), optimizer, guard, lr, scale)
+}
+
+/// One guarded step of `net`.
+fn step_from(
+    net: Net,
+    optimizer: impl Into<ModuleOptimizer>,
+    guard: Guard,
+    lr: f64,
+    scale: f32,
+) -> (Vec<Vec<f32>>, Vec<Vec<f32>>, gradguard::StepReport) {
     let device = device();
-    let net = Net::new(&device);
     let before = weights(&net);
     let mut optim = GuardedOptimizer::new(optimizer, guard);
     let loss = net.loss(scale, &device);
@@ -97,10 +107,17 @@ fn an_oversized_sgd_step_is_cut_to_the_bound() {
     let (before, after, report) = step_once(SgdConfig::new().init(), Guard::default(), 1.0, 1e4);
     let check = report.update.expect("the default guard bounds updates");
     assert!(check.global_ratio > 10.0, "{check:?}");
-    let tau = UpdateBound::default().max_ratio;
+    let bound = UpdateBound::default();
+    let tau = bound.max_ratio;
     let measured = global_ratio(&before, &after);
     assert!(measured <= tau * (1.0 + 1e-4), "{measured} > {tau}");
-    assert!(measured >= tau * 0.5, "{measured}: cut far below the bound");
+    // Each unit moved at most τ_u of its norm (or of a typical unit's, for small ones): the step
+    // is cut near the tighter of the two bounds, not far below it.
+    let tightest = tau.min(bound.max_unit_ratio.unwrap_or(tau));
+    assert!(
+        measured >= tightest * 0.5,
+        "{measured}: cut far below the bound"
+    );
     assert_eq!(report.decision, Decision::Apply);
     assert!(after.iter().flatten().all(|v| v.is_finite()));
 }
@@ -123,12 +140,14 @@ fn a_healthy_step_is_bit_for_bit_the_optimizers() {
         let mut optim: ModuleOptimizer = AdamConfig::new().init();
         let loss = net.loss(1.0, &device);
         let grads = GradientsParams::from_grads(loss.backward(), &net);
-        weights(&optim.step(1e-3, net, grads))
+        weights(&optim.step(1e-4, net, grads))
     };
     let mut optim = GuardedOptimizer::new(AdamConfig::new().init(), Guard::default());
     let loss = net.loss(1.0, &device);
     let grads = GradientsParams::from_grads(loss.backward(), &net);
-    let step = optim.step(1e-3, net, grads, Some(loss)).unwrap();
+    // Adam's first step moves every weight by about its rate: at 1e-4 that is 0.05% of these
+    // units' norms, inside every bound (at 1e-3 the unit-wise bound of 0.5% fires here).
+    let step = optim.step(1e-4, net, grads, Some(loss)).unwrap();
     let check = step.report.update.unwrap();
     assert!(!check.changes_anything(), "{check:?}");
     assert_eq!(weights(&step.module), plain);
@@ -181,4 +200,67 @@ fn host_and_device_placements_bound_alike() {
     for (a, b) in host_w.iter().flatten().zip(dev_w.iter().flatten()) {
         assert!((a - b).abs() <= 1e-5 * a.abs().max(1e-3), "{a} {b}");
     }
+}
+
+#[test]
+fn for_sgd_the_unit_wise_bound_is_agc_with_lambda_tau_over_the_rate() {
+    // Only the unit-wise bound (the global and per-tensor bounds out of reach) against AGC at
+    // λ = τ_u/η on the gradient, unbounded: plain SGD takes the same step, unit by unit.
+    use gradguard::rules::{AdaptiveGradClip, Chain, Rule};
+    let (tau, lr) = (0.005, 0.5);
+    let units_only = GuardConfig {
+        update_bound: Some(UpdateBound {
+            max_ratio: 1e9,
+            max_tensor_ratio: 1e9,
+            min_ratio: 1e9,
+            max_unit_ratio: Some(tau),
+            ..UpdateBound::default()
+        }),
+        ..GuardConfig::default()
+    };
+    let net = Net::new(&device());
+    let (before, bounded, report) = step_from(
+        net.clone(),
+        SgdConfig::new().init(),
+        Guard::new(units_only, Chain::default()).unwrap(),
+        lr,
+        10.0,
+    );
+    let check = report.update.unwrap();
+    assert!(
+        check.bounded_units > 0 && check.global_scale == 1.0,
+        "{check:?}"
+    );
+    let agc: Vec<Box<dyn Rule>> = vec![Box::new(AdaptiveGradClip::new(tau / lr).unwrap())];
+    let no_bound = GuardConfig {
+        update_bound: None,
+        ..GuardConfig::default()
+    };
+    let guard = Guard::new(no_bound, Chain::new(agc).unwrap()).unwrap();
+    let (_, clipped, _) = step_from(net, SgdConfig::new().init(), guard, lr, 10.0);
+    // The two differ only in the floor under a unit's weight norm (AGC: ε = 1e-3; the bound: a
+    // typical unit's norm, rms(θ)·√n_u): compare the units of the weight matrices above both.
+    let all: Vec<f64> = before.iter().flatten().map(|&x| f64::from(x)).collect();
+    let rms = norm(all.iter().copied()) / (all.len() as f64).sqrt();
+    let mut compared = 0;
+    for (t, fan_in) in [(0, 8), (2, 16), (4, 16)] {
+        let outs = before[t].len() / fan_in;
+        for unit in 0..outs {
+            let column = |w: &[f32]| -> Vec<f64> {
+                (0..fan_in).map(|i| f64::from(w[i * outs + unit])).collect()
+            };
+            if norm(column(&before[t]).into_iter()) < rms * (fan_in as f64).sqrt() {
+                continue;
+            }
+            compared += 1;
+            for (x, y) in column(&bounded[t]).into_iter().zip(column(&clipped[t])) {
+                assert!(
+                    (x - y).abs() <= 1e-6 * x.abs().max(1e-3),
+                    "tensor {t}: {x} vs {y}"
+                );
+            }
+        }
+    }
+    assert!(compared >= 10, "{compared} units compared");
+    assert_ne!(bounded, before);
 }

@@ -237,6 +237,9 @@ where
                 len: old.elem_count(),
                 weight: norm(old)?,
                 update: norm(&delta)?,
+                // Units are not measured here yet: the unit-wise bound does not act on Candle
+                // models, the global and per-tensor bounds do.
+                units: Vec::new(),
             });
             deltas.push(delta);
         }

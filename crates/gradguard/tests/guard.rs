@@ -428,6 +428,7 @@ fn update(name: &str, weight: f64, update: f64) -> UpdateNorms {
         len: 4,
         weight,
         update,
+        units: Vec::new(),
     }
 }
 
@@ -438,6 +439,7 @@ fn an_oversized_update_backs_off_the_rate_and_the_bound_but_is_no_bad_step() {
         max_ratio: 0.1,
         max_tensor_ratio: 0.1,
         min_ratio: 0.001,
+        ..UpdateBound::default()
     };
     let config = GuardConfig {
         update_bound: Some(bound),

@@ -22,7 +22,7 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::{Tensor, TensorData};
 use gradguard::{UnitLayout, UnitSpan, UpdateNorms};
 
-use crate::padded::{Padded, read_f32};
+use crate::padded::{Padded, f32_of, read_f32};
 
 /// The weights before the step, by parameter id, and the norms of the step's updates.
 pub(crate) struct Updates {
@@ -115,6 +115,8 @@ fn device_unit_sums(old: Tensor<1>, new: Tensor<1>, span: UnitSpan) -> Tensor<1>
     let [rows, cols] = [span.rows, span.cols];
     let axis = if span.units_are_columns { 0 } else { 1 };
     let units = span.units();
+    // In f32: a half-precision tensor's smallest divisor below would round to 0.
+    let (old, new) = (f32_of(old), f32_of(new));
     let delta = new.sub(old.clone());
     let sums = |x: Tensor<1>| {
         // The divisor is at least the smallest normal f32, so an all-zero tensor divides by it.

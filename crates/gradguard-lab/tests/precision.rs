@@ -35,7 +35,9 @@ fn f16_gradients_overflow_without_loss_scaling_and_train_with_it() {
     assert_eq!(scaled.non_finite_steps, 0);
     assert!(scaled.skipped_steps >= 10, "{}", scaled.skipped_steps);
     let (start, end) = (scaled.initial_loss.unwrap(), scaled.final_loss.unwrap());
-    assert!(end < start / 2.0, "f16 with loss scaling: {start} → {end}");
+    // 1.89 → 1.31 in these steps when measured (it had to halve before the unit-wise update
+    // bound, which slows this chaotic RNN's first steps).
+    assert!(end < start * 0.8, "f16 with loss scaling: {start} → {end}");
     assert!(!scaled.diverged && !f32.diverged);
 
     // bf16 keeps f32's exponent range: no overflow, no scaler needed.

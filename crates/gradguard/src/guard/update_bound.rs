@@ -89,7 +89,8 @@ pub struct UpdateBound {
     /// the default guard is within 10% (+0.02) of the better of `clip-global` and `agc` in 135
     /// of 162 MLP cells on seeds 0–2 (122 without), 142 on the held-out seeds 3–5 (129), 90 of
     /// 108 at rates the grid never had (0.05, 0.25; seeds 6–8; 73 without), and 27 of 27 on each
-    /// recurrent grid (seeds 3–5; 26 without); 0.01 scored 125 and 0.0025 129 on seeds 0–2.
+    /// recurrent grid (seeds 3–5; 26 without). Chosen in AGC's form (λ = τ_u/η on the
+    /// gradient, seeds 0–2): 0.005 scored 147, 0.01 125, 0.0025 129.
     /// Under Adam at 1e-3 it fires on healthy runs (units of fan-in above ≈ 25): within 10% of
     /// plain Adam in 19 of 24 lab runs; switch it off (`None`) or raise it there.
     pub max_unit_ratio: Option<f64>,

@@ -123,10 +123,9 @@ impl<M: Module + Clone> GuardCore<M> {
                     report.effective_lr(lr.base()).into()
                 };
                 let bound = self.guard.config().update_bound;
-                let before = bound.map(|_| (module.clone(), optimizer.clone()));
+                let before = bound.map(|b| (b, module.clone(), optimizer.clone()));
                 let mut module = optimizer.step(lr, module, grads);
-                if let Some((old, old_optimizer)) = before {
-                    let bound = bound.expect("measured only under a bound");
+                if let Some((bound, old, old_optimizer)) = before {
                     let units = bound.max_unit_ratio.map(|_| bound.unit_layout);
                     let updates = Updates::measure(&old, &module, on_host, units);
                     host_reads += u32::from(!on_host);
@@ -157,12 +156,7 @@ impl<M: Module + Clone> GuardCore<M> {
                             check.largest_tensor.as_deref().unwrap_or("?"),
                             check.max_ratio
                         ));
-                        module = updates.scale(
-                            module,
-                            &check.scales,
-                            &check.unit_scales,
-                            bound.unit_layout,
-                        );
+                        module = updates.scale(module, &check.scales, &check.unit_scales);
                     }
                     report.consecutive_bad = self.guard.counters().consecutive_bad;
                     report.update = Some(check);

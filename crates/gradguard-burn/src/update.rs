@@ -24,11 +24,13 @@ use gradguard::{UnitLayout, UnitSpan, UpdateNorms};
 
 use crate::padded::{Padded, f32_of, read_f32};
 
+/// A parameter's position in `norms`, its value before the step, and its units when measured.
+type Kept = (usize, Tensor<1>, Option<UnitSpan>);
+
 /// The weights before the step, by parameter id, and the norms of the step's updates.
 pub(crate) struct Updates {
     pub norms: Vec<UpdateNorms>,
-    before: HashMap<ParamId, (usize, Tensor<1>)>,
-    names: Vec<String>,
+    before: HashMap<ParamId, Kept>,
 }
 
 fn flat<const D: usize>(t: Tensor<D>) -> Tensor<1> {
@@ -194,7 +196,7 @@ struct After {
     /// Device path: every parameter before and after the step, measured together at the end.
     olds: Vec<Tensor<1>>,
     news: Vec<Tensor<1>>,
-    kept: HashMap<ParamId, (usize, Tensor<1>)>,
+    kept: HashMap<ParamId, Kept>,
 }
 
 impl ModuleVisitor for After {
@@ -217,6 +219,8 @@ impl ModuleVisitor for After {
                 b.as_slice().expect("f32 after convert"),
                 a.as_slice().expect("f32 after convert"),
             );
+            // The tensor's norms in f32 lanes, its units' in f64: a second pass over both
+            // versions, kept so that the grids' figures (README) are what this code computes.
             let (w, d) = host_sums(b, a);
             self.sums.push((w.sqrt(), d.sqrt()));
             self.units
@@ -226,7 +230,7 @@ impl ModuleVisitor for After {
             self.olds.push(old.clone());
             self.news.push(new);
         }
-        self.kept.insert(param.id, (self.names.len(), old));
+        self.kept.insert(param.id, (self.names.len(), old, span));
         self.lens.push(param.val().shape().num_elements());
         self.names.push(name);
     }
@@ -332,34 +336,24 @@ impl Updates {
                 units,
             })
             .collect();
-        let names = norms.iter().map(|n: &UpdateNorms| n.name.clone()).collect();
         Updates {
             norms,
             before: a.kept,
-            names,
         }
     }
 
     /// `after` with each parameter's update multiplied by its factor in `scales` (in the order of
-    /// `norms`), or unit by unit where `unit_scales` has factors for it (units of `layout`):
+    /// `norms`), or unit by unit where `unit_scales` has factors for it (its units as measured):
     /// w ← w_before + s·(w_after − w_before). Parameters with s = 1 are left as they are.
-    pub fn scale<M: Module>(
-        self,
-        after: M,
-        scales: &[f64],
-        unit_scales: &[Vec<f64>],
-        layout: UnitLayout,
-    ) -> M {
+    pub fn scale<M: Module>(self, after: M, scales: &[f64], unit_scales: &[Vec<f64>]) -> M {
         struct Scale<'a> {
-            before: HashMap<ParamId, (usize, Tensor<1>)>,
+            before: HashMap<ParamId, Kept>,
             scales: &'a [f64],
             unit_scales: &'a [Vec<f64>],
-            layout: UnitLayout,
-            names: &'a [String],
         }
         impl ModuleMapper for Scale<'_> {
             fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-                let Some((i, old)) = self.before.remove(&param.id) else {
+                let Some((i, old, span)) = self.before.remove(&param.id) else {
                     return param;
                 };
                 let s = self.scales[i];
@@ -367,11 +361,6 @@ impl Updates {
                 if !(s < 1.0) && units.is_none() {
                     return param;
                 }
-                let span = units.and_then(|u| {
-                    self.layout
-                        .span_for_factors(&self.names[i], &param.val().dims(), u.len())
-                        .ok()
-                });
                 param.map(|w| {
                     let dims = w.dims();
                     let (autodiff, require_grad) = (w.is_autodiff(), w.is_require_grad());
@@ -379,8 +368,7 @@ impl Updates {
                     let old = old.reshape(dims);
                     let delta = w.inner().sub(old.clone());
                     let delta = match (units, span) {
-                        (Some(factors), Some(span)) => {
-                            let n = dims.iter().product::<usize>();
+                        (Some(factors), Some(span)) if factors.len() == span.units() => {
                             let shape = if span.units_are_columns {
                                 [1, span.cols]
                             } else {
@@ -389,6 +377,11 @@ impl Updates {
                             let f: Vec<f32> = factors.iter().map(|&f| f as f32).collect();
                             let f =
                                 Tensor::<2>::from_data(TensorData::new(f, shape), &delta.device());
+                            // Through the flat shape on purpose: on wgpu (llvmpipe) the direct
+                            // `reshape([rows, cols])` made the placements test's device and host
+                            // measurements of the same step disagree (‖Δθ‖/‖θ‖ 345.0 against
+                            // 344.6), an effect of Burn's fusion not yet understood.
+                            let n = dims.iter().product::<usize>();
                             let by_unit = delta.reshape([n]).reshape([span.rows, span.cols]).mul(f);
                             by_unit.reshape([n]).reshape(dims)
                         }
@@ -407,8 +400,6 @@ impl Updates {
             before: self.before,
             scales,
             unit_scales,
-            layout,
-            names: &self.names,
         })
     }
 }

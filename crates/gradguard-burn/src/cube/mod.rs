@@ -54,15 +54,18 @@ fn group_size(client: &cubecl::client::Client, sequences: usize) -> usize {
 /// How many gradient tensors one launch of the statistics kernel reads on `device` (one launch
 /// per this many tensors of one dtype), or `None` when `device` is not a CubeCL device.
 pub fn tensors_per_launch(device: &burn::tensor::Device) -> Option<usize> {
-    let probe = resolve(&Tensor::<1>::zeros([1], &device.clone().inner()))?;
-    Some(group_size(&probe.client, 1))
+    Some(group_size(&probe(device)?.client, 1))
+}
+
+/// A one-value CubeCL tensor on `device`, or `None` when it is not a CubeCL device.
+fn probe(device: &burn::tensor::Device) -> Option<CubeTensor> {
+    resolve(&Tensor::<1>::zeros([1], &device.clone().inner()))
 }
 
 /// The CubeCL runtime `device` runs on (CUDA, HIP, wgpu, …), or `None` when it is not a CubeCL
 /// device.
 pub(crate) fn runtime(device: &burn::tensor::Device) -> Option<cubecl::device::RuntimeId> {
-    let probe = resolve(&Tensor::<1>::zeros([1], &device.clone().inner()))?;
-    Some(probe.device.runtime())
+    Some(probe(device)?.device.runtime())
 }
 
 /// Block statistics of `a` — and with `b` (tensors of the same lengths), of `b − a` — for every

@@ -7,15 +7,18 @@
 //! ops over it. Both write the same four numbers per block, read in one host read with the loss.
 //!
 //! Scaling multiplies each tensor a rule changed (one op per tensor, or one op over the padded
-//! buffer); clamping, zeroing non-finite values, power sums and AGC's unit norms run on the padded
-//! buffer.
+//! buffer); clamping, zeroing non-finite values and power sums run on the padded buffer. AGC's
+//! unit norms are one fused launch per group of tensors on a CubeCL device
+//! ([`crate::cube::units`]), tensor ops on the padded buffer elsewhere.
 
 use std::cell::{Cell, RefCell, RefMut};
 
 use burn::tensor::{DType, Device, Int, Tensor, Transaction};
 use gradguard::{GuardError, NonFiniteAt, NonFiniteKind, Result, Source, TensorStats, UnitSpan};
 
-use crate::padded::{BLOCK, Padded, Segment, f32_of, pairwise_row_sums, read_f32};
+use crate::padded::{
+    BLOCK, Padded, Segment, f32_of, pairwise_row_sums, pairwise_sums_along, read_f32,
+};
 
 /// Where the gradients are kept.
 #[derive(Debug)]
@@ -280,6 +283,10 @@ impl DeviceGradients {
     /// Unit norms of every tensor, by the spans the caller computed from names and shapes: per
     /// unit max |x| and Σ(x/max)² on the device (f32, no overflow), one read, NaN and inf kept.
     pub fn unit_norms(&self, source: Source, spans: &[UnitSpan]) -> Result<Vec<Vec<f64>>> {
+        #[cfg(feature = "cube")]
+        if let Some(norms) = self.unit_norms_fused(source, spans) {
+            return Ok(norms);
+        }
         let tensors: Vec<Option<Tensor<1>>> = match source {
             Source::Gradient => {
                 let padded = self.padded();
@@ -309,10 +316,13 @@ impl DeviceGradients {
             let magnitude = x.clone().mask_fill(x.is_finite().bool_not(), 0.0).abs();
             let max = magnitude.clone().max_dim(dim);
             let unit = max.clone().mask_fill(max.clone().equal_elem(0.0), 1.0);
-            let s2 = (magnitude / unit).square().sum_dim(dim);
-            for part in [max, s2, nan, inf] {
-                parts.push(part.reshape([units]));
-            }
+            let s2 = pairwise_sums_along((magnitude / unit).square(), dim);
+            parts.extend([
+                max.reshape([units]),
+                s2,
+                nan.reshape([units]),
+                inf.reshape([units]),
+            ]);
         }
         let host: Vec<f32> = if parts.is_empty() {
             Vec::new()
@@ -345,6 +355,33 @@ impl DeviceGradients {
                 out
             })
             .collect())
+    }
+
+    /// [`DeviceGradients::unit_norms`] by the fused unit kernel, reading the gradients (or the
+    /// parameters) where they lie, when all of them live on a CubeCL device; `None` otherwise.
+    #[cfg(feature = "cube")]
+    fn unit_norms_fused(&self, source: Source, spans: &[UnitSpan]) -> Option<Vec<Vec<f64>>> {
+        let tensors: Vec<Tensor<1>> = match source {
+            Source::Gradient => match &*self.storage.borrow() {
+                Storage::Separate(tensors) => tensors.clone(),
+                Storage::Padded(padded, empties) => (0..self.dtypes.len())
+                    .map(|t| padded.view(t).or_else(|| empties[t].clone()))
+                    .collect::<Option<_>>()?,
+            },
+            Source::Parameter if self.values.len() == self.dtypes.len() => self.values.clone(),
+            // The tensor-op path names the missing parameters.
+            Source::Parameter => return None,
+        };
+        let cube = crate::cube::resolve_all(&tensors)?;
+        if spans.iter().any(|s| s.units() > 0) {
+            self.count_read();
+        }
+        Some(
+            crate::cube::units::unit_sums(&cube, None, spans)
+                .into_iter()
+                .map(|units| units.iter().map(|u| u[0].norm()).collect())
+                .collect(),
+        )
     }
 
     /// Multiplies units by factors; `spans[t]` is tensor t's split into units, `names[t]` its

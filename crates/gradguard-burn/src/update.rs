@@ -10,9 +10,10 @@
 //! of both (f32 sums scaled by each block's largest magnitude: no f64, no overflow) come back in
 //! one host read of a small tensor.
 //! With the unit-wise bound on, every unit's (‖w_u‖, ‖Δw_u‖) is measured too: on the host in f64
-//! in the same visit; on an accelerator by tensor ops, each tensor's values divided by its largest
-//! magnitude before they are squared (no overflow, no f64), all of it in one host read, from
-//! which the tensors' own norms are summed (the fused kernel is then not needed).
+//! in the same visit; on a CubeCL device by the fused unit kernel ([`crate::cube::units`]: one
+//! launch per group of parameters, f32 partials scaled by their maximum, no f64); on another
+//! accelerator by tensor ops, each tensor's values divided by its largest magnitude before they
+//! are squared. Either way one host read, from which the tensors' own norms are summed.
 //! Scaling an update back touches only the bounded tensors: w ← w_before + s·(w_after − w_before),
 //! s one factor per tensor or one per unit.
 
@@ -22,7 +23,7 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::{Tensor, TensorData};
 use gradguard::{UnitLayout, UnitSpan, UpdateNorms};
 
-use crate::padded::{Padded, f32_of, read_f32};
+use crate::padded::{Padded, f32_of, pairwise_sums_along, read_f32};
 
 /// A parameter's position in `norms`, its value before the step, and its units when measured.
 type Kept = (usize, Tensor<1>, Option<UnitSpan>);
@@ -116,7 +117,6 @@ fn host_unit_norms(before: &[f32], after: &[f32], span: UnitSpan) -> Vec<(f64, f
 fn device_unit_sums(old: Tensor<1>, new: Tensor<1>, span: UnitSpan) -> Tensor<1> {
     let [rows, cols] = [span.rows, span.cols];
     let axis = if span.units_are_columns { 0 } else { 1 };
-    let units = span.units();
     // In f32: a half-precision tensor's smallest divisor below would round to 0.
     let (old, new) = (f32_of(old), f32_of(new));
     let delta = new.sub(old.clone());
@@ -124,7 +124,7 @@ fn device_unit_sums(old: Tensor<1>, new: Tensor<1>, span: UnitSpan) -> Tensor<1>
         // The divisor is at least the smallest normal f32, so an all-zero tensor divides by it.
         let top = x.clone().abs().max().clamp_min(f32::MIN_POSITIVE);
         let scaled = x.div(top.clone()).reshape([rows, cols]);
-        let per_unit = scaled.square().sum_dim(axis).reshape([units]);
+        let per_unit = pairwise_sums_along(scaled.square(), axis);
         (top, per_unit)
     };
     let (top_w, units_w) = sums(old);
@@ -151,6 +151,38 @@ fn unit_norms_from(host: &[f32], spans: &[UnitSpan]) -> Vec<Vec<(f64, f64)>> {
                 .collect()
         })
         .collect()
+}
+
+/// Per parameter, per unit: (‖w_u‖, ‖Δw_u‖), on the device in one host read: on a CubeCL device
+/// by the fused unit kernel's pair form (one launch per group of parameters, read where they
+/// lie), elsewhere by tensor ops per parameter ([`device_unit_sums`]).
+fn device_unit_norms(
+    olds: Vec<Tensor<1>>,
+    news: Vec<Tensor<1>>,
+    spans: &[UnitSpan],
+) -> Vec<Vec<(f64, f64)>> {
+    #[cfg(feature = "cube")]
+    if let (Some(before), Some(after)) = (
+        crate::cube::resolve_all(&olds),
+        crate::cube::resolve_all(&news),
+    ) {
+        return crate::cube::units::unit_sums(&before, Some(&after), spans)
+            .into_iter()
+            .map(|units| {
+                units
+                    .into_iter()
+                    .map(|u| (u[0].norm(), u[1].norm()))
+                    .collect()
+            })
+            .collect();
+    }
+    let parts: Vec<Tensor<1>> = olds
+        .into_iter()
+        .zip(news)
+        .zip(spans)
+        .map(|((old, new), &span)| device_unit_sums(old, new, span))
+        .collect();
+    unit_norms_from(&read_f32(Tensor::cat(parts, 0)), spans)
 }
 
 /// The tensor's own (‖w‖, ‖Δw‖) from its units'.
@@ -308,14 +340,7 @@ impl Updates {
         if !a.olds.is_empty() {
             let (olds, news) = (std::mem::take(&mut a.olds), std::mem::take(&mut a.news));
             if a.layout.is_some() {
-                let parts: Vec<Tensor<1>> = olds
-                    .into_iter()
-                    .zip(news)
-                    .zip(&a.spans)
-                    .map(|((old, new), &span)| device_unit_sums(old, new, span))
-                    .collect();
-                let host = read_f32(Tensor::cat(parts, 0));
-                a.units = unit_norms_from(&host, &a.spans);
+                a.units = device_unit_norms(olds, news, &a.spans);
                 a.sums = a.units.iter().map(|u| tensor_norms(u)).collect();
             } else {
                 a.sums = device_norms(olds, news);

@@ -73,6 +73,16 @@ fn subnormal_gradients_keep_their_statistics() {
 }
 
 #[test]
+fn unit_norms_match_the_host_on_both_placements() {
+    for placement in [Placement::Host, Placement::Device] {
+        common::unit_norms_match_the_host(&device(), placement, 3, |f| {
+            f();
+            0
+        });
+    }
+}
+
+#[test]
 fn the_update_bound_measures_alike_on_both_placements() {
     for placement in PLACEMENTS {
         common::update_bound_matches_the_host(&device(), placement);

@@ -108,6 +108,23 @@ fn the_statistics_take_one_launch_per_group_of_tensors_and_one_read() {
 }
 
 #[test]
+fn unit_norms_match_the_host_in_one_launch_per_group_of_tensors() {
+    on_wgpu(|d| {
+        let group = gradguard_burn::tensors_per_launch(d).expect("wgpu is a CubeCL device");
+        let few = common::unit_norms_match_the_host(d, PLACEMENT, 3, launches);
+        let many = common::unit_norms_match_the_host(d, PLACEMENT, 30, launches);
+        eprintln!("{group} tensors per launch: (tensors, launches) {few:?}, {many:?}");
+        // The tensor-op path launched several kernels per tensor.
+        for (tensors, launched) in [few, many] {
+            assert!(
+                launched <= tensors.div_ceil(group) as u64,
+                "{tensors} {launched}"
+            );
+        }
+    });
+}
+
+#[test]
 fn the_example_trains_on_wgpu_and_skips_corrupt_batches() {
     on_wgpu(|d| {
         let outcome = wgpu_loop::run(60, d);

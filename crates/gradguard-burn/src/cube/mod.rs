@@ -11,8 +11,13 @@
 //! size is also a compile-time cost): on CUDA a model of up to 64 tensors costs one launch, 200
 //! tensors four; on llvmpipe (32 storage bindings) 29 tensors a launch. A gradient that is not
 //! contiguous is made so first (one copy, by Burn's own kernel).
+//!
+//! Unit norms (AGC's, and the update bound's per neuron) have a kernel of their own
+//! ([`units`]), grouped and read back the same way.
 
 pub(crate) mod kernel;
+mod unit_kernel;
+pub(crate) mod units;
 
 use burn::tensor::{DType, Tensor};
 use burn_cubecl::fusion::FusionCubeRuntime;
@@ -92,25 +97,37 @@ pub(crate) fn block_statistics(a: &[CubeTensor], b: Option<&[CubeTensor]>) -> Op
         DType::F32,
     );
     let group = group_size(&client, if b.is_some() { 2 } else { 1 });
+    let block_counts: Vec<usize> = lens.iter().map(|l| l.div_ceil(BLOCK)).collect();
+    for members in groups(a, &block_counts, group) {
+        launch_group(&client, a, b, &members, &firsts, &lens, &out);
+    }
+    Some(out)
+}
 
-    // Groups of consecutive non-empty tensors of one dtype.
+/// Groups of consecutive tensors of one dtype with work to do (`counts[i] > 0`), at most `size`
+/// a group: one launch each.
+fn groups(tensors: &[CubeTensor], counts: &[usize], size: usize) -> Vec<Vec<usize>> {
+    let mut all = Vec::new();
     let mut i = 0;
-    while i < a.len() {
-        if lens[i] == 0 {
+    while i < tensors.len() {
+        if counts[i] == 0 {
             i += 1;
             continue;
         }
-        let dtype = a[i].dtype;
+        let dtype = tensors[i].dtype;
         let mut members = Vec::new();
-        while i < a.len() && members.len() < group && (lens[i] == 0 || a[i].dtype == dtype) {
-            if lens[i] > 0 {
+        while i < tensors.len()
+            && members.len() < size
+            && (counts[i] == 0 || tensors[i].dtype == dtype)
+        {
+            if counts[i] > 0 {
                 members.push(i);
             }
             i += 1;
         }
-        launch_group(&client, a, b, &members, &firsts, &lens, &out);
+        all.push(members);
     }
-    Some(out)
+    all
 }
 
 /// One launch over the tensors `members` (non-empty, one dtype).

@@ -13,7 +13,7 @@ use gradguard::detect::SpikeConfig;
 use gradguard::rules::{AdaptiveGradClip, Chain, ClipByGlobalNorm, ClipByValue, Rule, RuleAction};
 use gradguard::{
     Decision, Gradients, Guard, GuardConfig, GuardError, HostGradients, HostTensor,
-    NonFinitePolicy, SpikeAction, UnitLayout,
+    NonFinitePolicy, Source, SpikeAction, UnitLayout,
 };
 use gradguard_burn::{BurnGradients, GuardedOptimizer, Placement, parameter_names};
 
@@ -626,4 +626,75 @@ pub fn update_bound_matches_the_host(dev: &Device, placement: Placement) {
     for (a, b) in ours_w.iter().flatten().zip(host_w.iter().flatten()) {
         assert!((a - b).abs() <= 1e-4 * a.abs().max(1e-2), "{a} {b}");
     }
+}
+
+/// A layer whose units are longer than one piece of the unit kernel (4096 values), then a deep
+/// stack: AGC's unit norms over many tensors, some of them split.
+#[derive(Module, Debug)]
+struct WideThenDeep {
+    wide: Linear,
+    deep: Mlp,
+}
+
+/// Unit norms of gradients and of parameters (AGC's, `UnitLayout::InputFirst`) on `dev` equal
+/// the host's to 1e-6, for gradients near 1e25 too; returns (tensors, launches of one
+/// measurement) for a `depth`-layer stack, counted by `count` — the fewest of three.
+pub fn unit_norms_match_the_host(
+    dev: &Device,
+    placement: Placement,
+    depth: usize,
+    count: fn(&mut dyn FnMut()) -> u64,
+) -> (usize, u64) {
+    let model = WideThenDeep {
+        wide: LinearConfig::new(5000, 8).init(dev),
+        deep: Mlp::new(depth, 16, dev),
+    };
+    let x = Tensor::<2>::random([4, 5000], Distribution::Default, dev);
+    let (_, y) = batch(dev, 2.0);
+    // The deep stack takes 8 inputs: the wide layer's outputs.
+    let mut hidden = model.wide.forward(x).tanh();
+    for l in &model.deep.layers {
+        hidden = l.forward(hidden).tanh();
+    }
+    let loss = (model.deep.head.forward(hidden) - y.narrow(0, 0, 4))
+        .square()
+        .mean()
+        .mul_scalar(1e25);
+    let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+    let host = host_copy(&model, &grads)
+        .with_parameters(params_copy(&model))
+        .unwrap();
+    let view = BurnGradients::collect_with(&model, &mut grads, None, true, placement);
+    let layout = UnitLayout::InputFirst;
+    for source in [Source::Gradient, Source::Parameter] {
+        let ours = view.unit_norms(source, layout).unwrap();
+        let theirs = host.unit_norms(source, layout).unwrap();
+        assert_eq!(ours.len(), theirs.len());
+        for (t, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            assert_eq!(a.len(), b.len(), "tensor {t}");
+            for (x, y) in a.iter().zip(b) {
+                assert!(
+                    y.is_finite() && rel(*x, *y) < 1e-6,
+                    "{source:?} {}: {x} vs {y}",
+                    view.name(t)
+                );
+            }
+        }
+        if source == Source::Gradient {
+            let top = theirs.iter().flatten().fold(0.0f64, |m, &n| m.max(n));
+            assert!(
+                top > 1e20,
+                "gradients near 1e25: the largest unit norm is {top:e}"
+            );
+        }
+    }
+    let fewest = (0..3)
+        .map(|_| {
+            count(&mut || {
+                view.unit_norms(Source::Parameter, layout).unwrap();
+            })
+        })
+        .min()
+        .expect("three counts");
+    (view.tensor_count(), fewest)
 }

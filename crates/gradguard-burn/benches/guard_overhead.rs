@@ -249,9 +249,10 @@ fn launches_by_tensor_count(device: &Device) {
 }
 
 /// Kernel launches of whole guarded Adam steps (statistics, rules, the optimizer, and the work
-/// its lazy ops leave, up to a device sync) with and without a global-norm clip that fires:
-/// the clip's per-tensor scaling is queued behind Burn's fusion and runs inside the optimizer's
-/// own kernels, or costs launches of its own.
+/// its lazy ops leave, up to a device sync): without a clip or an update bound, with a
+/// global-norm clip that fires (its per-tensor scaling is queued behind Burn's fusion and runs
+/// inside the optimizer's own kernels, or costs launches of its own), and with the default
+/// update bound (the unit kernel's pair form over both versions of the weights).
 fn clip_launches(device: &Device) {
     let model = Mlp {
         layers: (0..24)
@@ -261,7 +262,7 @@ fn clip_launches(device: &Device) {
     };
     let x = Tensor::<2>::random([32, 64], Distribution::Default, device);
     let y = Tensor::<2>::random([32, 1], Distribution::Default, device);
-    for clip in [false, true] {
+    for (clip, bound) in [(false, false), (true, false), (false, true)] {
         let rules: Vec<Box<dyn Rule>> = if clip {
             // A threshold every step exceeds: the clip scales all 50 tensors each time.
             vec![Box::new(ClipByGlobalNorm::new(1e-6).unwrap())]
@@ -269,33 +270,37 @@ fn clip_launches(device: &Device) {
             Vec::new()
         };
         let config = GuardConfig {
-            update_bound: None,
+            update_bound: GuardConfig::default().update_bound.filter(|_| bound),
             ..GuardConfig::default()
         };
         let guard = Guard::new(config, Chain::new(rules).unwrap()).unwrap();
         let mut optim = GuardedOptimizer::new(AdamConfig::new().init(), guard);
         let mut m = model.clone();
+        let mut bounded = 0;
         let mut fewest = u64::MAX;
         for _ in 0..4 {
             let loss = m.loss(x.clone(), y.clone());
             let grads = GradientsParams::from_grads(loss.backward(), &m);
             sync(device);
-            let (next, n) = launches(|| {
+            let ((next, units), n) = launches(|| {
                 let step = optim.step(1e-3, m.clone(), grads, Some(loss)).unwrap();
                 sync(device);
-                step.module
+                let units = step.report.update.as_ref().map_or(0, |u| u.bounded_units);
+                (step.module, units)
             });
             m = next;
             fewest = fewest.min(n);
+            bounded = bounded.max(units);
         }
-        println!(
-            "guarded Adam step on 50 tensors, {}: {fewest} kernel launches",
-            if clip {
-                "global-norm clip scaling every tensor"
-            } else {
-                "no clip"
-            }
-        );
+        let what = match (clip, bound) {
+            (true, _) => "global-norm clip scaling every tensor".to_string(),
+            (false, false) => "no clip, no update bound".to_string(),
+            (false, true) => format!(
+                "the default update bound (units and tensors measured; at most {bounded} units \
+                 bounded a step)"
+            ),
+        };
+        println!("guarded Adam step on 50 tensors, {what}: {fewest} kernel launches");
     }
 }
 

@@ -15,7 +15,9 @@
 //! accelerator by tensor ops, each tensor's values divided by its largest magnitude before they
 //! are squared. Either way one host read, from which the tensors' own norms are summed.
 //! Scaling an update back touches only the bounded tensors: w ← w_before + s·(w_after − w_before),
-//! s one factor per tensor or one per unit.
+//! s one factor per tensor or one per unit — on a CubeCL device by one fused launch per group of
+//! tensors ([`crate::cube::apply`]: the results are views into one buffer per group), elsewhere
+//! by tensor ops per tensor.
 
 use std::collections::HashMap;
 
@@ -371,16 +373,32 @@ impl Updates {
     /// `norms`), or unit by unit where `unit_scales` has factors for it (its units as measured):
     /// w ← w_before + s·(w_after − w_before). Parameters with s = 1 are left as they are.
     pub fn scale<M: Module>(self, after: M, scales: &[f64], unit_scales: &[Vec<f64>]) -> M {
+        #[cfg(feature = "cube")]
+        let fused = fused_scaling(&self.before, &after, scales, unit_scales);
+        #[cfg(not(feature = "cube"))]
+        let fused = HashMap::new();
         struct Scale<'a> {
             before: HashMap<ParamId, Kept>,
             scales: &'a [f64],
             unit_scales: &'a [Vec<f64>],
+            /// The scaled values already computed by the fused kernel, flat.
+            fused: HashMap<ParamId, Tensor<1>>,
         }
         impl ModuleMapper for Scale<'_> {
             fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
                 let Some((i, old, span)) = self.before.remove(&param.id) else {
                     return param;
                 };
+                if let Some(kept) = self.fused.remove(&param.id) {
+                    return param.map(|w| {
+                        let kept = kept.reshape(w.dims());
+                        if w.is_autodiff() {
+                            kept.autodiff().set_require_grad(w.is_require_grad())
+                        } else {
+                            kept
+                        }
+                    });
+                }
                 let s = self.scales[i];
                 let units = self.unit_scales.get(i).filter(|u| !u.is_empty());
                 if !(s < 1.0) && units.is_none() {
@@ -425,7 +443,96 @@ impl Updates {
             before: self.before,
             scales,
             unit_scales,
+            fused,
         })
+    }
+}
+
+/// The factors of parameter `i` as the scaling applies them: one per unit where the unit-wise
+/// bound gave factors matching its span, else its tensor factor (as one unit), or `None` when
+/// it is left as it is.
+#[cfg(feature = "cube")]
+fn factors_of(
+    i: usize,
+    span: Option<UnitSpan>,
+    len: usize,
+    scales: &[f64],
+    unit_scales: &[Vec<f64>],
+) -> Option<(UnitSpan, Vec<f32>)> {
+    let units = unit_scales.get(i).filter(|u| !u.is_empty());
+    match (units, span) {
+        (Some(f), Some(span)) if f.len() == span.units() => {
+            Some((span, f.iter().map(|&f| f as f32).collect()))
+        }
+        _ if scales[i] < 1.0 || units.is_some() => Some((
+            UnitSpan {
+                rows: 1,
+                cols: len.max(1),
+                units_are_columns: false,
+            },
+            vec![scales[i] as f32],
+        )),
+        _ => None,
+    }
+}
+
+/// Every parameter to scale, scaled by the fused kernel in one launch per group when all of
+/// them live on a CubeCL device; empty otherwise (the tensor-op path then scales each).
+#[cfg(feature = "cube")]
+fn fused_scaling<M: Module>(
+    before: &HashMap<ParamId, Kept>,
+    after: &M,
+    scales: &[f64],
+    unit_scales: &[Vec<f64>],
+) -> HashMap<ParamId, Tensor<1>> {
+    struct Collect<'a> {
+        before: &'a HashMap<ParamId, Kept>,
+        scales: &'a [f64],
+        unit_scales: &'a [Vec<f64>],
+        ids: Vec<ParamId>,
+        olds: Vec<Tensor<1>>,
+        news: Vec<Tensor<1>>,
+        spans: Vec<UnitSpan>,
+        factors: Vec<Vec<f32>>,
+    }
+    impl ModuleVisitor for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let Some((i, old, span)) = self.before.get(&param.id) else {
+                return;
+            };
+            let len = old.shape().num_elements();
+            if let Some((span, f)) = factors_of(*i, *span, len, self.scales, self.unit_scales) {
+                self.ids.push(param.id);
+                self.olds.push(old.clone());
+                self.news.push(flat(param.val().inner()));
+                self.spans.push(span);
+                self.factors.push(f);
+            }
+        }
+    }
+    let mut c = Collect {
+        before,
+        scales,
+        unit_scales,
+        ids: Vec::new(),
+        olds: Vec::new(),
+        news: Vec::new(),
+        spans: Vec::new(),
+        factors: Vec::new(),
+    };
+    after.visit(&mut c);
+    let Some(device) = c.olds.first().map(Tensor::device) else {
+        return HashMap::new();
+    };
+    let (Some(olds), Some(news)) = (
+        crate::cube::resolve_all(&c.olds),
+        crate::cube::resolve_all(&c.news),
+    ) else {
+        return HashMap::new();
+    };
+    match crate::cube::apply::apply_scales(&device, &olds, &news, &c.spans, &c.factors) {
+        Some(scaled) => c.ids.into_iter().zip(scaled).collect(),
+        None => HashMap::new(),
     }
 }
 

@@ -15,6 +15,8 @@
 //! Unit norms (AGC's, and the update bound's per neuron) have a kernel of their own
 //! ([`units`]), grouped and read back the same way.
 
+pub(crate) mod apply;
+mod apply_kernel;
 pub(crate) mod kernel;
 mod unit_kernel;
 pub(crate) mod units;

@@ -8,8 +8,12 @@
 //!
 //! - a scale s: 1 when the piece's largest finite magnitude m lies within 1e-15..1e15, else
 //!   1/m (at most 1e30) — so no finite f32 overflows when squared and no f64 is needed;
-//! - Σ (s·x)² over the finite values, compensated (Kahan): one thread sums up to 4,096 terms in
-//!   a row, and its error then stays near f32's unit roundoff instead of growing with the count;
+//! - Σ (s·x)² over the finite values, in 16 interleaved partial sums of at most 256 terms each,
+//!   added pairwise — so the f32 error does not grow with a unit's length the way one running
+//!   sum's does. (Kahan compensation was tried first and is no remedy here: shader compilers
+//!   may reassociate floats not marked exact and so fold `(t − s) − y` to 0; with it the kernel
+//!   still missed the host's norm of a 5,000-value unit by 1.0e-6 on some runs, the size of an
+//!   uncompensated running sum's error.)
 //! - the NaN count and the ±inf count.
 //!
 //! The maximum takes a first pass over the piece, the sum a second: scaling each value by the
@@ -28,6 +32,9 @@ pub const THREADS: usize = 256;
 pub const PIECE: usize = 4096;
 /// Numbers per piece and tensor sequence: the scale s, Σ (s·x)², NaN count, inf count.
 pub const STATS: usize = 4;
+/// Partial sums per thread: each of a piece's 4,096 values goes to lane k mod 16, so no f32
+/// running sum is longer than 256 terms.
+const LANES: usize = 16;
 /// Below this largest magnitude a piece is summed unscaled: 4,096 squares of at most 1e15 stay
 /// below 4.1e33 < f32::MAX.
 const SAFE_MAX: f32 = 1e15;
@@ -56,8 +63,12 @@ fn value_at<F: Float>(
 /// Folds the `count` values of the piece ([`value_at`]) and writes their four statistics at
 /// `out[at..]`: the scale s, Σ (s·x)² over the finite values, the NaN count, the inf count.
 #[cube]
-// `RangeInclusive::contains` does not exist in a kernel.
-#[allow(clippy::too_many_arguments, clippy::manual_range_contains)]
+// `RangeInclusive::contains` and `div_ceil` do not exist in a kernel.
+#[allow(
+    clippy::too_many_arguments,
+    clippy::manual_range_contains,
+    clippy::manual_div_ceil
+)]
 fn fold_piece<F: Float>(
     a: &[F],
     b: &[F],
@@ -89,18 +100,35 @@ fn fold_piece<F: Float>(
         // At most 1e30: 1/m of a subnormal m would overflow.
         scale = 1.0 / f32::max(m, 1e-30);
     }
-    // Second pass: Σ (s·x)², compensated (Kahan).
-    let mut sum = 0.0f32;
-    let mut compensation = 0.0f32;
-    for k in 0..count {
-        let x = value_at::<F>(a, b, first, stride, k, difference) * scale;
-        if f32::abs(x) <= f32::MAX {
-            let y = x * x - compensation;
-            let t = sum + y;
-            compensation = (t - sum) - y;
-            sum = t;
+    // Second pass: Σ (s·x)² in LANES interleaved partial sums, added pairwise at the end.
+    let mut lanes = Array::<f32>::new(LANES);
+    #[unroll]
+    for l in 0..LANES {
+        lanes[l] = 0.0;
+    }
+    let rounds = (count + LANES - 1) / LANES;
+    for r in 0..rounds {
+        #[unroll]
+        for l in 0..LANES {
+            let k = r * LANES + l;
+            if k < count {
+                let x = value_at::<F>(a, b, first, stride, k, difference) * scale;
+                if f32::abs(x) <= f32::MAX {
+                    lanes[l] += x * x;
+                }
+            }
         }
     }
+    // 16 → 8 → 4 → 2 → 1.
+    #[unroll]
+    for l in 0..8 {
+        lanes[l] += lanes[l + 8];
+    }
+    #[unroll]
+    for l in 0..4 {
+        lanes[l] += lanes[l + 4];
+    }
+    let sum = (lanes[0] + lanes[2]) + (lanes[1] + lanes[3]);
     out[at] = scale;
     out[at + 1] = sum;
     out[at + 2] = nan;

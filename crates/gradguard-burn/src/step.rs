@@ -4,7 +4,7 @@ use burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
-use gradguard::{Decision, Guard, GuardError, StepReport};
+use gradguard::{Decision, Guard, GuardError, StepReport, UnitLayout};
 
 use crate::update::Updates;
 use crate::view::{BurnGradients, Placement};
@@ -126,7 +126,9 @@ impl<M: Module + Clone> GuardCore<M> {
                 let before = bound.map(|b| (b, module.clone(), optimizer.clone()));
                 let mut module = optimizer.step(lr, module, grads);
                 if let Some((bound, old, old_optimizer)) = before {
-                    let units = bound.max_unit_ratio.map(|_| bound.unit_layout);
+                    // Burn's weights are `[in, out]`: input-first unless the bound says otherwise.
+                    let layout = bound.unit_layout.unwrap_or(UnitLayout::InputFirst);
+                    let units = bound.max_unit_ratio.map(|_| layout);
                     let updates = Updates::measure(&old, &module, on_host, units);
                     host_reads += u32::from(!on_host);
                     let check = match self.guard.check_update(&updates.norms) {

@@ -93,27 +93,6 @@ fn host_sums(before: &[f32], after: &[f32]) -> (f64, f64) {
     (w, d)
 }
 
-/// Per unit of `span`: (‖before_u‖, ‖after_u − before_u‖), accumulated in f64 (no overflow for
-/// any finite f32).
-fn host_unit_norms(before: &[f32], after: &[f32], span: UnitSpan) -> Vec<(f64, f64)> {
-    let units = span.units();
-    let (mut w, mut d) = (vec![0.0f64; units], vec![0.0f64; units]);
-    let cols = span.cols.max(1);
-    for (row, (b, a)) in before.chunks(cols).zip(after.chunks(cols)).enumerate() {
-        for (col, (&x, &y)) in b.iter().zip(a).enumerate() {
-            let u = if span.units_are_columns { col } else { row };
-            let x64 = f64::from(x);
-            let diff = f64::from(y) - x64;
-            w[u] += x64 * x64;
-            d[u] += diff * diff;
-        }
-    }
-    w.into_iter()
-        .zip(d)
-        .map(|(w, d)| (w.sqrt(), d.sqrt()))
-        .collect()
-}
-
 /// One parameter's per-unit sums on its device, as one flat tensor: its largest |w| and |Δw|,
 /// then Σ (w/max|w|)² and Σ (Δw/max|Δw|)² per unit.
 fn device_unit_sums(old: Tensor<1>, new: Tensor<1>, span: UnitSpan) -> Tensor<1> {
@@ -257,8 +236,9 @@ impl ModuleVisitor for After {
             // versions, kept so that the grids' figures (README) are what this code computes.
             let (w, d) = host_sums(b, a);
             self.sums.push((w.sqrt(), d.sqrt()));
-            self.units
-                .push(span.map_or_else(Vec::new, |span| host_unit_norms(b, a, span)));
+            self.units.push(span.map_or_else(Vec::new, |span| {
+                gradguard::kernel::unit_update_norms(b, a, span)
+            }));
         } else {
             self.spans.extend(span);
             self.olds.push(old.clone());

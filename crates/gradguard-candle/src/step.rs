@@ -5,7 +5,7 @@ use std::time::Instant;
 use candle_core::{DType, Tensor, Var};
 use candle_nn::{Optimizer, VarMap};
 use gradguard::safetensors_io::natural_cmp;
-use gradguard::{Decision, Guard, StepReport, UpdateNorms};
+use gradguard::{Decision, Guard, StepReport, UnitLayout, UnitSpan, UpdateNorms};
 
 use crate::error::CandleGuardError;
 use crate::view::CandleGradients;
@@ -39,9 +39,37 @@ fn restore(vars: &[(String, Var)], weights: &[Tensor]) -> candle_core::Result<()
 
 /// ‖t‖₂ in f64 (accumulated in f64 on the host: no overflow for finite f32 values).
 fn norm(t: &Tensor) -> candle_core::Result<f64> {
-    let values = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-    let s = gradguard::kernel::slice_stats(&values);
+    let s = gradguard::kernel::slice_stats(&host_f32(t)?);
     Ok(if s.is_finite() { s.l2() } else { f64::NAN })
+}
+
+/// A tensor's values as f32 on the host.
+fn host_f32(t: &Tensor) -> candle_core::Result<Vec<f32>> {
+    t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()
+}
+
+/// The units of `t` (named `name`) in `layout`; a shape the layout does not split is one unit.
+fn unit_span(layout: UnitLayout, name: &str, t: &Tensor) -> UnitSpan {
+    layout.span(name, t.dims()).unwrap_or(UnitSpan {
+        rows: 1,
+        cols: t.elem_count(),
+        units_are_columns: false,
+    })
+}
+
+/// `delta` with each unit of `span` multiplied by its factor.
+fn scale_units(delta: &Tensor, span: UnitSpan, factors: &[f64]) -> candle_core::Result<Tensor> {
+    let f: Vec<f32> = factors.iter().map(|&f| f as f32).collect();
+    let shape = if span.units_are_columns {
+        (1, span.cols)
+    } else {
+        (span.rows, 1)
+    };
+    let f = Tensor::from_vec(f, shape, delta.device())?.to_dtype(delta.dtype())?;
+    delta
+        .reshape((span.rows, span.cols))?
+        .broadcast_mul(&f)?
+        .reshape(delta.shape())
 }
 
 /// A Candle optimizer behind a gradguard [`Guard`].
@@ -226,22 +254,36 @@ where
             self.optimizer.step(grads)?;
             return Ok(());
         }
+        let bound = self.guard.config().update_bound.expect("checked above");
+        // Candle's weights are `[out, in]` (PyTorch's): output-first unless the bound says
+        // otherwise, so that the units are output neurons.
+        let layout = bound
+            .max_unit_ratio
+            .map(|_| bound.unit_layout.unwrap_or(UnitLayout::OutputFirst));
         let before = copy_weights(&self.vars)?;
         self.optimizer.step(grads)?;
         let mut deltas = Vec::with_capacity(before.len());
+        let mut spans = Vec::with_capacity(before.len());
         let mut norms = Vec::with_capacity(before.len());
         for ((name, var), old) in self.vars.iter().zip(&before) {
             let delta = (var.as_tensor() - old)?;
+            let span = layout.map(|l| unit_span(l, name, old));
+            let units = match span {
+                Some(span) => {
+                    let (b, a) = (host_f32(old)?, host_f32(var.as_tensor())?);
+                    gradguard::kernel::unit_update_norms(&b, &a, span)
+                }
+                None => Vec::new(),
+            };
             norms.push(UpdateNorms {
                 name: name.clone(),
                 len: old.elem_count(),
                 weight: norm(old)?,
                 update: norm(&delta)?,
-                // Units are not measured here yet: the unit-wise bound does not act on Candle
-                // models, the global and per-tensor bounds do.
-                units: Vec::new(),
+                units,
             });
             deltas.push(delta);
+            spans.push(span);
         }
         let check = match self.guard.check_update(&norms) {
             Ok(check) => check.expect("the bound is configured"),
@@ -262,22 +304,26 @@ where
             report.take_snapshot = false;
         } else if check.bounded > 0 {
             report.reasons.push(format!(
-                "update bounded in {} tensors: ratio {:.3e} over the model, {:.3e} in '{}'; \
-                 bound {:.3e}",
+                "update bounded in {} tensors ({} units): ratio {:.3e} over the model, {:.3e} \
+                 in '{}'; bound {:.3e}",
                 check.bounded,
+                check.bounded_units,
                 check.global_ratio,
                 check.largest_ratio,
                 check.largest_tensor.as_deref().unwrap_or("?"),
                 check.max_ratio
             ));
-            for (((_, var), old), (delta, &scale)) in self
-                .vars
-                .iter()
-                .zip(&before)
-                .zip(deltas.iter().zip(&check.scales))
-            {
-                if scale < 1.0 {
-                    var.set(&(old + delta.affine(scale, 0.0)?)?)?;
+            for (i, ((_, var), old)) in self.vars.iter().zip(&before).enumerate() {
+                let delta = &deltas[i];
+                let units = check.unit_scales.get(i).filter(|u| !u.is_empty());
+                match (units, spans[i]) {
+                    (Some(factors), Some(span)) if factors.len() == span.units() => {
+                        var.set(&(old + scale_units(delta, span, factors)?)?)?;
+                    }
+                    _ if check.scales[i] < 1.0 => {
+                        var.set(&(old + delta.affine(check.scales[i], 0.0)?)?)?;
+                    }
+                    _ => {}
                 }
             }
         }

@@ -308,3 +308,40 @@ fn a_loss_spike_rolls_back_to_the_snapshot_exactly() {
     assert!(optim.skip_batch() && optim.skip_batch() && !optim.skip_batch());
     assert!(optim.snapshot_seconds() > 0.0);
 }
+
+/// The default guard bounds each output neuron's update on Candle too: after an oversized SGD
+/// step every row of every `[out, in]` weight moved by at most τ_u = 0.5% of its norm (or of a
+/// typical unit's, the floor).
+#[test]
+fn the_default_guard_bounds_every_output_neurons_update() {
+    let device = Device::Cpu;
+    let varmap = VarMap::new();
+    let mlp = Mlp::new(&varmap, &device);
+    let vars = named_vars(&varmap);
+    let before = weights(&vars);
+    let mut optim = GuardedOptimizer::<SGD>::new(&varmap, 5.0, Guard::default()).unwrap();
+    let report = optim.step(&mlp.loss(0, &device)).unwrap();
+    let check = report.update.expect("the default guard bounds updates");
+    assert!(
+        check.bounded_units > 0,
+        "rate 5 moves units by far more: {check:?}"
+    );
+    let after = weights(&vars);
+    let total: f64 = before.iter().flatten().map(|&x| f64::from(x).powi(2)).sum();
+    let count: usize = before.iter().map(Vec::len).sum();
+    let rms = (total / count as f64).sqrt();
+    for ((name, var), (b, a)) in vars.iter().zip(before.iter().zip(&after)) {
+        let dims = var.as_tensor().dims().to_vec();
+        let span = gradguard::UnitLayout::OutputFirst
+            .span(name, &dims)
+            .unwrap();
+        let n_u = (b.len() / span.units()) as f64;
+        for (w, d) in gradguard::kernel::unit_update_norms(b, a, span) {
+            let ratio = d / w.max(rms * n_u.sqrt());
+            assert!(
+                ratio <= 0.005 * (1.0 + 1e-4),
+                "{name}: a unit moved by {ratio}"
+            );
+        }
+    }
+}

@@ -15,6 +15,7 @@
 
 #![allow(unsafe_code)]
 
+use crate::UnitSpan;
 use crate::stats::{NonFiniteAt, NonFiniteKind, TensorStats};
 
 /// Values per block of f32 accumulation.
@@ -286,6 +287,28 @@ pub fn row_sum_squares(xs: &[f32], cols: usize) -> Vec<f64> {
     }
     xs.chunks_exact(cols)
         .map(|row| row.iter().map(|&x| f64::from(x) * f64::from(x)).sum())
+        .collect()
+}
+
+/// Per unit of `span`: (‖before_u‖₂, ‖after_u − before_u‖₂) of two row-major slices of one
+/// shape — a weight before and after an optimizer step — accumulated in f64 in index order (no
+/// overflow for any finite f32). The unit-wise update bound's measurement on the host.
+pub fn unit_update_norms(before: &[f32], after: &[f32], span: UnitSpan) -> Vec<(f64, f64)> {
+    let units = span.units();
+    let (mut w, mut d) = (vec![0.0f64; units], vec![0.0f64; units]);
+    let cols = span.cols.max(1);
+    for (row, (b, a)) in before.chunks(cols).zip(after.chunks(cols)).enumerate() {
+        for (col, (&x, &y)) in b.iter().zip(a).enumerate() {
+            let u = if span.units_are_columns { col } else { row };
+            let x64 = f64::from(x);
+            let diff = f64::from(y) - x64;
+            w[u] += x64 * x64;
+            d[u] += diff * diff;
+        }
+    }
+    w.into_iter()
+        .zip(d)
+        .map(|(w, d)| (w.sqrt(), d.sqrt()))
         .collect()
 }
 

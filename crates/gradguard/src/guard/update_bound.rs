@@ -94,8 +94,11 @@ pub struct UpdateBound {
     /// Under Adam at 1e-3 it fires on healthy runs (units of fan-in above ≈ 25): within 10% of
     /// plain Adam in 19 of 24 lab runs; switch it off (`None`) or raise it there.
     pub max_unit_ratio: Option<f64>,
-    /// Which axis of a weight holds its units (Burn and JAX: input-first, the default).
-    pub unit_layout: UnitLayout,
+    /// Which axis of a weight holds its units. `None` (the default): the framework's own, as its
+    /// adapter knows it — Burn's `[in, out]` (input-first) in `gradguard-burn`, Candle's
+    /// `[out, in]` (output-first, PyTorch's) in `gradguard-candle` — so that the units are
+    /// output neurons either way.
+    pub unit_layout: Option<UnitLayout>,
 }
 
 impl Default for UpdateBound {
@@ -105,7 +108,7 @@ impl Default for UpdateBound {
             max_tensor_ratio: 0.1,
             min_ratio: 0.01,
             max_unit_ratio: Some(0.005),
-            unit_layout: UnitLayout::InputFirst,
+            unit_layout: None,
         }
     }
 }

@@ -166,14 +166,6 @@ fn device_unit_norms(
     unit_norms_from(&read_f32(Tensor::cat(parts, 0)), spans)
 }
 
-/// The tensor's own (‖w‖, ‖Δw‖) from its units'.
-fn tensor_norms(units: &[(f64, f64)]) -> (f64, f64) {
-    let (w, d) = units
-        .iter()
-        .fold((0.0, 0.0), |(w, d), &(uw, ud)| (w + uw * uw, d + ud * ud));
-    (w.sqrt(), d.sqrt())
-}
-
 struct Before {
     path: Vec<String>,
     values: HashMap<ParamId, (String, Tensor<1>)>,
@@ -218,14 +210,9 @@ impl ModuleVisitor for After {
             return;
         };
         let new = flat(param.val().inner());
-        let span = self.layout.map(|layout| {
-            layout.span(&name, &param.val().dims()).unwrap_or(UnitSpan {
-                // A rank the layout does not split (above 5): the tensor is one unit.
-                rows: 1,
-                cols: param.val().shape().num_elements(),
-                units_are_columns: false,
-            })
-        });
+        let span = self
+            .layout
+            .map(|layout| layout.span_or_whole(&name, &param.val().dims()));
         if self.on_host {
             let (b, a) = (f32s(old.clone()), f32s(new));
             let (b, a) = (
@@ -323,7 +310,11 @@ impl Updates {
             let (olds, news) = (std::mem::take(&mut a.olds), std::mem::take(&mut a.news));
             if a.layout.is_some() {
                 a.units = device_unit_norms(olds, news, &a.spans);
-                a.sums = a.units.iter().map(|u| tensor_norms(u)).collect();
+                a.sums = a
+                    .units
+                    .iter()
+                    .map(|u| gradguard::kernel::tensor_norms_of_units(u))
+                    .collect();
             } else {
                 a.sums = device_norms(olds, news);
             }
@@ -444,14 +435,9 @@ fn factors_of(
         (Some(f), Some(span)) if f.len() == span.units() => {
             Some((span, f.iter().map(|&f| f as f32).collect()))
         }
-        _ if scales[i] < 1.0 || units.is_some() => Some((
-            UnitSpan {
-                rows: 1,
-                cols: len.max(1),
-                units_are_columns: false,
-            },
-            vec![scales[i] as f32],
-        )),
+        _ if scales[i] < 1.0 || units.is_some() => {
+            Some((UnitSpan::whole(len.max(1)), vec![scales[i] as f32]))
+        }
         _ => None,
     }
 }

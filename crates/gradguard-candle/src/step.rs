@@ -48,15 +48,6 @@ fn host_f32(t: &Tensor) -> candle_core::Result<Vec<f32>> {
     t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()
 }
 
-/// The units of `t` (named `name`) in `layout`; a shape the layout does not split is one unit.
-fn unit_span(layout: UnitLayout, name: &str, t: &Tensor) -> UnitSpan {
-    layout.span(name, t.dims()).unwrap_or(UnitSpan {
-        rows: 1,
-        cols: t.elem_count(),
-        units_are_columns: false,
-    })
-}
-
 /// `delta` with each unit of `span` multiplied by its factor.
 fn scale_units(delta: &Tensor, span: UnitSpan, factors: &[f64]) -> candle_core::Result<Tensor> {
     let f: Vec<f32> = factors.iter().map(|&f| f as f32).collect();
@@ -267,19 +258,22 @@ where
         let mut norms = Vec::with_capacity(before.len());
         for ((name, var), old) in self.vars.iter().zip(&before) {
             let delta = (var.as_tensor() - old)?;
-            let span = layout.map(|l| unit_span(l, name, old));
-            let units = match span {
+            let span = layout.map(|l| l.span_or_whole(name, old.dims()));
+            let (weight, update, units) = match span {
+                // One read of each version; the tensor's norms are its units' (f64 sums).
                 Some(span) => {
                     let (b, a) = (host_f32(old)?, host_f32(var.as_tensor())?);
-                    gradguard::kernel::unit_update_norms(&b, &a, span)
+                    let units = gradguard::kernel::unit_update_norms(&b, &a, span);
+                    let (w, d) = gradguard::kernel::tensor_norms_of_units(&units);
+                    (w, d, units)
                 }
-                None => Vec::new(),
+                None => (norm(old)?, norm(&delta)?, Vec::new()),
             };
             norms.push(UpdateNorms {
                 name: name.clone(),
                 len: old.elem_count(),
-                weight: norm(old)?,
-                update: norm(&delta)?,
+                weight,
+                update,
                 units,
             });
             deltas.push(delta);

@@ -54,6 +54,15 @@ impl UnitSpan {
         }
     }
 
+    /// A tensor of `len` values as one unit (one row).
+    pub fn whole(len: usize) -> Self {
+        UnitSpan {
+            rows: 1,
+            cols: len,
+            units_are_columns: false,
+        }
+    }
+
     /// The unit that flat index `i` belongs to.
     pub fn unit_of(&self, i: usize) -> usize {
         if self.units_are_columns {
@@ -80,6 +89,13 @@ impl UnitLayout {
             });
         }
         Ok(span)
+    }
+
+    /// [`UnitLayout::span`], or the whole tensor as one unit where the layout does not split its
+    /// shape (the update bound's units: every tensor has some).
+    pub fn span_or_whole(&self, name: &str, shape: &[usize]) -> UnitSpan {
+        self.span(name, shape)
+            .unwrap_or_else(|_| UnitSpan::whole(shape.iter().product()))
     }
 
     /// How a tensor of `shape` splits into units under this layout.

@@ -312,6 +312,15 @@ pub fn unit_update_norms(before: &[f32], after: &[f32], span: UnitSpan) -> Vec<(
         .collect()
 }
 
+/// A tensor's own (‖w‖₂, ‖Δw‖₂) from its units' ([`unit_update_norms`]): the root of the summed
+/// squares, in f64 (non-finite units give a non-finite result).
+pub fn tensor_norms_of_units(units: &[(f64, f64)]) -> (f64, f64) {
+    let (w, d) = units
+        .iter()
+        .fold((0.0, 0.0), |(w, d), &(uw, ud)| (w + uw * uw, d + ud * ud));
+    (w.sqrt(), d.sqrt())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,9 +7,11 @@
 //! ops over it. Both write the same four numbers per block, read in one host read with the loss.
 //!
 //! Scaling multiplies each tensor a rule changed (one op per tensor, or one op over the padded
-//! buffer); clamping, zeroing non-finite values and power sums run on the padded buffer. AGC's
-//! unit norms are one fused launch per group of tensors on a CubeCL device
-//! ([`crate::cube::units`]), tensor ops on the padded buffer elsewhere.
+//! buffer). On a CubeCL device clamping, zeroing non-finite values and AGC's per-unit factors
+//! rewrite the gradients where they lie, one fused launch per group of tensors
+//! ([`crate::cube::rewrite`]), and AGC's unit norms are one launch per group too
+//! ([`crate::cube::units`]); elsewhere they run as tensor ops on the padded buffer, as power
+//! sums for a general p do everywhere.
 
 use std::cell::{Cell, RefCell, RefMut};
 
@@ -29,6 +31,21 @@ enum Storage {
     Padded(Box<Padded>, Vec<Option<Tensor<1>>>),
 }
 
+/// A change of the gradients that the fused kernel makes where they lie.
+#[cfg(feature = "cube")]
+#[derive(Debug, Clone, Copy)]
+enum GradientRewrite<'a> {
+    /// Clamp to `[-limit, limit]`, NaN kept.
+    Clamp(f32),
+    /// NaN and ±inf become 0.
+    ZeroNonFinite,
+    /// Tensor t's units multiplied by `factors[t]` (by `spans[t]`); `None`: t left as it is.
+    Units {
+        spans: &'a [UnitSpan],
+        factors: &'a [Option<Vec<f32>>],
+    },
+}
+
 /// The gradients (and, for AGC, parameter values) of one step, on their device.
 #[derive(Debug)]
 pub(crate) struct DeviceGradients {
@@ -44,8 +61,12 @@ pub(crate) struct DeviceGradients {
 }
 
 impl DeviceGradients {
-    /// Keeps `grads` (flattened) as they are; nothing is copied or launched yet.
+    /// Keeps `grads` (flattened) as they are; nothing is copied or launched yet. A tensor still
+    /// under autodiff (a gradient a user registered from an autodiff device) is taken without it,
+    /// so that every tensor here is of one backend.
     pub fn new(grads: Vec<Tensor<1>>, values: Vec<Tensor<1>>) -> Self {
+        let grads: Vec<Tensor<1>> = grads.into_iter().map(Tensor::inner).collect();
+        let values: Vec<Tensor<1>> = values.into_iter().map(Tensor::inner).collect();
         let dtypes = grads.iter().map(Tensor::dtype).collect();
         let device = grads.first().map(Tensor::device);
         let segments = Padded::segments_of(grads.iter().map(|t| t.shape().num_elements()));
@@ -139,27 +160,37 @@ impl DeviceGradients {
         if bad.is_empty() {
             return;
         }
-        let padded = self.padded();
-        let (Some(blocks), Some(device)) = (padded.block_view(), &self.device) else {
+        let Some(device) = &self.device else {
             return;
+        };
+        // Read where the values lie: padding the gradients here would make every later rewrite
+        // (a clip of this step) take the padded path.
+        let tensor = |i: usize| -> Option<Tensor<1>> {
+            match &*self.storage.borrow() {
+                Storage::Separate(tensors) => Some(tensors[i].clone()),
+                Storage::Padded(padded, _) => padded.view(i),
+            }
         };
         let mut tx = Transaction::default();
         let mut offsets = Vec::with_capacity(bad.len());
         for &i in &bad {
-            let block = Padded::first_bad_block_of(self.segments[i], host)
+            let segment = self.segments[i];
+            let block = Padded::first_bad_block_of(segment, host)
                 .expect("a tensor with non-finite values has a block holding one");
-            let row: Tensor<1> = blocks.clone().slice(block..block + 1).reshape([BLOCK]);
-            let positions = Tensor::<1, Int>::arange(0..BLOCK as i64, device);
+            let values = tensor(i).expect("a tensor with non-finite values has values");
+            let offset = (block - segment.first_block) * BLOCK;
+            let width = BLOCK.min(segment.len - offset);
+            let row = values.clone().slice(offset..offset + width);
+            let positions = Tensor::<1, Int>::arange(0..width as i64, device);
             let first = positions
-                .mask_fill(row.clone().is_finite(), BLOCK as i64)
+                .mask_fill(row.clone().is_finite(), width as i64)
                 .min();
-            let nan = padded.view(i).expect("a tensor with values").is_nan();
-            let nan_count = nan.int().sum();
+            let nan_count = values.is_nan().int().sum();
             tx = tx
-                .register(row.select(0, first.clone()))
+                .register(f32_of(row.select(0, first.clone())))
                 .register(first)
                 .register(nan_count);
-            offsets.push((block - self.segments[i].first_block) * BLOCK);
+            offsets.push(offset);
         }
         self.count_read();
         let data = tx.execute();
@@ -265,6 +296,10 @@ impl DeviceGradients {
 
     /// Clamps to `[-limit, limit]`; NaN stays NaN (a GPU `clamp` of NaN is unspecified).
     pub fn clamp(&mut self, limit: f32) -> Vec<TensorStats> {
+        #[cfg(feature = "cube")]
+        if self.rewrite_fused(GradientRewrite::Clamp(limit)) {
+            return self.fresh_stats();
+        }
         self.map_buffer(|buffer| {
             let nan = buffer.clone().is_nan();
             buffer.clamp(-limit, limit).mask_fill(nan, f32::NAN)
@@ -273,11 +308,79 @@ impl DeviceGradients {
     }
 
     pub fn zero_non_finite(&mut self) -> Vec<TensorStats> {
+        #[cfg(feature = "cube")]
+        if self.rewrite_fused(GradientRewrite::ZeroNonFinite) {
+            return self.fresh_stats();
+        }
         self.map_buffer(|buffer| {
             let bad = buffer.clone().is_finite().bool_not();
             buffer.mask_fill(bad, 0.0)
         });
         self.fresh_stats()
+    }
+
+    /// Rewrites the gradients where they lie by the fused kernel ([`crate::cube::rewrite`], one
+    /// launch per group of tensors), when they are still separate tensors and all on a CubeCL
+    /// device; tensors that `what` leaves alone are not touched. Results are f32, as in the
+    /// padded buffer. `false` (and nothing changed) otherwise: the caller then uses the
+    /// tensor-op path.
+    #[cfg(feature = "cube")]
+    fn rewrite_fused(&mut self, what: GradientRewrite<'_>) -> bool {
+        let Some(device) = self.device.clone() else {
+            return false;
+        };
+        let Storage::Separate(tensors) = self.storage.get_mut() else {
+            return false;
+        };
+        let (zero_non_finite, limit, units) = match what {
+            GradientRewrite::Clamp(limit) => (false, Some(limit), None),
+            GradientRewrite::ZeroNonFinite => (true, None, None),
+            GradientRewrite::Units { spans, factors } => (false, None, Some((spans, factors))),
+        };
+        let (chosen, spans, factors): (Vec<usize>, Vec<UnitSpan>, Vec<Vec<f32>>) = match units {
+            Some((spans, factors)) => {
+                let chosen: Vec<usize> = (0..tensors.len())
+                    .filter(|&t| factors[t].is_some())
+                    .collect();
+                let f = chosen
+                    .iter()
+                    .map(|&t| factors[t].clone().unwrap())
+                    .collect();
+                let s = chosen.iter().map(|&t| spans[t]).collect();
+                (chosen, s, f)
+            }
+            None => (
+                (0..tensors.len()).collect(),
+                tensors
+                    .iter()
+                    .map(|t| UnitSpan::whole(t.shape().num_elements()))
+                    .collect(),
+                vec![vec![1.0]; tensors.len()],
+            ),
+        };
+        if chosen.is_empty() {
+            return true;
+        }
+        let picked: Vec<Tensor<1>> = chosen.iter().map(|&t| tensors[t].clone()).collect();
+        let Some(cube) = crate::cube::resolve_all(&picked) else {
+            return false;
+        };
+        let how = crate::cube::rewrite::Rewrite {
+            zero_non_finite,
+            limit,
+            spans: &spans,
+            factors: &factors,
+            origin: None,
+            dtype: Some(DType::F32),
+        };
+        let Some(rewritten) = crate::cube::rewrite::rewrite(&device, &cube, how) else {
+            return false;
+        };
+        for (t, r) in chosen.into_iter().zip(rewritten) {
+            tensors[t] = r;
+        }
+        self.cached = None;
+        true
     }
 
     /// Unit norms of every tensor, by the spans the caller computed from names and shapes: per
@@ -392,14 +495,22 @@ impl DeviceGradients {
         names: &[&str],
         factors: &[Option<Vec<f32>>],
     ) -> Result<Vec<Option<TensorStats>>> {
-        for (t, ((&span, name), f)) in spans.iter().zip(names).zip(factors).enumerate() {
-            let Some(f) = f else { continue };
-            if f.len() != span.units() {
+        for ((&span, name), f) in spans.iter().zip(names).zip(factors) {
+            if let Some(f) = f.as_ref().filter(|f| f.len() != span.units()) {
                 return Err(GuardError::BadTensor {
                     tensor: name.to_string(),
                     reason: format!("{} unit factors for {} units", f.len(), span.units()),
                 });
             }
+        }
+        #[cfg(feature = "cube")]
+        let fused = self.rewrite_fused(GradientRewrite::Units { spans, factors });
+        #[cfg(not(feature = "cube"))]
+        let fused = false;
+        for (t, (&span, f)) in spans.iter().zip(factors).enumerate() {
+            let Some(f) = f.as_ref().filter(|_| !fused) else {
+                continue;
+            };
             let mut padded = self.padded();
             let (Some(g), Some(device)) = (padded.view(t), &self.device) else {
                 continue;

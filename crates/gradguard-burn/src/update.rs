@@ -16,7 +16,7 @@
 //! are squared. Either way one host read, from which the tensors' own norms are summed.
 //! Scaling an update back touches only the bounded tensors: w ← w_before + s·(w_after − w_before),
 //! s one factor per tensor or one per unit — on a CubeCL device by one fused launch per group of
-//! tensors ([`crate::cube::apply`]: the results are views into one buffer per group), elsewhere
+//! tensors ([`crate::cube::rewrite`]: the results are views into one buffer per group), elsewhere
 //! by tensor ops per tensor.
 
 use std::collections::HashMap;
@@ -496,7 +496,15 @@ fn fused_scaling<M: Module>(
     ) else {
         return HashMap::new();
     };
-    match crate::cube::apply::apply_scales(&device, &olds, &news, &c.spans, &c.factors) {
+    let how = crate::cube::rewrite::Rewrite {
+        zero_non_finite: false,
+        limit: None,
+        spans: &c.spans,
+        factors: &c.factors,
+        origin: Some(&olds),
+        dtype: None,
+    };
+    match crate::cube::rewrite::rewrite(&device, &news, how) {
         Some(scaled) => c.ids.into_iter().zip(scaled).collect(),
         None => HashMap::new(),
     }

@@ -83,6 +83,16 @@ fn unit_norms_match_the_host_on_both_placements() {
 }
 
 #[test]
+fn clips_of_non_finite_gradients_match_the_host_on_both_placements() {
+    for placement in PLACEMENTS {
+        common::clips_match_the_host(&device(), placement, 3, |f| {
+            f();
+            0
+        });
+    }
+}
+
+#[test]
 fn the_update_bound_measures_alike_on_both_placements() {
     for placement in PLACEMENTS {
         common::update_bound_matches_the_host(&device(), placement);

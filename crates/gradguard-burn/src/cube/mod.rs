@@ -15,9 +15,9 @@
 //! Unit norms (AGC's, and the update bound's per neuron) have a kernel of their own
 //! ([`units`]), grouped and read back the same way.
 
-pub(crate) mod apply;
-mod apply_kernel;
 pub(crate) mod kernel;
+pub(crate) mod rewrite;
+mod rewrite_kernel;
 mod unit_kernel;
 pub(crate) mod units;
 

@@ -10,7 +10,9 @@ use burn::nn::{Linear, LinearConfig, Lstm, LstmConfig};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use gradguard::detect::SpikeConfig;
-use gradguard::rules::{AdaptiveGradClip, Chain, ClipByGlobalNorm, ClipByValue, Rule, RuleAction};
+use gradguard::rules::{
+    AdaptiveGradClip, Chain, ClipByGlobalNorm, ClipByValue, Rule, RuleAction, ZeroNonFinite,
+};
 use gradguard::{
     Decision, Gradients, Guard, GuardConfig, GuardError, HostGradients, HostTensor,
     NonFinitePolicy, Source, SpikeAction, UnitLayout,
@@ -697,4 +699,105 @@ pub fn unit_norms_match_the_host(
         .min()
         .expect("three counts");
     (view.tensor_count(), fewest)
+}
+
+/// Which values of a test's gradients are made non-finite.
+#[derive(Clone, Copy, PartialEq)]
+enum Poison {
+    Nothing,
+    /// ±inf in two tensors.
+    Inf,
+    /// NaN in one tensor, inf in another.
+    NanAndInf,
+}
+
+/// Value clipping, zeroing non-finite values and AGC on a `depth`-layer MLP, with NaN and inf in
+/// the gradients (AGC: finite gradients), equal the host's rules value for value (NaN where the
+/// host has NaN). Returns (rule, tensors, launches of applying the rule — the fewest of two),
+/// counted by `count`, for gradients that the rule leaves finite (a NaN left in place costs a
+/// few more launches to locate; its clamp is checked but not counted).
+pub fn clips_match_the_host(
+    dev: &Device,
+    placement: Placement,
+    depth: usize,
+    count: fn(&mut dyn FnMut()) -> u64,
+) -> Vec<(String, usize, u64)> {
+    let mlp = Mlp::new(depth, 16, dev);
+    let value: MakeRule = Box::new(|| Box::new(ClipByValue::new(1e-4).unwrap()));
+    let agc: MakeRule = Box::new(|| {
+        Box::new(AdaptiveGradClip {
+            clipping: 1e-3,
+            eps: 1e-3,
+            layout: UnitLayout::InputFirst,
+        })
+    });
+    let zero: MakeRule = Box::new(|| Box::new(ZeroNonFinite));
+    let cases: Vec<(&MakeRule, Poison, bool)> = vec![
+        (&value, Poison::NanAndInf, false),
+        (&value, Poison::Inf, true),
+        (&zero, Poison::NanAndInf, true),
+        (&agc, Poison::Nothing, true),
+    ];
+    let gradients = |poison: Poison| {
+        let (x, y) = batch(dev, 1.0);
+        let mut grads = GradientsParams::from_grads(mlp.loss(x, y).backward(), &mlp);
+        let targets = [(mlp.layers[1].weight.id, 5), (mlp.head.weight.id, 0)];
+        let bad = match poison {
+            Poison::Nothing => return grads,
+            Poison::Inf => [f32::NEG_INFINITY, f32::INFINITY],
+            Poison::NanAndInf => [f32::NAN, f32::INFINITY],
+        };
+        for ((id, index), value) in targets.into_iter().zip(bad) {
+            let g = grads.remove::<2>(id).unwrap();
+            let dims = g.dims();
+            let mut values = g.into_data().try_to_vec::<f32>().unwrap();
+            values[index] = value;
+            grads.register::<2>(id, Tensor::from_data(TensorData::new(values, dims), dev));
+        }
+        grads
+    };
+    let mut measured = Vec::new();
+    for (make, poison, counted) in cases {
+        let (mut fewest, mut tensors) = (u64::MAX, 0);
+        for _ in 0..2 {
+            let mut grads = gradients(poison);
+            let mut reference = host_copy(&mlp, &grads)
+                .with_parameters(params_copy(&mlp))
+                .unwrap();
+            let bad = reference.stats().iter().filter(|s| !s.is_finite()).count();
+            assert_eq!(bad == 2, poison != Poison::Nothing, "poisoned tensors");
+            let mut view = BurnGradients::collect_with(&mlp, &mut grads, None, true, placement);
+            let mut stats = view.stats();
+            let mut outcome = None;
+            fewest = fewest.min(count(&mut || {
+                outcome = Some(make().apply(&mut view, &mut stats).unwrap());
+            }));
+            let ours = outcome.expect("applied");
+            tensors = view.tensor_count();
+            let mut hstats = reference.stats();
+            let theirs = make().apply(&mut reference, &mut hstats).unwrap();
+            assert_eq!(ours.action, theirs.action, "{}", ours.rule);
+            for (a, b) in stats.iter().zip(&hstats) {
+                assert_eq!(a.nan_count, b.nan_count, "{}", ours.rule);
+                assert_eq!(a.inf_count, b.inf_count, "{}", ours.rule);
+                assert_eq!(a.first_non_finite, b.first_non_finite, "{}", ours.rule);
+            }
+            let clipped = host_copy(&mlp, &view.into_gradients_params(&mlp));
+            for (a, b) in clipped.tensors().iter().zip(reference.tensors()) {
+                for (x, y) in a.values.iter().zip(&b.values) {
+                    assert!(
+                        (x.is_nan() && y.is_nan())
+                            || (x - y).abs() <= 1e-6 * y.abs().max(1e-12) + 1e-12,
+                        "{} {}: {x} vs {y}",
+                        ours.rule,
+                        a.name
+                    );
+                }
+            }
+        }
+        if counted {
+            measured.push((make().name().to_string(), tensors, fewest));
+        }
+    }
+    measured
 }

@@ -174,10 +174,16 @@ fn subnormal_gradients_keep_their_statistics() {
 fn half_precision_models_step_with_a_loss_scaler() {
     on_wgpu(|d| {
         let tested = common::half_precision_models_step(d, PLACEMENT);
-        assert!(
-            !tested.is_empty(),
-            "this device computes in neither f16 nor bf16"
-        );
+        // A device without half-precision arithmetic (OpenGL, WebGPU without `shader-f16`) has
+        // nothing to test here; CI's Vulkan driver has f16, and CI requires it.
+        if tested.is_empty() {
+            let required = std::env::var("GRADGUARD_WGPU_HALF").as_deref() == Ok("required");
+            assert!(
+                !required,
+                "this device computes in neither f16 nor bf16, and GRADGUARD_WGPU_HALF=required"
+            );
+            eprintln!("this device computes in neither f16 nor bf16: nothing to test");
+        }
     });
 }
 

@@ -3,8 +3,8 @@
 //!
 //! Per value x (read in its dtype, computed in f32, written in the output's dtype):
 //! 1. with `zero_non_finite`, NaN and ±inf become 0;
-//! 2. x ← min(max(x, −limit), limit), written as two comparisons so that NaN stays NaN (a GPU
-//!    `clamp` of NaN is unspecified); `limit` = +inf leaves x as it is;
+//! 2. x ← min(max(x, −limit), limit) where x is not NaN: NaN stays NaN (a GPU `clamp` of NaN is
+//!    unspecified); `limit` = +inf leaves x as it is;
 //! 3. with an origin a (the weights before a step, `from_origin`): a + f·(x − a), else f·x — f one
 //!    factor per unit of the tensor (a tensor scaled as a whole is one unit; without an origin
 //!    f = 1 leaves x bit for bit).
@@ -68,10 +68,14 @@ pub fn rewrite<F: Float, O: Float>(
                     if zero_non_finite && !(f32::abs(x) <= f32::MAX) {
                         x = 0.0;
                     }
-                    if x > limit {
-                        x = limit;
-                    } else if x < -limit {
-                        x = -limit;
+                    // NaN is tested for, not left to the comparisons: through Mesa's OpenGL
+                    // shader compiler they alone turned NaN into a number (measured).
+                    if !x.is_nan() {
+                        if x > limit {
+                            x = limit;
+                        } else if x < -limit {
+                            x = -limit;
+                        }
                     }
                     let f = factors[first + owner];
                     if from_origin {

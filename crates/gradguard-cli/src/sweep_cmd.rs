@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use gradguard_lab::RunConfig;
-use gradguard_lab::sweep::{Grid, GuardVerdict};
+use gradguard_lab::sweep::{Grid, GuardVerdict, TWIN_TOLERANCE};
 use gradguard_report::html::{Report, render};
 
 use crate::exit::BadInput;
@@ -103,10 +103,19 @@ pub fn guard_line(v: &GuardVerdict) -> String {
             loss(w.best_clip_loss)
         )
     });
+    let twin = v.twin.as_ref().map_or(String::new(), |t| {
+        format!(
+            "; the grid's own noise: the better clip's twin (its threshold within {}%) is within \
+             10% (+0.02) of it in {} of {} cells",
+            TWIN_TOLERANCE * 100.0,
+            t.within_target,
+            t.cells
+        )
+    });
     format!(
         "default guard vs the better of clip-global and agc, {} cells: rescued {} of {} \
          unprotected failures; failed where a clip finished: {}; final loss within 10% (+0.02): \
-         {} of {}{worst}",
+         {} of {}{worst}{twin}",
         v.cells,
         v.rescued,
         v.unprotected_failed,

@@ -352,6 +352,42 @@ fn a_sweep_ranks_remedies_writes_a_report_and_resumes() {
     assert!(std::fs::read_to_string(report).unwrap().contains("<svg"));
 }
 
+#[test]
+fn a_sweep_with_twins_of_the_references_measures_the_grids_own_noise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("sweep");
+    let sweep = |json: bool| {
+        let mut args = vec![
+            "sweep",
+            "--task",
+            "mlp",
+            "--steps",
+            "10",
+            "--remedy",
+            "clip-global;clip-global=1.01;agc;agc=0.0101;guard",
+            "--seed",
+            "0",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        if json {
+            args.push("--json");
+        }
+        let o = run(&args);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+        o
+    };
+    let result = json(&sweep(true));
+    let twin = &result["guard"]["twin"];
+    assert_eq!(twin["cells"], 1, "{result}");
+    assert!(twin["within_target"].as_u64().unwrap() <= 1, "{twin}");
+    let printed = text(&sweep(false).stdout);
+    assert!(
+        printed.contains("the grid's own noise: the better clip's twin (its threshold within 5%)"),
+        "{printed}"
+    );
+}
+
 /// `GRADGUARD_CHROMIUM` names a Chromium binary to check that the report renders (CI sets it).
 fn check_renders(report: &Path) {
     let Ok(chromium) = std::env::var("GRADGUARD_CHROMIUM") else {

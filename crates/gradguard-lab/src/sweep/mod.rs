@@ -12,7 +12,7 @@ mod grid;
 mod verdict;
 
 pub use grid::Grid;
-pub use verdict::{GuardVerdict, WorstCell, guard_verdict};
+pub use verdict::{GuardVerdict, TWIN_TOLERANCE, TwinVerdict, WorstCell, guard_verdict};
 
 use crate::config::RunConfig;
 use crate::error::LabError;

@@ -8,6 +8,14 @@
 //!   ended 10% above its start) or stopped, while some clipping rule's run did not;
 //! - **within target**: the guard's final held-out loss L_g ≤ 1.1 · L_best + 0.02, where L_best is
 //!   the lower of `clip-global`'s and `agc`'s (a cell where neither finished counts as within).
+//!
+//! How much of the target the grid's own noise allows is measured the same way, where the grid
+//! also runs *twins* of the two references — the same rule with its threshold a few percent off
+//! (`agc=0.0101`, `clip-global=1.01`): a rule exactly as good as the cell's better reference, with
+//! its own draw of the trajectory (at high rates a 1% change of a threshold decorrelates a run
+//! within a few hundred steps: training is chaotic there). The twin of each cell's winner is held
+//! to the guard's target; the cells where it is within are the ceiling of "as well as the best
+//! clipping rule", cell by cell, on that grid.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +28,21 @@ use super::{SweepRun, cell};
 pub const RELATIVE_TOLERANCE: f64 = 0.10;
 /// … plus this absolute slack (for losses near 0).
 pub const ABSOLUTE_TOLERANCE: f64 = 0.02;
+
+/// The references, at their defaults, as the lab names them.
+const REFERENCES: [&str; 2] = ["clip-global=1", "agc=0.01"];
+/// A twin of a reference: the same rule with a threshold within this fraction of the
+/// reference's, and not equal to it.
+pub const TWIN_TOLERANCE: f64 = 0.05;
+
+/// The grid's own noise: the twin of each cell's better reference, held to the guard's target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TwinVerdict {
+    /// Cells where the better reference (or, where neither finished, either) had a twin.
+    pub cells: usize,
+    /// Of those, the twin's final loss is within 10% (+0.02) of the better reference's.
+    pub within_target: usize,
+}
 
 /// The guard's worst cell.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,6 +73,34 @@ pub struct GuardVerdict {
     pub within_target: usize,
     /// The cell where the guard is furthest above the target.
     pub worst: Option<WorstCell>,
+    /// The same target met by the twin of each cell's better reference, where the grid ran
+    /// twins: what the grid's noise leaves of "within target in every cell".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub twin: Option<TwinVerdict>,
+}
+
+/// A remedy's rule and threshold: `agc=0.0101` → (`agc`, 0.0101).
+fn rule_and_threshold(name: &str) -> Option<(&str, f64)> {
+    let (rule, value) = name.split_once('=')?;
+    Some((rule, value.parse().ok()?))
+}
+
+/// The reference `name` is a twin of (its index in [`REFERENCES`]), if it is one.
+fn twin_of(name: &str) -> Option<usize> {
+    let (rule, value) = rule_and_threshold(name)?;
+    REFERENCES.iter().position(|reference| {
+        rule_and_threshold(reference).is_some_and(|(r, v)| {
+            r == rule && value != v && ((value / v) - 1.0).abs() <= TWIN_TOLERANCE
+        })
+    })
+}
+
+/// Whether `run` finished within the target set by the best reference loss `best`.
+fn within(run: &RunSummary, best: f64) -> bool {
+    !run.failed()
+        && run
+            .final_loss
+            .is_some_and(|l| l <= best * (1.0 + RELATIVE_TOLERANCE) + ABSOLUTE_TOLERANCE)
 }
 
 /// The verdict, or `None` when the grid has no cell with `guard` and `clip-global` or `agc`.
@@ -68,12 +119,17 @@ pub fn guard_verdict(runs: &[SweepRun]) -> Option<GuardVerdict> {
         failed_where_clip_finished: 0,
         within_target: 0,
         worst: None,
+        twin: None,
+    };
+    let mut twins = TwinVerdict {
+        cells: 0,
+        within_target: 0,
     };
     for remedies in cells.values() {
         let Some(guard) = remedies.get("guard") else {
             continue;
         };
-        let clips: Vec<&RunSummary> = ["clip-global=1", "agc=0.01"]
+        let clips: Vec<&RunSummary> = REFERENCES
             .iter()
             .filter_map(|name| remedies.get(name).map(|r| &r.summary))
             .collect();
@@ -98,6 +154,21 @@ pub fn guard_verdict(runs: &[SweepRun]) -> Option<GuardVerdict> {
             .filter(|s| !s.failed())
             .filter_map(|s| s.final_loss)
             .min_by(f64::total_cmp);
+        // The twin of the reference that set `best` (any twin where no reference finished).
+        let winner = best.and_then(|b| {
+            REFERENCES.iter().position(|name| {
+                remedies
+                    .get(name)
+                    .is_some_and(|r| !r.summary.failed() && r.summary.final_loss == Some(b))
+            })
+        });
+        let twin = remedies
+            .iter()
+            .find(|(name, _)| twin_of(name).is_some_and(|t| winner.is_none_or(|w| w == t)));
+        if let Some((_, twin)) = twin {
+            twins.cells += 1;
+            twins.within_target += usize::from(best.is_none_or(|b| within(&twin.summary, b)));
+        }
         // Above the target by this much; `None`: the guard failed where a clip did not.
         let excess = match (best, g.final_loss.filter(|_| !g.failed())) {
             (None, _) => {
@@ -125,6 +196,7 @@ pub fn guard_verdict(runs: &[SweepRun]) -> Option<GuardVerdict> {
             });
         }
     }
+    verdict.twin = (twins.cells > 0).then_some(twins);
     (verdict.cells > 0).then_some(verdict)
 }
 
@@ -192,6 +264,48 @@ mod tests {
         let text = serde_json::to_string(&guard_verdict(&runs)).unwrap();
         let back: Option<GuardVerdict> = serde_json::from_str(&text).unwrap();
         assert_eq!(back.unwrap().cells, 3);
+    }
+
+    #[test]
+    fn the_twin_of_each_cells_winner_is_held_to_the_same_target() {
+        let mut runs = vec![
+            // Seed 0: agc wins (1.0); its twin ends at 1.2, above 1.12; clip-global's twin is
+            // not the winner's and does not count.
+            run("clip-global=1", 0, Some(1.5)),
+            run("clip-global=1.01", 0, Some(1.0)),
+            run("agc=0.01", 0, Some(1.0)),
+            run("agc=0.0101", 0, Some(1.2)),
+            run("guard", 0, Some(1.0)),
+            // Seed 1: clip-global wins (0.6); its twin is within (0.67 ≤ 0.68).
+            run("clip-global=1", 1, Some(0.6)),
+            run("clip-global=0.99", 1, Some(0.67)),
+            run("agc=0.01", 1, Some(0.9)),
+            run("guard", 1, Some(0.9)),
+            // Seed 2: no twin of the winner; a rule 10% off is no twin.
+            run("clip-global=1", 2, Some(0.6)),
+            run("clip-global=1.1", 2, Some(0.6)),
+            run("guard", 2, Some(0.6)),
+        ];
+        let v = guard_verdict(&runs).unwrap();
+        assert_eq!(v.within_target, 2);
+        assert_eq!(
+            v.twin,
+            Some(TwinVerdict {
+                cells: 2,
+                within_target: 1
+            })
+        );
+        // A twin that fails is not within, whatever its loss.
+        runs[6].summary.stopped = Some("too many bad steps".into());
+        let twin = guard_verdict(&runs).unwrap().twin.unwrap();
+        assert_eq!((twin.cells, twin.within_target), (2, 0));
+        // Without twins there is no such line.
+        runs.retain(|r| twin_of(&r.summary.remedy).is_none());
+        assert_eq!(guard_verdict(&runs).unwrap().twin, None);
+        assert_eq!(twin_of("agc=0.0101"), Some(1));
+        assert_eq!(twin_of("agc=0.01"), None);
+        assert_eq!(twin_of("clip-norm=1.01"), None);
+        assert_eq!(twin_of("guard"), None);
     }
 
     #[test]

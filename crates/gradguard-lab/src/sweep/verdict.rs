@@ -95,12 +95,14 @@ fn twin_of(name: &str) -> Option<usize> {
     })
 }
 
-/// Whether `run` finished within the target set by the best reference loss `best`.
+/// The target set by the better reference's final loss `best`: 1.1 · L_best + 0.02.
+fn target(best: f64) -> f64 {
+    best * (1.0 + RELATIVE_TOLERANCE) + ABSOLUTE_TOLERANCE
+}
+
+/// Whether `run` finished within the target set by `best`.
 fn within(run: &RunSummary, best: f64) -> bool {
-    !run.failed()
-        && run
-            .final_loss
-            .is_some_and(|l| l <= best * (1.0 + RELATIVE_TOLERANCE) + ABSOLUTE_TOLERANCE)
+    !run.failed() && run.final_loss.is_some_and(|l| l <= target(best))
 }
 
 /// The verdict, or `None` when the grid has no cell with `guard` and `clip-global` or `agc`.
@@ -129,11 +131,7 @@ pub fn guard_verdict(runs: &[SweepRun]) -> Option<GuardVerdict> {
         let Some(guard) = remedies.get("guard") else {
             continue;
         };
-        let clips: Vec<&RunSummary> = REFERENCES
-            .iter()
-            .filter_map(|name| remedies.get(name).map(|r| &r.summary))
-            .collect();
-        if clips.is_empty() {
+        if !REFERENCES.iter().any(|name| remedies.contains_key(name)) {
             continue;
         }
         verdict.cells += 1;
@@ -149,19 +147,17 @@ pub fn guard_verdict(runs: &[SweepRun]) -> Option<GuardVerdict> {
         if g.failed() && any_clip_finished {
             verdict.failed_where_clip_finished += 1;
         }
-        let best = clips
+        // The better reference that finished: its index in REFERENCES and its final loss.
+        let winner = REFERENCES
             .iter()
-            .filter(|s| !s.failed())
-            .filter_map(|s| s.final_loss)
-            .min_by(f64::total_cmp);
+            .enumerate()
+            .filter_map(|(i, name)| remedies.get(name).map(|r| (i, &r.summary)))
+            .filter(|(_, s)| !s.failed())
+            .filter_map(|(i, s)| s.final_loss.map(|l| (i, l)))
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        let best = winner.map(|(_, loss)| loss);
+        let winner = winner.map(|(i, _)| i);
         // The twin of the reference that set `best` (any twin where no reference finished).
-        let winner = best.and_then(|b| {
-            REFERENCES.iter().position(|name| {
-                remedies
-                    .get(name)
-                    .is_some_and(|r| !r.summary.failed() && r.summary.final_loss == Some(b))
-            })
-        });
         let twin = remedies
             .iter()
             .find(|(name, _)| twin_of(name).is_some_and(|t| winner.is_none_or(|w| w == t)));
@@ -177,7 +173,7 @@ pub fn guard_verdict(runs: &[SweepRun]) -> Option<GuardVerdict> {
                 continue;
             }
             (Some(_), None) => None,
-            (Some(b), Some(l)) => Some(l - (b * (1.0 + RELATIVE_TOLERANCE) + ABSOLUTE_TOLERANCE)),
+            (Some(b), Some(l)) => Some(l - target(b)),
         };
         if excess.is_some_and(|e| !(e > 0.0)) {
             verdict.within_target += 1;

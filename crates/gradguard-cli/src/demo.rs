@@ -327,6 +327,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         title: "gradguard demo: exploding gradients and what each remedy does",
         intro: &intro,
         tables: &[],
+        figures: &[],
         runs: &data,
         headline: true,
     });

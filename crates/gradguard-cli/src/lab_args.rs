@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use gradguard_lab::models::{Activation, Cell, Init};
+use gradguard_lab::optimizer::{OptimizerKind, Schedule};
 use gradguard_lab::tasks::Task;
 use gradguard_lab::{Precision, Remedy, RunConfig};
 
@@ -24,6 +25,22 @@ fn positive_f64(s: &str) -> Result<f64, String> {
     }
 }
 
+fn unit_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..1.0).contains(&v) => Ok(v),
+        Ok(v) => Err(format!("must be in [0, 1), got {v}")),
+        Err(_) => Err(format!("'{s}' is not a number")),
+    }
+}
+
+fn non_negative(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
+        Ok(v) => Err(format!("must be a number ≥ 0, got {v}")),
+        Err(_) => Err(format!("'{s}' is not a number")),
+    }
+}
+
 fn at_least_one(s: &str) -> Result<u64, String> {
     match s.parse::<u64>() {
         Ok(v) if v >= 1 => Ok(v),
@@ -34,13 +51,15 @@ fn at_least_one(s: &str) -> Result<u64, String> {
 /// The settings of one run; unset flags take the task's defaults.
 #[derive(Debug, Clone, Args)]
 pub struct RunFlags {
-    /// The task: mlp (deep MLP on the UCI digits), adding or order (recurrent, long sequences).
+    /// The task: mlp (deep MLP on the UCI digits), adding or order (recurrent, long sequences),
+    /// lm (a causal transformer on English text, next-byte prediction).
     #[arg(long, default_value = "mlp")]
     pub task: Task,
-    /// Hidden layers of the MLP [default: 24].
+    /// Hidden layers of the MLP, or transformer layers [default: 24 (mlp), 2 (lm)].
     #[arg(long, value_parser = at_least_one)]
     pub depth: Option<u64>,
-    /// Units per hidden layer, or hidden units of the RNN [default: 64 (mlp), 32 (recurrent)].
+    /// Units per hidden layer, hidden units of the RNN, or the transformer's width
+    /// [default: 64 (mlp, lm), 32 (recurrent)].
     #[arg(long, value_parser = at_least_one)]
     pub width: Option<u64>,
     /// The MLP's nonlinearity: tanh or relu [default: relu].
@@ -49,9 +68,41 @@ pub struct RunFlags {
     /// The recurrent cell: rnn, lstm or gru [default: rnn].
     #[arg(long)]
     pub cell: Option<Cell>,
-    /// Sequence length of the recurrent tasks [default: 100].
+    /// Sequence length of the recurrent tasks, or the lm task's context [default: 100, 64 (lm)].
     #[arg(long, value_parser = at_least_one)]
     pub seq_len: Option<u64>,
+    /// Attention heads of the lm task's transformer (dividing the width) [default: 4].
+    #[arg(long, value_parser = at_least_one)]
+    pub heads: Option<u64>,
+    /// The lm task's transformer with post-norm layers (Vaswani et al. 2017) instead of pre-norm.
+    #[arg(long)]
+    pub post_norm: bool,
+    /// A text file for the lm task instead of the lab's own (plain, or gzip by its .gz name).
+    #[arg(long, value_name = "FILE")]
+    pub text: Option<PathBuf>,
+    /// The optimizer: sgd, adam or adamw [default: sgd, adamw (lm)].
+    #[arg(long, value_name = "sgd|adam|adamw")]
+    pub optimizer: Option<OptimizerKind>,
+    /// β₁ of Adam and AdamW [default: 0.9].
+    #[arg(long, value_parser = unit_interval, value_name = "B")]
+    pub beta1: Option<f64>,
+    /// β₂ of Adam and AdamW [default: 0.999, 0.95 for adamw].
+    #[arg(long, value_parser = unit_interval, value_name = "B")]
+    pub beta2: Option<f64>,
+    /// ε of Adam and AdamW [default: 1e-8].
+    #[arg(long, value_parser = positive_f64, value_name = "E")]
+    pub eps: Option<f64>,
+    /// The optimizer's weight decay: coupled for sgd and adam, decoupled for adamw
+    /// [default: 0, 0.1 for adamw].
+    #[arg(long, value_parser = non_negative, value_name = "λ")]
+    pub weight_decay: Option<f64>,
+    /// The rate's schedule: constant or warmup-cosine (cosine decay to a tenth after the
+    /// warm-up) [default: constant, warmup-cosine (lm)].
+    #[arg(long, value_name = "constant|warmup-cosine")]
+    pub schedule: Option<Schedule>,
+    /// Linear warm-up steps [default: 0, 30 (lm)].
+    #[arg(long, value_name = "N")]
+    pub warmup: Option<u64>,
     /// Initialization: gaussian, xavier, he, orthogonal or lsuv [default: gaussian].
     #[arg(long)]
     pub init: Option<Init>,
@@ -145,6 +196,32 @@ impl RunFlags {
             c.checkpoint_every = v;
         }
         c.precision = self.precision;
+        if let Some(v) = self.heads {
+            c.lm.heads = n(v);
+        }
+        c.lm.post_norm |= self.post_norm;
+        if let Some(v) = &self.text {
+            c.lm.text = Some(v.display().to_string());
+        }
+        if let Some(kind) = self.optimizer {
+            c.set_optimizer(kind);
+        }
+        if let Some(v) = self.beta1 {
+            c.optimizer.beta1 = v;
+        }
+        if let Some(v) = self.beta2 {
+            c.optimizer.beta2 = v;
+        }
+        if let Some(v) = self.eps {
+            c.optimizer.eps = v;
+        }
+        if let Some(v) = self.weight_decay {
+            c.optimizer.weight_decay = v;
+        }
+        if let Some(v) = self.schedule {
+            c.schedule = v;
+        }
+        c.set_warmup(self.warmup);
         c
     }
 }
@@ -210,9 +287,18 @@ pub struct SweepArgs {
     /// Batches per run.
     #[arg(long, value_parser = at_least_one)]
     pub steps: Option<u64>,
-    /// Sequence length (recurrent tasks).
+    /// Sequence length (recurrent tasks) or context (lm).
     #[arg(long, value_parser = at_least_one)]
     pub seq_len: Option<u64>,
+    /// The optimizer: sgd, adam or adamw, at its task defaults [default: the task's].
+    #[arg(long, value_name = "sgd|adam|adamw")]
+    pub optimizer: Option<OptimizerKind>,
+    /// The rate's schedule: constant or warmup-cosine [default: the task's].
+    #[arg(long, value_name = "constant|warmup-cosine")]
+    pub schedule: Option<Schedule>,
+    /// Linear warm-up steps [default: the task's; 10% of the steps for lm].
+    #[arg(long, value_name = "N")]
+    pub warmup: Option<u64>,
     /// The format of the forward and backward passes: f32, f16 or bf16 (with a grid file, its
     /// `precision` key, overridden by this flag when given).
     #[arg(long, value_name = "f32|f16|bf16")]

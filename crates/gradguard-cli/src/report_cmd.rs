@@ -106,15 +106,101 @@ pub fn ranking_table(result: &SweepResult) -> Table {
     }
 }
 
+/// Each method's final loss at each rate and its LR sensitivity (Wortsman et al. 2023), where
+/// the sweep has a rate axis.
+pub fn rate_table(result: &SweepResult) -> Option<Table> {
+    let curves = &result.rate_curves;
+    let first = curves.first()?;
+    let mut headers = vec!["task".to_string(), "method".to_string()];
+    headers.extend(first.lrs.iter().map(|lr| format!("lr {lr}")));
+    headers.extend(["best".to_string(), "LR sensitivity".to_string()]);
+    let rows = curves
+        .iter()
+        .map(|c| {
+            let mut row = vec![c.task.clone(), c.remedy.clone()];
+            row.extend(c.losses.iter().zip(&c.failed).map(|(l, &f)| {
+                if f > 0 {
+                    format!("{l:.3} ({f} failed)")
+                } else {
+                    format!("{l:.3}")
+                }
+            }));
+            row.push(format!("{:.3} at {}", c.best_loss, c.best_lr));
+            row.push(format!("{:.4}", c.sensitivity));
+            row
+        })
+        .collect();
+    Some(Table {
+        caption: format!(
+            "Final held-out loss against the rate (mean over seeds; a failed run counts as its \
+             loss at initialization) and LR sensitivity = mean over rates of min(L(η), L₀) − the \
+             best (Wortsman et al. 2023, §3.1); {} seed(s)",
+            first.seeds
+        ),
+        headers,
+        rows,
+    })
+}
+
+/// Final loss against the rate, one line per method, for each configuration of a sweep with a
+/// rate axis: the picture of LR sensitivity (x: log₁₀ of the rate).
+pub fn rate_chart(result: &SweepResult) -> Option<String> {
+    use gradguard_report::html::{LineChart, PALETTE, Series, legend};
+    let mut configs: Vec<&str> = result
+        .rate_curves
+        .iter()
+        .map(|c| c.config.as_str())
+        .collect();
+    configs.dedup();
+    let mut out = String::new();
+    for config in configs {
+        let curves: Vec<_> = result
+            .rate_curves
+            .iter()
+            .filter(|c| c.config == config)
+            .collect();
+        let series: Vec<Series> = curves
+            .iter()
+            .enumerate()
+            .map(|(i, c)| Series {
+                label: format!("{} (LR sensitivity {:.3})", c.remedy, c.sensitivity),
+                color: PALETTE[i % PALETTE.len()].to_string(),
+                points: c
+                    .lrs
+                    .iter()
+                    .zip(&c.losses)
+                    .map(|(lr, l)| (lr.log10(), Some(*l)))
+                    .collect(),
+                dashed: false,
+                width: 2.0,
+            })
+            .collect();
+        let chart = LineChart {
+            title: format!("{}: final held-out loss against the rate", curves[0].task),
+            x_label: "log₁₀ learning rate".into(),
+            y_label: "final held-out loss".into(),
+            series: series.clone(),
+            size: (560.0, 300.0),
+            ..LineChart::default()
+        };
+        out.push_str(&legend(&series));
+        out.push_str(&chart.render());
+    }
+    (!out.is_empty()).then_some(out)
+}
+
 /// Runs `gradguard report`.
 pub fn run(args: &ReportArgs) -> Result<()> {
     let runs = read_runs(&args.dirs)?;
     let mut tables = Vec::new();
+    let mut figures = Vec::new();
     for dir in &args.dirs {
         if let Ok(text) = std::fs::read_to_string(dir.join(SWEEP_FILE))
             && let Ok(result) = serde_json::from_str::<SweepResult>(&text)
         {
             tables.push(ranking_table(&result));
+            tables.extend(rate_table(&result));
+            figures.extend(rate_chart(&result));
         }
     }
     let out = args
@@ -133,6 +219,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
                 .join(", ")
         )],
         tables: &tables,
+        figures: &figures,
         runs: &runs,
         headline: true,
     });

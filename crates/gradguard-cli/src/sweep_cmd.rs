@@ -9,7 +9,7 @@ use crate::exit::BadInput;
 use crate::files::write_atomically;
 use crate::lab::{ensure_dir, lab_error, sweep_with_progress};
 use crate::lab_args::SweepArgs;
-use crate::report_cmd::{ranking_table, read_runs};
+use crate::report_cmd::{ranking_table, rate_chart, rate_table, read_runs};
 
 fn grid_of(args: &SweepArgs) -> Result<Grid> {
     if let Some(path) = &args.grid {
@@ -34,6 +34,13 @@ fn grid_of(args: &SweepArgs) -> Result<Grid> {
     if let Some(v) = args.precision {
         base.precision = v;
     }
+    if let Some(kind) = args.optimizer {
+        base.set_optimizer(kind);
+    }
+    if let Some(v) = args.schedule {
+        base.schedule = v;
+    }
+    base.set_warmup(args.warmup);
     let mut grid = Grid::single(base);
     fn set<T>(dst: &mut Vec<T>, src: Vec<T>) {
         if !src.is_empty() {
@@ -67,10 +74,14 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     let result = sweep_with_progress(&runs, &out, args.jobs, "sweep")?;
     let data = read_runs(std::slice::from_ref(&out))?;
     let table = ranking_table(&result);
+    let rates = rate_table(&result);
+    let mut tables = vec![table.clone()];
+    tables.extend(rates.clone());
     let html = render(&Report {
         title: "gradguard sweep",
         intro: &[format!("{} runs in {}.", result.runs.len(), out.display())],
-        tables: std::slice::from_ref(&table),
+        tables: &tables,
+        figures: &rate_chart(&result).into_iter().collect::<Vec<_>>(),
         runs: &data,
         headline: false,
     });
@@ -83,6 +94,11 @@ pub fn run(args: &SweepArgs) -> Result<()> {
     print!("{}", gradguard_report::table::render(&headers, &rows));
     if let Some(v) = &result.guard {
         println!("{}", guard_line(v));
+    }
+    if let Some(t) = &rates {
+        let headers: Vec<&str> = t.headers.iter().map(String::as_str).collect();
+        println!("{}", t.caption);
+        print!("{}", gradguard_report::table::render(&headers, &t.rows));
     }
     println!(
         "{} runs; results in {} (sweep.json, report.html)",

@@ -758,3 +758,68 @@ fn adam_trains_at_its_own_rate_unless_the_user_sets_one() {
     );
     assert_eq!(given["lr"], 0.0005, "{given}");
 }
+
+#[test]
+fn the_lm_task_trains_under_adamw_and_a_sweep_measures_lr_sensitivity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = run(&train_args(
+        &[
+            "--task",
+            "lm",
+            "--optimizer",
+            "adamw",
+            "--lr",
+            "1e-3",
+            "--steps",
+            "20",
+            "--json",
+        ],
+        &tmp.path().join("run"),
+    )
+    .iter()
+    .map(String::as_str)
+    .collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let s = json(&o);
+    assert!(s["final_loss"].as_f64().unwrap().is_finite(), "{s}");
+    assert_eq!(s["config"]["optimizer"]["kind"], "adamw");
+    assert_eq!(s["config"]["warmup"], 2, "10% of the steps");
+
+    let grid = tmp.path().join("grid.toml");
+    std::fs::write(
+        &grid,
+        "task = \"lm\"\noptimizer = \"adam\"\nschedule = \"constant\"\nsteps = 4\nwidth = 16\n\
+         seq_len = 16\nlr = [0.001, 0.01]\nremedy = [\"none\", \"guard\"]\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("sweep");
+    let o = run(&[
+        "sweep",
+        "--grid",
+        grid.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let r = json(&o);
+    let curves = r["rate_curves"].as_array().unwrap();
+    assert_eq!(curves.len(), 2, "{r}");
+    for c in curves {
+        assert_eq!(c["lrs"].as_array().unwrap().len(), 2);
+        assert!(c["sensitivity"].as_f64().unwrap() >= 0.0);
+    }
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("final held-out loss against the rate"));
+    // A bad key of the new settings is one line and exit code 2.
+    std::fs::write(&grid, "task = \"lm\"\noptimizer = \"lion\"\n").unwrap();
+    let o = run(&[
+        "sweep",
+        "--grid",
+        grid.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(text(&o.stderr).contains("unknown optimizer 'lion'"));
+}

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::LabError;
 use crate::models::{Activation, Cell, Init};
+use crate::optimizer::{OptimizerSettings, Schedule};
 use crate::precision::Precision;
 use crate::remedy::Remedy;
 use crate::tasks::Task;
@@ -47,13 +48,81 @@ pub struct RunConfig {
     /// when f32, so configurations written before precisions existed read back equal.
     #[serde(default, skip_serializing_if = "Precision::is_f32")]
     pub precision: Precision,
+    /// The optimizer (the rate is `lr`). Left out of the JSON when plain SGD, as are the
+    /// schedule, the warm-up and the language model's settings at their defaults, so
+    /// configurations written before they existed read back equal.
+    #[serde(default, skip_serializing_if = "OptimizerSettings::is_default")]
+    pub optimizer: OptimizerSettings,
+    /// How the rate moves over the run.
+    #[serde(default, skip_serializing_if = "Schedule::is_default")]
+    pub schedule: Schedule,
+    /// Linear warm-up steps (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub warmup: u64,
+    /// The language-model task's settings (its depth is `depth`, its width `width`, its context
+    /// length `seq_len`).
+    #[serde(default, skip_serializing_if = "LmSettings::is_default")]
+    pub lm: LmSettings,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// Settings of the `lm` task's transformer and text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LmSettings {
+    /// Attention heads (dividing the width).
+    pub heads: usize,
+    /// Layer norm after each residual sum (post-norm, Vaswani et al. 2017) instead of before
+    /// each sub-layer (pre-norm, the default).
+    pub post_norm: bool,
+    /// A text file to train on instead of the lab's own (plain, or gzip by a `.gz` extension).
+    pub text: Option<String>,
+}
+
+impl Default for LmSettings {
+    fn default() -> Self {
+        LmSettings {
+            heads: 4,
+            post_norm: false,
+            text: None,
+        }
+    }
+}
+
+impl LmSettings {
+    /// Whether these are the defaults.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl RunConfig {
     /// The lab's defaults for `task`, chosen to explode without a remedy: a deep ReLU MLP (gain 1.7
     /// over 24 layers, SGD at 0.1), or a vanilla RNN (recurrent gain 1.5 over 100 steps, SGD at
-    /// 0.1 — the setting of Pascanu et al. 2013).
+    /// 0.1 — the setting of Pascanu et al. 2013). The language model is trained as transformers
+    /// are today and does not explode at its default rate: 2 pre-norm layers of width 64, 4
+    /// heads, context 64, batch 16, AdamW (β₂ 0.95, weight decay 0.1) at 3e-3 with 10% linear
+    /// warm-up and a cosine decay, 300 steps.
     pub fn for_task(task: Task) -> Self {
+        if task == Task::Lm {
+            return RunConfig {
+                task,
+                target_loss: 2.5,
+                depth: 2,
+                width: 64,
+                seq_len: 64,
+                lr: 3e-3,
+                batch: 16,
+                init_gain: 1.0,
+                optimizer: OptimizerSettings::adamw(),
+                schedule: Schedule::WarmupCosine,
+                warmup: 30,
+                ..Self::for_task(Task::Mlp)
+            };
+        }
         let mlp = !task.is_recurrent();
         RunConfig {
             task,
@@ -73,9 +142,32 @@ impl RunConfig {
                 Task::Mlp => 0.5,
                 Task::Adding => 0.05,
                 Task::Order => 0.3,
+                Task::Lm => 2.5,
             },
             checkpoint_every: 50,
             precision: Precision::F32,
+            optimizer: OptimizerSettings::default(),
+            schedule: Schedule::Constant,
+            warmup: 0,
+            lm: LmSettings::default(),
+        }
+    }
+
+    /// Switches to the optimizer `kind` at its settings for the task
+    /// ([`OptimizerSettings::of_kind`]); the same kind keeps the settings it has.
+    pub fn set_optimizer(&mut self, kind: crate::optimizer::OptimizerKind) {
+        if kind != self.optimizer.kind {
+            self.optimizer = OptimizerSettings::of_kind(kind);
+        }
+    }
+
+    /// Sets the warm-up steps, or when none are given, the task's own: 10% of the steps for the
+    /// language model (set after `steps`), unchanged for the others.
+    pub fn set_warmup(&mut self, warmup: Option<u64>) {
+        match warmup {
+            Some(v) => self.warmup = v,
+            None if self.task == Task::Lm => self.warmup = self.steps / 10,
+            None => {}
         }
     }
 
@@ -107,6 +199,15 @@ impl RunConfig {
         }
         if !(self.target_loss >= 0.0) {
             return bad(format!("target loss must be ≥ 0, got {}", self.target_loss));
+        }
+        self.optimizer.validate()?;
+        if self.task == Task::Lm
+            && !(self.lm.heads >= 1 && self.width.is_multiple_of(self.lm.heads))
+        {
+            return bad(format!(
+                "the width ({}) must be a multiple of the number of heads ({})",
+                self.width, self.lm.heads
+            ));
         }
         let mut seen = std::collections::BTreeSet::new();
         for r in &self.remedies {

@@ -38,6 +38,7 @@ pub mod faults;
 pub mod lr_find;
 pub mod models;
 pub mod objective;
+pub mod optimizer;
 mod plan;
 mod precision;
 pub mod probe;
@@ -51,7 +52,7 @@ pub mod tasks;
 pub mod through_time;
 mod train;
 
-pub use config::RunConfig;
+pub use config::{LmSettings, RunConfig};
 pub use error::LabError;
 pub use plan::{ModelPlan, Plan};
 pub use precision::Precision;

@@ -6,7 +6,8 @@ use gradguard::{Guard, GuardConfig, LossScaler, LossScalerConfig, NonFinitePolic
 
 use crate::config::RunConfig;
 use crate::error::LabError;
-use crate::models::{Cell, Init, MlpConfig, Net, Norm, RecurrentConfig};
+use crate::models::{Cell, Init, MlpConfig, Net, Norm, RecurrentConfig, TransformerConfig};
+use crate::optimizer::{OptimizerKind, OptimizerSettings, Schedule};
 use crate::precision::Precision;
 use crate::remedy::Remedy;
 use crate::tasks::{Task, TaskData};
@@ -21,6 +22,8 @@ pub enum ModelPlan {
     Mlp(MlpConfig),
     /// A recurrent network.
     Recurrent(RecurrentConfig),
+    /// A causal transformer language model.
+    Lm(TransformerConfig),
 }
 
 /// Everything the training loop needs, derived from a [`RunConfig`].
@@ -33,8 +36,12 @@ pub struct Plan {
     pub lr: f64,
     /// Linear warm-up steps (0: none).
     pub warmup: u64,
-    /// Adam instead of SGD.
-    pub adam: bool,
+    /// The rate's schedule after the warm-up.
+    pub schedule: Schedule,
+    /// Steps of the run (the schedule's length).
+    pub steps: u64,
+    /// The optimizer (Adam's with the `adam` remedy).
+    pub optimizer: OptimizerSettings,
     /// Coupled L2 coefficient λ (loss + λ/2 Σ‖W‖²).
     pub l2: f64,
     /// Decoupled weight decay λ (W ← W(1 − ηλ) after each step).
@@ -80,8 +87,10 @@ impl Plan {
         let mut plan = Plan {
             model: ModelPlan::Mlp(mlp),
             lr: config.lr,
-            warmup: 0,
-            adam: false,
+            warmup: config.warmup,
+            schedule: config.schedule,
+            steps: config.steps,
+            optimizer: config.optimizer,
             l2: 0.0,
             weight_decay: 0.0,
             weight_max_norm: None,
@@ -101,6 +110,16 @@ impl Plan {
                 )))
             }
         };
+        let lm = config.task == Task::Lm;
+        let not_lm = |r: &Remedy| {
+            if lm {
+                Err(LabError::Config(format!(
+                    "remedy '{r}' changes the MLP or recurrent models, not the lm task's transformer"
+                )))
+            } else {
+                Ok(())
+            }
+        };
         let mut guarded = false;
         let mut backoff = false;
         let mut lr_factor = 1.0;
@@ -110,22 +129,26 @@ impl Plan {
                 Remedy::WeightDecay(l) => plan.weight_decay = l,
                 Remedy::MaxNorm(c) => plan.weight_max_norm = Some(c),
                 Remedy::Init(init) => {
+                    not_lm(r)?;
                     if init == Init::Lsuv {
-                        only(!recurrent, r, "mlp task")?;
+                        only(config.task == Task::Mlp, r, "mlp task")?;
                     }
                     (mlp.init, mlp.init_gain, rnn.init, rnn.init_gain) = (init, 1.0, init, 1.0);
                 }
-                Remedy::Gain(g) => (mlp.init_gain, rnn.init_gain) = (g, g),
+                Remedy::Gain(g) => {
+                    not_lm(r)?;
+                    (mlp.init_gain, rnn.init_gain) = (g, g);
+                }
                 Remedy::Norm(n) => {
-                    only(!recurrent, r, "mlp task")?;
+                    only(config.task == Task::Mlp, r, "mlp task")?;
                     mlp.norm = n;
                 }
                 Remedy::Shallow(n) => {
-                    only(!recurrent, r, "mlp task")?;
+                    only(config.task == Task::Mlp, r, "mlp task")?;
                     mlp.depth = mlp.depth.min(n);
                 }
                 Remedy::Residual => {
-                    only(!recurrent, r, "mlp task")?;
+                    only(config.task == Task::Mlp, r, "mlp task")?;
                     mlp.residual = true;
                 }
                 Remedy::Cell(c) => {
@@ -141,7 +164,7 @@ impl Plan {
                 Remedy::SmallLr(f) => lr_factor *= f,
                 Remedy::Warmup(n) => plan.warmup = n,
                 Remedy::Adam(rate) => {
-                    plan.adam = true;
+                    plan.optimizer.kind = OptimizerKind::Adam;
                     plan.lr = rate;
                 }
                 Remedy::LrFind => plan.lr_find = true,
@@ -172,6 +195,14 @@ impl Plan {
         plan.model = match config.task {
             Task::Mlp => ModelPlan::Mlp(mlp),
             Task::Adding | Task::Order => ModelPlan::Recurrent(rnn),
+            Task::Lm => ModelPlan::Lm(TransformerConfig {
+                vocab: data.outputs(),
+                layers: config.depth,
+                width: config.width,
+                heads: config.lm.heads,
+                context: config.seq_len,
+                pre_norm: !config.lm.post_norm,
+            }),
         };
         // Build the guard once now so a bad setting fails before training starts.
         plan.build_guard()?;
@@ -196,7 +227,7 @@ impl Plan {
     /// The optimizer and why the run trains at `lr` (its base rate after any range test), for
     /// the report: e.g. "Adam 0.001 (Adam's own rate)".
     pub fn rate_choice(&self, lr: f64) -> String {
-        let optimizer = if self.adam { "Adam" } else { "SGD" };
+        let optimizer = self.optimizer.describe();
         let adam_rate = self.remedies.iter().find_map(|r| match r {
             Remedy::Adam(rate) => Some(*rate),
             _ => None,
@@ -204,7 +235,8 @@ impl Plan {
         let mut why = vec![match adam_rate {
             Some(rate) if rate == crate::remedy::ADAM_LR => "Adam's own rate".to_string(),
             Some(_) => "the rate set for Adam".to_string(),
-            None => "the task's rate".to_string(),
+            None if self.optimizer.kind == OptimizerKind::Sgd => "the task's rate".to_string(),
+            None => "the rate set".to_string(),
         }];
         for r in &self.remedies {
             if let Remedy::SmallLr(f) = r {
@@ -217,16 +249,21 @@ impl Plan {
         if self.warmup > 0 {
             why.push(format!("warmed up over {} steps", self.warmup));
         }
+        if self.schedule != Schedule::Constant {
+            why.push(format!("{} schedule", self.schedule.name()));
+        }
         format!("{optimizer} {lr} ({})", why.join(", "))
     }
 
-    /// The learning rate at `step` for a base rate `lr`: linear warm-up, then constant.
+    /// The learning rate at `step` for a base rate `lr`: linear warm-up, then the schedule
+    /// ([`Schedule::rate`]).
     pub fn lr_at(&self, lr: f64, step: u64) -> f64 {
-        if step < self.warmup {
-            lr * (step + 1) as f64 / self.warmup as f64
-        } else {
-            lr
-        }
+        self.schedule.rate(lr, step, self.steps, self.warmup)
+    }
+
+    /// A fresh optimizer of this plan.
+    pub fn optimizer(&self) -> burn::optim::ModuleOptimizer {
+        self.optimizer.build()
     }
 }
 
@@ -252,6 +289,11 @@ pub(crate) fn build_net(
     seed: u64,
     device: &Device,
 ) -> Result<Net, LabError> {
+    // The flex device has one random generator per process: a sweep's parallel runs would draw
+    // each other's numbers between `seed` and the initializers that use it (the transformer's
+    // are Burn's own). One build at a time keeps every run a function of its seed.
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     device.seed(seed);
     Ok(match plan.model {
         ModelPlan::Mlp(config) => {
@@ -267,5 +309,6 @@ pub(crate) fn build_net(
             Net::Mlp(mlp)
         }
         ModelPlan::Recurrent(config) => Net::Recurrent(config.init(device, seed)?),
+        ModelPlan::Lm(config) => Net::Lm(config.init(device)?),
     })
 }

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::optim::GradientsParams;
 use burn::tensor::Device;
 use gradguard::{Decision, NonFinitePolicy};
 use gradguard_burn::GuardedOptimizer;
@@ -57,14 +57,6 @@ pub(crate) struct Run<'a> {
     test: HostBatch,
 }
 
-fn fresh_optimizer(plan: &Plan) -> ModuleOptimizer {
-    if plan.adam {
-        AdamConfig::new().init()
-    } else {
-        SgdConfig::new().init()
-    }
-}
-
 impl<'a> Run<'a> {
     /// Builds the network and the guarded optimizer, resumes from `out`'s last checkpoint (or runs
     /// the range test the plan asks for), opens the sinks and measures the held-out loss before
@@ -79,7 +71,7 @@ impl<'a> Run<'a> {
         let device = Device::flex().autodiff();
         let started = Instant::now();
         let net = build_net(plan, data, config.seed, &device)?;
-        let optim = GuardedOptimizer::new(fresh_optimizer(plan), plan.build_guard()?);
+        let optim = GuardedOptimizer::new(plan.optimizer(), plan.build_guard()?);
         let mut run = Run {
             config,
             plan,
@@ -157,7 +149,7 @@ impl<'a> Run<'a> {
         let probe = build_net(plan, self.data, config.seed, &self.device)?;
         let range = range_test(
             probe,
-            fresh_optimizer(plan),
+            plan.optimizer(),
             self.data,
             config.batch,
             config.seed,
@@ -312,7 +304,7 @@ impl<'a> Run<'a> {
         let mut summary = self
             .progress
             .summarize(self.config, self.optim.guard(), eval, wall);
-        summary.trivial_loss = Some(self.test.trivial_loss(self.data.outputs()));
+        summary.trivial_loss = Some(self.data.trivial_loss(&self.test));
         summary.rate_choice = Some(self.plan.rate_choice(self.progress.lr));
         if let Some(dir) = self.out {
             self.checkpoint(&net, false)?;

@@ -31,7 +31,7 @@ pub fn load_run_model(dir: &Path) -> Result<(RunConfig, Net), LabError> {
     let text = std::fs::read_to_string(&path).map_err(|e| io_err(&path, e))?;
     let config: RunConfig = serde_json::from_str(&text)
         .map_err(|e| io_err(&path, format!("not a run configuration: {e}")))?;
-    let data = TaskData::new(config.task, config.seq_len, config.seed)?;
+    let data = TaskData::for_run(&config)?;
     let plan = Plan::new(&config, &data)?;
     let device = Device::flex().autodiff();
     let net = build_net(&plan, &data, config.seed, &device)?;

@@ -50,7 +50,7 @@ pub enum TrainOutcome {
 
 /// Checks `config` completely — ranges, and remedies against the task — without training.
 pub fn check(config: &RunConfig) -> Result<(), LabError> {
-    let data = TaskData::new(config.task, config.seq_len, config.seed)?;
+    let data = TaskData::for_run(config)?;
     Plan::new(config, &data).map(|_| ())
 }
 
@@ -58,7 +58,7 @@ pub fn check(config: &RunConfig) -> Result<(), LabError> {
 /// `tensorboard/`, `checkpoint.ggck`, `summary.json`) and resumes from its last checkpoint.
 pub fn train(config: &RunConfig, options: &TrainOptions) -> Result<TrainOutcome, LabError> {
     config.validate()?;
-    let data = TaskData::new(config.task, config.seq_len, config.seed)?;
+    let data = TaskData::for_run(config)?;
     let plan = Plan::new(config, &data)?;
     if let Some(dir) = &options.out
         && let Some(done) = prepare_dir(dir, config)?

@@ -4,8 +4,10 @@ mod init;
 mod mlp;
 mod net;
 mod recurrent;
+mod transformer;
 
 pub use init::Init;
 pub use mlp::{Activation, DeepMlp, MlpConfig, Norm};
 pub use net::Net;
 pub use recurrent::{Cell, RecurrentConfig, RecurrentNet};
+pub use transformer::{LmTransformer, TransformerConfig};

@@ -1,10 +1,11 @@
 //! One model type for every task, so a run, its checkpoint and its guard are written once.
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
 use super::mlp::DeepMlp;
 use super::recurrent::RecurrentNet;
+use super::transformer::LmTransformer;
 use crate::precision::Precision;
 use crate::tasks::HostBatch;
 
@@ -17,6 +18,8 @@ pub enum Net {
     Mlp(DeepMlp),
     /// A recurrent network (sequence tasks).
     Recurrent(RecurrentNet),
+    /// A causal transformer language model (the text task).
+    Lm(LmTransformer),
 }
 
 impl Net {
@@ -35,14 +38,20 @@ impl Net {
         precision: Precision,
         probes: &[Tensor<2>],
     ) -> Tensor<2> {
-        let data = TensorData::new(batch.inputs.clone(), batch.shape.clone());
         let half = precision.cast_module(self);
+        fn input<const D: usize>(batch: &HostBatch, device: &Device, p: Precision) -> Tensor<D> {
+            let data = TensorData::new(batch.inputs.clone(), batch.shape.clone());
+            p.cast_input(Tensor::from_data(data, device))
+        }
         let out = match half.as_ref().unwrap_or(self) {
-            Net::Mlp(m) => m.forward(precision.cast_input(Tensor::from_data(data, device))),
-            Net::Recurrent(r) => r.forward_probed(
-                precision.cast_input(Tensor::from_data(data, device)),
-                probes,
-            ),
+            Net::Mlp(m) => m.forward(input(batch, device, precision)),
+            Net::Recurrent(r) => r.forward_probed(input(batch, device, precision), probes),
+            Net::Lm(lm) => {
+                // The inputs are symbol indices, exact in f32.
+                let ids: Vec<i64> = batch.inputs.iter().map(|&v| v as i64).collect();
+                let ids = TensorData::new(ids, batch.shape.clone());
+                lm.forward(Tensor::<2, Int>::from_data(ids, device))
+            }
         };
         if half.is_some() {
             out.cast(DType::F32)

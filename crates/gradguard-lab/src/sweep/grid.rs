@@ -7,6 +7,7 @@ use serde::Deserialize;
 use crate::config::RunConfig;
 use crate::error::LabError;
 use crate::models::{Activation, Cell, Init};
+use crate::optimizer::{OptimizerKind, Schedule};
 use crate::plan::Plan;
 use crate::precision::Precision;
 use crate::remedy::Remedy;
@@ -63,6 +64,16 @@ struct GridFile {
     batch: Option<usize>,
     target_loss: Option<f64>,
     precision: Option<String>,
+    optimizer: Option<String>,
+    beta1: Option<f64>,
+    beta2: Option<f64>,
+    eps: Option<f64>,
+    weight_decay: Option<f64>,
+    schedule: Option<String>,
+    warmup: Option<u64>,
+    heads: Option<usize>,
+    post_norm: Option<bool>,
+    text: Option<String>,
     depth: Option<OneOrMany<usize>>,
     lr: Option<OneOrMany<f64>>,
     init: Option<OneOrMany<String>>,
@@ -87,7 +98,9 @@ impl Grid {
     }
 
     /// Parses a TOML grid file; `path` names it in errors. Keys: `task`, `width`, `cell`,
-    /// `seq_len`, `steps`, `batch`, `target_loss`, `precision` (one value each) and `depth`, `activation`,
+    /// `seq_len`, `steps`, `batch`, `target_loss`, `precision`, `optimizer`, `beta1`, `beta2`,
+    /// `eps`, `weight_decay`, `schedule`, `warmup`, `heads`, `post_norm`, `text` (one value
+    /// each; the lm task warms up over 10% of its steps unless `warmup` is given) and `depth`, `activation`,
     /// `lr`, `init`, `init_gain`, `remedy`, `seed` (a value or a list). Unset keys take the task's
     /// defaults ([`RunConfig::for_task`]).
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, LabError> {
@@ -136,6 +149,33 @@ impl Grid {
         }
         if let Some(v) = &file.precision {
             base.precision = parse(path, "precision", v.parse::<Precision>())?;
+        }
+        if let Some(v) = &file.optimizer {
+            base.set_optimizer(parse(path, "optimizer", v.parse::<OptimizerKind>())?);
+        }
+        let o = &mut base.optimizer;
+        for (dst, src) in [
+            (&mut o.beta1, file.beta1),
+            (&mut o.beta2, file.beta2),
+            (&mut o.eps, file.eps),
+            (&mut o.weight_decay, file.weight_decay),
+        ] {
+            if let Some(v) = src {
+                *dst = v;
+            }
+        }
+        if let Some(v) = &file.schedule {
+            base.schedule = parse(path, "schedule", v.parse::<Schedule>())?;
+        }
+        base.set_warmup(file.warmup);
+        if let Some(v) = file.heads {
+            base.lm.heads = v;
+        }
+        if let Some(v) = file.post_norm {
+            base.lm.post_norm = v;
+        }
+        if let Some(v) = file.text {
+            base.lm.text = Some(v);
         }
         let mut grid = Grid::single(base);
         if let Some(v) = file.depth {
@@ -189,7 +229,7 @@ impl Grid {
         if let Some((name, _)) = axes.iter().find(|(_, n)| *n == 0) {
             return Err(LabError::Config(format!("the grid's {name} list is empty")));
         }
-        let data = TaskData::new(self.base.task, self.base.seq_len, 0)?;
+        let data = TaskData::for_run(&self.base)?;
         let mut runs = Vec::new();
         for (&depth, &activation) in self
             .depths

@@ -9,9 +9,11 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 mod grid;
+mod sensitivity;
 mod verdict;
 
 pub use grid::Grid;
+pub use sensitivity::{RateCurve, lr_sensitivity, rate_curves};
 pub use verdict::{GuardVerdict, TWIN_TOLERANCE, TwinVerdict, WorstCell, guard_verdict};
 
 use crate::config::RunConfig;
@@ -36,6 +38,12 @@ pub fn run_name(config: &RunConfig) -> String {
         .collect();
     let arch = if config.task.is_recurrent() {
         format!("{}-T{}", config.cell.name(), config.seq_len)
+    } else if config.task == crate::tasks::Task::Lm {
+        let norm = if config.lm.post_norm { "post" } else { "pre" };
+        format!(
+            "d{}-w{}-h{}-T{}-{norm}",
+            config.depth, config.width, config.lm.heads, config.seq_len
+        )
     } else {
         format!("d{}-{}", config.depth, config.activation.name())
     };
@@ -44,8 +52,13 @@ pub fn run_name(config: &RunConfig) -> String {
     } else {
         format!("-{}", config.precision)
     };
+    let optimizer = if config.optimizer.is_default() {
+        String::new()
+    } else {
+        format!("-{}", config.optimizer.kind.name())
+    };
     format!(
-        "{}-{arch}-lr{}-{}-g{}-{remedy}-s{}{precision}",
+        "{}-{arch}-lr{}-{}-g{}-{remedy}-s{}{precision}{optimizer}",
         config.task, config.lr, config.init, config.init_gain, config.seed
     )
 }
@@ -96,6 +109,10 @@ pub struct SweepResult {
     /// The default guard against the best clipping rule, when the grid compares them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<GuardVerdict>,
+    /// Each method's final loss against the rate, and its LR sensitivity, where the grid has
+    /// two or more rates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_curves: Vec<RateCurve>,
 }
 
 fn median<T: Copy + PartialOrd>(mut v: Vec<T>) -> Option<T> {
@@ -228,6 +245,7 @@ pub fn run_sweep(
     let result = SweepResult {
         ranking: rank(&runs),
         guard: guard_verdict(&runs),
+        rate_curves: rate_curves(&runs),
         runs,
     };
     let path = out.join(SWEEP_FILE);

@@ -1,15 +1,18 @@
-//! The lab's tasks: a deep MLP on real handwritten digits, and recurrent networks on long
-//! sequences (the adding and temporal-order problems). Each yields host batches that are pure
+//! The lab's tasks: a deep MLP on real handwritten digits, recurrent networks on long sequences
+//! (the adding and temporal-order problems), and a causal transformer language model on real
+//! English text. Each yields host batches that are pure
 //! functions of the seed and the step, so runs are deterministic and resumable.
 
 mod digits_data;
 mod sequences;
+mod text;
 
 use serde::{Deserialize, Serialize};
 
 pub use digits_data::{CLASSES, Digits, FEATURES, Split};
 pub(crate) use sequences::rng;
 pub use sequences::{ORDER_CLASSES, ORDER_SYMBOLS, adding, temporal_order};
+pub use text::Corpus;
 
 use crate::error::LabError;
 
@@ -23,6 +26,8 @@ pub enum Task {
     Adding,
     /// A recurrent network on the temporal-order problem (4 classes).
     Order,
+    /// A causal transformer predicting the next byte of English text (character level).
+    Lm,
 }
 
 impl Task {
@@ -32,12 +37,13 @@ impl Task {
             Task::Mlp => "mlp",
             Task::Adding => "adding",
             Task::Order => "order",
+            Task::Lm => "lm",
         }
     }
 
     /// Whether the task is solved by a recurrent network.
     pub fn is_recurrent(self) -> bool {
-        self != Task::Mlp
+        matches!(self, Task::Adding | Task::Order)
     }
 }
 
@@ -55,8 +61,9 @@ impl std::str::FromStr for Task {
             "mlp" | "digits" => Ok(Task::Mlp),
             "adding" => Ok(Task::Adding),
             "order" | "temporal-order" => Ok(Task::Order),
+            "lm" => Ok(Task::Lm),
             other => Err(format!(
-                "unknown task '{other}' (expected mlp, adding or order)"
+                "unknown task '{other}' (expected mlp, adding, order or lm)"
             )),
         }
     }
@@ -98,12 +105,27 @@ pub enum TaskData {
     Adding(usize),
     /// Temporal-order sequences of this length.
     Order(usize),
+    /// A text for next-byte prediction, in windows of its context length.
+    Text(Corpus),
 }
 
 impl TaskData {
-    /// Loads (digits) or sets up (sequences) the data of `task`.
+    /// The data of a run: [`TaskData::new`], with the run's own text file for `lm` when it
+    /// names one.
+    pub fn for_run(config: &crate::RunConfig) -> Result<Self, LabError> {
+        match (&config.task, &config.lm.text) {
+            (Task::Lm, Some(path)) => Ok(TaskData::Text(Corpus::from_file(
+                std::path::Path::new(path),
+                config.seq_len,
+            )?)),
+            _ => Self::new(config.task, config.seq_len, config.seed),
+        }
+    }
+
+    /// Loads (digits, the lab's text) or sets up (sequences) the data of `task`; `seq_len` is the
+    /// sequence length of the recurrent tasks and the context length of `lm`.
     pub fn new(task: Task, seq_len: usize, seed: u64) -> Result<Self, LabError> {
-        if task.is_recurrent() && !(2..=10_000).contains(&seq_len) {
+        if task != Task::Mlp && !(2..=10_000).contains(&seq_len) {
             return Err(LabError::Config(format!(
                 "sequence length must be in 2..=10000, got {seq_len}"
             )));
@@ -112,6 +134,7 @@ impl TaskData {
             Task::Mlp => TaskData::Digits(Digits::load()?.split(0.2, seed)?),
             Task::Adding => TaskData::Adding(seq_len),
             Task::Order => TaskData::Order(seq_len),
+            Task::Lm => TaskData::Text(Corpus::embedded(seq_len)?),
         })
     }
 
@@ -121,6 +144,7 @@ impl TaskData {
             TaskData::Digits(_) => FEATURES,
             TaskData::Adding(_) => 2,
             TaskData::Order(_) => ORDER_SYMBOLS,
+            TaskData::Text(c) => c.vocab(),
         }
     }
 
@@ -130,6 +154,7 @@ impl TaskData {
             TaskData::Digits(_) => CLASSES,
             TaskData::Adding(_) => 1,
             TaskData::Order(_) => ORDER_CLASSES,
+            TaskData::Text(c) => c.vocab(),
         }
     }
 
@@ -141,6 +166,9 @@ impl TaskData {
             TaskData::Order(t) => {
                 temporal_order(*t, size, &mut sequences::rng(seed, TRAIN_STREAM, index))
             }
+            TaskData::Text(c) => {
+                c.train_batch(size, &mut sequences::rng(seed, TRAIN_STREAM, index))
+            }
         }
     }
 
@@ -151,6 +179,16 @@ impl TaskData {
             TaskData::Digits(split) => digits_batch(&split.test, 0, split.test.len()),
             TaskData::Adding(t) => adding(*t, SEQUENCE_TEST_SIZE, &mut rng),
             TaskData::Order(t) => temporal_order(*t, SEQUENCE_TEST_SIZE, &mut rng),
+            TaskData::Text(c) => c.test_batch(),
+        }
+    }
+
+    /// The loss of the best predictor that ignores the inputs, on `batch`: for text the unigram
+    /// entropy of the training bytes, otherwise [`HostBatch::trivial_loss`].
+    pub fn trivial_loss(&self, batch: &HostBatch) -> f64 {
+        match self {
+            TaskData::Text(c) => c.unigram_loss(batch),
+            _ => batch.trivial_loss(self.outputs()),
         }
     }
 }

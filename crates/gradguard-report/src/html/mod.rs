@@ -67,6 +67,9 @@ pub struct Report<'a> {
     pub intro: &'a [String],
     /// Tables before the per-task pictures (e.g. a sweep's ranking).
     pub tables: &'a [Table],
+    /// Figures after the tables, as rendered HTML/SVG fragments (e.g. a sweep's loss against
+    /// the rate, [`LineChart::render`] with a [`legend`]).
+    pub figures: &'a [String],
     /// The runs.
     pub runs: &'a [RunData],
     /// Open with each task's headline ([`guard_headline`]: none, the default guard and the best
@@ -228,6 +231,9 @@ pub fn render(report: &Report) -> String {
     }
     for t in report.tables {
         out.push_str(&t.render());
+    }
+    for f in report.figures {
+        out.push_str(f);
     }
     out.push_str(&outcome_table(report.runs).render());
     for runs in by_task.values_mut() {

@@ -109,8 +109,8 @@ pub struct RunFlags {
     /// Multiplies the init's standard deviation [default: 1.7 (mlp), 1.5 (recurrent)].
     #[arg(long, value_parser = positive_f64, value_name = "G", allow_negative_numbers = true)]
     pub init_gain: Option<f64>,
-    /// SGD learning rate [default: 0.1]; with `--remedy adam` (no rate of its own), Adam's rate
-    /// [default: 0.001].
+    /// SGD learning rate [default: 0.1]; the lm task's AdamW rate [default: 0.003]; with
+    /// `--remedy adam` (no rate of its own), Adam's rate [default: 0.001].
     #[arg(long, value_parser = positive_f64, value_name = "X", allow_negative_numbers = true)]
     pub lr: Option<f64>,
     /// Batches to train on [default: 300].

@@ -711,8 +711,13 @@ fn the_train_help_states_the_defaults_a_run_uses() {
         help.contains(&format!("SGD learning rate [default: {}]", mlp.lr)),
         "{help}"
     );
+    let lm = RunConfig::for_task(Task::Lm);
     assert!(
-        help.contains(&format!("[default: {}]", mlp.depth)),
+        help.contains(&format!("[default: {} (mlp), {} (lm)]", mlp.depth, lm.depth)),
+        "{help}"
+    );
+    assert!(
+        help.contains(&format!("the lm task's AdamW rate [default: {}]", lm.lr)),
         "{help}"
     );
 }

@@ -713,7 +713,10 @@ fn the_train_help_states_the_defaults_a_run_uses() {
     );
     let lm = RunConfig::for_task(Task::Lm);
     assert!(
-        help.contains(&format!("[default: {} (mlp), {} (lm)]", mlp.depth, lm.depth)),
+        help.contains(&format!(
+            "[default: {} (mlp), {} (lm)]",
+            mlp.depth, lm.depth
+        )),
         "{help}"
     );
     assert!(

@@ -225,7 +225,7 @@ impl Plan {
     }
 
     /// The optimizer and why the run trains at `lr` (its base rate after any range test), for
-    /// the report: e.g. "Adam 0.001 (Adam's own rate)".
+    /// the report: e.g. "Adam (β 0.9/0.999, ε 1e-8) 0.001 (Adam's own rate)".
     pub fn rate_choice(&self, lr: f64) -> String {
         let optimizer = self.optimizer.describe();
         let adam_rate = self.remedies.iter().find_map(|r| match r {

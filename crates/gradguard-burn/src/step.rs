@@ -117,10 +117,11 @@ impl<M: Module + Clone> GuardCore<M> {
                 let grads = view.into_gradients_params(&module);
                 // With one rate for all parameters the multiplier scales it; per-group rates are
                 // passed through untouched while the multiplier is 1.
+                let stepped_at = report.effective_lr(lr.base());
                 let lr = if report.lr_multiplier == 1.0 {
                     lr
                 } else {
-                    report.effective_lr(lr.base()).into()
+                    stepped_at.into()
                 };
                 let bound = self.guard.config().update_bound;
                 let before = bound.map(|b| (b, module.clone(), optimizer.clone()));
@@ -128,10 +129,10 @@ impl<M: Module + Clone> GuardCore<M> {
                 if let Some((bound, old, old_optimizer)) = before {
                     // Burn's weights are `[in, out]`: input-first unless the bound says otherwise.
                     let layout = bound.unit_layout.unwrap_or(UnitLayout::InputFirst);
-                    let units = bound.max_unit_ratio.map(|_| layout);
+                    let units = self.guard.update_needs_units().then_some(layout);
                     let updates = Updates::measure(&old, &module, on_host, units);
                     host_reads += u32::from(!on_host);
-                    let check = match self.guard.check_update(&updates.norms) {
+                    let check = match self.guard.check_update(&updates.norms, stepped_at) {
                         Ok(check) => check.expect("the bound is configured"),
                         Err(error) => {
                             *optimizer = old_optimizer;

@@ -4,9 +4,10 @@
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::{Linear, LinearConfig};
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::{Device, Tensor, TensorData};
-use gradguard::{Decision, Guard, GuardConfig, UpdateBound};
+use gradguard::{Decision, Guard, GuardConfig, UpdateBound, UpdateFamily};
 use gradguard_burn::{GuardedOptimizer, Placement};
 
 #[derive(Module, Debug)]
@@ -124,33 +125,62 @@ fn an_oversized_sgd_step_is_cut_to_the_bound() {
 
 #[test]
 fn the_bound_holds_for_adam_too() {
-    // Adam's first step moves every weight by ≈ lr: at lr 1 that is far above the bound.
+    // Adam's first step moves every weight by ≈ lr: at lr 1 that is far above the bound, which
+    // recognizes Adam by that step and holds it to the normalized family's τ.
     let (before, after, report) = step_once(AdamConfig::new().init(), Guard::default(), 1.0, 1.0);
-    assert!(report.update.unwrap().bounded > 0);
-    let tau = UpdateBound::default().max_ratio;
+    let check = report.update.unwrap();
+    assert!(check.bounded > 0);
+    assert_eq!(check.family, UpdateFamily::Normalized);
+    let tau = UpdateBound::default().normalized.max_ratio;
     assert!(global_ratio(&before, &after) <= tau * (1.0 + 1e-4));
+}
+
+#[test]
+fn the_optimizers_family_is_recognized_from_its_first_step() {
+    for (optimizer, family) in [
+        (SgdConfig::new().init(), UpdateFamily::Proportional),
+        (
+            SgdConfig::new()
+                .with_momentum(Some(MomentumConfig::new()))
+                .init(),
+            UpdateFamily::Proportional,
+        ),
+        (AdamConfig::new().init(), UpdateFamily::Normalized),
+        (
+            AdamWConfig::new().with_weight_decay(0.1).init(),
+            UpdateFamily::Normalized,
+        ),
+    ] {
+        // A small rate: nothing fires, so the family is all the step tells.
+        let (_, _, report) = step_once(optimizer, Guard::default(), 1e-4, 1.0);
+        let check = report.update.unwrap();
+        assert_eq!(check.family, family, "{check:?}");
+    }
 }
 
 #[test]
 fn a_healthy_step_is_bit_for_bit_the_optimizers() {
     let device = device();
     let net = Net::new(&device);
-    let plain = {
-        let net = net.clone();
-        let mut optim: ModuleOptimizer = AdamConfig::new().init();
+    for lr in [1e-4, 1e-3] {
+        let plain = {
+            let net = net.clone();
+            let mut optim: ModuleOptimizer = AdamConfig::new().init();
+            let loss = net.loss(1.0, &device);
+            let grads = GradientsParams::from_grads(loss.backward(), &net);
+            weights(&optim.step(lr, net, grads))
+        };
+        let mut optim = GuardedOptimizer::new(AdamConfig::new().init(), Guard::default());
         let loss = net.loss(1.0, &device);
         let grads = GradientsParams::from_grads(loss.backward(), &net);
-        weights(&optim.step(1e-4, net, grads))
-    };
-    let mut optim = GuardedOptimizer::new(AdamConfig::new().init(), Guard::default());
-    let loss = net.loss(1.0, &device);
-    let grads = GradientsParams::from_grads(loss.backward(), &net);
-    // Adam's first step moves every weight by about its rate: at 1e-4 that is 0.05% of these
-    // units' norms, inside every bound (at 1e-3 the unit-wise bound of 0.5% fires here).
-    let step = optim.step(1e-4, net, grads, Some(loss)).unwrap();
-    let check = step.report.update.unwrap();
-    assert!(!check.changes_anything(), "{check:?}");
-    assert_eq!(weights(&step.module), plain);
+        // Adam's first step moves every weight by its rate: at Adam's default 1e-3 that is
+        // 0.2–0.6% of these units' norms — past gradient descent's unit-wise τ_u = 0.5%, inside
+        // the limits of the normalized family the guard recognizes Adam by.
+        let step = optim.step(lr, net.clone(), grads, Some(loss)).unwrap();
+        let check = step.report.update.unwrap();
+        assert!(!check.changes_anything(), "{lr}: {check:?}");
+        assert_eq!(weights(&step.module), plain, "{lr}");
+    }
 }
 
 #[test]

@@ -239,8 +239,8 @@ where
         grads: &candle_core::backprop::GradStore,
         report: &mut StepReport,
     ) -> Result<(), CandleGuardError> {
-        self.optimizer
-            .set_learning_rate(report.effective_lr(self.base_lr));
+        let stepped_at = report.effective_lr(self.base_lr);
+        self.optimizer.set_learning_rate(stepped_at);
         if self.guard.config().update_bound.is_none() {
             self.optimizer.step(grads)?;
             return Ok(());
@@ -248,9 +248,10 @@ where
         let bound = self.guard.config().update_bound.expect("checked above");
         // Candle's weights are `[out, in]` (PyTorch's): output-first unless the bound says
         // otherwise, so that the units are output neurons.
-        let layout = bound
-            .max_unit_ratio
-            .map(|_| bound.unit_layout.unwrap_or(UnitLayout::OutputFirst));
+        let layout = self
+            .guard
+            .update_needs_units()
+            .then(|| bound.unit_layout.unwrap_or(UnitLayout::OutputFirst));
         let before = copy_weights(&self.vars)?;
         self.optimizer.step(grads)?;
         let mut deltas = Vec::with_capacity(before.len());
@@ -279,7 +280,7 @@ where
             deltas.push(delta);
             spans.push(span);
         }
-        let check = match self.guard.check_update(&norms) {
+        let check = match self.guard.check_update(&norms, stepped_at) {
             Ok(check) => check.expect("the bound is configured"),
             Err(error) => {
                 restore(&self.vars, &before)?;

@@ -1,6 +1,7 @@
 //! `gradguard demo`: the showcase. A deep MLP and a vanilla RNN on a long sequence, first without
-//! a remedy, then with one remedy of every family; a terminal table and `report.html`, every
-//! claim taken from the runs just made.
+//! a remedy, then with one remedy of every family; a transformer language model under AdamW over a
+//! rate grid, plain, clipped and guarded ([`crate::demo_lm`]); a terminal table and `report.html`,
+//! every claim taken from the runs just made.
 
 use std::time::Instant;
 
@@ -10,10 +11,11 @@ use gradguard_lab::{Family, Precision, Remedy, RunConfig};
 use gradguard_report::html::{Report, render};
 use gradguard_report::{Outcome, RunData, RunSummary, best_hand_picked};
 
+use crate::demo_lm::{lm_claims, lm_runs, of_block};
 use crate::files::write_atomically;
 use crate::lab::{ensure_dir, outcome_table, sweep_with_progress};
 use crate::lab_args::DemoArgs;
-use crate::report_cmd::read_runs;
+use crate::report_cmd::{rate_chart, rate_table, read_runs};
 
 const MLP_REMEDIES: &[&str] = &[
     "none",
@@ -116,6 +118,7 @@ pub fn demo_runs(quick: bool) -> Vec<RunConfig> {
             ..base.clone()
         });
     }
+    runs.extend(lm_runs(quick));
     runs
 }
 
@@ -320,14 +323,16 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         .filter(|s| in_precision_block(s))
         .collect();
     all_claims.extend(precision_claims(&block, &data));
+    all_claims.extend(lm_claims(&result.rate_curves));
+    let rates = rate_table(&result);
     let mut intro =
         vec!["Every number and picture below comes from the runs this demo just made.".to_string()];
     intro.extend(all_claims.iter().cloned());
     let html = render(&Report {
         title: "gradguard demo: exploding gradients and what each remedy does",
         intro: &intro,
-        tables: &[],
-        figures: &[],
+        tables: &rates.iter().cloned().collect::<Vec<_>>(),
+        figures: &rate_chart(&result).into_iter().collect::<Vec<_>>(),
         runs: &data,
         headline: true,
     });
@@ -340,13 +345,21 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         }
     }
     println!();
-    let (rows, block): (Vec<&RunSummary>, Vec<&RunSummary>) =
-        summaries.iter().partition(|s| !in_precision_block(s));
+    let lm = of_block(&summaries);
+    let (rows, block): (Vec<&RunSummary>, Vec<&RunSummary>) = summaries
+        .iter()
+        .filter(|s| !lm.contains(*s))
+        .partition(|s| !in_precision_block(s));
     print_table(&rows);
     println!(
         "\nmixed precision: the vanilla RNN on adding at recurrent gain {PRECISION_GAIN}, in f32, f16 and bf16"
     );
     print_table(&block);
+    if let Some(t) = &rates {
+        println!("\ntransformer language model under AdamW: {}", t.caption);
+        let headers: Vec<&str> = t.headers.iter().map(String::as_str).collect();
+        print!("{}", gradguard_report::table::render(&headers, &t.rows));
+    }
     println!();
     for c in &all_claims {
         println!("- {c}");

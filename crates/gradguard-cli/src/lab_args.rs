@@ -80,6 +80,9 @@ pub struct RunFlags {
     /// A text file for the lm task instead of the lab's own (plain, or gzip by its .gz name).
     #[arg(long, value_name = "FILE")]
     pub text: Option<PathBuf>,
+    /// Standard deviation of the lm task's embeddings [default: 0.02 (GPT-2's); Burn's is 1].
+    #[arg(long, value_name = "STD")]
+    pub embed_std: Option<f64>,
     /// The optimizer: sgd, adam or adamw [default: sgd, adamw (lm)].
     #[arg(long, value_name = "sgd|adam|adamw")]
     pub optimizer: Option<OptimizerKind>,
@@ -202,6 +205,9 @@ impl RunFlags {
         c.lm.post_norm |= self.post_norm;
         if let Some(v) = &self.text {
             c.lm.text = Some(v.display().to_string());
+        }
+        if let Some(v) = self.embed_std {
+            c.lm.embed_std = v;
         }
         if let Some(kind) = self.optimizer {
             c.set_optimizer(kind);

@@ -6,6 +6,7 @@
 mod args;
 mod clip;
 mod demo;
+mod demo_lm;
 mod exit;
 mod files;
 mod inspect;

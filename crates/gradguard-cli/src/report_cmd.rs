@@ -111,13 +111,24 @@ pub fn ranking_table(result: &SweepResult) -> Table {
 pub fn rate_table(result: &SweepResult) -> Option<Table> {
     let curves = &result.rate_curves;
     let first = curves.first()?;
-    let mut headers = vec!["task".to_string(), "method".to_string()];
+    let labels = gradguard_lab::sweep::config_labels(curves);
+    let labelled = labels.iter().any(|l| !l.is_empty());
+    let mut headers = vec!["task".to_string()];
+    if labelled {
+        headers.push("configuration".to_string());
+    }
+    headers.push("method".to_string());
     headers.extend(first.lrs.iter().map(|lr| format!("lr {lr}")));
     headers.extend(["best".to_string(), "LR sensitivity".to_string()]);
     let rows = curves
         .iter()
-        .map(|c| {
-            let mut row = vec![c.task.clone(), c.remedy.clone()];
+        .zip(&labels)
+        .map(|(c, label)| {
+            let mut row = vec![c.task.clone()];
+            if labelled {
+                row.push(label.clone());
+            }
+            row.push(c.remedy.clone());
             row.extend(c.losses.iter().zip(&c.failed).map(|(l, &f)| {
                 if f > 0 {
                     format!("{l:.3} ({f} failed)")
@@ -146,14 +157,17 @@ pub fn rate_table(result: &SweepResult) -> Option<Table> {
 /// rate axis: the picture of LR sensitivity (x: log₁₀ of the rate).
 pub fn rate_chart(result: &SweepResult) -> Option<String> {
     use gradguard_report::html::{LineChart, PALETTE, Series, legend};
-    let mut configs: Vec<&str> = result
+    let labels = gradguard_lab::sweep::config_labels(&result.rate_curves);
+    let mut configs: Vec<(&str, &str)> = result
         .rate_curves
         .iter()
-        .map(|c| c.config.as_str())
+        .zip(&labels)
+        .map(|(c, label)| (c.config.as_str(), label.as_str()))
         .collect();
+    configs.sort();
     configs.dedup();
     let mut out = String::new();
-    for config in configs {
+    for (config, label) in configs {
         let curves: Vec<_> = result
             .rate_curves
             .iter()
@@ -176,7 +190,11 @@ pub fn rate_chart(result: &SweepResult) -> Option<String> {
             })
             .collect();
         let chart = LineChart {
-            title: format!("{}: final held-out loss against the rate", curves[0].task),
+            title: format!(
+                "{}{}{label}: final held-out loss against the rate",
+                curves[0].task,
+                if label.is_empty() { "" } else { " " }
+            ),
             x_label: "log₁₀ learning rate".into(),
             y_label: "final held-out loss".into(),
             series: series.clone(),

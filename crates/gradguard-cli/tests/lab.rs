@@ -465,6 +465,8 @@ fn the_quick_demo_prints_its_table_and_writes_the_report() {
         "adding guard,loss-scale=65536 · f16",
         "mixed precision",
         "family",
+        "transformer language model under AdamW",
+        "LR sensitivity",
         "report:",
     ] {
         assert!(stdout.contains(needle), "{needle} missing from:\n{stdout}");
@@ -485,6 +487,7 @@ fn the_quick_demo_prints_its_table_and_writes_the_report() {
         "Gradient through time after the last step",
         "rate (why)",
         "Adam's own rate",
+        "lm: final held-out loss against the rate",
     ] {
         assert!(html.contains(needle), "report lacks {needle}");
     }

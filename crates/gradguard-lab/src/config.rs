@@ -80,6 +80,9 @@ pub struct LmSettings {
     pub post_norm: bool,
     /// A text file to train on instead of the lab's own (plain, or gzip by a `.gz` extension).
     pub text: Option<String>,
+    /// Standard deviation of the token and position embeddings' normal initialization: GPT-2's
+    /// 0.02 by default; 1 is Burn's own `Embedding` default.
+    pub embed_std: f64,
 }
 
 impl Default for LmSettings {
@@ -88,6 +91,7 @@ impl Default for LmSettings {
             heads: 4,
             post_norm: false,
             text: None,
+            embed_std: 0.02,
         }
     }
 }
@@ -207,6 +211,12 @@ impl RunConfig {
             return bad(format!(
                 "the width ({}) must be a multiple of the number of heads ({})",
                 self.width, self.lm.heads
+            ));
+        }
+        if !(self.lm.embed_std > 0.0 && self.lm.embed_std.is_finite()) {
+            return bad(format!(
+                "the embeddings' standard deviation must be positive, got {}",
+                self.lm.embed_std
             ));
         }
         let mut seen = std::collections::BTreeSet::new();

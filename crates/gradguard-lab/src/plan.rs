@@ -202,6 +202,7 @@ impl Plan {
                 heads: config.lm.heads,
                 context: config.seq_len,
                 pre_norm: !config.lm.post_norm,
+                embed_std: config.lm.embed_std,
             }),
         };
         // Build the guard once now so a bad setting fails before training starts.

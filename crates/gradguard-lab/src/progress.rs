@@ -101,6 +101,7 @@ impl Progress {
             stopped: self.stopped.clone(),
             skipped_steps: counters.skipped,
             rollbacks: counters.rolled_back,
+            bounded_steps: counters.bounded_steps,
             non_finite_steps: counters.non_finite_steps,
             target_loss: config.target_loss,
             steps_to_target,

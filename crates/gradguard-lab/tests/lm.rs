@@ -41,6 +41,21 @@ fn the_defaults_are_adamw_with_warmup_and_cosine() {
 }
 
 #[test]
+fn the_default_guard_leaves_a_healthy_adamw_run_bit_for_bit() {
+    // AdamW at the task's own rate: the guard recognizes a normalizing optimizer by its first
+    // step, no bound fires, and the run is the unguarded one exactly.
+    let plain = run(&lm(40));
+    let guarded = run(&RunConfig {
+        remedies: Remedy::parse_list("guard").unwrap(),
+        ..lm(40)
+    });
+    assert_eq!(guarded.bounded_steps, 0, "{guarded:?}");
+    assert_eq!(guarded.skipped_steps + guarded.rollbacks, 0);
+    assert_eq!(plain.final_loss, guarded.final_loss);
+    assert_eq!(plain.final_train_loss, guarded.final_train_loss);
+}
+
+#[test]
 fn two_runs_of_one_configuration_end_with_equal_losses() {
     let a = run(&lm(6));
     let b = run(&lm(6));
@@ -59,6 +74,7 @@ fn position_t_sees_only_symbols_up_to_t() {
         heads: 2,
         context: 8,
         pre_norm: true,
+        embed_std: 0.02,
     }
     .init(&device)
     .unwrap();

@@ -48,6 +48,9 @@ pub struct RunSummary {
     pub skipped_steps: u64,
     /// Rollbacks to a snapshot.
     pub rollbacks: u64,
+    /// Applied steps whose update the guard's update bound scaled down.
+    #[serde(default)]
+    pub bounded_steps: u64,
     /// Steps with NaN/inf in the loss or gradients.
     pub non_finite_steps: u64,
     /// The loss counted as reached for `steps_to_target`.
@@ -300,6 +303,7 @@ mod tests {
             stopped: None,
             skipped_steps: 0,
             rollbacks: 0,
+            bounded_steps: 0,
             non_finite_steps: 0,
             target_loss: 0.1,
             steps_to_target: None,

@@ -56,7 +56,8 @@ pub use collective_local::ThreadCollective;
 pub use gradients::{Gradients, Source, UnitLayout, UnitSpan};
 pub use guard::{
     Decision, Guard, GuardConfig, GuardCounters, GuardState, LrBackoff, NonFinitePolicy,
-    SpikeAction, StepReport, TensorReport, UpdateBound, UpdateCheck, UpdateNorms, check_update,
+    NormalizedLimits, SpikeAction, StepReport, TensorReport, UpdateBound, UpdateCheck,
+    UpdateFamily, UpdateNorms, check_update,
 };
 pub use host::{HostGradients, HostTensor, Values};
 pub use loss_scale::{LossScaler, LossScalerConfig, LossScalerState, ScaleUpdate};

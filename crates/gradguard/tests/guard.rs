@@ -9,7 +9,7 @@ use gradguard::rules::{
 };
 use gradguard::{
     Decision, Gradients, Guard, GuardConfig, GuardError, HostGradients, LrBackoff, NonFinitePolicy,
-    NormType, SpikeAction, UpdateBound, UpdateNorms,
+    NormType, SpikeAction, UpdateBound, UpdateFamily, UpdateNorms,
 };
 
 fn batch(scale: f32) -> HostGradients {
@@ -449,7 +449,7 @@ fn an_oversized_update_backs_off_the_rate_and_the_bound_but_is_no_bad_step() {
     let report = g.step(&mut batch(1.0), Some(1.0)).unwrap();
     assert_eq!(report.decision, Decision::Apply);
     let check = g
-        .check_update(&[update("a", 1.0, 5.0), update("b", 1.0, 0.001)])
+        .check_update(&[update("a", 1.0, 5.0), update("b", 1.0, 0.001)], 0.1)
         .unwrap()
         .unwrap();
     assert!(check.global_scale < 1.0 && check.bounded == 2, "{check:?}");
@@ -458,12 +458,15 @@ fn an_oversized_update_backs_off_the_rate_and_the_bound_but_is_no_bad_step() {
     assert_eq!(g.counters().applied, 1);
     // The next step's bound is τ·m.
     g.step(&mut batch(1.0), Some(1.0)).unwrap();
-    let check = g.check_update(&[update("a", 1.0, 0.01)]).unwrap().unwrap();
+    let check = g
+        .check_update(&[update("a", 1.0, 0.01)], 0.1)
+        .unwrap()
+        .unwrap();
     assert_eq!(check.max_ratio, 0.05);
     // The default's floor is τ itself: the global bound holds still while the rate backs off.
     let d = UpdateBound::default();
     assert_eq!(
-        gradguard::check_update(&d, 0.25, &[]).max_ratio,
+        gradguard::check_update(&d, UpdateFamily::Proportional, 0.25, &[]).max_ratio,
         d.max_ratio
     );
     assert!(!check.changes_anything());
@@ -480,7 +483,7 @@ fn non_finite_updates_are_bad_steps_and_stop_at_the_limit() {
     );
     for i in 0..3 {
         g.step(&mut batch(1.0), Some(1.0)).unwrap();
-        let result = g.check_update(&[update("layers.0.weight", 1.0, f64::INFINITY)]);
+        let result = g.check_update(&[update("layers.0.weight", 1.0, f64::INFINITY)], 0.1);
         if i < 2 {
             assert!(result.unwrap().unwrap().revert);
             assert_eq!(g.counters().consecutive_bad, i + 1);
@@ -504,7 +507,11 @@ fn the_bound_can_be_switched_off() {
         vec![],
     );
     g.step(&mut batch(1.0), Some(1.0)).unwrap();
-    assert!(g.check_update(&[update("a", 1.0, 1e9)]).unwrap().is_none());
+    assert!(
+        g.check_update(&[update("a", 1.0, 1e9)], 0.1)
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(g.lr_multiplier(), 1.0);
 }
 
@@ -560,4 +567,46 @@ fn clipping_with_a_reduced_total_equals_clipping_the_whole() {
             .collect();
         assert_eq!(split, joint, "{norm:?}");
     }
+}
+
+#[test]
+fn the_guard_recognizes_the_optimizer_once_and_keeps_it_in_its_state() {
+    let mut g = guard(quiet(), vec![]);
+    g.step(&mut batch(1.0), Some(1.0)).unwrap();
+    // A first step that moves each of 4 values by the rate 0.005 (a ratio of 1%, inside every
+    // bound): a normalizing optimizer's.
+    let check = g
+        .check_update(&[update("a", 1.0, 0.01)], 0.005)
+        .unwrap()
+        .unwrap();
+    assert_eq!(check.family, UpdateFamily::Normalized);
+    assert_eq!(g.counters().update_family, Some(UpdateFamily::Normalized));
+    assert_eq!(g.counters().bounded_steps, 0);
+    // Later steps do not re-recognize: a step far from the rate is still judged as Adam's, and
+    // its oversized update (ratio 3 > τ) is counted as bounded.
+    g.step(&mut batch(1.0), Some(1.0)).unwrap();
+    let check = g
+        .check_update(&[update("a", 1.0, 3.0)], 0.005)
+        .unwrap()
+        .unwrap();
+    assert_eq!(check.family, UpdateFamily::Normalized);
+    assert_eq!(g.counters().bounded_steps, 1);
+    let state = serde_json::to_string(&g.state()).unwrap();
+    assert!(state.contains("normalized"), "{state}");
+    // A bound that names the family skips the recognition.
+    let config = GuardConfig {
+        update_bound: Some(UpdateBound {
+            family: Some(UpdateFamily::Proportional),
+            ..UpdateBound::default()
+        }),
+        ..quiet()
+    };
+    let mut g = guard(config, vec![]);
+    g.step(&mut batch(1.0), Some(1.0)).unwrap();
+    let check = g
+        .check_update(&[update("a", 1.0, 0.01)], 0.005)
+        .unwrap()
+        .unwrap();
+    assert_eq!(check.family, UpdateFamily::Proportional);
+    assert_eq!(g.counters().update_family, None);
 }

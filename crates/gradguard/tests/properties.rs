@@ -9,6 +9,7 @@ use gradguard::rules::{
 };
 use gradguard::{
     Gradients, Guard, GuardConfig, GuardState, HostGradients, HostTensor, NormType, UnitLayout,
+    UpdateFamily, UpdateNorms,
 };
 use proptest::prelude::*;
 
@@ -216,5 +217,42 @@ proptest! {
         }));
         prop_assert_eq!(got, expected);
         prop_assert_eq!(serde_json::to_string(&resumed.state()).unwrap(), serde_json::to_string(&whole.state()).unwrap());
+    }
+
+    /// The family is recognized from the shape of the step, not its units: scaling the rate and
+    /// every update by c, or the weights by w, changes nothing; and a step in which every unit
+    /// moves by the rate per value (within the factor 1.25) is a normalizing optimizer's.
+    #[test]
+    fn the_family_is_scale_free_and_a_step_at_the_rate_is_normalized(
+        steps in prop::collection::vec(prop::collection::vec(0.0f64..3.0, 1..8), 1..6),
+        lr in 1e-6f64..1.0,
+        c in 1e-3f64..1e3,
+        w in 1e-3f64..1e3,
+        jitter in prop::collection::vec(0.81f64..1.24, 8),
+    ) {
+        let unit_len = 16usize;
+        let tensor = |i: usize, per_value: &[f64], scale: f64, weights: f64| UpdateNorms {
+            name: format!("t{i}"),
+            len: per_value.len() * unit_len,
+            weight: weights * (per_value.len() as f64).sqrt(),
+            update: scale * per_value.iter().map(|s| s * s * unit_len as f64).sum::<f64>().sqrt(),
+            units: per_value
+                .iter()
+                .map(|s| (weights, scale * s * (unit_len as f64).sqrt()))
+                .collect(),
+        };
+        let norms: Vec<UpdateNorms> = steps.iter().enumerate().map(|(i, s)| tensor(i, s, lr, 1.0)).collect();
+        let scaled: Vec<UpdateNorms> = steps.iter().enumerate().map(|(i, s)| tensor(i, s, lr * c, w)).collect();
+        prop_assert_eq!(UpdateFamily::recognize(&norms, lr), UpdateFamily::recognize(&scaled, lr * c));
+        // Every unit of every tensor at the rate, up to the jitter: normalized.
+        let at_rate: Vec<UpdateNorms> = steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let per_value: Vec<f64> = (0..s.len()).map(|u| jitter[(i + u) % jitter.len()]).collect();
+                tensor(i, &per_value, lr, w)
+            })
+            .collect();
+        prop_assert_eq!(UpdateFamily::recognize(&at_rate, lr), Some(UpdateFamily::Normalized));
     }
 }

@@ -16,9 +16,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::LabError;
 
-/// Standard deviation of the embeddings (GPT-2's).
-const EMBEDDING_STD: f64 = 0.02;
-
 /// Shape of a [`LmTransformer`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TransformerConfig {
@@ -35,6 +32,8 @@ pub struct TransformerConfig {
     /// Layer norm before each sub-layer (pre-norm, GPT-2) or after the residual sum (post-norm,
     /// Vaswani et al. 2017).
     pub pre_norm: bool,
+    /// Standard deviation of the embeddings' normal initialization (GPT-2's is 0.02).
+    pub embed_std: f64,
 }
 
 impl TransformerConfig {
@@ -50,7 +49,7 @@ impl TransformerConfig {
             EmbeddingConfig::new(n, self.width)
                 .with_initializer(Initializer::Normal {
                     mean: 0.0,
-                    std: EMBEDDING_STD,
+                    std: self.embed_std,
                 })
                 .init(device)
         };

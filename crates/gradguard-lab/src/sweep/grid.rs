@@ -74,6 +74,7 @@ struct GridFile {
     heads: Option<usize>,
     post_norm: Option<bool>,
     text: Option<String>,
+    embed_std: Option<f64>,
     depth: Option<OneOrMany<usize>>,
     lr: Option<OneOrMany<f64>>,
     init: Option<OneOrMany<String>>,
@@ -99,7 +100,7 @@ impl Grid {
 
     /// Parses a TOML grid file; `path` names it in errors. Keys: `task`, `width`, `cell`,
     /// `seq_len`, `steps`, `batch`, `target_loss`, `precision`, `optimizer`, `beta1`, `beta2`,
-    /// `eps`, `weight_decay`, `schedule`, `warmup`, `heads`, `post_norm`, `text` (one value
+    /// `eps`, `weight_decay`, `schedule`, `warmup`, `heads`, `post_norm`, `text`, `embed_std` (one value
     /// each; the lm task warms up over 10% of its steps unless `warmup` is given) and `depth`, `activation`,
     /// `lr`, `init`, `init_gain`, `remedy`, `seed` (a value or a list). Unset keys take the task's
     /// defaults ([`RunConfig::for_task`]).
@@ -176,6 +177,9 @@ impl Grid {
         }
         if let Some(v) = file.text {
             base.lm.text = Some(v);
+        }
+        if let Some(v) = file.embed_std {
+            base.lm.embed_std = v;
         }
         let mut grid = Grid::single(base);
         if let Some(v) = file.depth {

@@ -13,10 +13,10 @@ mod sensitivity;
 mod verdict;
 
 pub use grid::Grid;
-pub use sensitivity::{RateCurve, lr_sensitivity, rate_curves};
+pub use sensitivity::{RateCurve, config_labels, lr_sensitivity, rate_curves};
 pub use verdict::{GuardVerdict, TWIN_TOLERANCE, TwinVerdict, WorstCell, guard_verdict};
 
-use crate::config::RunConfig;
+use crate::config::{LmSettings, RunConfig};
 use crate::error::LabError;
 use crate::train::{TrainOptions, TrainOutcome, train};
 
@@ -40,8 +40,13 @@ pub fn run_name(config: &RunConfig) -> String {
         format!("{}-T{}", config.cell.name(), config.seq_len)
     } else if config.task == crate::tasks::Task::Lm {
         let norm = if config.lm.post_norm { "post" } else { "pre" };
+        let embed = if config.lm.embed_std == LmSettings::default().embed_std {
+            String::new()
+        } else {
+            format!("-e{}", config.lm.embed_std)
+        };
         format!(
-            "d{}-w{}-h{}-T{}-{norm}",
+            "d{}-w{}-h{}-T{}-{norm}{embed}",
             config.depth, config.width, config.lm.heads, config.seq_len
         )
     } else {

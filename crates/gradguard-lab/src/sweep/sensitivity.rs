@@ -155,12 +155,72 @@ pub fn rate_curves(runs: &[SweepRun]) -> Vec<RateCurve> {
             seeds: seeds.len(),
         });
     }
+    curves.sort_by(|a, b| (&a.task, &a.config).cmp(&(&b.task, &b.config)));
     curves
+}
+
+/// A short name for each curve's configuration: the settings that differ between the curves'
+/// configurations, as `key=value` (empty when they all share one configuration).
+pub fn config_labels(curves: &[RateCurve]) -> Vec<String> {
+    let parsed: Vec<serde_json::Map<String, serde_json::Value>> = curves
+        .iter()
+        .map(|c| match serde_json::from_str(&c.config) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        })
+        .collect();
+    let mut keys: Vec<&String> = parsed.iter().flat_map(|m| m.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let differing: Vec<&String> = keys
+        .into_iter()
+        .filter(|k| parsed.iter().any(|m| m.get(*k) != parsed[0].get(*k)))
+        .collect();
+    parsed
+        .iter()
+        .map(|m| {
+            let value = |k: &String| match m.get(k) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(v) => v.to_string(),
+                None => "–".into(),
+            };
+            differing
+                .iter()
+                .map(|k| format!("{k}={}", value(k)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn curve(remedy: &str, config: &str) -> RateCurve {
+        RateCurve {
+            task: "mlp".into(),
+            remedy: remedy.into(),
+            config: config.into(),
+            lrs: vec![0.1, 1.0],
+            losses: vec![1.0, 2.0],
+            failed: vec![0, 0],
+            best_loss: 1.0,
+            best_lr: 0.1,
+            sensitivity: 0.5,
+            seeds: 1,
+        }
+    }
+
+    #[test]
+    fn configurations_are_named_by_what_differs() {
+        let curves = [
+            curve("none", r#"{"depth":8,"activation":"relu","width":64}"#),
+            curve("none", r#"{"depth":24,"activation":"relu","width":64}"#),
+        ];
+        assert_eq!(config_labels(&curves), ["depth=8", "depth=24"]);
+        assert_eq!(config_labels(&curves[..1]), [""]);
+    }
 
     #[test]
     fn a_known_table() {

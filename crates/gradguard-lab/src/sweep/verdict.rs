@@ -218,6 +218,7 @@ mod tests {
                 stopped: None,
                 skipped_steps: 0,
                 rollbacks: 0,
+                bounded_steps: 0,
                 non_finite_steps: 0,
                 target_loss: 0.5,
                 steps_to_target: None,

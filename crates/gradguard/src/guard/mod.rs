@@ -7,7 +7,9 @@ mod update_bound;
 
 pub use config::{GuardConfig, LrBackoff, NonFinitePolicy, SpikeAction};
 pub use report::{Decision, StepReport, TensorReport};
-pub use update_bound::{UpdateBound, UpdateCheck, UpdateNorms, check_update};
+pub use update_bound::{
+    NormalizedLimits, UpdateBound, UpdateCheck, UpdateFamily, UpdateNorms, check_update,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +46,13 @@ pub struct GuardCounters {
     pub snapshot_step: Option<u64>,
     /// The current learning-rate multiplier.
     pub lr_multiplier: f64,
+    /// Applied steps whose update the update bound scaled down (as a whole or in some units).
+    #[serde(default)]
+    pub bounded_steps: u64,
+    /// The optimizer family the update bound recognized on the first update it judged
+    /// ([`UpdateFamily::recognize`]); `None` before that, or when the bound's setting names it.
+    #[serde(default)]
+    pub update_family: Option<UpdateFamily>,
 }
 
 impl GuardCounters {
@@ -68,6 +77,8 @@ impl Default for GuardCounters {
             since_snapshot: 0,
             snapshot_step: None,
             lr_multiplier: 1.0,
+            bounded_steps: 0,
+            update_family: None,
         }
     }
 }
@@ -473,17 +484,31 @@ impl Guard {
 
     /// Judges the update the optimizer produced for a step this guard decided to apply, under
     /// the configured [`UpdateBound`] (`None` when the bound is off). The adapter measures, per
-    /// parameter, ‖w‖ before the step and ‖Δw‖ of the step, calls this, and then replaces each
-    /// update by `scale · Δw`; on `revert` (a non-finite weight or update: the optimizer
-    /// overflowed) it restores the weights and optimizer state from before the step, which this
-    /// method counts as a skipped bad step (backing off the LR, and stopping with
+    /// parameter, ‖w‖ before the step and ‖Δw‖ of the step, calls this with the rate the optimizer
+    /// stepped at (the schedule's rate times the LR multiplier), and then replaces each update by
+    /// `scale · Δw`; on `revert` (a non-finite weight or update: the optimizer overflowed) it
+    /// restores the weights and optimizer state from before the step, which this method counts
+    /// as a skipped bad step (backing off the LR, and stopping with
     /// [`GuardError::TooManyBadSteps`] past the limit, as any bad step). Bounding an update is not
     /// a bad step: it is how the guard lets a run with an oversized first gradient go on.
-    pub fn check_update(&mut self, norms: &[UpdateNorms]) -> Result<Option<UpdateCheck>> {
+    ///
+    /// The first call recognizes the optimizer's family from its update at `lr`
+    /// ([`UpdateFamily::recognize`]) unless the bound's setting names it, and keeps it in the
+    /// counters (saved with the guard's state); until a family is known the bound's own limits
+    /// (those of gradient descent) apply.
+    pub fn check_update(&mut self, norms: &[UpdateNorms], lr: f64) -> Result<Option<UpdateCheck>> {
         let Some(bound) = self.config.update_bound else {
             return Ok(None);
         };
-        let check = check_update(&bound, self.counters.lr_multiplier, norms);
+        if bound.family.is_none() && self.counters.update_family.is_none() {
+            self.counters.update_family = UpdateFamily::recognize(norms, lr);
+        }
+        let family = bound
+            .family
+            .or(self.counters.update_family)
+            .unwrap_or(UpdateFamily::Proportional);
+        let check = check_update(&bound, family, self.counters.lr_multiplier, norms);
+        self.counters.bounded_steps += u64::from(!check.revert && check.bounded > 0);
         if !check.revert && check.global_scale < 1.0 {
             // An oversized step: the rate is too large for where the model is now. Back off the
             // rate (and with it the bound) as after any trouble; calm steps bring both back.
@@ -509,6 +534,15 @@ impl Guard {
             }
         }
         Ok(Some(check))
+    }
+
+    /// Whether the adapter must measure each unit's update norms for [`Guard::check_update`]:
+    /// the update bound is on and has a unit-wise limit for the optimizer's family, or the
+    /// family is still to be recognized.
+    pub fn update_needs_units(&self) -> bool {
+        self.config
+            .update_bound
+            .is_some_and(|bound| bound.measures_units(bound.family.or(self.counters.update_family)))
     }
 
     /// Updates counters and the LR multiplier; returns whether to snapshot after this step.

@@ -40,16 +40,19 @@
 //! the same cap on what the step does to each neuron. It is what the deep tanh nets at high
 //! rates, where AGC beat every other rule, needed from the default (README "The default guard").
 //!
-//! Alternatives measured and rejected (README "The default guard" has the numbers): a per-tensor
-//! bound alone at 0.1 — every layer moving 10% at once compounds over depth and collapsed a deep
-//! net to the trivial predictor in 6 steps; a global bound without backing off the rate (106 of
-//! 162 grid cells within target at 0.01, against 121 with it); a bound that shrinks with the rate
-//! (88); the gradient-norm spike detector with rollback — it fired on the natural growth of the
-//! gradient norm when a healthy deep net started learning, while the update bound already keeps
-//! an oversized gradient from the weights. Measured later, against the default's 122 on seeds
-//! 0–2: faster recovery of the rate (118), backing off only by the factor a step needed (122) or
-//! only for steps twice the bound (120), and a per-tensor bound as tight as the global one
-//! (0.01: 131), which did not hold on seeds 3–5 (129, as the default).
+//! # Two families of optimizers, two sets of limits
+//!
+//! An optimizer whose update is the gradient times the rate (SGD, with or without momentum) moves
+//! a unit by as much as its gradient says: there the unit-wise bound is AGC and the global bound
+//! with its back-off catches an exploding gradient. An optimizer that normalizes each coordinate
+//! (Adam, AdamW, Adagrad, Lion, …) moves every weight by about the rate whatever the gradient's
+//! size, so the same limits become a cap on the rate itself — one that a healthy AdamW run at its
+//! best rate can exceed on most units of every step. The bound therefore recognizes the family
+//! from the first update it judges ([`UpdateFamily::recognize`]: a normalizing optimizer's first
+//! step moves every unit by the rate per value, `‖Δw_u‖ = η·√n_u`) and applies its own limits to
+//! normalizing optimizers ([`UpdateBound::normalized`]: by default no unit-wise bound and
+//! τ = 0.015), loose enough to leave a healthy run untouched, tight enough to back a rate tens of
+//! times too large off. The measurements that chose every number are in `docs/measurements/`.
 
 use serde::{Deserialize, Serialize};
 
@@ -91,18 +94,115 @@ pub struct UpdateBound {
     /// 108 at rates the grid never had (0.05, 0.25; seeds 6–8; 73 without), and 27 of 27 on each
     /// recurrent grid (seeds 3–5; 26 without). Chosen in AGC's form (λ = τ_u/η on the
     /// gradient, seeds 0–2): 0.005 scored 147, 0.01 125, 0.0025 129.
-    /// Under Adam at 1e-3 it fires on healthy runs (units of fan-in above ≈ 25): within 10% of
-    /// plain Adam in 19 of 24 lab runs; switch it off (`None`) or raise it there.
+    /// For an optimizer that normalizes each coordinate (Adam, AdamW, …) this limit would cap the
+    /// rate itself; [`Self::normalized`] holds the one used there.
     /// Rate-free, it is 5× looser than AGC's λ = 0.01 at η = 0.1, where AGC stays ahead on
-    /// 40-layer tanh nets; a bound shrinking with depth (τ_u·min(1, √(9/L)) over L weight
-    /// layers) closed that gap but not on held-out seeds (142 of 162, the default's), and
-    /// counting layers misjudges residual networks, whose branches add (README).
+    /// 40-layer tanh nets (README).
     pub max_unit_ratio: Option<f64>,
     /// Which axis of a weight holds its units. `None` (the default): the framework's own, as its
     /// adapter knows it — Burn's `[in, out]` (input-first) in `gradguard-burn`, Candle's
     /// `[out, in]` (output-first, PyTorch's) in `gradguard-candle` — so that the units are
     /// output neurons either way.
     pub unit_layout: Option<UnitLayout>,
+    /// The limits for an optimizer that normalizes each coordinate (Adam, AdamW, …), which
+    /// replace `max_ratio` and `max_unit_ratio` when the bound judges such an optimizer's
+    /// update. `max_tensor_ratio` and `min_ratio` are shared.
+    pub normalized: NormalizedLimits,
+    /// Which family the guarded optimizer belongs to. `None` (the default): recognized from the
+    /// first update the bound judges ([`UpdateFamily::recognize`]); set it when the optimizer's
+    /// first step is not its usual one (a run resumed with an optimizer state but a fresh guard,
+    /// per-group learning rates).
+    pub family: Option<UpdateFamily>,
+}
+
+/// The update bound's limits for an optimizer that normalizes each coordinate.
+///
+/// Such an optimizer moves each weight by about its rate η whatever the gradient, so a unit of
+/// values of typical size σ moves by r_u ≈ η/σ of its norm: a limit on r_u is a limit on η/σ, unit
+/// by unit, and gradient descent's τ_u = 0.005 slowed AdamW's best run by 1.2% on the lab's
+/// transformer, while a looser one scaled some units and not others and, on a deep ReLU MLP under
+/// Adam at ten times its best rate, ended three times above plain Adam. What is left by default is
+/// the global bound with its LR back-off, a controller of the rate: nothing happens while the
+/// step moves the model by less than τ = 1.5%, and a rate tens of times too large is backed off
+/// until it does not. Measured on the lab's transformer (two initializations, two widths,
+/// constant and cosine schedules) and its MLP under Adam
+/// (`docs/measurements/2026-12-04-normalized-update-bound.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NormalizedLimits {
+    /// τ for a normalizing optimizer: the largest ‖Δθ‖/‖θ‖ of a step before the rate backs off.
+    /// Default 0.015: the best rates of the lab's transformer moved it by 0.6–0.8% a step.
+    pub max_ratio: f64,
+    /// τ_u for a normalizing optimizer; `None` (the default) switches the unit-wise bound off
+    /// for it.
+    pub max_unit_ratio: Option<f64>,
+}
+
+impl Default for NormalizedLimits {
+    fn default() -> Self {
+        NormalizedLimits {
+            max_ratio: 0.015,
+            max_unit_ratio: None,
+        }
+    }
+}
+
+/// How an optimizer's update depends on the gradient, as far as the update bound is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateFamily {
+    /// The update is the gradient (or a running sum of gradients) times the rate: SGD, momentum,
+    /// Nesterov. The bound's own limits apply.
+    Proportional,
+    /// The update is normalized per coordinate, so each weight moves by about the rate: Adam,
+    /// AdamW, Adagrad, Lion and their kin. [`UpdateBound::normalized`] applies.
+    Normalized,
+}
+
+impl UpdateFamily {
+    /// Recognizes the family from one update made at rate `lr`, by the first step's signature of
+    /// a normalizing optimizer: every coordinate with a gradient moves by the rate (Adam's first
+    /// step is `η·g/(|g| + ε)`, Adagrad's `η·g/√(g² + ε)`, Lion's `η·sign(·)`), so each unit
+    /// moves by `‖Δw_u‖ = η·√n_u`. Per tensor, the largest `‖Δw_u‖ / √n_u` over its units (a
+    /// unit without a gradient does not move) over η is its step per value; the update is
+    /// normalized when at least 90% of the values that moved lie in tensors whose step per value
+    /// is within a factor 1.25 of η. Gradient descent moves a tensor by η times its gradient's
+    /// size, which is rarely 1 per value across the whole model. `None` when `lr` is not positive
+    /// and finite, an update is not finite, or nothing moved: nothing to recognize.
+    pub fn recognize(norms: &[UpdateNorms], lr: f64) -> Option<UpdateFamily> {
+        if !(lr > 0.0 && lr.is_finite()) {
+            return None;
+        }
+        let per_value = |n: &UpdateNorms| -> f64 {
+            if n.units.is_empty() {
+                n.update / (n.len.max(1) as f64).sqrt()
+            } else {
+                let unit_len = (n.len as f64 / n.units.len() as f64).max(1.0);
+                n.units.iter().map(|&(_, u)| u).fold(0.0, f64::max) / unit_len.sqrt()
+            }
+        };
+        let (mut moved, mut at_rate) = (0usize, 0usize);
+        for n in norms {
+            let step = per_value(n) / lr;
+            if !step.is_finite() {
+                return None;
+            }
+            if step > 0.0 {
+                moved += n.len;
+                if (0.8..=1.25).contains(&step) {
+                    at_rate += n.len;
+                }
+            }
+        }
+        if moved == 0 {
+            return None;
+        }
+        Some(if at_rate as f64 >= 0.9 * moved as f64 {
+            UpdateFamily::Normalized
+        } else {
+            UpdateFamily::Proportional
+        })
+    }
 }
 
 impl Default for UpdateBound {
@@ -113,6 +213,8 @@ impl Default for UpdateBound {
             min_ratio: 0.01,
             max_unit_ratio: Some(0.005),
             unit_layout: None,
+            normalized: NormalizedLimits::default(),
+            family: None,
         }
     }
 }
@@ -121,13 +223,19 @@ impl UpdateBound {
     /// Checks the setting: every ratio positive and finite.
     pub fn validate(&self) -> Result<()> {
         let unit = self.max_unit_ratio.map(|v| ("max_unit_ratio", v));
+        let normalized_unit = self
+            .normalized
+            .max_unit_ratio
+            .map(|v| ("normalized.max_unit_ratio", v));
         for (name, v) in [
             ("max_ratio", self.max_ratio),
             ("max_tensor_ratio", self.max_tensor_ratio),
             ("min_ratio", self.min_ratio),
+            ("normalized.max_ratio", self.normalized.max_ratio),
         ]
         .into_iter()
         .chain(unit)
+        .chain(normalized_unit)
         {
             if !(v > 0.0 && v.is_finite()) {
                 return Err(GuardError::InvalidConfig(format!(
@@ -136,6 +244,23 @@ impl UpdateBound {
             }
         }
         Ok(())
+    }
+
+    /// Whether the adapter must measure units for an optimizer of `family` (`None`: not yet
+    /// known, and units make its recognition robust to embedding rows that did not move).
+    pub fn measures_units(&self, family: Option<UpdateFamily>) -> bool {
+        match family {
+            Some(family) => self.limits(family).1.is_some(),
+            None => true,
+        }
+    }
+
+    /// (τ, τ_u) for an optimizer of `family`.
+    pub fn limits(&self, family: UpdateFamily) -> (f64, Option<f64>) {
+        match family {
+            UpdateFamily::Proportional => (self.max_ratio, self.max_unit_ratio),
+            UpdateFamily::Normalized => (self.normalized.max_ratio, self.normalized.max_unit_ratio),
+        }
     }
 }
 
@@ -158,6 +283,9 @@ pub struct UpdateNorms {
 /// What the update bound found and did on one step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UpdateCheck {
+    /// The optimizer family whose limits were applied.
+    #[serde(default = "proportional")]
+    pub family: UpdateFamily,
     /// τ·m, the bound in force on this step.
     pub max_ratio: f64,
     /// ‖Δθ‖ / ‖θ‖ over the whole model, of the optimizer's own update before any bound (NaN when
@@ -181,6 +309,10 @@ pub struct UpdateCheck {
     pub bounded: usize,
     /// A weight or an update is non-finite (an overflow in the optimizer): undo the whole step.
     pub revert: bool,
+}
+
+fn proportional() -> UpdateFamily {
+    UpdateFamily::Proportional
 }
 
 impl UpdateCheck {
@@ -213,13 +345,20 @@ fn unit_factors(units: &[(f64, f64)], limit: f64, floor: f64) -> Option<Vec<f64>
     factors.iter().any(|&f| f < 1.0).then_some(factors)
 }
 
-/// Judges one step's update under `bound`, with the guard's current LR multiplier.
+/// Judges one step's update under `bound`'s limits for `family`, with the guard's current LR
+/// multiplier.
 ///
 /// The unit-wise bound comes first (as AGC would clip the gradient before the step); the global
 /// and per-tensor bounds then judge the update it leaves. A model whose weights are all zero has
 /// no scale to be relative to: its updates pass the global and per-tensor bounds.
-pub fn check_update(bound: &UpdateBound, lr_multiplier: f64, norms: &[UpdateNorms]) -> UpdateCheck {
-    let max_ratio = (bound.max_ratio * lr_multiplier).max(bound.min_ratio.min(bound.max_ratio));
+pub fn check_update(
+    bound: &UpdateBound,
+    family: UpdateFamily,
+    lr_multiplier: f64,
+    norms: &[UpdateNorms],
+) -> UpdateCheck {
+    let (tau, tau_unit) = bound.limits(family);
+    let max_ratio = (tau * lr_multiplier).max(bound.min_ratio.min(tau));
     let max_tensor_ratio =
         (bound.max_tensor_ratio * lr_multiplier).max(bound.min_ratio.min(bound.max_tensor_ratio));
     let finite = norms
@@ -230,6 +369,7 @@ pub fn check_update(bound: &UpdateBound, lr_multiplier: f64, norms: &[UpdateNorm
             .iter()
             .find(|n| !(n.weight.is_finite() && n.update.is_finite()));
         return UpdateCheck {
+            family,
             max_ratio,
             global_ratio: f64::NAN,
             global_scale: 0.0,
@@ -250,7 +390,7 @@ pub fn check_update(bound: &UpdateBound, lr_multiplier: f64, norms: &[UpdateNorm
         (weight_sq / total_len as f64).sqrt()
     };
     // The unit-wise bound, and each tensor's update norm after it.
-    let unit_limit = bound.max_unit_ratio.map(|t| t * lr_multiplier);
+    let unit_limit = tau_unit.map(|t| t * lr_multiplier);
     let per_unit: Vec<Option<Vec<f64>>> = norms
         .iter()
         .map(|n| {
@@ -292,6 +432,7 @@ pub fn check_update(bound: &UpdateBound, lr_multiplier: f64, norms: &[UpdateNorm
         1.0
     };
     let mut check = UpdateCheck {
+        family,
         max_ratio,
         global_ratio,
         global_scale,
@@ -335,6 +476,8 @@ pub fn check_update(bound: &UpdateBound, lr_multiplier: f64, norms: &[UpdateNorm
 mod tests {
     use super::*;
 
+    const P: UpdateFamily = UpdateFamily::Proportional;
+
     /// τ = τ_t = 0.1, round numbers for hand-checked cases.
     fn tenth() -> UpdateBound {
         UpdateBound {
@@ -358,7 +501,12 @@ mod tests {
 
     #[test]
     fn small_updates_pass_untouched() {
-        let c = check_update(&tenth(), 1.0, &[norms(10.0, 0.5, 100), norms(2.0, 0.1, 4)]);
+        let c = check_update(
+            &tenth(),
+            P,
+            1.0,
+            &[norms(10.0, 0.5, 100), norms(2.0, 0.1, 4)],
+        );
         assert_eq!(c.scales, vec![1.0, 1.0]);
         assert!(!c.changes_anything());
         assert!((c.largest_ratio - 0.05).abs() < 1e-12);
@@ -370,6 +518,7 @@ mod tests {
         // Globally small (a big quiet tensor), but 4 values move by 5x their norm.
         let c = check_update(
             &tenth(),
+            P,
             1.0,
             &[norms(1000.0, 0.0, 10_000), norms(1.0, 5.0, 4)],
         );
@@ -381,13 +530,13 @@ mod tests {
 
     #[test]
     fn the_bound_never_falls_below_its_floor() {
-        let c = check_update(&tenth(), 1e-6, &[norms(10.0, 1.0, 100)]);
+        let c = check_update(&tenth(), P, 1e-6, &[norms(10.0, 1.0, 100)]);
         assert_eq!(c.max_ratio, tenth().min_ratio);
     }
 
     #[test]
     fn a_large_update_is_scaled_to_the_bound() {
-        let c = check_update(&tenth(), 1.0, &[norms(10.0, 50.0, 100)]);
+        let c = check_update(&tenth(), P, 1.0, &[norms(10.0, 50.0, 100)]);
         assert_eq!(c.bounded, 1);
         // ratio 5, τ 0.1: the update becomes 1, a tenth of the weights' norm.
         assert!((c.scales[0] * 50.0 - 1.0).abs() < 1e-12);
@@ -397,7 +546,12 @@ mod tests {
     #[test]
     fn a_zero_bias_gets_the_room_of_a_typical_tensor() {
         // 100 weights of norm 10 (rms ≈ 0.98 over 104 values), a zero bias of 4 values.
-        let c = check_update(&tenth(), 1.0, &[norms(10.0, 0.0, 100), norms(0.0, 0.1, 4)]);
+        let c = check_update(
+            &tenth(),
+            P,
+            1.0,
+            &[norms(10.0, 0.0, 100), norms(0.0, 0.1, 4)],
+        );
         let rms = (100.0f64 / 104.0).sqrt();
         assert!((c.largest_ratio - 0.1 / (rms * 2.0)).abs() < 1e-12);
         assert_eq!(c.bounded, 0);
@@ -405,7 +559,7 @@ mod tests {
 
     #[test]
     fn the_multiplier_tightens_the_bound() {
-        let c = check_update(&tenth(), 0.25, &[norms(10.0, 0.5, 100)]);
+        let c = check_update(&tenth(), P, 0.25, &[norms(10.0, 0.5, 100)]);
         assert_eq!(c.bounded, 1);
         assert!((c.scales[0] - 0.025 / 0.05).abs() < 1e-12);
     }
@@ -414,18 +568,19 @@ mod tests {
     fn a_non_finite_update_reverts_the_step() {
         let c = check_update(
             &tenth(),
+            P,
             1.0,
             &[norms(1.0, 0.1, 1), norms(1.0, f64::INFINITY, 1)],
         );
         assert!(c.revert);
         assert_eq!(c.largest_tensor.as_deref(), Some("t1"));
-        let c = check_update(&tenth(), 1.0, &[norms(f64::NAN, 0.0, 1)]);
+        let c = check_update(&tenth(), P, 1.0, &[norms(f64::NAN, 0.0, 1)]);
         assert!(c.revert);
     }
 
     #[test]
     fn all_zero_weights_pass() {
-        let c = check_update(&tenth(), 1.0, &[norms(0.0, 3.0, 10)]);
+        let c = check_update(&tenth(), P, 1.0, &[norms(0.0, 3.0, 10)]);
         assert_eq!(c.scales, vec![1.0]);
     }
 
@@ -438,7 +593,7 @@ mod tests {
         };
         let mut n = norms(2f64.sqrt(), (0.25f64 + 1e-6).sqrt(), 8);
         n.units = vec![(1.0, 0.5), (1.0, 0.001)];
-        let c = check_update(&bound, 1.0, &[n.clone()]);
+        let c = check_update(&bound, P, 1.0, &[n.clone()]);
         assert_eq!(c.bounded_units, 1);
         assert_eq!(c.unit_scales[0], vec![0.02, 1.0]);
         // What is left, √(0.01² + 0.001²) over ‖θ‖ = √2, is inside the global bound of 0.1,
@@ -446,16 +601,117 @@ mod tests {
         assert!((c.global_ratio - (0.25f64 + 1e-6).sqrt() / 2f64.sqrt()).abs() < 1e-12);
         assert_eq!(c.global_scale, 1.0);
         // The multiplier tightens it; off, nothing changes.
-        let c = check_update(&bound, 0.5, &[n.clone()]);
+        let c = check_update(&bound, P, 0.5, &[n.clone()]);
         assert_eq!(c.unit_scales[0], vec![0.01, 1.0]);
-        assert!(check_update(&tenth(), 1.0, &[n.clone()]).unit_scales[0].is_empty());
+        assert!(check_update(&tenth(), P, 1.0, &[n.clone()]).unit_scales[0].is_empty());
         // A unit of zero weights is judged against a typical unit of its size: rms(θ)·√n_u,
         // here √(1/8)·√4 = √0.5 (the model's ‖θ‖ = 1, 8 values, 2 units of 4).
         n.weight = 1.0;
         n.units = vec![(0.0, 0.02), (1.0, 0.001)];
-        let c = check_update(&bound, 1.0, &[n]);
+        let c = check_update(&bound, P, 1.0, &[n]);
         let ratio = 0.02 / 0.5f64.sqrt();
         assert!((c.unit_scales[0][0] - 0.01 / ratio).abs() < 1e-12, "{c:?}");
+    }
+
+    /// One tensor of `units` units of `unit_len` values each, every unit moving by `step` per
+    /// value (its update norm `step·√unit_len`), with unit weights of norm 1.
+    fn moving(
+        name: &str,
+        units: usize,
+        unit_len: usize,
+        step: impl Fn(usize) -> f64,
+    ) -> UpdateNorms {
+        let units: Vec<(f64, f64)> = (0..units)
+            .map(|u| (1.0, step(u) * (unit_len as f64).sqrt()))
+            .collect();
+        let (w, d) = units
+            .iter()
+            .fold((0.0, 0.0), |(w, d), &(a, b)| (w + a * a, d + b * b));
+        UpdateNorms {
+            name: name.into(),
+            len: units.len() * unit_len,
+            weight: w.sqrt(),
+            update: d.sqrt(),
+            units,
+        }
+    }
+
+    #[test]
+    fn a_first_step_that_moves_every_value_by_the_rate_is_a_normalizing_optimizers() {
+        let lr = 3e-3;
+        // Adam's first step: every unit with a gradient moves by η per value; rows of an
+        // embedding the batch did not use do not move; a bias whose gradient is below ε moves
+        // less (a tiny tensor: it does not change the verdict).
+        let adam = [
+            moving("embedding", 100, 64, |u| if u % 3 == 0 { 0.0 } else { lr }),
+            moving("linear", 64, 64, |_| lr * 1.02),
+            moving("bias", 1, 64, |_| lr * 0.1),
+        ];
+        assert_eq!(
+            UpdateFamily::recognize(&adam, lr),
+            Some(UpdateFamily::Normalized)
+        );
+        // Gradient descent: each tensor moves by η times its gradient, which differs by layer.
+        let sgd = [
+            moving("layer0", 64, 64, |u| lr * 0.01 * (1 + u % 5) as f64),
+            moving("layer1", 64, 64, |_| lr * 3.0),
+            moving("layer2", 64, 64, |_| lr * 1.0),
+        ];
+        assert_eq!(
+            UpdateFamily::recognize(&sgd, lr),
+            Some(UpdateFamily::Proportional)
+        );
+        // Without units the tensor's own step per value is used.
+        let whole = [norms(1.0, lr * 10.0, 100)];
+        assert_eq!(
+            UpdateFamily::recognize(&whole, lr),
+            Some(UpdateFamily::Normalized)
+        );
+        // Nothing to recognize: no rate, nothing moved, a non-finite update.
+        assert_eq!(UpdateFamily::recognize(&adam, 0.0), None);
+        assert_eq!(UpdateFamily::recognize(&adam, f64::NAN), None);
+        assert_eq!(UpdateFamily::recognize(&[norms(1.0, 0.0, 10)], lr), None);
+        assert_eq!(
+            UpdateFamily::recognize(&[norms(1.0, f64::INFINITY, 10)], lr),
+            None
+        );
+    }
+
+    #[test]
+    fn a_normalizing_optimizer_is_judged_by_its_own_limits() {
+        let bound = UpdateBound::default();
+        // Every unit moves by 0.8% of its norm: past gradient descent's τ_u = 0.005; a
+        // normalizing optimizer has no unit-wise bound by default, and the model's 0.8% is inside
+        // its τ.
+        let step = [moving("linear", 16, 16, |_| 0.008 / 4.0)];
+        let c = check_update(&bound, UpdateFamily::Normalized, 1.0, &step);
+        assert!(!c.changes_anything(), "{c:?}");
+        assert_eq!(c.family, UpdateFamily::Normalized);
+        let c = check_update(&bound, P, 1.0, &step);
+        assert_eq!(c.bounded_units, 16);
+        // At 3% the whole step is scaled to τ = 1.5%, every unit alike.
+        let step = [moving("linear", 16, 16, |_| 0.03 / 4.0)];
+        let c = check_update(&bound, UpdateFamily::Normalized, 1.0, &step);
+        assert_eq!((c.bounded_units, c.bounded), (0, 1));
+        assert!((c.global_scale - 0.5).abs() < 1e-12, "{c:?}");
+        assert_eq!(c.max_ratio, bound.normalized.max_ratio);
+        // A unit-wise limit for the family, when set, applies to it.
+        let bound = UpdateBound {
+            normalized: NormalizedLimits {
+                max_unit_ratio: Some(0.01),
+                ..NormalizedLimits::default()
+            },
+            ..bound
+        };
+        let step = [moving("linear", 16, 16, |u| {
+            if u == 0 { 0.03 / 4.0 } else { 0.0 }
+        })];
+        let c = check_update(&bound, UpdateFamily::Normalized, 1.0, &step);
+        assert_eq!(c.bounded_units, 1);
+        assert!((c.unit_scales[0][0] - 0.01 / 0.03).abs() < 1e-12, "{c:?}");
+        assert!(bound.measures_units(Some(UpdateFamily::Normalized)));
+        assert!(!UpdateBound::default().measures_units(Some(UpdateFamily::Normalized)));
+        assert!(UpdateBound::default().measures_units(None));
     }
 
     #[test]
@@ -468,6 +724,14 @@ mod tests {
             assert!(bound.validate().is_err());
             let bound = UpdateBound {
                 max_unit_ratio: Some(t),
+                ..UpdateBound::default()
+            };
+            assert!(bound.validate().is_err());
+            let bound = UpdateBound {
+                normalized: NormalizedLimits {
+                    max_unit_ratio: Some(t),
+                    ..NormalizedLimits::default()
+                },
                 ..UpdateBound::default()
             };
             assert!(bound.validate().is_err());

@@ -5,7 +5,7 @@
 use burn::module::{Module, Param};
 use burn::optim::GradientsParams;
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{AdamW, Linear, Module as _, ParamsAdamW, SGD, VarBuilder, VarMap};
+use candle_nn::{AdamW, Linear, Module as _, Optimizer as _, ParamsAdamW, SGD, VarBuilder, VarMap};
 use gradguard::rules::{Chain, ClipByGlobalNorm, Rule};
 use gradguard::{
     Decision, Gradients, Guard, GuardConfig, HostGradients, HostTensor, NonFinitePolicy,
@@ -326,6 +326,7 @@ fn the_default_guard_bounds_every_output_neurons_update() {
         check.bounded_units > 0,
         "rate 5 moves units by far more: {check:?}"
     );
+    assert_eq!(check.family, gradguard::UpdateFamily::Proportional);
     let after = weights(&vars);
     let total: f64 = before.iter().flatten().map(|&x| f64::from(x).powi(2)).sum();
     let count: usize = before.iter().map(Vec::len).sum();
@@ -344,4 +345,29 @@ fn the_default_guard_bounds_every_output_neurons_update() {
             );
         }
     }
+}
+
+/// AdamW is recognized by its first step (every coordinate moves by the rate) and judged by the
+/// normalizing family's limits: at its default rate nothing fires, and the step is AdamW's own.
+#[test]
+fn adamw_is_recognized_and_its_healthy_step_is_untouched() {
+    let device = Device::Cpu;
+    let (varmap, twin_map) = (VarMap::new(), VarMap::new());
+    let (model, twin) = (Mlp::new(&varmap, &device), Mlp::new(&twin_map, &device));
+    for ((_, a), (_, b)) in named_vars(&twin_map).iter().zip(&named_vars(&varmap)) {
+        a.set(&b.as_tensor().copy().unwrap()).unwrap();
+    }
+    let mut guarded =
+        GuardedOptimizer::<AdamW>::new(&varmap, ParamsAdamW::default(), Guard::default()).unwrap();
+    let report = guarded.step(&model.loss(0, &device)).unwrap();
+    let check = report.update.expect("the default guard bounds updates");
+    assert_eq!(
+        check.family,
+        gradguard::UpdateFamily::Normalized,
+        "{check:?}"
+    );
+    assert!(!check.changes_anything(), "{check:?}");
+    let mut plain = AdamW::new(twin_map.all_vars(), ParamsAdamW::default()).unwrap();
+    plain.backward_step(&twin.loss(0, &device)).unwrap();
+    assert_eq!(weights(guarded.vars()), weights(&named_vars(&twin_map)));
 }

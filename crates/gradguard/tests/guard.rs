@@ -610,3 +610,46 @@ fn the_guard_recognizes_the_optimizer_once_and_keeps_it_in_its_state() {
     assert_eq!(check.family, UpdateFamily::Proportional);
     assert_eq!(g.counters().update_family, None);
 }
+
+#[test]
+fn a_normalizing_optimizers_rate_follows_its_steps_and_warm_up_is_no_trouble() {
+    let mut g = guard(quiet(), vec![]);
+    let lr = 0.005;
+    // One tensor of 4 values of norm 1 whose update's norm is `ratio`, at the schedule's `rate`.
+    let judge = |g: &mut Guard, ratio: f64, rate: f64| {
+        g.step(&mut batch(1.0), Some(1.0)).unwrap();
+        let m = g.lr_multiplier();
+        g.check_update(&[update("a", 1.0, ratio)], rate * m)
+            .unwrap()
+            .unwrap()
+    };
+    // The first step (a normalizing optimizer's, ratio 1%) is recognized; nothing fires.
+    judge(&mut g, 0.01, lr);
+    assert_eq!(g.counters().update_family, Some(UpdateFamily::Normalized));
+    // A warm-up: the rate doubles and the step (ratio 3%) is twice the bound: scaled, m kept.
+    let check = judge(&mut g, 0.03, 2.0 * lr);
+    assert!((check.global_scale - 0.5).abs() < 1e-12, "{check:?}");
+    assert_eq!(g.lr_multiplier(), 1.0);
+    // At a constant rate the same step lowers m by the factor it needed, 0.5.
+    judge(&mut g, 0.03, 2.0 * lr);
+    assert_eq!(g.lr_multiplier(), 0.5);
+    // Steps within the bound raise it again by 5% each, up to 1.
+    judge(&mut g, 0.001, 2.0 * lr);
+    assert!((g.lr_multiplier() - 0.525).abs() < 1e-12);
+    for _ in 0..20 {
+        judge(&mut g, 0.001, 2.0 * lr);
+    }
+    assert_eq!(g.lr_multiplier(), 1.0);
+    // Gradient descent keeps halving on an oversized step, warm-up or not.
+    let config = GuardConfig {
+        update_bound: Some(UpdateBound {
+            family: Some(UpdateFamily::Proportional),
+            ..UpdateBound::default()
+        }),
+        ..quiet()
+    };
+    let mut g = guard(config, vec![]);
+    judge(&mut g, 0.001, lr);
+    judge(&mut g, 0.03, 2.0 * lr);
+    assert_eq!(g.lr_multiplier(), 0.5);
+}

@@ -50,9 +50,9 @@
 //! best rate can exceed on most units of every step. The bound therefore recognizes the family
 //! from the first update it judges ([`UpdateFamily::recognize`]: a normalizing optimizer's first
 //! step moves every unit by the rate per value, `‖Δw_u‖ = η·√n_u`) and applies its own limits to
-//! normalizing optimizers ([`UpdateBound::normalized`]: by default no unit-wise bound and
-//! τ = 0.015), loose enough to leave a healthy run untouched, tight enough to back a rate tens of
-//! times too large off. The measurements that chose every number are in `docs/measurements/`.
+//! normalizing optimizers ([`UpdateBound::normalized`]: by default no unit-wise bound, τ = 0.015,
+//! and an LR multiplier that follows the steps), loose enough to leave a healthy run untouched,
+//! tight enough to bring a rate tens of times too large down. The measurements that chose every number are in `docs/measurements/`.
 
 use serde::{Deserialize, Serialize};
 
@@ -119,13 +119,15 @@ pub struct UpdateBound {
 ///
 /// Such an optimizer moves each weight by about its rate η whatever the gradient, so a unit of
 /// values of typical size σ moves by r_u ≈ η/σ of its norm: a limit on r_u is a limit on η/σ, unit
-/// by unit, and gradient descent's τ_u = 0.005 slowed AdamW's best run by 1.2% on the lab's
-/// transformer, while a looser one scaled some units and not others and, on a deep ReLU MLP under
-/// Adam at ten times its best rate, ended three times above plain Adam. What is left by default is
-/// the global bound with its LR back-off, a controller of the rate: nothing happens while the
-/// step moves the model by less than τ = 1.5%, and a rate tens of times too large is backed off
-/// until it does not. Measured on the lab's transformer (two initializations, two widths,
-/// constant and cosine schedules) and its MLP under Adam
+/// by unit. Gradient descent's τ_u = 0.005 slowed AdamW's best run by 1.2% on the lab's
+/// transformer; a looser one scaled some units and not others and, on a deep ReLU MLP under Adam
+/// at ten times its best rate, ended three times above plain Adam. What is left by default is the
+/// global bound as a controller of the rate: nothing happens while a step moves the model by less
+/// than τ = 1.5% (the best rates measured moved it by 0.6–0.8%), and a rate tens of times too large
+/// is brought down step by step until its steps fit (the guard's `follow_the_rate`: m times the
+/// factor an oversized step needed, back up by `recovery` per step within the bound, and never
+/// down during a warm-up). Measured on the lab's transformer (two initializations, pre- and
+/// post-norm, widths 64 and 128, constant and cosine schedules) and its MLPs under Adam
 /// (`docs/measurements/2026-12-04-normalized-update-bound.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -136,6 +138,12 @@ pub struct NormalizedLimits {
     /// τ_u for a normalizing optimizer; `None` (the default) switches the unit-wise bound off
     /// for it.
     pub max_unit_ratio: Option<f64>,
+    /// The factor by which each step within the bound raises the LR multiplier again (up to 1);
+    /// an oversized step lowers it by the factor the step was scaled by. Default 1.05: a halved
+    /// rate recovers in 15 calm steps. (Gradient descent keeps [`crate::LrBackoff`]'s halving
+    /// and its recovery after 50 calm steps: its oversized steps are explosions, a normalizing
+    /// optimizer's a rate near its edge, which the multiplier should track.)
+    pub recovery: f64,
 }
 
 impl Default for NormalizedLimits {
@@ -143,6 +151,7 @@ impl Default for NormalizedLimits {
         NormalizedLimits {
             max_ratio: 0.015,
             max_unit_ratio: None,
+            recovery: 1.05,
         }
     }
 }
@@ -242,6 +251,12 @@ impl UpdateBound {
                     "update bound {name} must be positive and finite, got {v}"
                 )));
             }
+        }
+        let recovery = self.normalized.recovery;
+        if !(recovery >= 1.0 && recovery.is_finite()) {
+            return Err(GuardError::InvalidConfig(format!(
+                "update bound normalized.recovery must be ≥ 1 and finite, got {recovery}"
+            )));
         }
         Ok(())
     }

@@ -200,14 +200,20 @@ fn nan_gradient(varmap: &VarMap, name: &str) -> Tensor {
     (&b - &same).unwrap().sqrt().unwrap().sum_all().unwrap()
 }
 
-#[test]
-fn a_nan_gradient_is_named_and_the_step_skipped_with_nothing_changed() {
-    let device = Device::Cpu;
+/// Two MLPs with equal weights in two variable maps: a run and its unguarded twin.
+fn twin_mlps(device: &Device) -> ((VarMap, Mlp), (VarMap, Mlp)) {
     let (varmap, twin_map) = (VarMap::new(), VarMap::new());
-    let (model, twin) = (Mlp::new(&varmap, &device), Mlp::new(&twin_map, &device));
+    let (model, twin) = (Mlp::new(&varmap, device), Mlp::new(&twin_map, device));
     for ((_, a), (_, b)) in named_vars(&twin_map).iter().zip(&named_vars(&varmap)) {
         a.set(&b.as_tensor().copy().unwrap()).unwrap();
     }
+    ((varmap, model), (twin_map, twin))
+}
+
+#[test]
+fn a_nan_gradient_is_named_and_the_step_skipped_with_nothing_changed() {
+    let device = Device::Cpu;
+    let ((varmap, model), (twin_map, twin)) = twin_mlps(&device);
     // No rate back-off and no update bound: the twin comparison below isolates the optimizer.
     let guard = || {
         let config = GuardConfig {
@@ -352,11 +358,7 @@ fn the_default_guard_bounds_every_output_neurons_update() {
 #[test]
 fn adamw_is_recognized_and_its_healthy_step_is_untouched() {
     let device = Device::Cpu;
-    let (varmap, twin_map) = (VarMap::new(), VarMap::new());
-    let (model, twin) = (Mlp::new(&varmap, &device), Mlp::new(&twin_map, &device));
-    for ((_, a), (_, b)) in named_vars(&twin_map).iter().zip(&named_vars(&varmap)) {
-        a.set(&b.as_tensor().copy().unwrap()).unwrap();
-    }
+    let ((varmap, model), (twin_map, twin)) = twin_mlps(&device);
     let mut guarded =
         GuardedOptimizer::<AdamW>::new(&varmap, ParamsAdamW::default(), Guard::default()).unwrap();
     let report = guarded.step(&model.loss(0, &device)).unwrap();

@@ -594,14 +594,7 @@ fn the_guard_recognizes_the_optimizer_once_and_keeps_it_in_its_state() {
     let state = serde_json::to_string(&g.state()).unwrap();
     assert!(state.contains("normalized"), "{state}");
     // A bound that names the family skips the recognition.
-    let config = GuardConfig {
-        update_bound: Some(UpdateBound {
-            family: Some(UpdateFamily::Proportional),
-            ..UpdateBound::default()
-        }),
-        ..quiet()
-    };
-    let mut g = guard(config, vec![]);
+    let mut g = guard(told_gradient_descent(), vec![]);
     g.step(&mut batch(1.0), Some(1.0)).unwrap();
     let check = g
         .check_update(&[update("a", 1.0, 0.01)], 0.005)
@@ -641,15 +634,19 @@ fn a_normalizing_optimizers_rate_follows_its_steps_and_warm_up_is_no_trouble() {
     }
     assert_eq!(g.lr_multiplier(), 1.0);
     // Gradient descent keeps halving on an oversized step, warm-up or not.
-    let config = GuardConfig {
+    let mut g = guard(told_gradient_descent(), vec![]);
+    judge(&mut g, 0.001, lr);
+    judge(&mut g, 0.03, 2.0 * lr);
+    assert_eq!(g.lr_multiplier(), 0.5);
+}
+
+/// A quiet guard whose update bound is told the optimizer is gradient descent.
+fn told_gradient_descent() -> GuardConfig {
+    GuardConfig {
         update_bound: Some(UpdateBound {
             family: Some(UpdateFamily::Proportional),
             ..UpdateBound::default()
         }),
         ..quiet()
-    };
-    let mut g = guard(config, vec![]);
-    judge(&mut g, 0.001, lr);
-    judge(&mut g, 0.03, 2.0 * lr);
-    assert_eq!(g.lr_multiplier(), 0.5);
+    }
 }

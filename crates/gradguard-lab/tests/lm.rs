@@ -42,17 +42,31 @@ fn the_defaults_are_adamw_with_warmup_and_cosine() {
 
 #[test]
 fn the_default_guard_leaves_a_healthy_adamw_run_bit_for_bit() {
-    // AdamW at the task's own rate: the guard recognizes a normalizing optimizer by its first
-    // step, no bound fires, and the run is the unguarded one exactly.
-    let plain = run(&lm(40));
+    // AdamW at the task's own rate and its 30 warm-up steps (those of its 300-step default): the
+    // guard recognizes a normalizing optimizer by its first step, no bound fires, and the run is
+    // the unguarded one exactly. (Without a warm-up, Adam's first steps move every weight by the
+    // full rate, 4% of this model per step at 3e-3: the bound then scales them, as a warm-up
+    // would.)
+    let healthy = RunConfig {
+        warmup: 30,
+        ..lm(40)
+    };
+    let plain = run(&healthy);
     let guarded = run(&RunConfig {
         remedies: Remedy::parse_list("guard").unwrap(),
-        ..lm(40)
+        ..healthy.clone()
     });
     assert_eq!(guarded.bounded_steps, 0, "{guarded:?}");
     assert_eq!(guarded.skipped_steps + guarded.rollbacks, 0);
     assert_eq!(plain.final_loss, guarded.final_loss);
     assert_eq!(plain.final_train_loss, guarded.final_train_loss);
+    // A rate thirty times larger is bounded.
+    let fast = run(&RunConfig {
+        lr: 0.1,
+        remedies: Remedy::parse_list("guard").unwrap(),
+        ..healthy
+    });
+    assert!(fast.bounded_steps > 0, "{fast:?}");
 }
 
 #[test]

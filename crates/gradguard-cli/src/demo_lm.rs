@@ -16,10 +16,10 @@ const RATES: [f64; 4] = [3e-3, 1e-2, 3e-2, 1e-1];
 /// The three methods, one line each in the picture.
 const METHODS: [&str; 3] = ["none", "clip-global", "guard"];
 
-/// The runs of the block: every method at every rate, 200 steps (a few for `quick`).
+/// The runs of the block: every method at every rate, 150 steps (a few for `quick`).
 pub fn lm_runs(quick: bool) -> Vec<RunConfig> {
     let mut base = RunConfig::for_task(Task::Lm);
-    base.steps = if quick { 8 } else { 200 };
+    base.steps = if quick { 8 } else { 150 };
     if quick {
         base.seq_len = 16;
         base.batch = 4;

@@ -101,7 +101,10 @@ impl Default for LrBackoff {
 /// - bound every update relative to the weights ([`UpdateBound`]: ‖Δθ‖/‖θ‖ ≤ 0.01, each tensor
 ///   ≤ 0.1 · m but never below 0.01), from step 0 and with no history — the protection against
 ///   the blow-up of a bad initialization, which spike detectors cannot see; an oversized step
-///   backs off the LR multiplier m, so the rate shrinks until steps fit;
+///   backs off the LR multiplier m, so the rate shrinks until steps fit. An optimizer that
+///   normalizes each coordinate (Adam, AdamW, …), recognized by its first step, is judged by
+///   [`UpdateBound::normalized`] instead: no unit-wise bound, ‖Δθ‖/‖θ‖ ≤ 0.015, and an m that
+///   follows its steps;
 /// - detect spikes in the loss (after 20 steps of history) and roll back to the last snapshot,
 ///   skipping one batch; the rollback backs off m, so the same blow-up does not repeat (the
 ///   gradient-norm detector is off by default: the update bound covers it);

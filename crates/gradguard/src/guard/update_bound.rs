@@ -52,7 +52,8 @@
 //! step moves every unit by the rate per value, `‖Δw_u‖ = η·√n_u`) and applies its own limits to
 //! normalizing optimizers ([`UpdateBound::normalized`]: by default no unit-wise bound, τ = 0.015,
 //! and an LR multiplier that follows the steps), loose enough to leave a healthy run untouched,
-//! tight enough to bring a rate tens of times too large down. The measurements that chose every number are in `docs/measurements/`.
+//! tight enough to bring a rate tens of times too large down. The measurements that chose every
+//! number are in `docs/measurements/`.
 
 use serde::{Deserialize, Serialize};
 

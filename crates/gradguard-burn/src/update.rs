@@ -220,7 +220,7 @@ impl ModuleVisitor for After {
                 a.as_slice().expect("f32 after convert"),
             );
             // The tensor's norms in f32 lanes, its units' in f64: a second pass over both
-            // versions, kept so that the grids' figures (README) are what this code computes.
+            // versions, kept so that the grids' figures (docs/library.md) are what this code computes.
             let (w, d) = host_sums(b, a);
             self.sums.push((w.sqrt(), d.sqrt()));
             self.units.push(span.map_or_else(Vec::new, |span| {

@@ -479,7 +479,7 @@ pub struct ReproduceArgs {
     /// The paper (pascanu2013, he2015, saxe2014, schoenholz2017), or `all`.
     #[arg(value_name = "NAME", value_parser = paper_arg)]
     pub name: PaperArg,
-    /// A smaller grid with the same rule (seconds each, for CI); the README's numbers are the
+    /// A smaller grid with the same rule (seconds each, for CI); docs/lab.md's numbers are the
     /// full runs.
     #[arg(long)]
     pub quick: bool,

@@ -10,7 +10,7 @@
 //!
 //! Every run is an ordinary lab run ([`crate::train`]) in memory, so each number can be re-made
 //! with `gradguard train`; [`Budget::Quick`] is a smaller grid with fewer steps (seconds, for CI),
-//! [`Budget::Full`] the one the README quotes (each paper ≤ 5 minutes on 2 cores).
+//! [`Budget::Full`] the one docs/lab.md quotes (each paper ≤ 5 minutes on 2 cores).
 
 mod he;
 pub mod page;
@@ -112,7 +112,7 @@ impl std::str::FromStr for Paper {
 pub enum Budget {
     /// A few runs with fewer steps: seconds, for CI. The verdict uses the same rule on less data.
     Quick,
-    /// The grids the README quotes (each paper ≤ 5 minutes on 2 cores, release build).
+    /// The grids docs/lab.md quotes (each paper ≤ 5 minutes on 2 cores, release build).
     Full,
 }
 

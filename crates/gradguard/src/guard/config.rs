@@ -94,8 +94,8 @@ impl Default for LrBackoff {
     }
 }
 
-/// The guard's configuration. The defaults are the guard that needs no tuning (README "The default
-/// guard", where the grid that chose them is measured):
+/// The guard's configuration. The defaults are the guard that needs no tuning
+/// (docs/library.md "The default guard", where the grid that chose them is measured):
 ///
 /// - skip steps with non-finite gradients or loss;
 /// - bound every update relative to the weights ([`UpdateBound`]: ‖Δθ‖/‖θ‖ ≤ 0.01, each tensor
@@ -140,7 +140,7 @@ impl Default for GuardConfig {
             non_finite: NonFinitePolicy::Skip,
             // The update bound keeps an oversized gradient from reaching the weights; a spike
             // detector on the gradient norm fired on healthy growth and its rollbacks cost more
-            // than they saved (README "The default guard"). It stays available.
+            // than they saved (docs/library.md "The default guard"). It stays available.
             grad_spike: None,
             loss_spike: Some(SpikeConfig::default()),
             on_spike: SpikeAction::Rollback { skip_batches: 1 },

@@ -38,7 +38,7 @@
 //! The unit-wise bound is AGC (Brock et al. 2021) moved from the gradient onto the optimizer's
 //! update: for plain SGD at rate η it is AGC with λ = τ_u/η (tested), for any other optimizer
 //! the same cap on what the step does to each neuron. It is what the deep tanh nets at high
-//! rates, where AGC beat every other rule, needed from the default (README "The default guard").
+//! rates, where AGC beat every other rule, needed from the default (docs/library.md "The default guard").
 //!
 //! # Two families of optimizers, two sets of limits
 //!
@@ -66,7 +66,7 @@ use crate::gradients::UnitLayout;
 pub struct UpdateBound {
     /// τ: the largest ‖Δθ‖ / ‖θ‖ of a step over the whole model.
     ///
-    /// Default 0.01, chosen on the lab's MLP grid (README "The default guard"; 162 cells of depth,
+    /// Default 0.01, chosen on the lab's MLP grid (docs/library.md "The default guard"; 162 cells of depth,
     /// gain, rate and activation, 3 seeds each): healthy SGD steps there measured
     /// ‖Δθ‖/‖θ‖ ≈ 0.07 · lr (1e-4 to 0.1 from lr 0.01 to 0.5), an exploding initialization's first
     /// step 1 to 10⁵. Within 10% (+0.02) of the better of `clip-global` and `agc` in 121 cells at
@@ -89,7 +89,7 @@ pub struct UpdateBound {
     ///
     /// Default 0.005. This is AGC (Brock et al. 2021) moved from the gradient to the update the
     /// optimizer produced, so that it holds for any optimizer and any rate: for SGD at rate η it
-    /// is AGC with λ = τ_u/η. Measured on the lab's grids (README "The default guard"): with it
+    /// is AGC with λ = τ_u/η. Measured on the lab's grids (docs/library.md "The default guard"): with it
     /// the default guard is within 10% (+0.02) of the better of `clip-global` and `agc` in 135
     /// of 162 MLP cells on seeds 0–2 (122 without), 142 on the held-out seeds 3–5 (129), 90 of
     /// 108 at rates the grid never had (0.05, 0.25; seeds 6–8; 73 without), and 27 of 27 on each
@@ -98,7 +98,7 @@ pub struct UpdateBound {
     /// For an optimizer that normalizes each coordinate (Adam, AdamW, …) this limit would cap the
     /// rate itself; [`Self::normalized`] holds the one used there.
     /// Rate-free, it is 5× looser than AGC's λ = 0.01 at η = 0.1, where AGC stays ahead on
-    /// 40-layer tanh nets (README).
+    /// 40-layer tanh nets (docs/library.md).
     pub max_unit_ratio: Option<f64>,
     /// Which axis of a weight holds its units. `None` (the default): the framework's own, as its
     /// adapter knows it — Burn's `[in, out]` (input-first) in `gradguard-burn`, Candle's

@@ -49,7 +49,7 @@ pub fn of_block<'a>(summaries: &[&'a RunSummary]) -> Vec<&'a RunSummary> {
 
 /// What the block showed, from its rate curves: where the guard and plain AdamW end at about ten
 /// times the best plain rate, against the best-tuned plain run, and each method's LR
-/// sensitivity. `None` without a plain and a guarded curve.
+/// sensitivity. Empty without a plain and a guarded curve.
 pub fn lm_claims(curves: &[RateCurve]) -> Vec<String> {
     let curve = |method: &str| {
         curves

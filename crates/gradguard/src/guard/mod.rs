@@ -630,9 +630,8 @@ impl Guard {
 /// the back-off's minimum), so the next steps fit; a step within the bound raises m by
 /// [`NormalizedLimits::recovery`] up to 1. While the schedule's rate rises (a warm-up) an oversized
 /// step is scaled but m stays: a normalizing optimizer's first steps move every weight by the
-/// full rate before its moments average out, and halving for them kept m low for the next 150
-/// steps of a post-norm transformer (+2.9% at its best rate; the measurement record of
-/// 2026-12-04).
+/// full rate before its moments average out, which is what a warm-up is for, not a sign that the
+/// rate is too large.
 fn follow_the_rate(
     counters: &mut GuardCounters,
     lr: &LrBackoff,

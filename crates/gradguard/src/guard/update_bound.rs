@@ -119,22 +119,18 @@ pub struct UpdateBound {
 /// The update bound's limits for an optimizer that normalizes each coordinate.
 ///
 /// Such an optimizer moves each weight by about its rate η whatever the gradient, so a unit of
-/// values of typical size σ moves by r_u ≈ η/σ of its norm: a limit on r_u is a limit on η/σ, unit
-/// by unit. Gradient descent's τ_u = 0.005 slowed AdamW's best run by 1.2% on the lab's
-/// transformer; a looser one scaled some units and not others and, on a deep ReLU MLP under Adam
-/// at ten times its best rate, ended three times above plain Adam. What is left by default is the
-/// global bound as a controller of the rate: nothing happens while a step moves the model by less
-/// than τ = 1.5% (the best rates measured moved it by 0.6–0.8%), and a rate tens of times too large
-/// is brought down step by step until its steps fit (the guard's `follow_the_rate`: m times the
-/// factor an oversized step needed, back up by `recovery` per step within the bound, and never
-/// down during a warm-up). Measured on the lab's transformer (two initializations, pre- and
-/// post-norm, widths 64 and 128, constant and cosine schedules) and its MLPs under Adam
-/// (`docs/measurements/2026-12-04-normalized-update-bound.md`).
+/// values of typical size σ moves by r_u ≈ η/σ of its norm: a unit-wise limit is a limit on η/σ,
+/// and scaling some units but not others turns the direction of the step. By default only the
+/// global bound acts, as a controller of the rate: nothing happens while a step moves the model by
+/// less than τ, and a rate far too large is brought down until its steps fit (m times the factor an
+/// oversized step needed, back up by `recovery` per step within the bound, never down during a
+/// warm-up). The designs measured and the grids that chose the numbers:
+/// `docs/measurements/2026-12-04-normalized-update-bound.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct NormalizedLimits {
     /// τ for a normalizing optimizer: the largest ‖Δθ‖/‖θ‖ of a step before the rate backs off.
-    /// Default 0.015: the best rates of the lab's transformer moved it by 0.6–0.8% a step.
+    /// Default 0.015, about twice a healthy AdamW step of the lab's transformer at its best rate.
     pub max_ratio: f64,
     /// τ_u for a normalizing optimizer; `None` (the default) switches the unit-wise bound off
     /// for it.

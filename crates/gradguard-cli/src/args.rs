@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use gradguard::rules::RuleSpec;
+use gradguard::rules::{RuleSpec, rule_names};
 use gradguard::{NonFinitePolicy, NormType, UnitLayout};
 
 /// Find, explain and tame exploding gradients.
@@ -133,9 +133,8 @@ pub struct ClipArgs {
     /// Which axis of a weight holds its units, for --agc.
     #[arg(long, value_enum, default_value = "input-first")]
     pub layout: LayoutArg,
-    /// Any registered rule by the lab's name: clip-value[=C], clip-norm[=C], clip-global[=C],
-    /// agc[=λ] (needs --params), autoclip[=P], zclip, adagc. Repeatable; ordered with the flags.
-    #[arg(long = "rule", value_name = "NAME[=VALUE]", value_parser = parse_rule)]
+    /// Any registered rule by its name (the help text lists the registry's names).
+    #[arg(long = "rule", value_name = "NAME[=VALUE]", value_parser = parse_rule, help = rule_help())]
     pub rules: Vec<RuleSpec>,
     /// What to do with NaN or inf values.
     #[arg(long = "on-nonfinite", value_enum, default_value = "error")]
@@ -143,6 +142,15 @@ pub struct ClipArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The `--rule` help, generated from the core's registry so that it lists exactly its rules.
+fn rule_help() -> String {
+    format!(
+        "Any registered rule by name: {} (agc needs --params). Its name is the one the JSON \
+         output and the lab's remedies use. Repeatable; ordered with the flags.",
+        rule_names()
+    )
 }
 
 fn parse_rule(s: &str) -> Result<RuleSpec, String> {

@@ -151,7 +151,7 @@ pub fn run(args: &ClipArgs, order: &[RuleFlag]) -> Result<()> {
             .rules
             .iter()
             .rev()
-            .find(|o| o.rule == "global_norm")
+            .find(|o| o.rule == "clip-global")
             .and_then(|o| o.scale),
         rules: &report.rules,
         reasons: &report.reasons,

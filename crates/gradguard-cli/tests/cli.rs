@@ -247,7 +247,7 @@ fn registered_rules_run_by_name_in_command_line_order() {
     assert!(by_name.status.success(), "{}", stderr(&by_name));
     let rules = json(&by_name)["rules"].as_array().unwrap().clone();
     assert_eq!(rules.len(), 2);
-    assert_eq!(rules[1]["rule"], "global_norm");
+    assert_eq!(rules[1]["rule"], "clip-global");
     for (x, y) in load(&a).iter().zip(load(&b)) {
         assert_eq!(x.values, y.values, "{}", x.name);
     }
@@ -331,6 +331,45 @@ fn f64_files_keep_their_precision_through_inspect_and_clip() {
     let expected: Vec<f64> = values.iter().map(|v| v * coef).collect();
     assert_eq!(back[0].values, expected, "f64 values clipped in f64");
     assert_eq!(back[1].values, vec![f64::from((0.5 * coef) as f32)]);
+}
+
+/// One name per rule: every rule in the core's registry runs as `--rule NAME`, reports itself
+/// under that name, and the help lists exactly the registry's names.
+#[test]
+fn every_registered_rule_runs_by_its_name_and_reports_that_name() {
+    let dir = tmp();
+    let g = dir.path().join("g.safetensors");
+    let p = dir.path().join("p.safetensors");
+    let out = dir.path().join("o.safetensors");
+    save(&g, &[("w", &[2, 2], vec![3.0, -4.0, 0.5, 100.0])]);
+    save(&p, &[("w", &[2, 2], vec![1.0, 1.0, 1.0, 1.0])]);
+    let (gs, ps, os) = (
+        g.to_str().unwrap(),
+        p.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    for entry in gradguard::rules::RULES {
+        let o = run(&[
+            "clip", gs, os, "--rule", entry.name, "--params", ps, "--json",
+        ]);
+        assert!(o.status.success(), "{}: {}", entry.name, stderr(&o));
+        let rules = json(&o)["rules"].as_array().unwrap().clone();
+        assert_eq!(rules.len(), 1, "{}", entry.name);
+        assert_eq!(rules[0]["rule"], entry.name);
+    }
+    let help = run(&["clip", "--help"]);
+    let help = String::from_utf8_lossy(&help.stdout).replace('\n', " ");
+    let listed = help
+        .split("Any registered rule by name: ")
+        .nth(1)
+        .and_then(|rest| rest.split(" (agc needs").next())
+        .expect("the --rule help lists the rules");
+    let listed: Vec<&str> = listed
+        .split(", ")
+        .map(|n| n.split('[').next().unwrap())
+        .collect();
+    let registry: Vec<&str> = gradguard::rules::RULES.iter().map(|e| e.name).collect();
+    assert_eq!(listed, registry);
 }
 
 #[test]

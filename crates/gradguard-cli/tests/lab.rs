@@ -388,9 +388,14 @@ fn a_sweep_with_twins_of_the_references_measures_the_grids_own_noise() {
     );
 }
 
-/// `GRADGUARD_CHROMIUM` names a Chromium binary to check that the report renders (CI sets it).
+/// `GRADGUARD_CHROMIUM` names a Chromium binary to check that the report renders (CI sets it);
+/// without it the check says so and is skipped, unless `GRADGUARD_REQUIRE_TOOLS=1` is set.
 fn check_renders(report: &Path) {
     let Ok(chromium) = std::env::var("GRADGUARD_CHROMIUM") else {
+        assert!(
+            !std::env::var("GRADGUARD_REQUIRE_TOOLS").is_ok_and(|v| !v.is_empty() && v != "0"),
+            "GRADGUARD_REQUIRE_TOOLS is set but GRADGUARD_CHROMIUM names no Chromium"
+        );
         eprintln!("GRADGUARD_CHROMIUM not set: the report's rendering is not checked here");
         return;
     };

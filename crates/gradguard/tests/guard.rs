@@ -332,7 +332,7 @@ fn a_skip_rule_skips_the_step_and_reports_why() {
     let before = big.clone();
     let r = g.step(&mut big, None).unwrap();
     assert_eq!(r.decision, Decision::Skip);
-    assert!(r.reasons[0].starts_with("rule 'skip_above'"));
+    assert!(r.reasons[0].starts_with("rule 'skip-above'"));
     assert_eq!(big, before);
     assert_eq!(
         g.step(&mut batch(1.0), None).unwrap().decision,
@@ -362,7 +362,7 @@ fn inconsistent_chains_are_rejected_loudly() {
     ];
     let err = Chain::new(zero_after_clip).unwrap_err().to_string();
     assert!(
-        err.contains("'zero_non_finite' must come before 'global_norm'"),
+        err.contains("'zero-non-finite' must come before 'clip-global'"),
         "{err}"
     );
 

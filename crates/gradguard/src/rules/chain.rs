@@ -124,7 +124,7 @@ impl Chain {
             });
         }
         for (rule, saved) in self.rules.iter_mut().zip(states) {
-            if saved.rule != rule.name() {
+            if canonical_name(&saved.rule) != rule.name() {
                 return Err(GuardError::BadState {
                     what: "chain".into(),
                     reason: format!(
@@ -137,5 +137,41 @@ impl Chain {
             rule.restore(&saved.state)?;
         }
         Ok(())
+    }
+}
+
+/// A rule name as this version spells it: state saved by gradguard 0.1 names three rules by their
+/// old report names (`value`, `per_tensor_norm`, `global_norm`, and the guard's `skip_above` and
+/// `zero_non_finite`), which 0.2 spells as the registry does.
+fn canonical_name(saved: &str) -> &str {
+    match saved {
+        "value" => "clip-value",
+        "per_tensor_norm" => "clip-norm",
+        "global_norm" => "clip-global",
+        "skip_above" => "skip-above",
+        "zero_non_finite" => "zero-non-finite",
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{ClipByGlobalNorm, ClipByValue};
+
+    #[test]
+    fn state_saved_under_the_old_names_restores() {
+        let mut chain = Chain::new(vec![
+            Box::new(ClipByValue::new(1.0).unwrap()) as Box<dyn Rule>,
+            Box::new(ClipByGlobalNorm::new(1.0).unwrap()),
+        ])
+        .unwrap();
+        let mut saved = chain.state();
+        assert_eq!(saved[1].rule, "clip-global");
+        saved[0].rule = "value".into();
+        saved[1].rule = "global_norm".into();
+        chain.restore(&saved).unwrap();
+        saved[1].rule = "agc".into();
+        assert!(chain.restore(&saved).is_err());
     }
 }

@@ -29,7 +29,7 @@ impl ClipByValue {
 
 impl Rule for ClipByValue {
     fn name(&self) -> &'static str {
-        "value"
+        "clip-value"
     }
 
     fn apply(

@@ -130,12 +130,12 @@ pub fn clip_with_norm(
     max_norm: f64,
     total: f64,
 ) -> RuleOutcome {
-    scale_all_to("global_norm", grads, stats, total, max_norm)
+    scale_all_to("clip-global", grads, stats, total, max_norm)
 }
 
 impl Rule for ClipByGlobalNorm {
     fn name(&self) -> &'static str {
-        "global_norm"
+        "clip-global"
     }
 
     fn apply(

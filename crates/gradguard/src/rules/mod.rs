@@ -58,7 +58,7 @@ pub enum RuleAction {
 /// The record of one rule's work on one step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RuleOutcome {
-    /// The rule's name, e.g. `global_norm`.
+    /// The rule's name, e.g. `clip-global`: for a registered rule, its name in the registry
     pub rule: String,
     /// What it did.
     pub action: RuleAction,

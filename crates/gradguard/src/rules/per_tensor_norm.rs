@@ -36,7 +36,7 @@ impl ClipPerTensorNorm {
 
 impl Rule for ClipPerTensorNorm {
     fn name(&self) -> &'static str {
-        "per_tensor_norm"
+        "clip-norm"
     }
 
     fn apply(

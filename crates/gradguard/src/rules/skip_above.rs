@@ -31,7 +31,7 @@ impl SkipIfNormAbove {
 
 impl Rule for SkipIfNormAbove {
     fn name(&self) -> &'static str {
-        "skip_above"
+        "skip-above"
     }
 
     fn apply(

@@ -16,7 +16,7 @@ pub struct ZeroNonFinite;
 
 impl Rule for ZeroNonFinite {
     fn name(&self) -> &'static str {
-        "zero_non_finite"
+        "zero-non-finite"
     }
 
     fn apply(

@@ -10,7 +10,7 @@ mod common;
 #[path = "../examples/wgpu_loop.rs"]
 mod wgpu_loop;
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use burn::tensor::{Device, DeviceKind, Tensor};
 use gradguard_burn::Placement;
@@ -26,28 +26,31 @@ fn on_wgpu(f: impl FnOnce(&Device)) {
     }
 }
 
+/// Whether this machine has a wgpu adapter: probed once per process (a missing adapter panics
+/// inside Burn, and its message is printed once rather than by every test).
+static ADAPTER_FOUND: OnceLock<bool> = OnceLock::new();
+
 /// The wgpu device under autodiff, or `None` (after saying why) when this machine has no adapter
 /// and the caller allowed that.
 fn device() -> Option<Device> {
-    let probe = std::panic::catch_unwind(|| {
-        let d = Device::wgpu(DeviceKind::DefaultDevice);
-        let t = Tensor::<1>::from_floats([1.0f32, 2.0].as_slice(), &d);
-        let _ = t.sum().into_scalar::<f32>();
-        d
+    let found = *ADAPTER_FOUND.get_or_init(|| {
+        std::panic::catch_unwind(|| {
+            let d = Device::wgpu(DeviceKind::DefaultDevice);
+            let t = Tensor::<1>::from_floats([1.0f32, 2.0].as_slice(), &d);
+            let _ = t.sum().into_scalar::<f32>();
+        })
+        .is_ok()
     });
-    match probe {
-        Ok(d) => Some(d.autodiff()),
-        Err(_) if tools_required() => panic!(
-            "no wgpu adapter, and GRADGUARD_REQUIRE_TOOLS is set: install a Vulkan driver \
-             (Debian: mesa-vulkan-drivers)"
-        ),
-        Err(_) => {
-            eprintln!(
-                "no wgpu adapter on this machine (Debian: mesa-vulkan-drivers): test skipped"
-            );
-            None
-        }
+    if found {
+        return Some(Device::wgpu(DeviceKind::DefaultDevice).autodiff());
     }
+    assert!(
+        !tools_required(),
+        "no wgpu adapter, and GRADGUARD_REQUIRE_TOOLS is set: install a Vulkan driver \
+         (Debian: mesa-vulkan-drivers)"
+    );
+    eprintln!("no wgpu adapter on this machine (Debian: mesa-vulkan-drivers): test skipped");
+    None
 }
 
 /// Whether a missing outside program fails the test instead of skipping it (`.ci/run` sets this).

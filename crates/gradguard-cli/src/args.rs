@@ -107,7 +107,8 @@ pub struct ClipArgs {
     /// clip_grad_norm_).
     #[arg(long, value_name = "M", allow_negative_numbers = true)]
     pub global_norm: Option<f64>,
-    /// The p of the norms: 1, 2, inf, or any number >= 1.
+    /// The p of the norms of --per-tensor-norm, --global-norm, and the rules clip-norm and
+    /// clip-global: 1, 2, inf, or any number >= 1.
     #[arg(long, value_name = "P", default_value = "2", value_parser = parse_norm)]
     pub norm_type: NormType,
     /// Adaptive gradient clipping with ratio λ (needs --params).
@@ -121,16 +122,15 @@ pub struct ClipArgs {
     /// The parameters the gradients belong to, for --agc (safetensors, same names and shapes).
     #[arg(long, value_name = "FILE")]
     pub params: Option<PathBuf>,
-    /// AGC's floor on weight norms.
+    /// AGC's floor on weight norms (--agc and --rule agc alike).
     #[arg(
         long,
         value_name = "E",
         default_value_t = 1e-3,
-        requires = "agc",
         allow_negative_numbers = true
     )]
     pub eps: f64,
-    /// Which axis of a weight holds its units, for --agc.
+    /// Which axis of a weight holds its units (--agc and --rule agc alike).
     #[arg(long, value_enum, default_value = "input-first")]
     pub layout: LayoutArg,
     /// Any registered rule by its name (the help text lists the registry's names).

@@ -3,9 +3,7 @@
 use anyhow::Result;
 use clap::ArgMatches;
 use gradguard::norm::total_norm;
-use gradguard::rules::{
-    AdaptiveGradClip, Chain, ClipByGlobalNorm, ClipByValue, ClipPerTensorNorm, Rule, RuleOutcome,
-};
+use gradguard::rules::{Chain, Rule, RuleOptions, RuleOutcome, RuleSpec};
 use gradguard::{Decision, Guard, GuardConfig, NormType, StepReport};
 use serde::Serialize;
 
@@ -55,36 +53,32 @@ pub fn rule_order(m: &ArgMatches) -> Vec<RuleFlag> {
     found.into_iter().map(|(_, f)| f).collect()
 }
 
+/// The rules in command-line order, each built by the core's registry: a dedicated flag is an
+/// alias of its registry name (`--global-norm M` is `--rule clip-global=M`), and `--norm-type`,
+/// `--eps` and `--layout` apply to every rule that takes them, however it was named.
 fn build_rules(args: &ClipArgs, order: &[RuleFlag]) -> Result<Vec<Box<dyn Rule>>> {
+    let options = RuleOptions {
+        norm_type: args.norm_type,
+        agc_eps: args.eps,
+        layout: args.layout.into(),
+    };
+    let alias = |flag: &str, name: &str, v: Option<f64>| {
+        let v = v.expect("flag present");
+        RuleSpec::new(name, Some(v)).map_err(|e| BadInput(format!("--{flag} {v}: {e}")))
+    };
     let mut rules: Vec<Box<dyn Rule>> = Vec::new();
     for flag in order {
-        let rule: Box<dyn Rule> = match flag {
-            RuleFlag::Value => Box::new(ClipByValue::new(args.value.expect("flag present"))?),
-            RuleFlag::PerTensorNorm => Box::new(ClipPerTensorNorm::new(
-                args.per_tensor_norm.expect("flag present"),
-                args.norm_type,
-            )?),
-            RuleFlag::GlobalNorm => Box::new(ClipByGlobalNorm::with_norm(
-                args.global_norm.expect("flag present"),
-                args.norm_type,
-            )?),
-            RuleFlag::Agc => Box::new(
-                AdaptiveGradClip {
-                    clipping: args.agc.expect("flag present"),
-                    eps: args.eps,
-                    layout: args.layout.into(),
-                }
-                .validated()?,
-            ),
-            RuleFlag::Registered(k) => {
-                let spec = &args.rules[*k];
-                let rule = spec.build()?;
-                if rule.needs_parameters() && args.params.is_none() {
-                    return Err(BadInput(format!("--rule {spec} needs --params")).into());
-                }
-                rule
-            }
+        let spec = match flag {
+            RuleFlag::Value => alias("value", "clip-value", args.value)?,
+            RuleFlag::PerTensorNorm => alias("per-tensor-norm", "clip-norm", args.per_tensor_norm)?,
+            RuleFlag::GlobalNorm => alias("global-norm", "clip-global", args.global_norm)?,
+            RuleFlag::Agc => alias("agc", "agc", args.agc)?,
+            RuleFlag::Registered(k) => args.rules[*k],
         };
+        let rule = spec.build_with(&options)?;
+        if rule.needs_parameters() && args.params.is_none() {
+            return Err(BadInput(format!("rule {spec} needs --params")).into());
+        }
         rules.push(rule);
     }
     if rules.is_empty() {

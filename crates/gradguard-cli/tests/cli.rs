@@ -372,6 +372,70 @@ fn every_registered_rule_runs_by_its_name_and_reports_that_name() {
     assert_eq!(listed, registry);
 }
 
+/// A dedicated flag and `--rule` build the same rule with the same settings: `--norm-type`,
+/// `--eps` and `--layout` reach a rule however it is named.
+#[test]
+fn dedicated_flags_and_rule_names_cannot_disagree() {
+    let dir = tmp();
+    let g = dir.path().join("g.safetensors");
+    let p = dir.path().join("p.safetensors");
+    save(&g, &[("w", &[2, 3], vec![3.0, -4.0, 0.5, 100.0, 0.0, 2.0])]);
+    save(&p, &[("w", &[2, 3], vec![1.0, 0.0, 2.0, 0.5, 0.0, 1.0])]);
+    let (gs, ps) = (g.to_str().unwrap(), p.to_str().unwrap());
+    let pairs: [(&[&str], &[&str]); 3] = [
+        (
+            &["--global-norm", "1", "--norm-type", "1"],
+            &["--rule", "clip-global=1", "--norm-type", "1"],
+        ),
+        (
+            &["--per-tensor-norm", "2", "--norm-type", "inf"],
+            &["--rule", "clip-norm=2", "--norm-type", "inf"],
+        ),
+        (
+            &["--agc", "0.1", "--eps", "0.5", "--layout", "output-first"],
+            &[
+                "--rule",
+                "agc=0.1",
+                "--eps",
+                "0.5",
+                "--layout",
+                "output-first",
+            ],
+        ),
+    ];
+    for (k, (by_flag, by_name)) in pairs.iter().enumerate() {
+        let a = dir.path().join(format!("a{k}.safetensors"));
+        let b = dir.path().join(format!("b{k}.safetensors"));
+        let outputs = [(&a, *by_flag), (&b, *by_name)].map(|(out, rule)| {
+            let mut cmd = vec!["clip", gs, out.to_str().unwrap(), "--params", ps, "--json"];
+            cmd.extend_from_slice(rule);
+            let o = run(&cmd);
+            assert!(o.status.success(), "{rule:?}: {}", stderr(&o));
+            json(&o)["rules"].clone()
+        });
+        assert_eq!(outputs[0], outputs[1], "{by_flag:?} against {by_name:?}");
+        for (x, y) in load(&a).iter().zip(load(&b)) {
+            assert_eq!(x.values, y.values, "{by_flag:?}");
+        }
+    }
+    // The settings really reach the rule named by --rule: p = 1 and p = 2 clip differently.
+    let l1 = dir.path().join("l1.safetensors");
+    let l2 = dir.path().join("l2.safetensors");
+    for (out, p) in [(&l1, "1"), (&l2, "2")] {
+        let o = run(&[
+            "clip",
+            gs,
+            out.to_str().unwrap(),
+            "--rule",
+            "clip-global=1",
+            "--norm-type",
+            p,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    assert_ne!(load(&l1)[0].values, load(&l2)[0].values);
+}
+
 #[test]
 fn agc_with_parameters_clips_units() {
     let dir = tmp();
@@ -496,7 +560,7 @@ fn bad_input_is_one_line_exit_2_and_leaves_nothing_behind() {
         ),
         (
             vec!["clip", gs, os, "--global-norm", "-1"],
-            "max_norm must be > 0",
+            "--global-norm -1: rule 'clip-global' needs a positive number, got -1",
         ),
         (
             vec!["clip", gs, os, "--global-norm", "abc"],
@@ -508,7 +572,7 @@ fn bad_input_is_one_line_exit_2_and_leaves_nothing_behind() {
         ),
         (
             vec!["clip", gs, os, "--value", "-2"],
-            "clip value must be >= 0",
+            "--value -2: rule 'clip-value' needs a positive number",
         ),
         (vec!["clip", gs, os], "no rule given"),
         (vec!["clip", gs, os, "--agc", "0.1"], "--params"),
@@ -526,7 +590,7 @@ fn bad_input_is_one_line_exit_2_and_leaves_nothing_behind() {
         ),
         (
             vec!["clip", gs, os, "--agc", "0", "--params", gs],
-            "AGC clipping ratio must be > 0",
+            "--agc 0: rule 'agc' needs a positive number",
         ),
         (
             vec!["clip", gs, os, "--frobnicate"],

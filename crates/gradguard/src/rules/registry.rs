@@ -12,6 +12,7 @@ use super::{
     ClipPerTensorNorm, Rule, ZClip, ZClipConfig,
 };
 use crate::error::Result;
+use crate::gradients::UnitLayout;
 use crate::norm::NormType;
 
 /// The values a rule's setting may take.
@@ -42,8 +43,35 @@ pub struct RuleEntry {
     pub setting: Setting,
     /// One line on what it does, with its source.
     pub summary: &'static str,
-    /// Builds the rule from the setting's value (`None` for a flag).
-    pub build: fn(Option<f64>) -> Result<Box<dyn Rule>>,
+    /// Builds the rule from the setting's value (`None` for a flag) and the options it takes.
+    pub build: BuildRule,
+}
+
+/// How a registered rule is built: from its setting's value and the options it takes.
+pub type BuildRule = fn(Option<f64>, &RuleOptions) -> Result<Box<dyn Rule>>;
+
+/// Settings some rules take beyond their value, shared by every rule that has them: the p of
+/// `clip-norm`'s and `clip-global`'s norms, and AGC's ε and unit layout. A rule ignores the
+/// options it does not have. The defaults are each rule's own: p = 2, ε = 1e-3, input-first.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RuleOptions {
+    /// The p of the norms of `clip-norm` and `clip-global`.
+    pub norm_type: NormType,
+    /// AGC's floor ε on weight norms.
+    pub agc_eps: f64,
+    /// Which axis of a weight holds its units, for AGC.
+    pub layout: UnitLayout,
+}
+
+impl Default for RuleOptions {
+    fn default() -> Self {
+        let agc = AdaptiveGradClip::default();
+        RuleOptions {
+            norm_type: NormType::L2,
+            agc_eps: agc.eps,
+            layout: agc.layout,
+        }
+    }
 }
 
 /// The window AutoClip keeps its norm history over, in steps.
@@ -63,43 +91,55 @@ pub static RULES: &[RuleEntry] = &[
         name: "clip-value",
         setting: positive(1.0, "C"),
         summary: "clamp every gradient value to [-C, C]",
-        build: |c| Ok(Box::new(ClipByValue::new(value(c))?)),
+        build: |c, _| Ok(Box::new(ClipByValue::new(value(c))?)),
     },
     RuleEntry {
         name: "clip-norm",
         setting: positive(1.0, "C"),
         summary: "scale each tensor whose L2 norm exceeds C down to C",
-        build: |c| Ok(Box::new(ClipPerTensorNorm::new(value(c), NormType::L2)?)),
+        build: |c, o| Ok(Box::new(ClipPerTensorNorm::new(value(c), o.norm_type)?)),
     },
     RuleEntry {
         name: "clip-global",
         setting: positive(1.0, "C"),
         summary: "scale all gradients by min(1, C/‖g‖₂) (Pascanu et al. 2013)",
-        build: |c| Ok(Box::new(ClipByGlobalNorm::new(value(c))?)),
+        build: |c, o| {
+            Ok(Box::new(ClipByGlobalNorm::with_norm(
+                value(c),
+                o.norm_type,
+            )?))
+        },
     },
     RuleEntry {
         name: "agc",
         setting: positive(0.01, "λ"),
         summary: "adaptive gradient clipping, unit-wise ratio λ (Brock et al. 2021)",
-        build: |l| Ok(Box::new(AdaptiveGradClip::new(value(l))?)),
+        build: |l, o| {
+            let agc = AdaptiveGradClip {
+                clipping: value(l),
+                eps: o.agc_eps,
+                layout: o.layout,
+            };
+            Ok(Box::new(agc.validated()?))
+        },
     },
     RuleEntry {
         name: "autoclip",
         setting: Setting::Percentile { default: 10.0 },
         summary: "clip to the P-th percentile of the norms seen (Seetharaman et al. 2020)",
-        build: |p| Ok(Box::new(AutoClip::new(value(p), AUTOCLIP_WINDOW)?)),
+        build: |p, _| Ok(Box::new(AutoClip::new(value(p), AUTOCLIP_WINDOW)?)),
     },
     RuleEntry {
         name: "zclip",
         setting: Setting::Flag,
         summary: "clip norms whose z-score over an EMA is too high (Kumar et al. 2025)",
-        build: |_| Ok(Box::new(ZClip::new(ZClipConfig::default())?)),
+        build: |_, _| Ok(Box::new(ZClip::new(ZClipConfig::default())?)),
     },
     RuleEntry {
         name: "adagc",
         setting: Setting::Flag,
         summary: "clip each tensor to 1.05× an EMA of its own norm (Wang et al. 2025)",
-        build: |_| Ok(Box::new(AdaGc::new(AdaGcConfig::default())?)),
+        build: |_, _| Ok(Box::new(AdaGc::new(AdaGcConfig::default())?)),
     },
 ];
 
@@ -162,22 +202,22 @@ impl RuleSpec {
         let value = match (entry.setting, value) {
             (Setting::Flag, None) => None,
             (Setting::Flag, Some(v)) => {
-                return Err(format!("remedy '{name}' takes no value, got '{v}'"));
+                return Err(format!("rule '{name}' takes no value, got '{v}'"));
             }
             (Setting::Positive { default, .. }, v) => {
                 let v = v.unwrap_or(default);
                 if !(v > 0.0 && v.is_finite()) {
-                    return Err(format!("remedy '{name}' needs a positive number, got {v}"));
+                    return Err(format!("rule '{name}' needs a positive number, got {v}"));
                 }
                 Some(v)
             }
             (Setting::Percentile { default }, v) => {
                 let v = v.unwrap_or(default);
                 if !(v > 0.0) {
-                    return Err(format!("remedy '{name}' needs a positive number, got {v}"));
+                    return Err(format!("rule '{name}' needs a positive number, got {v}"));
                 }
                 if v > 100.0 {
-                    return Err(format!("remedy '{name}': percentile {v} is above 100"));
+                    return Err(format!("rule '{name}': percentile {v} is above 100"));
                 }
                 Some(v)
             }
@@ -195,9 +235,14 @@ impl RuleSpec {
         self.value
     }
 
-    /// A fresh rule (its state, for stateful rules, empty).
+    /// A fresh rule (its state, for stateful rules, empty), with the default options.
     pub fn build(&self) -> Result<Box<dyn Rule>> {
-        (self.entry.build)(self.value)
+        self.build_with(&RuleOptions::default())
+    }
+
+    /// A fresh rule with `options` (those the rule does not take are ignored).
+    pub fn build_with(&self, options: &RuleOptions) -> Result<Box<dyn Rule>> {
+        (self.entry.build)(self.value, options)
     }
 }
 
@@ -205,7 +250,7 @@ fn parse_number(name: &str) -> impl Fn(&str) -> std::result::Result<f64, String>
     move |v| {
         v.trim()
             .parse::<f64>()
-            .map_err(|_| format!("remedy '{name}': '{v}' is not a number"))
+            .map_err(|_| format!("rule '{name}': '{v}' is not a number"))
     }
 }
 

@@ -140,9 +140,9 @@ impl Chain {
     }
 }
 
-/// A rule name as this version spells it: state saved by gradguard 0.1 names three rules by their
+/// A rule name as this version spells it: state saved by gradguard 0.1 names five rules by their
 /// old report names (`value`, `per_tensor_norm`, `global_norm`, and the guard's `skip_above` and
-/// `zero_non_finite`), which 0.2 spells as the registry does.
+/// `zero_non_finite`), which 0.2 spells as the registry does (`clip-value`, …).
 fn canonical_name(saved: &str) -> &str {
     match saved {
         "value" => "clip-value",

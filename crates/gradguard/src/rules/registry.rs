@@ -67,7 +67,7 @@ impl Default for RuleOptions {
     fn default() -> Self {
         let agc = AdaptiveGradClip::default();
         RuleOptions {
-            norm_type: NormType::L2,
+            norm_type: NormType::default(),
             agc_eps: agc.eps,
             layout: agc.layout,
         }
@@ -96,13 +96,13 @@ pub static RULES: &[RuleEntry] = &[
     RuleEntry {
         name: "clip-norm",
         setting: positive(1.0, "C"),
-        summary: "scale each tensor whose L2 norm exceeds C down to C",
+        summary: "scale each tensor whose p-norm (L2 by default) exceeds C down to C",
         build: |c, o| Ok(Box::new(ClipPerTensorNorm::new(value(c), o.norm_type)?)),
     },
     RuleEntry {
         name: "clip-global",
         setting: positive(1.0, "C"),
-        summary: "scale all gradients by min(1, C/‖g‖₂) (Pascanu et al. 2013)",
+        summary: "scale all gradients by min(1, C/‖g‖_p), p = 2 by default (Pascanu et al. 2013)",
         build: |c, o| {
             Ok(Box::new(ClipByGlobalNorm::with_norm(
                 value(c),

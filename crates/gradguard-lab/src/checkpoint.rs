@@ -50,6 +50,9 @@ pub struct CheckpointHeader {
     /// Gradients through time measured so far (recurrent tasks).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub time_gradients: Vec<gradguard_report::TimeGradients>,
+    /// The lm task's logit telemetry of every batch so far.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logits: Vec<gradguard_report::LogitPoint>,
 }
 
 /// A checkpoint in memory.

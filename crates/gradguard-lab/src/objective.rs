@@ -33,6 +33,23 @@ pub(crate) fn loss_of(out: Tensor<2>, batch: &HostBatch, device: &Device) -> Ten
     }
 }
 
+/// The log-partition function of each row of `logits` `[n, V]`: `log Z = log Σ_j exp(z_j)`,
+/// computed as `m + log Σ_j exp(z_j − m)` with `m` the row's (detached) maximum, exact and
+/// finite for any finite logits. A softmax is unchanged when its logits shift, so nothing in the
+/// cross-entropy pins `log Z`: Wortsman et al. 2023 (§3.2) show it drifting far from 0 at high
+/// learning rates before the loss diverges.
+pub fn log_partition(logits: Tensor<2>) -> Tensor<1> {
+    let [n, _] = logits.dims();
+    let m = logits.clone().detach().max_dim(1);
+    ((logits - m.clone()).exp().sum_dim(1).log() + m).reshape([n])
+}
+
+/// The auxiliary z-loss `C · mean_i (log Z_i)²` of PaLM (Chowdhery et al. 2022, §5), which keeps
+/// `log Z` near 0. Its gradient with respect to logit `z_ij` is `2C/n · log Z_i · softmax(z_i)_j`.
+pub fn z_loss(log_z: Tensor<1>, coefficient: f64) -> Tensor<1> {
+    log_z.powi_scalar(2).mean() * coefficient
+}
+
 /// `λ/2 · Σ‖W‖²` over the weight matrices (biases and norm scales excluded).
 pub fn l2_penalty(net: &Net, lambda: f64) -> Option<Tensor<1>> {
     struct SumOfSquares(Option<Tensor<1>>);
@@ -133,4 +150,44 @@ pub fn constrain(net: Net, decay_factor: Option<f64>, max_norm: Option<f64>) -> 
         decay: decay_factor,
         max_norm,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_partition_and_z_loss_gradient_match_their_closed_forms() {
+        let device = Device::flex().autodiff();
+        let rows: [[f32; 4]; 2] = [[0.5, -1.0, 2.0, 0.0], [30.0, 31.0, 29.5, -3.0]];
+        let logits = Tensor::<2>::from_data(TensorData::from(rows), &device).require_grad();
+        let c = 1e-2;
+        let log_z = log_partition(logits.clone());
+        let loss = z_loss(log_z.clone(), c);
+        let grads = loss.backward();
+        let grad: Vec<f32> = logits
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let got_z: Vec<f32> = log_z.into_data().try_to_vec::<f32>().unwrap();
+        for (i, row) in rows.iter().enumerate() {
+            let z: f64 = row.iter().map(|&v| f64::from(v).exp()).sum::<f64>().ln();
+            assert!(
+                (f64::from(got_z[i]) - z).abs() < 1e-5,
+                "{} vs {z}",
+                got_z[i]
+            );
+            for (j, &v) in row.iter().enumerate() {
+                let softmax = (f64::from(v) - z).exp();
+                let expected = 2.0 * c / rows.len() as f64 * z * softmax;
+                let g = f64::from(grad[i * 4 + j]);
+                assert!(
+                    (g - expected).abs() < 1e-6 + 1e-4 * expected.abs(),
+                    "{g} vs {expected}"
+                );
+            }
+        }
+    }
 }

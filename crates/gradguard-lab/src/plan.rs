@@ -56,6 +56,8 @@ pub struct Plan {
     pub precision: Precision,
     /// Dynamic loss scaling (the `loss-scale` remedy).
     pub loss_scale: Option<LossScalerConfig>,
+    /// The z-loss coefficient C (loss + C · mean(log² Z); 0: none).
+    pub z_loss: f64,
     remedies: Vec<Remedy>,
 }
 
@@ -98,6 +100,7 @@ impl Plan {
             guard: passthrough(config.checkpoint_every),
             precision: config.precision,
             loss_scale: None,
+            z_loss: 0.0,
             remedies: config.remedies.clone(),
         };
         let only = |task_ok: bool, r: &Remedy, which: &str| {
@@ -120,6 +123,7 @@ impl Plan {
                 Ok(())
             }
         };
+        let mut qk_norm = false;
         let mut guarded = false;
         let mut backoff = false;
         let mut lr_factor = 1.0;
@@ -160,6 +164,14 @@ impl Plan {
                         )));
                     }
                     rnn.cell = c;
+                }
+                Remedy::QkNorm => {
+                    only(lm, r, "lm task")?;
+                    qk_norm = true;
+                }
+                Remedy::ZLoss(c) => {
+                    only(lm, r, "lm task")?;
+                    plan.z_loss = c;
                 }
                 Remedy::SmallLr(f) => lr_factor *= f,
                 Remedy::Warmup(n) => plan.warmup = n,
@@ -203,6 +215,7 @@ impl Plan {
                 context: config.seq_len,
                 pre_norm: !config.lm.post_norm,
                 embed_std: config.lm.embed_std,
+                qk_norm,
             }),
         };
         // Build the guard once now so a bad setting fails before training starts.

@@ -1,7 +1,7 @@
 //! What a run accumulates besides its tensors — the position, the loss of every batch, the rate —
 //! and what it comes to: the run's summary.
 
-use gradguard_report::{RunSummary, TimeGradients};
+use gradguard_report::{LogitPoint, LogitSummary, RunSummary, TimeGradients};
 
 use crate::config::RunConfig;
 use crate::objective::Evaluation;
@@ -29,6 +29,8 @@ pub(crate) struct Progress {
     /// Gradients through time on the held-out batch (recurrent tasks): at the first step, and
     /// after the last once the run ends.
     pub time_gradients: Vec<TimeGradients>,
+    /// The lm task's logit telemetry of every batch taken (empty for the other tasks).
+    pub logits: Vec<LogitPoint>,
 }
 
 impl Progress {
@@ -43,6 +45,7 @@ impl Progress {
             stopped: None,
             initial_eval: None,
             time_gradients: Vec::new(),
+            logits: Vec::new(),
         }
     }
 
@@ -109,6 +112,7 @@ impl Progress {
             largest_stable_lr: self.largest_stable_lr,
             rate_choice: None,
             time_gradients: self.time_gradients.clone(),
+            logits: LogitSummary::of(&self.logits, WINDOW),
             wall_time_s: self.wall_before + wall_in_this_process,
             config: serde_json::to_value(config).expect("configs serialize"),
         }

@@ -69,6 +69,13 @@ pub enum Remedy {
     Residual,
     /// Use this gated cell instead of a vanilla RNN.
     Cell(Cell),
+    /// Layer norm on the queries and keys of every attention (lm; qk-layernorm, Dehghani et al.
+    /// 2023, shown by Wortsman et al. 2023 to stop attention logits from growing at high rates).
+    QkNorm,
+    /// Add `C · mean(log² Z)` to the loss, `Z = Σ exp(logit)` the output softmax's normalizer
+    /// (lm; the auxiliary z-loss of PaLM, Chowdhery et al. 2022; default C = 1e-4, the value
+    /// Wortsman et al. 2023 use against output-logit divergence).
+    ZLoss(f64),
     /// Multiply the learning rate by this factor.
     SmallLr(f64),
     /// Ramp the learning rate linearly from 0 over this many steps (Goyal et al. 2017).
@@ -102,8 +109,8 @@ pub enum Remedy {
 
 /// The remedies that are not clipping rules, with their settings, for help texts.
 const OTHER_NAMES: &str = "l2[=λ], weight-decay[=λ], max-norm[=C], xavier, he, orthogonal, lsuv, \
-    gain=G, batch-norm, layer-norm, rms-norm, shallow[=N], residual, lstm, gru, small-lr[=F], \
-    warmup[=N], backoff, adam[=LR], lr-find, loss-scale[=S], guard";
+    gain=G, batch-norm, layer-norm, rms-norm, shallow[=N], residual, lstm, gru, qk-norm, z-loss[=C], \
+    small-lr[=F], warmup[=N], backoff, adam[=LR], lr-find, loss-scale[=S], guard";
 
 /// Adam's own learning rate when `adam` is given without one.
 pub const ADAM_LR: f64 = 1e-3;
@@ -126,9 +133,11 @@ impl Remedy {
     pub fn family(&self) -> Family {
         match self {
             Remedy::Clip(_) => Family::Clip,
-            Remedy::L2(_) | Remedy::WeightDecay(_) | Remedy::MaxNorm(_) => Family::Regularize,
+            Remedy::L2(_) | Remedy::WeightDecay(_) | Remedy::MaxNorm(_) | Remedy::ZLoss(_) => {
+                Family::Regularize
+            }
             Remedy::Init(_) | Remedy::Gain(_) => Family::Init,
-            Remedy::Norm(_) => Family::Normalize,
+            Remedy::Norm(_) | Remedy::QkNorm => Family::Normalize,
             Remedy::Shallow(_) | Remedy::Residual | Remedy::Cell(_) => Family::Architecture,
             Remedy::SmallLr(_)
             | Remedy::Warmup(_)
@@ -220,6 +229,8 @@ impl std::str::FromStr for Remedy {
             "residual" => flag(Remedy::Residual),
             "lstm" => flag(Remedy::Cell(Cell::Lstm)),
             "gru" => flag(Remedy::Cell(Cell::Gru)),
+            "qk-norm" => flag(Remedy::QkNorm),
+            "z-loss" => Ok(Remedy::ZLoss(number(1e-4)?)),
             "small-lr" => {
                 let f = number(0.1)?;
                 if f >= 1.0 {
@@ -260,6 +271,8 @@ impl std::fmt::Display for Remedy {
             Remedy::Shallow(n) => write!(f, "shallow={n}"),
             Remedy::Residual => f.write_str("residual"),
             Remedy::Cell(c) => f.write_str(c.name()),
+            Remedy::QkNorm => f.write_str("qk-norm"),
+            Remedy::ZLoss(c) => write!(f, "z-loss={c}"),
             Remedy::SmallLr(x) => write!(f, "small-lr={x}"),
             Remedy::Warmup(n) => write!(f, "warmup={n}"),
             Remedy::Backoff => f.write_str("backoff"),
@@ -279,10 +292,15 @@ mod tests {
     fn every_name_parses_and_prints_back() {
         let list = "clip-value,clip-norm=2,clip-global,agc,autoclip=50,zclip,adagc,l2,weight-decay,\
                     max-norm,xavier,he,orthogonal,lsuv,gain=1.5,batch-norm,layer-norm,rms-norm,\
-                    shallow,residual,lstm,gru,small-lr,warmup=10,backoff,adam,lr-find,loss-scale,guard";
+                    shallow,residual,lstm,gru,small-lr,warmup=10,backoff,adam,lr-find,loss-scale,guard,\
+                    qk-norm,z-loss,z-loss=0.001";
         let remedies = Remedy::parse_list(list).unwrap();
-        assert_eq!(remedies.len(), 29);
+        assert_eq!(remedies.len(), 32);
         assert_eq!(remedies[25], Remedy::Adam(ADAM_LR));
+        assert_eq!(remedies[29], Remedy::QkNorm);
+        assert_eq!(remedies[30], Remedy::ZLoss(1e-4));
+        assert_eq!(remedies[31].to_string(), "z-loss=0.001");
+        assert_eq!(remedies[30].family(), Family::Regularize);
         assert_eq!(
             Remedy::parse_list("adam=0.003").unwrap(),
             [Remedy::Adam(0.003)]
@@ -321,6 +339,8 @@ mod tests {
             ("loss-scale=0", "positive"),
             ("loss-scale=inf", "positive"),
             ("adam=0", "positive"),
+            ("qk-norm=1", "takes no value"),
+            ("z-loss=-1", "positive"),
         ] {
             let err = Remedy::parse_list(spec).unwrap_err();
             assert!(err.contains(needle), "{spec}: {err}");

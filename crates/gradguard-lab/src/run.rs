@@ -9,12 +9,12 @@ use std::path::Path;
 use std::time::Instant;
 
 use burn::optim::GradientsParams;
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use gradguard::{Decision, NonFinitePolicy};
 use gradguard_burn::GuardedOptimizer;
 use gradguard_report::{
-    JsonlSink, METRICS_FILE, MetricsRecord, RunSummary, SUMMARY_FILE, Sink, Sinks, TensorBoardSink,
-    TimeGradients, write_atomic,
+    JsonlSink, LogitPoint, METRICS_FILE, MetricsRecord, RunSummary, SUMMARY_FILE, Sink, Sinks,
+    TensorBoardSink, TimeGradients, write_atomic,
 };
 
 use crate::checkpoint::{self, Checkpoint, CheckpointHeader};
@@ -23,12 +23,57 @@ use crate::error::LabError;
 use crate::faults::{self, Fault};
 use crate::lr_find::range_test;
 use crate::models::Net;
-use crate::objective::{constrain, data_loss, evaluate, l2_penalty};
+use crate::objective::{constrain, evaluate, l2_penalty, log_partition, loss_of, z_loss};
 use crate::plan::{Plan, build_net};
 use crate::progress::Progress;
 use crate::run_dir::{TENSORBOARD_DIR, io_err, truncate_metrics};
 use crate::tasks::{HostBatch, TaskData};
 use crate::through_time::hidden_gradient_norms;
+
+/// A language model's logit telemetry of one step, read from the device.
+struct StepLogits {
+    /// Each layer's largest attention logit.
+    attention: Vec<f64>,
+    /// The batch's mean `log Z`.
+    log_z_mean: f64,
+    /// The batch's largest `log Z`.
+    log_z_max: f64,
+}
+
+/// The loss's value and, for a language model, its logit telemetry, in one read from the device.
+fn read_loss(
+    loss: &Tensor<1>,
+    attention: Option<Tensor<1>>,
+    log_z: Option<Tensor<1>>,
+) -> (f64, Option<StepLogits>) {
+    let (Some(attention), Some(log_z)) = (attention, log_z) else {
+        return (f64::from(loss.clone().into_scalar::<f32>()), None);
+    };
+    let layers = attention.dims()[0];
+    let log_z = log_z.detach();
+    let parts = vec![
+        loss.clone().detach(),
+        attention,
+        log_z.clone().mean(),
+        log_z.max(),
+    ];
+    let values: Vec<f64> = Tensor::cat(parts, 0)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap_or_default()
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    if values.len() != layers + 3 {
+        return (f64::NAN, None);
+    }
+    let logits = StepLogits {
+        attention: values[1..=layers].to_vec(),
+        log_z_mean: values[layers + 1],
+        log_z_max: values[layers + 2],
+    };
+    (values[0], Some(logits))
+}
 
 /// Non-finite losses in a row after which an unguarded run is over (its weights are NaN).
 const DEAD_AFTER: usize = 5;
@@ -138,6 +183,7 @@ impl<'a> Run<'a> {
             stopped: h.stopped.clone(),
             initial_eval: h.initial_loss,
             time_gradients: h.time_gradients.clone(),
+            logits: h.logits.clone(),
         };
         Ok((net, true))
     }
@@ -198,14 +244,21 @@ impl<'a> Run<'a> {
         let (config, plan) = (self.config, self.plan);
         let mut batch = self.data.train_batch(index, config.batch, config.seed);
         faults::corrupt_batch(self.faults, index, &mut batch);
-        let mut loss = data_loss(&net, &batch, &self.device, plan.precision);
+        let (out, attention) = net.forward_observed(&batch, &self.device, plan.precision);
+        let log_z = attention.is_some().then(|| log_partition(out.clone()));
+        let mut loss = loss_of(out, &batch, &self.device);
+        if plan.z_loss > 0.0
+            && let Some(log_z) = &log_z
+        {
+            loss = loss + z_loss(log_z.clone(), plan.z_loss);
+        }
         if plan.l2 > 0.0
             && let Some(penalty) = l2_penalty(&net, plan.l2)
         {
             loss = loss + penalty;
         }
         let loss = faults::corrupt_loss(self.faults, index, loss);
-        let value = f64::from(loss.clone().into_scalar::<f32>());
+        let (value, logits) = read_loss(&loss, attention, log_z);
         // With a loss scaler the backward pass sees `scale · loss`; the guard divides it out.
         let loss = self.optim.scale_loss(loss);
         let mut grads = GradientsParams::from_grads(loss.backward(), &net);
@@ -233,7 +286,16 @@ impl<'a> Run<'a> {
                 self.optim.set_snapshot(report.step, net.clone());
             }
         }
-        self.sinks.write(&MetricsRecord::from_report(&report, lr))?;
+        let mut record = MetricsRecord::from_report(&report, lr);
+        if let Some(logits) = &logits {
+            record = record.with_logits(&logits.attention, logits.log_z_mean, logits.log_z_max);
+            let peak = record.attention_logit_peak();
+            self.progress.logits.push(LogitPoint {
+                attention: peak,
+                log_z: record.log_z_mean,
+            });
+        }
+        self.sinks.write(&record)?;
         if report.take_snapshot && self.out.is_some() {
             self.sinks.flush()?;
             self.checkpoint(&net, true)?;
@@ -267,6 +329,7 @@ impl<'a> Run<'a> {
             stopped: p.stopped.clone(),
             initial_loss: p.initial_eval,
             time_gradients: p.time_gradients.clone(),
+            logits: p.logits.clone(),
         };
         checkpoint::save(
             dir,

@@ -41,7 +41,7 @@ pub use jsonl::{JsonlSink, read_metrics};
 pub use record::{MetricsRecord, StepDecision};
 pub use sink::{Sink, Sinks};
 pub use summary::{
-    METRICS_FILE, Outcome, RunData, RunDirError, RunSummary, SUMMARY_FILE, TEMP_PREFIX,
-    TimeGradients, best_hand_picked, read_run, write_atomic,
+    LogitPoint, LogitSummary, METRICS_FILE, Outcome, RunData, RunDirError, RunSummary,
+    SUMMARY_FILE, TEMP_PREFIX, TimeGradients, best_hand_picked, read_run, write_atomic,
 };
 pub use tensorboard::{TensorBoardSink, encode_scalar_event};

@@ -46,6 +46,18 @@ pub struct MetricsRecord {
     /// `gradguard::LossScaler`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scale: Option<f64>,
+    /// A transformer's largest attention logit `q·k/√d_k` in each layer this step, in layer order
+    /// (`null` where not finite; empty for other models). Its growth precedes divergence at high
+    /// learning rates (Wortsman et al. 2023, §3.1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attention_logit_max: Vec<Option<f64>>,
+    /// A language model's `log Z` of the output softmax, averaged over the batch's positions
+    /// (Wortsman et al. 2023, §3.2: it drifts from 0 before output-logit divergence).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_z_mean: Option<f64>,
+    /// The largest `log Z` over the batch's positions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_z_max: Option<f64>,
 }
 
 /// What a step did, as the telemetry records it (the guard's [`Decision`] without its data).
@@ -110,7 +122,37 @@ impl MetricsRecord {
             update_ratio: report.update.as_ref().and_then(|u| finite(u.global_ratio)),
             update_scale: report.update.as_ref().map(|u| u.global_scale),
             loss_scale: report.loss_scale.map(|u| u.scale),
+            attention_logit_max: Vec::new(),
+            log_z_mean: None,
+            log_z_max: None,
         }
+    }
+
+    /// The record with a language model's logit telemetry: each layer's largest attention
+    /// logit and the output's mean and largest `log Z` (non-finite values become `null`).
+    pub fn with_logits(
+        mut self,
+        attention_logit_max: &[f64],
+        log_z_mean: f64,
+        log_z_max: f64,
+    ) -> Self {
+        self.attention_logit_max = attention_logit_max.iter().map(|&v| finite(v)).collect();
+        self.log_z_mean = finite(log_z_mean);
+        self.log_z_max = finite(log_z_max);
+        self
+    }
+
+    /// The largest attention logit over the layers this step (`None` without telemetry, or when
+    /// a layer's is not finite).
+    pub fn attention_logit_peak(&self) -> Option<f64> {
+        if self.attention_logit_max.is_empty() {
+            return None;
+        }
+        self.attention_logit_max
+            .iter()
+            .copied()
+            .collect::<Option<Vec<f64>>>()
+            .map(|v| v.into_iter().fold(f64::NEG_INFINITY, f64::max))
     }
 
     /// Whether the optimizer did not step.

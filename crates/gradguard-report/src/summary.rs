@@ -69,10 +69,58 @@ pub struct RunSummary {
     /// and after the last (gradients through time).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub time_gradients: Vec<TimeGradients>,
+    /// A language model's logits over the run: attention-logit growth and `log Z` drift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logits: Option<LogitSummary>,
     /// Seconds of training, summed over interrupted sessions.
     pub wall_time_s: f64,
     /// The run's full configuration.
     pub config: serde_json::Value,
+}
+
+/// What a transformer language model's logits did over a run (Wortsman et al. 2023's two
+/// instabilities): how large the attention logits grew and how far the output's `log Z` drifted.
+/// Each value is over the steps where it was finite; `None` when it never was.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LogitSummary {
+    /// The largest attention logit over every step and layer.
+    pub attention_logit_peak: Option<f64>,
+    /// The per-step largest attention logit, averaged over the last 10 steps.
+    pub attention_logit_final: Option<f64>,
+    /// The batch's mean `log Z`, averaged over the last 10 steps.
+    pub log_z_final: Option<f64>,
+    /// The largest `|mean log Z|` of any step.
+    pub log_z_peak: Option<f64>,
+}
+
+/// One step's logit telemetry, as a run keeps it for its [`LogitSummary`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LogitPoint {
+    /// The step's largest attention logit over the layers (`None`: not finite).
+    pub attention: Option<f64>,
+    /// The step's mean `log Z` (`None`: not finite).
+    pub log_z: Option<f64>,
+}
+
+impl LogitSummary {
+    /// The summary of a run's steps, `window` of them averaged for the final values; `None`
+    /// when there are no steps.
+    pub fn of(points: &[LogitPoint], window: usize) -> Option<Self> {
+        if points.is_empty() {
+            return None;
+        }
+        let peak = |v: &mut dyn Iterator<Item = f64>| {
+            v.fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))))
+        };
+        let tail = &points[points.len().saturating_sub(window.max(1))..];
+        let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+        Some(LogitSummary {
+            attention_logit_peak: peak(&mut points.iter().filter_map(|p| p.attention)),
+            attention_logit_final: mean(tail.iter().filter_map(|p| p.attention).collect()),
+            log_z_final: mean(tail.iter().filter_map(|p| p.log_z).collect()),
+            log_z_peak: peak(&mut points.iter().filter_map(|p| p.log_z.map(f64::abs))),
+        })
+    }
 }
 
 /// The gradient of the loss with respect to a recurrent net's hidden state at every time step,
@@ -311,6 +359,7 @@ mod tests {
             largest_stable_lr: None,
             rate_choice: None,
             time_gradients: Vec::new(),
+            logits: None,
             wall_time_s: 0.0,
             config: serde_json::Value::Null,
         }

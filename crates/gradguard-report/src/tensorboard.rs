@@ -125,6 +125,8 @@ impl Sink for TensorBoardSink {
             ("grad_norm/before", r.grad_norm),
             ("grad_norm/after", r.grad_norm_clipped),
             ("loss_scale", r.loss_scale),
+            ("log_z/mean", r.log_z_mean),
+            ("log_z/max", r.log_z_max),
         ];
         scalars.extend(
             optional
@@ -135,6 +137,12 @@ impl Sink for TensorBoardSink {
             r.tensor_norms
                 .iter()
                 .filter_map(|(name, v)| v.map(|v| (format!("tensor_norm/{name}"), v))),
+        );
+        scalars.extend(
+            r.attention_logit_max
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| v.map(|v| (format!("attention_logit_max/layer{i}"), v))),
         );
         let pairs: Vec<(&str, f32)> = scalars
             .iter()

@@ -29,6 +29,17 @@ impl Net {
         self.forward_probed(batch, device, precision, &[])
     }
 
+    /// [`Net::forward`], with each transformer layer's largest attention logit for the lm task
+    /// ([`LmTransformer::forward_observed`]; `None` for the other nets).
+    pub fn forward_observed(
+        &self,
+        batch: &HostBatch,
+        device: &Device,
+        precision: Precision,
+    ) -> (Tensor<2>, Option<Tensor<1>>) {
+        self.forward_inner(batch, device, precision, &[])
+    }
+
     /// [`Net::forward`] with probes added to a recurrent net's hidden states
     /// ([`RecurrentNet::forward_probed`]); an MLP ignores them.
     pub fn forward_probed(
@@ -38,25 +49,39 @@ impl Net {
         precision: Precision,
         probes: &[Tensor<2>],
     ) -> Tensor<2> {
+        self.forward_inner(batch, device, precision, probes).0
+    }
+
+    fn forward_inner(
+        &self,
+        batch: &HostBatch,
+        device: &Device,
+        precision: Precision,
+        probes: &[Tensor<2>],
+    ) -> (Tensor<2>, Option<Tensor<1>>) {
         let half = precision.cast_module(self);
         fn input<const D: usize>(batch: &HostBatch, device: &Device, p: Precision) -> Tensor<D> {
             let data = TensorData::new(batch.inputs.clone(), batch.shape.clone());
             p.cast_input(Tensor::from_data(data, device))
         }
-        let out = match half.as_ref().unwrap_or(self) {
-            Net::Mlp(m) => m.forward(input(batch, device, precision)),
-            Net::Recurrent(r) => r.forward_probed(input(batch, device, precision), probes),
+        let (out, attention) = match half.as_ref().unwrap_or(self) {
+            Net::Mlp(m) => (m.forward(input(batch, device, precision)), None),
+            Net::Recurrent(r) => (
+                r.forward_probed(input(batch, device, precision), probes),
+                None,
+            ),
             Net::Lm(lm) => {
                 // The inputs are symbol indices, exact in f32.
                 let ids: Vec<i64> = batch.inputs.iter().map(|&v| v as i64).collect();
                 let ids = TensorData::new(ids, batch.shape.clone());
-                lm.forward(Tensor::<2, Int>::from_data(ids, device))
+                let out = lm.forward_observed(Tensor::<2, Int>::from_data(ids, device));
+                (out.logits, Some(out.attention_logit_max))
             }
         };
         if half.is_some() {
-            out.cast(DType::F32)
+            (out.cast(DType::F32), attention.map(|a| a.cast(DType::F32)))
         } else {
-            out
+            (out, attention)
         }
     }
 

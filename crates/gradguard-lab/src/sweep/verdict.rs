@@ -226,6 +226,7 @@ mod tests {
                 largest_stable_lr: None,
                 rate_choice: None,
                 time_gradients: Vec::new(),
+                logits: None,
                 wall_time_s: 1.0,
                 config: serde_json::json!({ "seed": seed, "remedies": [remedy] }),
             },

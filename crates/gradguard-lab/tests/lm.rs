@@ -80,32 +80,35 @@ fn two_runs_of_one_configuration_end_with_equal_losses() {
 #[test]
 fn position_t_sees_only_symbols_up_to_t() {
     let device = Device::flex();
-    device.seed(3);
-    let model = TransformerConfig {
-        vocab: 11,
-        layers: 2,
-        width: 16,
-        heads: 2,
-        context: 8,
-        pre_norm: true,
-        embed_std: 0.02,
+    for qk_norm in [false, true] {
+        device.seed(3);
+        let model = TransformerConfig {
+            vocab: 11,
+            layers: 2,
+            width: 16,
+            heads: 2,
+            context: 8,
+            pre_norm: true,
+            embed_std: 0.02,
+            qk_norm,
+        }
+        .init(&device)
+        .unwrap();
+        let ids = |v: Vec<i64>| Tensor::<2, Int>::from_data(TensorData::new(v, [1, 8]), &device);
+        let a: Vec<f32> = model
+            .forward(ids(vec![1, 2, 3, 4, 5, 6, 7, 8]))
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        // Change the last symbol only: the first seven positions' outputs must not move.
+        let b: Vec<f32> = model
+            .forward(ids(vec![1, 2, 3, 4, 5, 6, 7, 0]))
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        assert_eq!(a[..7 * 11], b[..7 * 11], "qk-norm {qk_norm}");
+        assert_ne!(a[7 * 11..], b[7 * 11..], "qk-norm {qk_norm}");
     }
-    .init(&device)
-    .unwrap();
-    let ids = |v: Vec<i64>| Tensor::<2, Int>::from_data(TensorData::new(v, [1, 8]), &device);
-    let a: Vec<f32> = model
-        .forward(ids(vec![1, 2, 3, 4, 5, 6, 7, 8]))
-        .into_data()
-        .try_to_vec::<f32>()
-        .unwrap();
-    // Change the last symbol only: the first seven positions' outputs must not move.
-    let b: Vec<f32> = model
-        .forward(ids(vec![1, 2, 3, 4, 5, 6, 7, 0]))
-        .into_data()
-        .try_to_vec::<f32>()
-        .unwrap();
-    assert_eq!(a[..7 * 11], b[..7 * 11]);
-    assert_ne!(a[7 * 11..], b[7 * 11..]);
 }
 
 #[test]
@@ -155,4 +158,46 @@ fn a_users_text_file_trains() {
         ..lm(30)
     });
     assert!(s.final_loss.unwrap() < s.initial_loss.unwrap());
+}
+
+#[test]
+fn qk_norm_and_z_loss_train_and_every_step_records_the_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = RunConfig {
+        remedies: Remedy::parse_list("qk-norm,z-loss").unwrap(),
+        ..lm(12)
+    };
+    let options = gradguard_lab::TrainOptions {
+        out: Some(dir.path().join("run")),
+        ..Default::default()
+    };
+    let summary = match gradguard_lab::train(&config, &options).unwrap() {
+        gradguard_lab::TrainOutcome::Finished(s) => *s,
+        other => panic!("{other:?}"),
+    };
+    assert!(summary.final_loss.unwrap() < summary.initial_loss.unwrap());
+    let logits = summary.logits.expect("an lm run summarizes its logits");
+    // Normalized unit-RMS queries and keys of d_k = 16 bound a logit by √16 = 4 until the
+    // layer norms' scales grow, which a dozen small steps cannot do much.
+    let peak = logits.attention_logit_peak.unwrap();
+    assert!(peak > 0.0 && peak < 4.5, "{peak}");
+    assert!(logits.log_z_final.unwrap().is_finite());
+    let file = std::fs::File::open(dir.path().join("run/metrics.jsonl")).unwrap();
+    let metrics = gradguard_report::read_metrics(std::io::BufReader::new(file)).unwrap();
+    assert_eq!(metrics.len(), 12);
+    for m in &metrics {
+        assert_eq!(m.attention_logit_max.len(), config.depth, "{m:?}");
+        assert!(m.log_z_mean.unwrap() <= m.log_z_max.unwrap());
+    }
+    // Other tasks record none.
+    assert!(run(&with(Task::Adding, 3, "none")).logits.is_none());
+}
+
+#[test]
+fn transformer_remedies_are_refused_on_other_tasks() {
+    for remedy in ["qk-norm", "z-loss"] {
+        let config = with(Task::Mlp, 3, remedy);
+        let err = check(&config).unwrap_err().to_string();
+        assert!(err.contains("lm task"), "{err}");
+    }
 }

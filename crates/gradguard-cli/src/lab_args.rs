@@ -12,6 +12,26 @@ use gradguard_lab::{Precision, Remedy, RunConfig};
 #[derive(Debug, Clone, PartialEq)]
 pub struct RemedyList(pub Vec<Remedy>, pub bool);
 
+/// The `--remedy` help, generated from the lab's list so that it names every remedy.
+fn remedy_help() -> String {
+    format!(
+        "Remedies, comma-separated: {}",
+        gradguard_lab::Remedy::names()
+    )
+}
+
+/// The papers `gradguard reproduce` knows, from the lab's own list.
+fn paper_help() -> String {
+    let papers: Vec<String> = gradguard_lab::reproduce::Paper::ALL
+        .iter()
+        .map(|p| format!("{} ({})", p.name(), p.subject()))
+        .collect();
+    format!(
+        "Papers: {}, or all. Each prints: paper claims / we measured / holds: yes|no.",
+        papers.join(", ")
+    )
+}
+
 fn remedy_list(s: &str) -> Result<RemedyList, String> {
     let bare_adam = s.split(',').any(|name| name.trim() == "adam");
     Remedy::parse_list(s).map(|list| RemedyList(list, bare_adam))
@@ -125,12 +145,8 @@ pub struct RunFlags {
     /// Seed of the weights, the split and the batches [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Remedies, comma-separated: `none`, or any of: clip-value[=C], clip-norm[=C],
-    /// clip-global[=C], agc[=λ], autoclip[=P], zclip, l2[=λ], weight-decay[=λ], max-norm[=C],
-    /// xavier, he, orthogonal, lsuv, gain=G, batch-norm, layer-norm, rms-norm, shallow[=N],
-    /// residual, lstm, gru, small-lr[=F], warmup[=N], backoff, adam[=LR], lr-find, loss-scale[=S],
-    /// guard.
-    #[arg(long, value_parser = remedy_list, default_value = "none", value_name = "NAME[,NAME…]")]
+    #[arg(long, value_parser = remedy_list, default_value = "none", value_name = "NAME[,NAME…]",
+          help = remedy_help())]
     pub remedy: RemedyList,
     /// Training loss (mean of 10 steps) counted as reached [default: 0.5 (mlp), 0.05 (adding),
     /// 0.3 (order)].
@@ -470,13 +486,9 @@ fn paper_arg(s: &str) -> Result<PaperArg, String> {
 
 /// `gradguard reproduce`.
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Papers: pascanu2013 (clipping and RNN stability), he2015 (He init, 30-layer \
-    ReLU), saxe2014 (deep linear nets, orthogonal init), schoenholz2017 (trainable depth and the \
-    correlation depth ξ_c), or all. Each prints: paper claims / we measured / holds: yes|no."
-)]
+#[command(after_help = paper_help())]
 pub struct ReproduceArgs {
-    /// The paper (pascanu2013, he2015, saxe2014, schoenholz2017), or `all`.
+    /// The paper (listed below), or `all`.
     #[arg(value_name = "NAME", value_parser = paper_arg)]
     pub name: PaperArg,
     /// A smaller grid with the same rule (seconds each, for CI); docs/lab.md's numbers are the

@@ -9,13 +9,19 @@ use crate::lab_args::ReproduceArgs;
 
 /// The terminal form of one finding.
 fn text(f: &Finding) -> String {
+    let yes_no = |holds: bool| if holds { "yes" } else { "no" };
+    let parts: String = f
+        .parts
+        .iter()
+        .map(|p| format!("\n    {}: {}", p.name, yes_no(p.holds)))
+        .collect();
     format!(
-        "{} — {}\n  paper claims: {}\n  we measured:  {}\n  holds: {}  ({}; {} runs, {:.1} s, {} budget)\n",
+        "{} — {}\n  paper claims: {}\n  we measured:  {}\n  holds: {}  ({}; {} runs, {:.1} s, {} budget){parts}\n",
         f.name,
         f.paper,
         f.claim,
         f.measured,
-        if f.holds { "yes" } else { "no" },
+        yes_no(f.holds),
         f.rule,
         f.runs,
         f.wall_time_s,

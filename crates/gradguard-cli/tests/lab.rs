@@ -679,24 +679,40 @@ fn reproduce_prints_a_verdict_as_json_and_writes_its_report() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("rep");
     let o = out.to_str().unwrap();
-    let r = run(&["reproduce", "he2015", "--quick", "--json", "--out", o]);
+    // The transformer paper: a verdict in two parts.
+    let r = run(&["reproduce", "wortsman2023", "--quick", "--json", "--out", o]);
     assert!(r.status.success(), "{}", text(&r.stderr));
     let v = json(&r);
-    assert_eq!(v["name"], "he2015");
-    for key in ["claim", "measured"] {
+    assert_eq!(v["name"], "wortsman2023");
+    for key in ["claim", "measured", "rule"] {
         assert!(v[key].as_str().is_some_and(|s| !s.is_empty()), "{v}");
     }
     assert!(v["holds"].is_boolean(), "{v}");
+    let parts = v["parts"].as_array().expect("parts");
+    assert_eq!(parts.len(), 2, "{v}");
+    let all = parts.iter().all(|p| p["holds"].as_bool().unwrap());
+    assert_eq!(v["holds"].as_bool(), Some(all), "{v}");
+    assert_eq!(v["figures"].as_array().unwrap().len(), 3);
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    assert!(html.contains("<svg") && html.contains("he2015"));
+    assert!(html.contains("<svg") && html.contains("wortsman2023"));
+    assert!(html.contains("attention-logit growth"));
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("findings.json")).unwrap()).unwrap();
     assert_eq!(saved[0]["holds"], v["holds"]);
-    // Without --json: the three lines a reader looks for.
+    // Without --json: the three lines a reader looks for, and each part's verdict.
     let r = run(&["reproduce", "he2015", "--quick", "--out", o]);
     let said = text(&r.stdout);
     for needle in ["paper claims:", "we measured:", "holds: "] {
         assert!(said.contains(needle), "{said}");
+    }
+    // The help names every paper and `train --help` every remedy, from the lab's own lists.
+    let help = text(&run(&["reproduce", "--help"]).stdout);
+    for paper in gradguard_lab::reproduce::Paper::ALL {
+        assert!(help.contains(paper.name()), "{paper} missing from {help}");
+    }
+    let help = text(&run(&["train", "--help"]).stdout);
+    for name in ["adagc", "qk-norm", "z-loss", "guard"] {
+        assert!(help.contains(name), "{name} missing from train --help");
     }
 }
 
@@ -827,6 +843,15 @@ fn the_lm_task_trains_under_adamw_and_a_sweep_measures_lr_sensitivity() {
     }
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("final held-out loss against the rate"));
+    // Every lm run's logit telemetry is drawn.
+    assert!(
+        html.contains("Largest attention logit q·k/√d_k"),
+        "no attention chart"
+    );
+    assert!(
+        html.contains("Mean log Z of the output softmax"),
+        "no log Z chart"
+    );
     // A bad key of the new settings is one line and exit code 2.
     std::fs::write(&grid, "task = \"lm\"\noptimizer = \"lion\"\n").unwrap();
     let o = run(&[

@@ -68,3 +68,53 @@ fn no_tanh_net_beyond_six_correlation_depths_trains() {
     let html = page::html(std::slice::from_ref(&f));
     assert!(html.contains("<svg") && html.contains("schoenholz2017") && html.contains("yes"));
 }
+
+/// The points of the curve labelled `label` in `figure`, by rate.
+fn curve<'a>(f: &'a Finding, figure: usize, label: &str) -> &'a [(f64, Option<f64>)] {
+    let curve = f.figures[figure]
+        .curves
+        .iter()
+        .find(|c| c.label == label)
+        .unwrap_or_else(|| panic!("no curve {label:?} in {:?}", f.figures[figure]));
+    &curve.points
+}
+
+#[test]
+fn attention_logits_grow_with_the_rate_and_qk_norm_bounds_them() {
+    let f = quick(Paper::Wortsman2023);
+    assert_complete(&f, Paper::Wortsman2023);
+    assert_eq!(f.figures.len(), 3);
+    let names: Vec<&str> = f.parts.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["attention-logit growth", "output-logit divergence"],
+        "{f:?}"
+    );
+    // The verdict is the conjunction of its parts.
+    assert_eq!(f.holds, f.parts.iter().all(|p| p.holds));
+    // The robust effects at this scale, read from the figure's lines: without qk-norm the largest
+    // attention logit grows tenfold from the lowest rate to the highest; qk-norm and the default
+    // guard keep it an order of magnitude lower at the highest rate.
+    let peak = |label| -> Vec<f64> {
+        curve(&f, 0, label)
+            .iter()
+            .map(|(_, y)| y.expect("every lm run records its attention logits"))
+            .collect()
+    };
+    let (plain, qk_norm, guard) = (peak("AdamW"), peak("qk-norm"), peak("default guard"));
+    let top = plain.len() - 1;
+    assert!(plain[top] >= 10.0 * plain[0], "{plain:?}");
+    assert!(qk_norm[top] <= plain[top] / 10.0, "{qk_norm:?} {plain:?}");
+    assert!(guard[top] <= plain[top] / 10.0, "{guard:?} {plain:?}");
+    // qk-norm's logits are bounded by √d_k times the layer norm's gains, whatever the rate.
+    assert!(qk_norm.iter().all(|&q| q < 20.0), "{qk_norm:?}");
+    // log Z is measured for every run of the output-logit part.
+    for label in ["AdamW, no weight decay", "z-loss 1e-4, no weight decay"] {
+        assert!(
+            curve(&f, 2, label).iter().all(|(_, y)| y.is_some()),
+            "{label}"
+        );
+    }
+    let html = page::html(std::slice::from_ref(&f));
+    assert!(html.contains("attention-logit growth") && html.contains("<svg"));
+}

@@ -91,6 +91,9 @@ pub struct LogitSummary {
     pub log_z_final: Option<f64>,
     /// The largest `|mean log Z|` of any step.
     pub log_z_peak: Option<f64>,
+    /// The first step's mean `log Z` (near `ln V` for a vocabulary of `V` and small logits).
+    #[serde(default)]
+    pub log_z_first: Option<f64>,
 }
 
 /// One step's logit telemetry, as a run keeps it for its [`LogitSummary`].
@@ -119,6 +122,7 @@ impl LogitSummary {
             attention_logit_final: mean(tail.iter().filter_map(|p| p.attention).collect()),
             log_z_final: mean(tail.iter().filter_map(|p| p.log_z).collect()),
             log_z_peak: peak(&mut points.iter().filter_map(|p| p.log_z.map(f64::abs))),
+            log_z_first: points[0].log_z,
         })
     }
 }

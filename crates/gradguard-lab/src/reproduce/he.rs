@@ -57,12 +57,11 @@ pub(super) fn reproduce(budget: Budget, runner: &Runner) -> Result<Finding, LabE
         |s, d| best(s, d).1,
     );
     if let Some(t) = trivial {
-        curves.push(Curve {
-            label: "trivial predictor".into(),
-            points: depths.iter().map(|&d| (d as f64, Some(t))).collect(),
-            reference: true,
-            marks: Vec::new(),
-        });
+        curves.push(Curve::level(
+            "trivial predictor",
+            depths.iter().map(|&d| d as f64),
+            t,
+        ));
     }
     let measured = format!(
         "At depth {DEEP}, median final held-out loss (accuracy): He init {} ({}) at lr {he_lr}, \
@@ -106,6 +105,7 @@ pub(super) fn reproduce(budget: Budget, runner: &Runner) -> Result<Finding, LabE
         }],
         budget,
         runs: trained.runs.len(),
+        parts: Vec::new(),
     }
     .into())
 }

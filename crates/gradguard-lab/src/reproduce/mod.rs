@@ -1,4 +1,5 @@
-//! Classic results about exploding and vanishing gradients, re-measured here: each paper's claim,
+//! Classic results about exploding and vanishing gradients, and the transformer instabilities of
+//! today, re-measured here: each paper's claim,
 //! what these runs measured, and whether the claim holds — with the figure that shows it.
 //!
 //! | name | paper | what is re-measured |
@@ -7,6 +8,7 @@
 //! | `he2015` | He, Zhang, Ren & Sun 2015 | a 30-layer ReLU net from He init against Xavier init (gain off by √2) |
 //! | `saxe2014` | Saxe, McClelland & Ganguli 2014 | steps to a target loss against depth, deep linear nets, orthogonal against scaled Gaussian init |
 //! | `schoenholz2017` | Schoenholz, Gilmer, Ganguli & Sohl-Dickstein 2017 | which tanh nets train, over depth × σ_w, against 6 ξ_c from mean-field theory |
+//! | `wortsman2023` | Wortsman et al. 2023 | a transformer's attention logits and output log Z over a rate grid, with and without qk-norm, z-loss and the default guard |
 //!
 //! Every run is an ordinary lab run ([`crate::train`]) in memory, so each number can be re-made
 //! with `gradguard train`; [`Budget::Quick`] is a smaller grid with fewer steps (seconds, for CI),
@@ -17,6 +19,7 @@ pub mod page;
 mod pascanu;
 mod saxe;
 mod schoenholz;
+mod wortsman;
 
 use std::time::Instant;
 
@@ -42,15 +45,19 @@ pub enum Paper {
     Saxe2014,
     /// Schoenholz, Gilmer, Ganguli & Sohl-Dickstein 2017, "Deep information propagation".
     Schoenholz2017,
+    /// Wortsman et al. 2023, "Small-scale proxies for large-scale Transformer training
+    /// instabilities".
+    Wortsman2023,
 }
 
 impl Paper {
     /// Every paper, in the order `gradguard reproduce all` runs them.
-    pub const ALL: [Paper; 4] = [
+    pub const ALL: [Paper; 5] = [
         Paper::Pascanu2013,
         Paper::He2015,
         Paper::Saxe2014,
         Paper::Schoenholz2017,
+        Paper::Wortsman2023,
     ];
 
     /// The command-line name.
@@ -60,6 +67,18 @@ impl Paper {
             Paper::He2015 => "he2015",
             Paper::Saxe2014 => "saxe2014",
             Paper::Schoenholz2017 => "schoenholz2017",
+            Paper::Wortsman2023 => "wortsman2023",
+        }
+    }
+
+    /// What it is about, in a few words (the command line's list of papers).
+    pub fn subject(self) -> &'static str {
+        match self {
+            Paper::Pascanu2013 => "clipping and RNN stability",
+            Paper::He2015 => "He init, 30-layer ReLU",
+            Paper::Saxe2014 => "deep linear nets, orthogonal init",
+            Paper::Schoenholz2017 => "trainable depth and the correlation depth ξ_c",
+            Paper::Wortsman2023 => "transformer attention-logit growth and output-logit divergence",
         }
     }
 
@@ -81,6 +100,11 @@ impl Paper {
             Paper::Schoenholz2017 => {
                 "Schoenholz, Gilmer, Ganguli & Sohl-Dickstein (2017), Deep information \
                  propagation, ICLR"
+            }
+            Paper::Wortsman2023 => {
+                "Wortsman, Liu, Xiao, Everett, Alemi, Adlam, Co-Reyes, Gur, Kumar, Novak, \
+                 Pennington, Sohl-Dickstein, Xu, Lee, Gilmer & Kornblith (2023), Small-scale \
+                 proxies for large-scale Transformer training instabilities, ICLR 2024"
             }
         }
     }
@@ -148,6 +172,33 @@ pub struct Curve {
     pub marks: Vec<(f64, String)>,
 }
 
+impl Curve {
+    /// A reference line: `value` at every `x`.
+    pub fn level(label: &str, xs: impl IntoIterator<Item = f64>, value: f64) -> Curve {
+        Curve {
+            label: label.into(),
+            points: xs.into_iter().map(|x| (x, Some(value))).collect(),
+            reference: true,
+            marks: Vec::new(),
+        }
+    }
+
+    /// A measured line whose points without a value are marked `missing` ("diverged").
+    pub fn measured(label: &str, points: Vec<(f64, Option<f64>)>, missing: &str) -> Curve {
+        let marks = points
+            .iter()
+            .filter(|(_, y)| y.is_none())
+            .map(|(x, _)| (*x, missing.to_string()))
+            .collect();
+        Curve {
+            label: label.into(),
+            points,
+            reference: false,
+            marks,
+        }
+    }
+}
+
 /// A figure of a finding: the picture the paper drew, from these runs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Figure {
@@ -186,6 +237,19 @@ pub struct Finding {
     pub runs: usize,
     /// Wall time of the runs, seconds.
     pub wall_time_s: f64,
+    /// The verdicts of a claim made of several parts (empty for a claim of one part): `holds`
+    /// is true when every part holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<Part>,
+}
+
+/// One part of a claim and whether it holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Part {
+    /// What the part is about ("attention-logit growth").
+    pub name: String,
+    /// Whether the measurement supports it.
+    pub holds: bool,
 }
 
 /// Re-measures `paper`'s claim at `budget` on `jobs` threads (0: one per core).
@@ -201,6 +265,7 @@ pub fn reproduce(paper: Paper, budget: Budget, jobs: usize) -> Result<Finding, L
         Paper::He2015 => he::reproduce(budget, &runner)?,
         Paper::Saxe2014 => saxe::reproduce(budget, &runner)?,
         Paper::Schoenholz2017 => schoenholz::reproduce(budget, &runner)?,
+        Paper::Wortsman2023 => wortsman::reproduce(budget, &runner)?,
     };
     finding.wall_time_s = start.elapsed().as_secs_f64();
     Ok(finding)
@@ -330,21 +395,11 @@ fn depth_curves(
         .iter()
         .enumerate()
         .map(|(series, label)| {
-            let points: Vec<(f64, Option<f64>)> = depths
+            let points = depths
                 .iter()
                 .map(|&d| (d as f64, value(series, d)))
                 .collect();
-            let marks = points
-                .iter()
-                .filter(|(_, y)| y.is_none())
-                .map(|(x, _)| (*x, missing.to_string()))
-                .collect();
-            Curve {
-                label: (*label).into(),
-                points,
-                reference: false,
-                marks,
-            }
+            Curve::measured(label, points, missing)
         })
         .collect()
 }
@@ -359,6 +414,7 @@ struct Draft {
     figures: Vec<Figure>,
     budget: Budget,
     runs: usize,
+    parts: Vec<Part>,
 }
 
 impl From<Draft> for Finding {
@@ -374,6 +430,7 @@ impl From<Draft> for Finding {
             budget: d.budget,
             runs: d.runs,
             wall_time_s: 0.0,
+            parts: d.parts,
         }
     }
 }

@@ -66,6 +66,26 @@ fn chart(figure: &Figure) -> (LineChart, Vec<Series>) {
     (chart, series)
 }
 
+/// A finding's parts and their verdicts, e.g. " (attention-logit growth: yes; …)", or nothing.
+fn parts(f: &Finding) -> String {
+    if f.parts.is_empty() {
+        return String::new();
+    }
+    let each: Vec<String> = f
+        .parts
+        .iter()
+        .map(|p| {
+            let (class, word) = if p.holds {
+                ("good", "yes")
+            } else {
+                ("bad", "no")
+            };
+            format!("{}: <span class=\"{class}\">{word}</span>", escape(&p.name))
+        })
+        .collect();
+    format!(" ({})", each.join("; "))
+}
+
 /// The page of `findings`.
 pub fn html(findings: &[Finding]) -> String {
     let mut out = String::new();
@@ -73,8 +93,8 @@ pub fn html(findings: &[Finding]) -> String {
         out,
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>gradguard \
          reproduce</title><style>{STYLE}</style></head><body><h1>gradguard reproduce</h1><p \
-         class=\"note\">Classic results about exploding and vanishing gradients, re-measured by \
-         the runs just made. A claim holds or not by the rule under it; nothing here is \
+         class=\"note\">Results about exploding and vanishing gradients and transformer \
+         instabilities, re-measured by the runs just made. A claim holds or not by the rule under it; nothing here is \
          copied from the papers but the claim.</p><table><caption>Verdicts</caption><tr>\
          <th>paper</th><th>holds</th><th>runs</th><th>budget</th><th>seconds</th></tr>"
     );
@@ -86,9 +106,10 @@ pub fn html(findings: &[Finding]) -> String {
         };
         let _ = write!(
             out,
-            "<tr><td>{}</td><td class=\"{class}\">{word}</td><td class=\"num\">{}</td><td>{}</td>\
+            "<tr><td>{}{}</td><td class=\"{class}\">{word}</td><td class=\"num\">{}</td><td>{}</td>\
              <td class=\"num\">{:.1}</td></tr>",
             escape(&f.name),
+            parts(f),
             f.runs,
             f.budget.name(),
             f.wall_time_s
@@ -107,6 +128,9 @@ pub fn html(findings: &[Finding]) -> String {
             if f.holds { "yes" } else { "no" },
             escape(&f.rule)
         );
+        if !f.parts.is_empty() {
+            let _ = write!(out, "<p><b>Parts:</b>{}</p>", parts(f));
+        }
         for figure in &f.figures {
             let (chart, series) = chart(figure);
             out.push_str(&chart.render());

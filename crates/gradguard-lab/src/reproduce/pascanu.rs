@@ -105,12 +105,11 @@ fn figure(title: &str, ladder: &Ladder) -> Figure {
         ladder.curve(1, "clip-global at 1"),
     ];
     if let Some(t) = ladder.trained.trivial() {
-        curves.push(Curve {
-            label: "trivial predictor".into(),
-            points: ladder.lrs.iter().map(|lr| (lr.log10(), Some(t))).collect(),
-            reference: true,
-            marks: Vec::new(),
-        });
+        curves.push(Curve::level(
+            "trivial predictor",
+            ladder.lrs.iter().map(|lr| lr.log10()),
+            t,
+        ));
     }
     Figure {
         title: title.into(),
@@ -214,6 +213,7 @@ pub(super) fn reproduce(budget: Budget, runner: &Runner) -> Result<Finding, LabE
         figures,
         budget,
         runs: long_ladder.trained.runs.len() + short_ladder.trained.runs.len(),
+        parts: Vec::new(),
     }
     .into())
 }

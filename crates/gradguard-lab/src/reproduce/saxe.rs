@@ -122,6 +122,7 @@ pub(super) fn reproduce(budget: Budget, runner: &Runner) -> Result<Finding, LabE
         }],
         budget,
         runs: trained.runs.len(),
+        parts: Vec::new(),
     }
     .into())
 }

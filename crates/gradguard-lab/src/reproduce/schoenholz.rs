@@ -169,6 +169,7 @@ pub(super) fn reproduce(budget: Budget, runner: &Runner) -> Result<Finding, LabE
         figures: vec![figure],
         budget,
         runs: trained.runs.len(),
+        parts: Vec::new(),
     }
     .into())
 }

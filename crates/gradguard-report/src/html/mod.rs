@@ -1,11 +1,13 @@
 //! The HTML report: one self-contained file (inline SVG and CSS, no script, no download) with
 //! the pictures people look for — the outcome table, loss curves of each remedy against none,
 //! the gradient norm at initialization against depth, the global norm with its clip threshold
-//! and spikes, and a per-layer gradient-norm heatmap over steps.
+//! and spikes, a per-layer gradient-norm heatmap over steps, and a language model's attention
+//! logits and log Z.
 
 mod grid;
 mod headline;
 mod heatmap;
+mod logit_charts;
 mod run_charts;
 mod svg;
 
@@ -15,6 +17,7 @@ use std::fmt::Write;
 pub use grid::CategoryGrid;
 pub use headline::guard_headline;
 pub use heatmap::Heatmap;
+use logit_charts::logit_charts;
 use run_charts::{depth_chart, heatmap, loss_charts, norm_chart, scale_chart, time_chart};
 pub use svg::{LineChart, Marker, PALETTE, Series, escape, legend};
 
@@ -261,6 +264,14 @@ pub fn render(report: &Report) -> String {
             let _ = write!(
                 out,
                 "<section class=\"scale\">{}{}</section>",
+                chart.render(),
+                legend(&chart.series)
+            );
+        }
+        for chart in logit_charts(runs) {
+            let _ = write!(
+                out,
+                "<section class=\"logits\">{}{}</section>",
                 chart.render(),
                 legend(&chart.series)
             );

@@ -7,7 +7,7 @@ use crate::record::MetricsRecord;
 use crate::summary::RunData;
 
 /// Points a line keeps; longer runs are binned.
-const MAX_POINTS: usize = 800;
+pub(super) const MAX_POINTS: usize = 800;
 /// Columns a heatmap keeps; longer runs are binned (by the bin's largest norm).
 const MAX_COLUMNS: usize = 160;
 
@@ -48,7 +48,7 @@ fn weight_names(record: &MetricsRecord) -> Vec<String> {
 
 /// `(step, value)` points binned down to `max` (by `reduce`); a bin with a non-finite value is
 /// non-finite.
-fn binned(
+pub(super) fn binned(
     points: &[(f64, Option<f64>)],
     max: usize,
     reduce: fn(&[f64]) -> f64,
@@ -66,7 +66,7 @@ fn binned(
         .collect()
 }
 
-fn mean(v: &[f64]) -> f64 {
+pub(super) fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
@@ -250,7 +250,7 @@ fn push_distinct(chart: &mut LineChart, run: &RunData, i: usize, points: Vec<(f6
 }
 
 /// Run `i`'s solid line in its color and legend label.
-fn run_line(run: &RunData, i: usize, points: Vec<(f64, Option<f64>)>) -> Series {
+pub(super) fn run_line(run: &RunData, i: usize, points: Vec<(f64, Option<f64>)>) -> Series {
     Series {
         label: run_label(run),
         color: color(run, i),

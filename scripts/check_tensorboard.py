@@ -4,7 +4,8 @@
     python scripts/check_tensorboard.py RUN_DIR EXPECTED_JSON
 
 EXPECTED_JSON is a list of {"step", "loss", "grad_norm", "lr", "skipped"} objects (null for a
-value that was not finite and so not written). Exits non-zero, saying what differs, if the
+value that was not finite and so not written), each with an optional "tags" object of further
+scalar tags and their values (a language model's "log_z/mean", "attention_logit_max/layer0"). Exits non-zero, saying what differs, if the
 scalars TensorBoard reads are not those.
 """
 
@@ -27,8 +28,12 @@ def main():
     series = {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in tags}
     for row in expected:
         step = row["step"]
-        for key, tag in [("loss", "loss"), ("grad_norm", "grad_norm/before"), ("lr", "lr")]:
-            want = row[key]
+        checks = [(row[key], tag) for key, tag in
+                  [("loss", "loss"), ("grad_norm", "grad_norm/before"), ("lr", "lr")]]
+        checks += [(want, tag) for tag, want in row.get("tags", {}).items()]
+        for want, tag in checks:
+            if tag not in series:
+                sys.exit(f"missing tag {tag}; found {sorted(tags)}")
             got = series[tag].get(step)
             if want is None:
                 if got is not None:

@@ -73,6 +73,39 @@ fn jsonl_round_trips_and_csv_has_a_column_per_tensor() {
 }
 
 #[test]
+fn a_language_models_logits_have_their_csv_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("metrics.csv");
+    let mut sink = CsvSink::create(&csv).unwrap();
+    for (i, r) in records().into_iter().take(2).enumerate() {
+        let attention = [2.5, if i == 1 { f64::INFINITY } else { 7.0 }];
+        sink.write(&r.with_logits(&attention, 4.5, 6.25)).unwrap();
+    }
+    sink.flush().unwrap();
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "step,loss,grad_norm,grad_norm_clipped,lr,lr_multiplier,decision,\
+         attention_logit_max/layer0,attention_logit_max/layer1,log_z_mean,log_z_max,\
+         layers.0.weight,layers.1.weight"
+    );
+    let cells = |line: &str| {
+        line.split(',')
+            .skip(7)
+            .take(4)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    assert_eq!(cells(lines[1]), "2.5,7,4.5,6.25");
+    assert_eq!(
+        cells(lines[2]),
+        "2.5,,4.5,6.25",
+        "a non-finite logit is an empty cell"
+    );
+}
+
+#[test]
 fn a_malformed_line_is_named() {
     let good = serde_json::to_string(&records()[0]).unwrap();
     let text = format!("{good}\n\n{{\"step\": \"three\"}}\n");
@@ -108,14 +141,30 @@ fn tensorboard_reads_the_event_file() {
     };
     let dir = tempfile::tempdir().unwrap();
     let mut tb = TensorBoardSink::create(dir.path()).unwrap();
-    let recs = records();
+    // A language model's records: the logit telemetry has its tags too.
+    let recs: Vec<MetricsRecord> = records()
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| r.with_logits(&[2.0 + i as f64, 30.0], 4.5 - 0.5 * i as f64, 7.0))
+        .collect();
     for r in &recs {
         tb.write(r).unwrap();
     }
     tb.flush().unwrap();
     let expected: Vec<serde_json::Value> = recs
         .iter()
-        .map(|r| serde_json::json!({"step": r.step, "loss": r.loss, "grad_norm": r.grad_norm, "lr": r.lr, "skipped": r.skipped()}))
+        .map(|r| {
+            serde_json::json!({
+                "step": r.step, "loss": r.loss, "grad_norm": r.grad_norm, "lr": r.lr,
+                "skipped": r.skipped(),
+                "tags": {
+                    "attention_logit_max/layer0": r.attention_logit_max[0],
+                    "attention_logit_max/layer1": r.attention_logit_max[1],
+                    "log_z/mean": r.log_z_mean,
+                    "log_z/max": r.log_z_max,
+                },
+            })
+        })
         .collect();
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -84,18 +84,7 @@ impl Ladder {
                 (lr.log10(), median(kept.map(|r| r.final_loss)))
             })
             .collect();
-        let marks = self
-            .lrs
-            .iter()
-            .filter(|&&lr| self.at(setting, lr).all(|r| r.failed()))
-            .map(|&lr| (lr.log10(), format!("lr {lr}: every run diverged")))
-            .collect();
-        Curve {
-            label: label.into(),
-            points,
-            reference: false,
-            marks,
-        }
+        Curve::measured(label, points, "every run diverged")
     }
 }
 

@@ -4,7 +4,10 @@ use burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
-use gradguard::{Decision, Guard, GuardError, StepReport, UnitLayout};
+use gradguard::{
+    Gradients, Guard, GuardError, OptimizerStep, StepActions, StepReport, UnitLayout, UpdateCheck,
+    UpdateMeasure, UpdateNorms,
+};
 
 use crate::update::Updates;
 use crate::view::{BurnGradients, Placement};
@@ -45,12 +48,17 @@ impl<M: std::fmt::Debug> std::error::Error for Stopped<M> {
 }
 
 /// The guard's side of a guarded step, for any owner of the optimizer: the guard, the last
-/// snapshot, the batches still to skip after a rollback, and where the statistics run.
+/// snapshot, and where the statistics run.
 pub(crate) struct GuardCore<M> {
     pub guard: Guard,
     snapshot: Option<Snapshot<M>>,
-    batches_to_skip: u32,
     pub placement: Placement,
+}
+
+impl<M> GuardCore<M> {
+    pub fn snapshot_step(&self) -> Option<u64> {
+        self.snapshot.as_ref().map(|s| s.step)
+    }
 }
 
 impl<M: Module + Clone> GuardCore<M> {
@@ -58,22 +66,12 @@ impl<M: Module + Clone> GuardCore<M> {
         GuardCore {
             guard,
             snapshot: None,
-            batches_to_skip: 0,
             placement: Placement::Auto,
         }
     }
 
     pub fn skip_batch(&mut self) -> bool {
-        if self.batches_to_skip > 0 {
-            self.batches_to_skip -= 1;
-            true
-        } else {
-            false
-        }
-    }
-
-    pub fn snapshot_step(&self) -> Option<u64> {
-        self.snapshot.as_ref().map(|s| s.step)
+        self.guard.skip_batch()
     }
 
     pub fn set_snapshot(&mut self, step: u64, module: M, optimizer: &ModuleOptimizer) {
@@ -84,8 +82,9 @@ impl<M: Module + Clone> GuardCore<M> {
         });
     }
 
-    /// Runs the guard on `grads`, then steps `optimizer` at `lr · lr_multiplier`, or skips, or
-    /// restores the snapshot into `module` and `optimizer`.
+    /// Runs the guard's step protocol ([`Guard::guarded_step`]) over `module` and `optimizer`:
+    /// the optimizer steps at `lr · lr_multiplier`, or not, or both are restored from the
+    /// snapshot.
     pub fn step(
         &mut self,
         optimizer: &mut ModuleOptimizer,
@@ -95,101 +94,136 @@ impl<M: Module + Clone> GuardCore<M> {
         loss: Option<Tensor<1>>,
     ) -> Result<GuardedStep<M>, Box<Stopped<M>>> {
         let with_values = self.guard.chain().needs_parameters();
-        let mut view =
+        let view =
             BurnGradients::collect_with(&module, &mut grads, loss, with_values, self.placement);
         let loss = view.loss();
-        let mut host_reads = 0;
-        let mut report = match self.guard.step(&mut view, loss) {
-            Ok(r) => r,
-            Err(error) => return Err(Box::new(Stopped { module, error })),
+        let base_lr = lr.base();
+        let mut actions = BurnStep {
+            optimizer,
+            snapshot: &mut self.snapshot,
+            lr: Some(lr),
+            module: Some(module),
+            view: Some(view),
+            before: None,
+            host_reads: 0,
         };
-        if matches!(report.decision, Decision::Rollback { .. }) && self.snapshot.is_none() {
-            // A guard restored from a checkpoint may name a snapshot this process never took.
-            report.decision = Decision::Skip;
-            report
-                .reasons
-                .push("no snapshot in this process: skipped instead of rolling back".into());
+        let result = self.guard.guarded_step(&mut actions, loss, base_lr);
+        let host_reads = actions.host_reads + actions.view.map_or(0, |v| v.host_reads());
+        let module = actions.module.expect("every action leaves a module");
+        match result {
+            Ok(report) => Ok(GuardedStep {
+                module,
+                report,
+                host_reads,
+            }),
+            Err(error) => Err(Box::new(Stopped { module, error })),
         }
-        let module = match report.decision {
-            Decision::Apply => {
-                let on_host = view.on_host();
-                host_reads += view.host_reads();
-                let grads = view.into_gradients_params(&module);
-                // With one rate for all parameters the multiplier scales it; per-group rates are
-                // passed through untouched while the multiplier is 1.
-                let stepped_at = report.effective_lr(lr.base());
-                let lr = if report.lr_multiplier == 1.0 {
-                    lr
-                } else {
-                    stepped_at.into()
-                };
-                let bound = self.guard.config().update_bound;
-                let before = bound.map(|b| (b, module.clone(), optimizer.clone()));
-                let mut module = optimizer.step(lr, module, grads);
-                if let Some((bound, old, old_optimizer)) = before {
-                    // Burn's weights are `[in, out]`: input-first unless the bound says otherwise.
-                    let layout = bound.unit_layout.unwrap_or(UnitLayout::InputFirst);
-                    let units = self.guard.update_needs_units().then_some(layout);
-                    let updates = Updates::measure(&old, &module, on_host, units);
-                    host_reads += u32::from(!on_host);
-                    let check = match self.guard.check_update(&updates.norms, stepped_at) {
-                        Ok(check) => check.expect("the bound is configured"),
-                        Err(error) => {
-                            *optimizer = old_optimizer;
-                            return Err(Box::new(Stopped { module: old, error }));
-                        }
-                    };
-                    if check.revert {
-                        report.reasons.push(format!(
-                            "the optimizer's update of '{}' is not finite: step undone",
-                            check.largest_tensor.as_deref().unwrap_or("?")
-                        ));
-                        report.decision = Decision::Skip;
-                        report.take_snapshot = false;
-                        *optimizer = old_optimizer;
-                        module = old;
-                    } else if check.bounded > 0 {
-                        report.reasons.push(format!(
-                            "update bounded in {} tensors ({} units): ratio {:.3e} over the \
-                             model, {:.3e} in '{}'; bound {:.3e}",
-                            check.bounded,
-                            check.bounded_units,
-                            check.global_ratio,
-                            check.largest_ratio,
-                            check.largest_tensor.as_deref().unwrap_or("?"),
-                            check.max_ratio
-                        ));
-                        module = updates.scale(module, &check.scales, &check.unit_scales);
-                    }
-                    report.consecutive_bad = self.guard.counters().consecutive_bad;
-                    report.update = Some(check);
-                }
-                if report.take_snapshot {
-                    self.snapshot = Some(Snapshot {
-                        step: report.step,
-                        module: module.clone(),
-                        optimizer: optimizer.clone(),
-                    });
-                }
-                module
-            }
-            Decision::Skip => {
-                host_reads += view.host_reads();
-                module
-            }
-            Decision::Rollback { skip_batches, .. } => {
-                host_reads += view.host_reads();
-                let snap = self.snapshot.clone().expect("checked above");
-                *optimizer = snap.optimizer;
-                self.batches_to_skip = skip_batches;
-                snap.module
-            }
+    }
+}
+
+/// The Burn side of one guarded step: what [`Guard::guarded_step`] asks of the module, the
+/// optimizer and the snapshot. Burn steps by value, so the module is held while it is stepped.
+struct BurnStep<'a, M> {
+    optimizer: &'a mut ModuleOptimizer,
+    snapshot: &'a mut Option<Snapshot<M>>,
+    /// The caller's rates, taken by the optimizer's step.
+    lr: Option<ModuleLearningRate>,
+    /// The module; `None` only inside an action.
+    module: Option<M>,
+    /// The gradients; taken by the optimizer's step.
+    view: Option<BurnGradients>,
+    /// The module and optimizer before the step, and the update's measurement, when the update
+    /// bound asked for them.
+    before: Option<(Updates, M, ModuleOptimizer)>,
+    host_reads: u32,
+}
+
+impl<M: Module + Clone> BurnStep<'_, M> {
+    fn take_module(&mut self) -> M {
+        self.module.take().expect("every action leaves a module")
+    }
+}
+
+impl<M: Module + Clone> StepActions for BurnStep<'_, M> {
+    type Error = GuardError;
+    const WEIGHT_LAYOUT: UnitLayout = UnitLayout::InputFirst;
+
+    fn gradients(&mut self) -> &mut dyn Gradients {
+        self.view
+            .as_mut()
+            .expect("the gradients are collected before the guard runs")
+    }
+
+    fn has_snapshot(&self) -> bool {
+        self.snapshot.is_some()
+    }
+
+    fn step_optimizer(&mut self, step: OptimizerStep) -> Result<Vec<UpdateNorms>, GuardError> {
+        let view = self
+            .view
+            .take()
+            .expect("one optimizer step per guarded step");
+        let on_host = view.on_host();
+        self.host_reads += view.host_reads();
+        let module = self.take_module();
+        let grads = view.into_gradients_params(&module);
+        // With one rate for all parameters the multiplier scales it; per-group rates are passed
+        // through untouched while the multiplier is 1.
+        let caller_lr = self.lr.take().expect("one optimizer step per guarded step");
+        let lr = if step.lr_multiplier == 1.0 {
+            caller_lr
+        } else {
+            step.lr.into()
         };
-        Ok(GuardedStep {
-            module,
-            report,
-            host_reads,
-        })
+        let units = match step.measure {
+            UpdateMeasure::Nothing => {
+                self.module = Some(self.optimizer.step(lr, module, grads));
+                return Ok(Vec::new());
+            }
+            UpdateMeasure::Tensors => None,
+            UpdateMeasure::Units(layout) => Some(layout),
+        };
+        let (old, old_optimizer) = (module.clone(), self.optimizer.clone());
+        let stepped = self.optimizer.step(lr, module, grads);
+        let updates = Updates::measure(&old, &stepped, on_host, units);
+        self.host_reads += u32::from(!on_host);
+        let norms = updates.norms.clone();
+        self.before = Some((updates, old, old_optimizer));
+        self.module = Some(stepped);
+        Ok(norms)
+    }
+
+    fn undo_step(&mut self) -> Result<(), GuardError> {
+        let (_, old, old_optimizer) = self.before.take().expect("the step kept its before");
+        *self.optimizer = old_optimizer;
+        self.module = Some(old);
+        Ok(())
+    }
+
+    fn scale_step(&mut self, check: &UpdateCheck) -> Result<(), GuardError> {
+        let (updates, _, _) = self.before.take().expect("the step kept its before");
+        let stepped = self.take_module();
+        self.module = Some(updates.scale(stepped, &check.scales, &check.unit_scales));
+        Ok(())
+    }
+
+    fn take_snapshot(&mut self, step: u64) -> Result<(), GuardError> {
+        *self.snapshot = Some(Snapshot {
+            step,
+            module: self.module.clone().expect("every action leaves a module"),
+            optimizer: self.optimizer.clone(),
+        });
+        Ok(())
+    }
+
+    fn roll_back(&mut self) -> Result<(), GuardError> {
+        let snapshot = self
+            .snapshot
+            .clone()
+            .expect("the guard checked for a snapshot");
+        *self.optimizer = snapshot.optimizer;
+        self.module = Some(snapshot.module);
+        Ok(())
     }
 }
 
@@ -220,7 +254,7 @@ impl<M> std::fmt::Debug for GuardedOptimizer<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GuardedOptimizer")
             .field("guard", &self.core.guard)
-            .field("batches_to_skip", &self.core.batches_to_skip)
+            .field("snapshot_step", &self.core.snapshot_step())
             .finish_non_exhaustive()
     }
 }

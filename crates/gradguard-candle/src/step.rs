@@ -2,10 +2,14 @@
 
 use std::time::Instant;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 use candle_nn::{Optimizer, VarMap};
 use gradguard::safetensors_io::natural_cmp;
-use gradguard::{Decision, Guard, StepReport, UnitLayout, UnitSpan, UpdateNorms};
+use gradguard::{
+    Gradients, Guard, OptimizerStep, StepActions, StepReport, UnitLayout, UnitSpan, UpdateCheck,
+    UpdateMeasure, UpdateNorms,
+};
 
 use crate::error::CandleGuardError;
 use crate::view::CandleGradients;
@@ -90,7 +94,6 @@ pub struct GuardedOptimizer<O: Optimizer> {
     guard: Guard,
     base_lr: f64,
     snapshot: Option<Snapshot>,
-    skip_batches: u64,
     snapshot_seconds: f64,
 }
 
@@ -133,7 +136,6 @@ where
             guard,
             base_lr,
             snapshot: None,
-            skip_batches: 0,
             snapshot_seconds: 0.0,
         })
     }
@@ -165,12 +167,7 @@ where
 
     /// Whether to skip this batch (after a rollback); counts down.
     pub fn skip_batch(&mut self) -> bool {
-        if self.skip_batches > 0 {
-            self.skip_batches -= 1;
-            true
-        } else {
-            false
-        }
+        self.guard.skip_batch()
     }
 
     /// `loss` times the guard's loss scale ([`Guard::with_loss_scaler`]); pass the result to
@@ -185,79 +182,71 @@ where
     }
 
     /// One guarded step: the backward pass of the scalar `loss`, the guard's decision, and the
-    /// optimizer's step when the decision is to apply. A guard stop is
+    /// optimizer's step when the decision is to apply ([`Guard::guarded_step`]). A guard stop is
     /// [`CandleGuardError::Guard`], with the weights as they were before the step.
     pub fn step(&mut self, loss: &Tensor) -> Result<StepReport, CandleGuardError> {
-        let mut grads = loss.backward()?;
+        let grads = loss.backward()?;
         let value = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
         let with_values = self.guard.chain().needs_parameters();
-        let mut view = CandleGradients::collect(&grads, &self.vars, with_values)?;
-        let mut report = self.guard.step(&mut view, Some(value))?;
-        if matches!(report.decision, Decision::Rollback { .. }) && self.snapshot.is_none() {
-            report.decision = Decision::Skip;
-            report
-                .reasons
-                .push("no snapshot in this process: skipped instead of rolling back".into());
-        }
-        match report.decision {
-            Decision::Apply => {
-                view.write_back(&mut grads)?;
-                self.apply(&grads, &mut report)?;
-                if report.take_snapshot {
-                    let started = Instant::now();
-                    self.snapshot = Some(Snapshot {
-                        step: report.step,
-                        weights: copy_weights(&self.vars)?,
-                    });
-                    self.snapshot_seconds += started.elapsed().as_secs_f64();
-                }
-            }
-            Decision::Skip => {}
-            Decision::Rollback { skip_batches, .. } => {
-                let snapshot = self.snapshot.as_ref().expect("checked above");
-                restore(&self.vars, &snapshot.weights)?;
-                let to_step = snapshot.step;
-                self.restart_optimizer()?;
-                self.skip_batches = u64::from(skip_batches);
-                report.reasons.push(format!(
-                    "weights restored to step {to_step}; optimizer restarted"
-                ));
-            }
-        }
-        Ok(report)
+        let view = CandleGradients::collect(&grads, &self.vars, with_values)?;
+        let mut actions = CandleStep {
+            optimizer: &mut self.optimizer,
+            config: &self.config,
+            vars: &self.vars,
+            snapshot: &mut self.snapshot,
+            snapshot_seconds: &mut self.snapshot_seconds,
+            view,
+            grads,
+            before: None,
+        };
+        self.guard
+            .guarded_step(&mut actions, Some(value), self.base_lr)
     }
+}
 
+/// The Candle side of one guarded step: what [`Guard::guarded_step`] asks of the vars, the
+/// optimizer and the snapshot.
+struct CandleStep<'a, O: Optimizer> {
+    optimizer: &'a mut O,
+    config: &'a O::Config,
+    vars: &'a [(String, Var)],
+    snapshot: &'a mut Option<Snapshot>,
+    snapshot_seconds: &'a mut f64,
+    view: CandleGradients,
+    grads: GradStore,
+    /// The weights before the step, each var's update and its unit span, when the update bound
+    /// asked for them.
+    before: Option<Before>,
+}
+
+/// What a step under the update bound keeps of the weights before it.
+struct Before {
+    weights: Vec<Tensor>,
+    deltas: Vec<Tensor>,
+    spans: Vec<Option<UnitSpan>>,
+}
+
+impl<O> CandleStep<'_, O>
+where
+    O: Optimizer,
+    O::Config: Clone,
+{
     fn restart_optimizer(&mut self) -> candle_core::Result<()> {
         let vars = self.vars.iter().map(|(_, v)| v.clone()).collect();
-        self.optimizer = O::new(vars, self.config.clone())?;
+        *self.optimizer = O::new(vars, self.config.clone())?;
         Ok(())
     }
 
-    /// The optimizer's step at the guarded rate, under the update bound when configured.
-    fn apply(
-        &mut self,
-        grads: &candle_core::backprop::GradStore,
-        report: &mut StepReport,
-    ) -> Result<(), CandleGuardError> {
-        let stepped_at = report.effective_lr(self.base_lr);
-        self.optimizer.set_learning_rate(stepped_at);
-        if self.guard.config().update_bound.is_none() {
-            self.optimizer.step(grads)?;
-            return Ok(());
-        }
-        let bound = self.guard.config().update_bound.expect("checked above");
-        // Candle's weights are `[out, in]` (PyTorch's): output-first unless the bound says
-        // otherwise, so that the units are output neurons.
-        let layout = self
-            .guard
-            .update_needs_units()
-            .then(|| bound.unit_layout.unwrap_or(UnitLayout::OutputFirst));
-        let before = copy_weights(&self.vars)?;
-        self.optimizer.step(grads)?;
-        let mut deltas = Vec::with_capacity(before.len());
-        let mut spans = Vec::with_capacity(before.len());
-        let mut norms = Vec::with_capacity(before.len());
-        for ((name, var), old) in self.vars.iter().zip(&before) {
+    /// Measures the step just taken against `weights`, the values before it.
+    fn measure(
+        &self,
+        weights: Vec<Tensor>,
+        layout: Option<UnitLayout>,
+    ) -> candle_core::Result<(Vec<UpdateNorms>, Before)> {
+        let mut deltas = Vec::with_capacity(weights.len());
+        let mut spans = Vec::with_capacity(weights.len());
+        let mut norms = Vec::with_capacity(weights.len());
+        for ((name, var), old) in self.vars.iter().zip(&weights) {
             let delta = (var.as_tensor() - old)?;
             let span = layout.map(|l| l.span_or_whole(name, old.dims()));
             let (weight, update, units) = match span {
@@ -280,50 +269,94 @@ where
             deltas.push(delta);
             spans.push(span);
         }
-        let check = match self.guard.check_update(&norms, stepped_at) {
-            Ok(check) => check.expect("the bound is configured"),
-            Err(error) => {
-                restore(&self.vars, &before)?;
-                self.restart_optimizer()?;
-                return Err(error.into());
-            }
+        let before = Before {
+            weights,
+            deltas,
+            spans,
         };
-        if check.revert {
-            restore(&self.vars, &before)?;
-            self.restart_optimizer()?;
-            report.reasons.push(format!(
-                "the optimizer's update of '{}' is not finite: step undone, optimizer restarted",
-                check.largest_tensor.as_deref().unwrap_or("?")
-            ));
-            report.decision = Decision::Skip;
-            report.take_snapshot = false;
-        } else if check.bounded > 0 {
-            report.reasons.push(format!(
-                "update bounded in {} tensors ({} units): ratio {:.3e} over the model, {:.3e} \
-                 in '{}'; bound {:.3e}",
-                check.bounded,
-                check.bounded_units,
-                check.global_ratio,
-                check.largest_ratio,
-                check.largest_tensor.as_deref().unwrap_or("?"),
-                check.max_ratio
-            ));
-            for (i, ((_, var), old)) in self.vars.iter().zip(&before).enumerate() {
-                let delta = &deltas[i];
-                let units = check.unit_scales.get(i).filter(|u| !u.is_empty());
-                match (units, spans[i]) {
-                    (Some(factors), Some(span)) if factors.len() == span.units() => {
-                        var.set(&(old + scale_units(delta, span, factors)?)?)?;
-                    }
-                    _ if check.scales[i] < 1.0 => {
-                        var.set(&(old + delta.affine(check.scales[i], 0.0)?)?)?;
-                    }
-                    _ => {}
+        Ok((norms, before))
+    }
+}
+
+impl<O> StepActions for CandleStep<'_, O>
+where
+    O: Optimizer,
+    O::Config: Clone,
+{
+    type Error = CandleGuardError;
+    // Candle's weights are `[out, in]` (PyTorch's): the units are output neurons.
+    const WEIGHT_LAYOUT: UnitLayout = UnitLayout::OutputFirst;
+    // Candle's optimizers keep their state private: undoing restarts them.
+    const RESTARTS_OPTIMIZER: bool = true;
+
+    fn gradients(&mut self) -> &mut dyn Gradients {
+        &mut self.view
+    }
+
+    fn has_snapshot(&self) -> bool {
+        self.snapshot.is_some()
+    }
+
+    fn step_optimizer(&mut self, step: OptimizerStep) -> Result<Vec<UpdateNorms>, Self::Error> {
+        self.view.write_back(&mut self.grads)?;
+        self.optimizer.set_learning_rate(step.lr);
+        let layout = match step.measure {
+            UpdateMeasure::Nothing => {
+                self.optimizer.step(&self.grads)?;
+                return Ok(Vec::new());
+            }
+            UpdateMeasure::Tensors => None,
+            UpdateMeasure::Units(layout) => Some(layout),
+        };
+        let weights = copy_weights(self.vars)?;
+        self.optimizer.step(&self.grads)?;
+        let (norms, before) = self.measure(weights, layout)?;
+        self.before = Some(before);
+        Ok(norms)
+    }
+
+    fn undo_step(&mut self) -> Result<(), Self::Error> {
+        let before = self.before.take().expect("the step kept its before");
+        restore(self.vars, &before.weights)?;
+        self.restart_optimizer()?;
+        Ok(())
+    }
+
+    fn scale_step(&mut self, check: &UpdateCheck) -> Result<(), Self::Error> {
+        let before = self.before.take().expect("the step kept its before");
+        for (i, ((_, var), old)) in self.vars.iter().zip(&before.weights).enumerate() {
+            let delta = &before.deltas[i];
+            let units = check.unit_scales.get(i).filter(|u| !u.is_empty());
+            match (units, before.spans[i]) {
+                (Some(factors), Some(span)) if factors.len() == span.units() => {
+                    var.set(&(old + scale_units(delta, span, factors)?)?)?;
                 }
+                _ if check.scales[i] < 1.0 => {
+                    var.set(&(old + delta.affine(check.scales[i], 0.0)?)?)?;
+                }
+                _ => {}
             }
         }
-        report.consecutive_bad = self.guard.counters().consecutive_bad;
-        report.update = Some(check);
+        Ok(())
+    }
+
+    fn take_snapshot(&mut self, step: u64) -> Result<(), Self::Error> {
+        let started = Instant::now();
+        *self.snapshot = Some(Snapshot {
+            step,
+            weights: copy_weights(self.vars)?,
+        });
+        *self.snapshot_seconds += started.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    fn roll_back(&mut self) -> Result<(), Self::Error> {
+        let snapshot = self
+            .snapshot
+            .as_ref()
+            .expect("the guard checked for a snapshot");
+        restore(self.vars, &snapshot.weights)?;
+        self.restart_optimizer()?;
         Ok(())
     }
 }

@@ -56,8 +56,8 @@ pub use collective_local::ThreadCollective;
 pub use gradients::{Gradients, Source, UnitLayout, UnitSpan};
 pub use guard::{
     Decision, Guard, GuardConfig, GuardCounters, GuardState, LrBackoff, NonFinitePolicy,
-    NormalizedLimits, SpikeAction, StepReport, TensorReport, UpdateBound, UpdateCheck,
-    UpdateFamily, UpdateNorms, check_update,
+    NormalizedLimits, OptimizerStep, SpikeAction, StepActions, StepReport, TensorReport,
+    UpdateBound, UpdateCheck, UpdateFamily, UpdateMeasure, UpdateNorms, check_update,
 };
 pub use host::{HostGradients, HostTensor, Values};
 pub use loss_scale::{LossScaler, LossScalerConfig, LossScalerState, ScaleUpdate};

@@ -2,26 +2,15 @@
 
 mod common;
 
-use common::grads;
+use common::{batch, grads};
 use gradguard::detect::SpikeConfig;
 use gradguard::rules::{
     Chain, ClipByGlobalNorm, ClipByValue, Rule, SkipIfNormAbove, ZClip, ZClipConfig, ZeroNonFinite,
 };
 use gradguard::{
     Decision, Gradients, Guard, GuardConfig, GuardError, HostGradients, LrBackoff, NonFinitePolicy,
-    NormType, SpikeAction, UpdateBound, UpdateFamily, UpdateNorms,
+    NormType, SpikeAction, UpdateBound,
 };
-
-fn batch(scale: f32) -> HostGradients {
-    grads(&[
-        (
-            "layers.0.weight",
-            &[2, 2],
-            vec![scale, -scale, 0.5 * scale, 0.25 * scale],
-        ),
-        ("layers.0.bias", &[2], vec![0.1 * scale, -0.1 * scale]),
-    ])
-}
 
 fn poisoned(value: f32) -> HostGradients {
     grads(&[
@@ -422,99 +411,6 @@ fn max_norm_inf_never_produces_nan() {
     assert_eq!(outcome.scale, Some(1.0));
 }
 
-fn update(name: &str, weight: f64, update: f64) -> UpdateNorms {
-    UpdateNorms {
-        name: name.into(),
-        len: 4,
-        weight,
-        update,
-        units: Vec::new(),
-    }
-}
-
-#[test]
-fn an_oversized_update_backs_off_the_rate_and_the_bound_but_is_no_bad_step() {
-    // A bound that shrinks with the multiplier (the default keeps τ fixed: min_ratio = τ).
-    let bound = UpdateBound {
-        max_ratio: 0.1,
-        max_tensor_ratio: 0.1,
-        min_ratio: 0.001,
-        ..UpdateBound::default()
-    };
-    let config = GuardConfig {
-        update_bound: Some(bound),
-        ..quiet()
-    };
-    let mut g = guard(config, vec![]);
-    let report = g.step(&mut batch(1.0), Some(1.0)).unwrap();
-    assert_eq!(report.decision, Decision::Apply);
-    let check = g
-        .check_update(&[update("a", 1.0, 5.0), update("b", 1.0, 0.001)], 0.1)
-        .unwrap()
-        .unwrap();
-    assert!(check.global_scale < 1.0 && check.bounded == 2, "{check:?}");
-    assert_eq!(g.lr_multiplier(), 0.5);
-    assert_eq!(g.counters().consecutive_bad, 0);
-    assert_eq!(g.counters().applied, 1);
-    // The next step's bound is τ·m.
-    g.step(&mut batch(1.0), Some(1.0)).unwrap();
-    let check = g
-        .check_update(&[update("a", 1.0, 0.01)], 0.1)
-        .unwrap()
-        .unwrap();
-    assert_eq!(check.max_ratio, 0.05);
-    // The default's floor is τ itself: the global bound holds still while the rate backs off.
-    let d = UpdateBound::default();
-    assert_eq!(
-        gradguard::check_update(&d, UpdateFamily::Proportional, 0.25, &[]).max_ratio,
-        d.max_ratio
-    );
-    assert!(!check.changes_anything());
-}
-
-#[test]
-fn non_finite_updates_are_bad_steps_and_stop_at_the_limit() {
-    let mut g = guard(
-        GuardConfig {
-            max_consecutive_bad: 3,
-            ..quiet()
-        },
-        vec![],
-    );
-    for i in 0..3 {
-        g.step(&mut batch(1.0), Some(1.0)).unwrap();
-        let result = g.check_update(&[update("layers.0.weight", 1.0, f64::INFINITY)], 0.1);
-        if i < 2 {
-            assert!(result.unwrap().unwrap().revert);
-            assert_eq!(g.counters().consecutive_bad, i + 1);
-            assert_eq!(g.counters().skipped, u64::from(i + 1));
-            assert_eq!(g.counters().applied, 0);
-        } else {
-            let err = result.unwrap_err();
-            assert!(matches!(err, GuardError::TooManyBadSteps { count: 3, .. }));
-            assert!(err.to_string().contains("layers.0.weight"), "{err}");
-        }
-    }
-}
-
-#[test]
-fn the_bound_can_be_switched_off() {
-    let mut g = guard(
-        GuardConfig {
-            update_bound: None,
-            ..quiet()
-        },
-        vec![],
-    );
-    g.step(&mut batch(1.0), Some(1.0)).unwrap();
-    assert!(
-        g.check_update(&[update("a", 1.0, 1e9)], 0.1)
-            .unwrap()
-            .is_none()
-    );
-    assert_eq!(g.lr_multiplier(), 1.0);
-}
-
 #[test]
 fn bad_update_bounds_are_refused() {
     let config = GuardConfig {
@@ -566,87 +462,5 @@ fn clipping_with_a_reduced_total_equals_clipping_the_whole() {
             .flat_map(|t| t.values.clone())
             .collect();
         assert_eq!(split, joint, "{norm:?}");
-    }
-}
-
-#[test]
-fn the_guard_recognizes_the_optimizer_once_and_keeps_it_in_its_state() {
-    let mut g = guard(quiet(), vec![]);
-    g.step(&mut batch(1.0), Some(1.0)).unwrap();
-    // A first step that moves each of 4 values by the rate 0.005 (a ratio of 1%, inside every
-    // bound): a normalizing optimizer's.
-    let check = g
-        .check_update(&[update("a", 1.0, 0.01)], 0.005)
-        .unwrap()
-        .unwrap();
-    assert_eq!(check.family, UpdateFamily::Normalized);
-    assert_eq!(g.counters().update_family, Some(UpdateFamily::Normalized));
-    assert_eq!(g.counters().bounded_steps, 0);
-    // Later steps do not re-recognize: a step far from the rate is still judged as Adam's, and
-    // its oversized update (ratio 3 > τ) is counted as bounded.
-    g.step(&mut batch(1.0), Some(1.0)).unwrap();
-    let check = g
-        .check_update(&[update("a", 1.0, 3.0)], 0.005)
-        .unwrap()
-        .unwrap();
-    assert_eq!(check.family, UpdateFamily::Normalized);
-    assert_eq!(g.counters().bounded_steps, 1);
-    let state = serde_json::to_string(&g.state()).unwrap();
-    assert!(state.contains("normalized"), "{state}");
-    // A bound that names the family skips the recognition.
-    let mut g = guard(told_gradient_descent(), vec![]);
-    g.step(&mut batch(1.0), Some(1.0)).unwrap();
-    let check = g
-        .check_update(&[update("a", 1.0, 0.01)], 0.005)
-        .unwrap()
-        .unwrap();
-    assert_eq!(check.family, UpdateFamily::Proportional);
-    assert_eq!(g.counters().update_family, None);
-}
-
-#[test]
-fn a_normalizing_optimizers_rate_follows_its_steps_and_warm_up_is_no_trouble() {
-    let mut g = guard(quiet(), vec![]);
-    let lr = 0.005;
-    // One tensor of 4 values of norm 1 whose update's norm is `ratio`, at the schedule's `rate`.
-    let judge = |g: &mut Guard, ratio: f64, rate: f64| {
-        g.step(&mut batch(1.0), Some(1.0)).unwrap();
-        let m = g.lr_multiplier();
-        g.check_update(&[update("a", 1.0, ratio)], rate * m)
-            .unwrap()
-            .unwrap()
-    };
-    // The first step (a normalizing optimizer's, ratio 1%) is recognized; nothing fires.
-    judge(&mut g, 0.01, lr);
-    assert_eq!(g.counters().update_family, Some(UpdateFamily::Normalized));
-    // A warm-up: the rate doubles and the step (ratio 3%) is twice the bound: scaled, m kept.
-    let check = judge(&mut g, 0.03, 2.0 * lr);
-    assert!((check.global_scale - 0.5).abs() < 1e-12, "{check:?}");
-    assert_eq!(g.lr_multiplier(), 1.0);
-    // At a constant rate the same step lowers m by the factor it needed, 0.5.
-    judge(&mut g, 0.03, 2.0 * lr);
-    assert_eq!(g.lr_multiplier(), 0.5);
-    // Steps within the bound raise it again by 5% each, up to 1.
-    judge(&mut g, 0.001, 2.0 * lr);
-    assert!((g.lr_multiplier() - 0.525).abs() < 1e-12);
-    for _ in 0..20 {
-        judge(&mut g, 0.001, 2.0 * lr);
-    }
-    assert_eq!(g.lr_multiplier(), 1.0);
-    // Gradient descent keeps halving on an oversized step, warm-up or not.
-    let mut g = guard(told_gradient_descent(), vec![]);
-    judge(&mut g, 0.001, lr);
-    judge(&mut g, 0.03, 2.0 * lr);
-    assert_eq!(g.lr_multiplier(), 0.5);
-}
-
-/// A quiet guard whose update bound is told the optimizer is gradient descent.
-fn told_gradient_descent() -> GuardConfig {
-    GuardConfig {
-        update_bound: Some(UpdateBound {
-            family: Some(UpdateFamily::Proportional),
-            ..UpdateBound::default()
-        }),
-        ..quiet()
     }
 }

@@ -130,7 +130,7 @@ pub struct GuardConfig {
     /// Consecutive bad steps after which the guard stops with [`GuardError::TooManyBadSteps`].
     pub max_consecutive_bad: u32,
     /// The bound on each tensor's relative update, checked after the optimizer step by the
-    /// adapter ([`crate::Guard::check_update`]); `None` disables it.
+    /// step protocol ([`crate::Guard::guarded_step`]); `None` disables it.
     pub update_bound: Option<UpdateBound>,
 }
 

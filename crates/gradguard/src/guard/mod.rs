@@ -2,10 +2,12 @@
 
 mod config;
 mod deferred;
+mod protocol;
 mod report;
 mod update_bound;
 
 pub use config::{GuardConfig, LrBackoff, NonFinitePolicy, SpikeAction};
+pub use protocol::{OptimizerStep, StepActions, UpdateMeasure};
 pub use report::{Decision, StepReport, TensorReport};
 pub use update_bound::{
     NormalizedLimits, UpdateBound, UpdateCheck, UpdateFamily, UpdateNorms, check_update,
@@ -126,9 +128,12 @@ pub struct Guard {
     grad_spike: Option<SpikeDetector>,
     loss_spike: Option<SpikeDetector>,
     counters: GuardCounters,
-    /// Bad steps in a row before the last step was applied, for [`Guard::check_update`].
+    /// Bad steps in a row before the last step was applied, for the update check.
     bad_before_apply: u32,
     scaler: Option<LossScaler>,
+    /// Batches still to skip after a rollback ([`Guard::skip_batch`]); not part of the saved
+    /// state (a resumed run restarts from a checkpoint, not in the middle of a rollback).
+    batches_to_skip: u32,
 }
 
 impl Default for Guard {
@@ -151,6 +156,7 @@ impl Guard {
             counters: GuardCounters::default(),
             bad_before_apply: 0,
             scaler: None,
+            batches_to_skip: 0,
         })
     }
 
@@ -488,20 +494,18 @@ impl Guard {
     }
 
     /// Judges the update the optimizer produced for a step this guard decided to apply, under
-    /// the configured [`UpdateBound`] (`None` when the bound is off). The adapter measures, per
-    /// parameter, ‖w‖ before the step and ‖Δw‖ of the step, calls this with the rate the optimizer
-    /// stepped at (the schedule's rate times the LR multiplier), and then replaces each update by
-    /// `scale · Δw`; on `revert` (a non-finite weight or update: the optimizer overflowed) it
-    /// restores the weights and optimizer state from before the step, which this method counts
-    /// as a skipped bad step (backing off the LR, and stopping with
-    /// [`GuardError::TooManyBadSteps`] past the limit, as any bad step). Bounding an update is not
-    /// a bad step: it is how the guard lets a run with an oversized first gradient go on.
+    /// the configured [`UpdateBound`] (`None` when the bound is off), at the rate the optimizer
+    /// stepped at (the schedule's rate times the LR multiplier). A `revert` (a non-finite weight
+    /// or update: the optimizer overflowed) turns the step, already counted as applied, into a
+    /// skipped bad step (backing off the LR, and stopping with [`GuardError::TooManyBadSteps`]
+    /// past the limit, as any bad step). Bounding an update is not a bad step: it is how the
+    /// guard lets a run with an oversized first gradient go on. [`Guard::guarded_step`] calls it.
     ///
     /// The first call recognizes the optimizer's family from its update at `lr`
     /// ([`UpdateFamily::recognize`]) unless the bound's setting names it, and keeps it in the
     /// counters (saved with the guard's state); until a family is known the bound's own limits
     /// (those of gradient descent) apply.
-    pub fn check_update(&mut self, norms: &[UpdateNorms], lr: f64) -> Result<Option<UpdateCheck>> {
+    fn check_update(&mut self, norms: &[UpdateNorms], lr: f64) -> Result<Option<UpdateCheck>> {
         let Some(bound) = self.config.update_bound else {
             return Ok(None);
         };
@@ -560,10 +564,10 @@ impl Guard {
         Ok(Some(check))
     }
 
-    /// Whether the adapter must measure each unit's update norms for [`Guard::check_update`]:
+    /// Whether the adapter must measure each unit's update norms for the update bound:
     /// the update bound is on and has a unit-wise limit for the optimizer's family, or the
     /// family is still to be recognized.
-    pub fn update_needs_units(&self) -> bool {
+    fn update_needs_units(&self) -> bool {
         self.config
             .update_bound
             .is_some_and(|bound| bound.measures_units(bound.family.or(self.counters.update_family)))

@@ -22,7 +22,7 @@
 //! w_t     ← w_t + scale_t · Δw_t                    (τ·m and τ_t·m never below min_ratio)
 //! ```
 //!
-//! A step with s < 1 backs off m (see [`crate::Guard::check_update`]): the rate shrinks until the
+//! A step with s < 1 backs off m (see [`crate::Guard::guarded_step`]): the rate shrinks until the
 //! steps fit, and recovers after calm steps. τ·m and τ_t·m are floored at `min_ratio`; by default
 //! that floor is τ itself, so only the per-tensor backstop tightens with m.
 //!

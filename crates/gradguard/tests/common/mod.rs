@@ -92,3 +92,15 @@ pub fn close(a: f64, b: f64, rel: f64, abs: f64) -> bool {
     }
     (a - b).abs() <= rel * b.abs() + abs
 }
+
+/// A two-tensor batch (a 2×2 weight and its bias) whose values scale with `scale`.
+pub fn batch(scale: f32) -> HostGradients {
+    grads(&[
+        (
+            "layers.0.weight",
+            &[2, 2],
+            vec![scale, -scale, 0.5 * scale, 0.25 * scale],
+        ),
+        ("layers.0.bias", &[2], vec![0.1 * scale, -0.1 * scale]),
+    ])
+}

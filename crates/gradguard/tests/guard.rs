@@ -118,13 +118,13 @@ fn non_finite_under_apply_passes_through_without_rules() {
         report
             .reasons
             .iter()
-            .any(|r| r.starts_with("applied 2 non-finite"))
+            .any(|r| r.starts_with("applied: 2 non-finite"))
     );
     assert!(
         report
             .reasons
             .iter()
-            .any(|r| r.contains("non-finite loss NaN, applied"))
+            .any(|r| r.contains("applied: non-finite loss NaN"))
     );
     assert_eq!(g.counters().non_finite_steps, 1);
     assert_eq!(g.counters().skipped, 0);

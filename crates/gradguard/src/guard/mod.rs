@@ -2,6 +2,7 @@
 
 mod config;
 mod deferred;
+mod judge;
 mod protocol;
 mod report;
 mod update_bound;
@@ -15,13 +16,14 @@ pub use update_bound::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::detect::{SpikeCheck, SpikeDetector, find_non_finite};
+use crate::detect::SpikeDetector;
 use crate::error::{GuardError, Result};
 use crate::gradients::Gradients;
 use crate::loss_scale::{LossScaler, LossScalerState, ScaleUpdate};
-use crate::rules::{Chain, RuleAction, RuleState};
+use crate::rules::{Chain, RuleState};
 use crate::stats::{TensorStats, combined};
 use deferred::DeferredScale;
+use judge::tensor_reports;
 
 /// Counters the guard keeps; part of its saved state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,12 +107,6 @@ pub struct GuardState {
     /// The loss scaler's state, when the guard has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scale: Option<LossScalerState>,
-}
-
-/// Why a step is bad, before the decision is made.
-enum Trouble {
-    Skip,
-    Rollback(u32),
 }
 
 /// Sits between `backward()` and the optimizer step and decides what the step does.
@@ -280,182 +276,6 @@ impl Guard {
             loss_scale = Some(update);
         }
         self.judge(grads, stats, loss, loss_scale)
-    }
-
-    /// [`Guard::step`] after the loss scale is taken out: `stats` and `loss` are unscaled.
-    fn judge(
-        &mut self,
-        grads: &mut dyn Gradients,
-        mut stats: Vec<TensorStats>,
-        loss: Option<f64>,
-        loss_scale: Option<ScaleUpdate>,
-    ) -> Result<StepReport> {
-        let step = self.counters.step;
-        let before = stats.clone();
-        let mut reasons = Vec::new();
-        let mut trouble: Option<Trouble> = None;
-        let mut non_finite_seen = false;
-
-        if let Some(l) = loss.filter(|l| !l.is_finite()) {
-            non_finite_seen = true;
-            if self.config.non_finite == NonFinitePolicy::Error {
-                return Err(GuardError::NonFiniteLoss { step, loss: l });
-            }
-            if self.config.non_finite == NonFinitePolicy::Apply {
-                reasons.push(format!("non-finite loss {l}, applied"));
-            } else {
-                reasons.push(format!("non-finite loss {l}"));
-                trouble = Some(Trouble::Skip);
-            }
-        }
-
-        if let Some(found) = find_non_finite(grads, &stats) {
-            non_finite_seen = true;
-            let what = format!(
-                "{} non-finite gradient values, first {} in '{}' at index {}",
-                found.count, found.kind, found.tensor, found.index
-            );
-            match self.config.non_finite {
-                NonFinitePolicy::Error => {
-                    return Err(GuardError::NonFiniteGradient {
-                        step,
-                        tensor: found.tensor,
-                        index: found.index,
-                        value: found.kind.to_string(),
-                        count: found.count,
-                    });
-                }
-                NonFinitePolicy::Skip => {
-                    reasons.push(what);
-                    trouble = Some(Trouble::Skip);
-                }
-                NonFinitePolicy::Zero => {
-                    reasons.push(format!("zeroed {what}"));
-                    stats = grads.zero_non_finite();
-                }
-                NonFinitePolicy::Apply => reasons.push(format!("applied {what}")),
-            }
-        }
-        // Under `Apply` a non-finite step goes to the optimizer as it is: no rule, no detector.
-        let passthrough = non_finite_seen && self.config.non_finite == NonFinitePolicy::Apply;
-
-        let mut grad_check = None;
-        let mut loss_check = None;
-        let mut spiked = false;
-        if trouble.is_none() && !passthrough {
-            let norm = combined(&stats).l2();
-            grad_check = self.grad_spike.as_mut().map(|d| d.observe(norm));
-            loss_check = match (self.loss_spike.as_mut(), loss) {
-                (Some(d), Some(l)) => Some(d.observe(l)),
-                _ => None,
-            };
-            for (check, metric) in [(grad_check, "gradient norm"), (loss_check, "loss")] {
-                let Some(SpikeCheck {
-                    value,
-                    threshold: Some(threshold),
-                    is_spike: true,
-                }) = check
-                else {
-                    continue;
-                };
-                spiked = true;
-                reasons.push(format!("{metric} spike: {value:.4e} above {threshold:.4e}"));
-                match self.config.on_spike {
-                    SpikeAction::Ignore => {}
-                    SpikeAction::Skip => trouble = Some(Trouble::Skip),
-                    SpikeAction::Rollback { skip_batches } => {
-                        trouble = Some(Trouble::Rollback(skip_batches));
-                    }
-                    SpikeAction::Stop => {
-                        return Err(GuardError::GradientSpike {
-                            step,
-                            metric: metric.into(),
-                            value,
-                            threshold,
-                        });
-                    }
-                }
-            }
-        }
-
-        let mut outcomes = Vec::new();
-        if trouble.is_none() && !passthrough {
-            outcomes = match self.chain.apply(grads, &mut stats) {
-                Ok(outcomes) => outcomes,
-                Err(GuardError::NonFiniteParameter {
-                    rule,
-                    tensor,
-                    unit,
-                    value,
-                    ..
-                }) => {
-                    non_finite_seen = true;
-                    let what =
-                        format!("parameter '{tensor}' unit {unit} is {value} (rule '{rule}')");
-                    match self.config.non_finite {
-                        NonFinitePolicy::Error => {
-                            return Err(GuardError::NonFiniteParameter {
-                                step,
-                                rule,
-                                tensor,
-                                unit,
-                                value,
-                            });
-                        }
-                        NonFinitePolicy::Skip | NonFinitePolicy::Zero => {
-                            reasons.push(what);
-                            trouble = Some(Trouble::Skip);
-                        }
-                        NonFinitePolicy::Apply => reasons.push(format!("applied: {what}")),
-                    }
-                    Vec::new()
-                }
-                Err(e) => return Err(e),
-            };
-            if let Some(skip) = outcomes.iter().find(|o| o.action == RuleAction::Skip) {
-                reasons.push(format!(
-                    "rule '{}': norm {:.4e} above {:.4e}",
-                    skip.rule,
-                    skip.norm.unwrap_or(f64::NAN),
-                    skip.threshold.unwrap_or(f64::NAN)
-                ));
-                trouble = Some(Trouble::Skip);
-            }
-        }
-
-        let decision = match trouble {
-            None => Decision::Apply,
-            Some(Trouble::Skip) => Decision::Skip,
-            Some(Trouble::Rollback(skip_batches)) => match self.counters.snapshot_step {
-                Some(to_step) => Decision::Rollback {
-                    to_step,
-                    skip_batches,
-                },
-                None => {
-                    reasons.push("no snapshot yet: skipping instead of rolling back".into());
-                    Decision::Skip
-                }
-            },
-        };
-        let take_snapshot = self.account(decision, spiked, non_finite_seen, &reasons)?;
-
-        Ok(StepReport {
-            step,
-            loss,
-            norm_before: combined(&before).l2(),
-            norm_after: combined(&stats).l2(),
-            tensors: tensor_reports(grads, &before, &stats),
-            rules: outcomes,
-            grad_spike: grad_check,
-            loss_spike: loss_check,
-            decision,
-            reasons,
-            lr_multiplier: self.counters.lr_multiplier,
-            take_snapshot,
-            consecutive_bad: self.counters.consecutive_bad,
-            update: None,
-            loss_scale,
-        })
     }
 
     /// A step whose scaled gradients overflowed: skipped as part of normal loss scaling (counted
@@ -651,23 +471,4 @@ fn follow_the_rate(
     } else {
         counters.lr_multiplier = (counters.lr_multiplier * bound.normalized.recovery).min(1.0);
     }
-}
-
-fn tensor_reports(
-    grads: &dyn Gradients,
-    before: &[TensorStats],
-    after: &[TensorStats],
-) -> Vec<TensorReport> {
-    before
-        .iter()
-        .zip(after)
-        .enumerate()
-        .map(|(i, (b, a))| TensorReport {
-            name: grads.name(i).to_string(),
-            norm_before: b.l2(),
-            norm_after: a.l2(),
-            max_abs_before: b.max_abs,
-            non_finite: b.non_finite(),
-        })
-        .collect()
 }

@@ -35,6 +35,7 @@ mod collect;
 mod collective;
 #[cfg(feature = "cube")]
 mod cube;
+mod device_ops;
 pub mod faults;
 #[cfg(feature = "cube")]
 mod launches;

@@ -20,8 +20,7 @@
 //! Cost with Burn's tensor ops (counted with cubecl's launch observer): one copy per tensor, plus
 //! 27 launches however many tensors there are — the zero fill, the statistics (11 of them passes
 //! over the whole buffer) and the read's concatenation. On CubeCL backends the fused kernel of
-//! [`crate::cube`] writes the same statistics from the tensors where they lie, and the buffer is
-//! only built for the rules that need it.
+//! [`crate::cube`] writes the same statistics from the tensors where they lie, with no buffer.
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use gradguard::TensorStats;
@@ -182,13 +181,6 @@ impl Padded {
         self.buffer.clone().map(|b| b.reshape([blocks, BLOCK]))
     }
 
-    /// Tensor `t` as a view into the buffer (`None` for an empty one).
-    pub fn view(&self, t: usize) -> Option<Tensor<1>> {
-        let s = self.segments[t];
-        let buffer = self.buffer.as_ref()?;
-        (s.len > 0).then(|| buffer.clone().slice(s.start()..s.start() + s.len))
-    }
-
     /// One f32 per block, uploaded as `[blocks, 1]`: each tensor's value over all its blocks.
     pub fn per_block(&self, per_tensor: impl Fn(usize) -> f32, device: &Device) -> Tensor<2> {
         let mut v = Vec::with_capacity(self.blocks());
@@ -249,13 +241,8 @@ impl Padded {
             .collect()
     }
 
-    /// Each tensor's Euclidean norm from the read of [`Padded::statistics`]; NaN when it holds
-    /// any non-finite value.
-    pub fn norms(&self, host: &[f32]) -> Vec<f64> {
-        Self::norms_of(&self.segments, host)
-    }
-
-    /// [`Padded::norms`] for tensors laid out as `segments`.
+    /// Each tensor's Euclidean norm, for tensors laid out as `segments`, from the read of
+    /// [`Padded::statistics`]; NaN when it holds any non-finite value.
     pub fn norms_of(segments: &[Segment], host: &[f32]) -> Vec<f64> {
         Self::combine_segments(segments, host)
             .into_iter()

@@ -9,6 +9,7 @@ use gradguard::{
     UpdateMeasure, UpdateNorms,
 };
 
+use crate::device_ops::Engine;
 use crate::update::Updates;
 use crate::view::{BurnGradients, Placement};
 
@@ -163,7 +164,7 @@ impl<M: Module + Clone> StepActions for BurnStep<'_, M> {
             .view
             .take()
             .expect("one optimizer step per guarded step");
-        let on_host = view.on_host();
+        let engine = view.engine();
         self.host_reads += view.host_reads();
         let module = self.take_module();
         let grads = view.into_gradients_params(&module);
@@ -185,8 +186,8 @@ impl<M: Module + Clone> StepActions for BurnStep<'_, M> {
         };
         let (old, old_optimizer) = (module.clone(), self.optimizer.clone());
         let stepped = self.optimizer.step(lr, module, grads);
-        let updates = Updates::measure(&old, &stepped, on_host, units);
-        self.host_reads += u32::from(!on_host);
+        let updates = Updates::measure(&old, &stepped, engine, units);
+        self.host_reads += u32::from(matches!(engine, Engine::Device(_)));
         let norms = updates.norms.clone();
         self.before = Some((updates, old, old_optimizer));
         self.module = Some(stepped);

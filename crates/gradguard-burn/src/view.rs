@@ -9,6 +9,7 @@ use gradguard::{
 };
 
 use crate::collect::{Collector, Entry, Restorer};
+use crate::device_ops::Engine;
 use crate::on_device::DeviceGradients;
 
 /// Where the statistics and rules run.
@@ -22,8 +23,10 @@ pub enum Placement {
     /// uniquely owned buffer without copying and takes it back the same way. On an accelerator
     /// it would copy every gradient to the host: use `Device` there.
     Host,
-    /// Tensor ops on the gradients' device over one padded buffer, f32 block sums scaled by each
-    /// block's largest magnitude (no f64 on the device), one small host read per step.
+    /// The gradients stay on their device, measured and changed by its device operations —
+    /// the fused kernels on a CubeCL device, Burn's tensor ops elsewhere (chosen once, here) —
+    /// with f32 block sums scaled by each block's largest magnitude (no f64 on the device) and
+    /// one small host read per step.
     Device,
 }
 
@@ -165,6 +168,14 @@ impl BurnGradients {
     /// Whether the rules run on the host (see [`Placement`]).
     pub fn on_host(&self) -> bool {
         matches!(self.storage, Storage::Host { .. })
+    }
+
+    /// Where this step's measurements run: the choice made when the gradients were collected.
+    pub(crate) fn engine(&self) -> Engine {
+        match &self.storage {
+            Storage::Host { .. } => Engine::Host,
+            Storage::Device(d) => Engine::Device(d.ops()),
+        }
     }
 
     /// Device-to-host reads of statistics so far (on an accelerator: one per clean step, the

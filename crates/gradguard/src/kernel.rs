@@ -290,6 +290,47 @@ pub fn row_sum_squares(xs: &[f32], cols: usize) -> Vec<f64> {
         .collect()
 }
 
+/// (‖before‖₂, ‖after − before‖₂) of two slices of one length — a weight before and after an
+/// optimizer step: the update bound's measurement of a whole tensor on the host. Within each
+/// block of [`BLOCK`] values, 32 independent f32 lanes accumulate both sums (so the loop
+/// vectorizes), and each block's sums join f64 totals; a block whose f32 sums are not finite
+/// (values beyond ~1e17 or non-finite ones) is redone exactly in f64, so any finite weights give
+/// finite norms.
+pub fn update_norms(before: &[f32], after: &[f32]) -> (f64, f64) {
+    let (mut w, mut d) = (0.0f64, 0.0f64);
+    for (b, a) in before.chunks(BLOCK).zip(after.chunks(BLOCK)) {
+        let (mut wl, mut dl) = ([0.0f32; LANES], [0.0f32; LANES]);
+        let (bc, ac) = (b.chunks_exact(LANES), a.chunks_exact(LANES));
+        let (b_rest, a_rest) = (bc.remainder(), ac.remainder());
+        for (bs, as_) in bc.zip(ac) {
+            for k in 0..LANES {
+                let diff = as_[k] - bs[k];
+                wl[k] += bs[k] * bs[k];
+                dl[k] += diff * diff;
+            }
+        }
+        for (k, (&x, &y)) in b_rest.iter().zip(a_rest).enumerate() {
+            let diff = y - x;
+            wl[k] += x * x;
+            dl[k] += diff * diff;
+        }
+        let (bw, bd) = (wl.map(f64::from), dl.map(f64::from));
+        let (bw, bd) = (tree_sum(bw), tree_sum(bd));
+        if bw.is_finite() && bd.is_finite() {
+            w += bw;
+            d += bd;
+        } else {
+            for (&x, &y) in b.iter().zip(a) {
+                let x64 = f64::from(x);
+                let diff = f64::from(y) - x64;
+                w += x64 * x64;
+                d += diff * diff;
+            }
+        }
+    }
+    (w.sqrt(), d.sqrt())
+}
+
 /// Per unit of `span`: (‖before_u‖₂, ‖after_u − before_u‖₂) of two row-major slices of one
 /// shape — a weight before and after an optimizer step — accumulated in f64 in index order (no
 /// overflow for any finite f32). The unit-wise update bound's measurement on the host.
@@ -324,6 +365,24 @@ pub fn tensor_norms_of_units(units: &[(f64, f64)]) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn update_norms_are_exact_enough_and_never_overflow() {
+        let before: Vec<f32> = (0..5000).map(|i| (i as f32 * 0.37).sin()).collect();
+        let after: Vec<f32> = before.iter().map(|x| x + 0.5).collect();
+        let (w, d) = update_norms(&before, &after);
+        let exact_w: f64 = before
+            .iter()
+            .map(|&x| f64::from(x).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!((w / exact_w - 1.0).abs() < 1e-6, "{w} {exact_w}");
+        assert!((d / 1250f64.sqrt() - 1.0).abs() < 1e-6, "{d}");
+        // Squares of 1e30 overflow f32: the block is redone in f64.
+        let (w, d) = update_norms(&[1e30, 0.0], &[1e30, 3e30]);
+        assert!((w / 1e30 - 1.0).abs() < 1e-6 && (d / 3e30 - 1.0).abs() < 1e-6);
+        assert_eq!(update_norms(&[], &[]), (0.0, 0.0));
+    }
 
     fn exact(xs: &[f32]) -> TensorStats {
         let mut acc = TensorStats {

@@ -4,7 +4,7 @@
 //! weights — and handing the results back to Burn as tensors that are views of one buffer per
 //! group (no copy).
 
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use burn_cubecl::fusion::CubeFusionHandle;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{Cube, CubeBackend};
@@ -13,9 +13,9 @@ use burn_fusion::custom::OperationOutput;
 use burn_fusion::stream::StreamId;
 use burn_ir::{InitOperationIr, OperationIr};
 use cubecl::prelude::*;
-use gradguard::UnitSpan;
 
 use super::kernel::BLOCK;
+use crate::device_ops::Rewrite;
 use super::{MAX_GROUP, grid, groups, resolve};
 
 /// A CubeCL buffer as a Burn tensor on its device, registered with Burn's fusion layer the way
@@ -36,35 +36,20 @@ fn into_burn(t: CubeTensor) -> Tensor<1> {
     Tensor::from_primitive::<Cube>(fused)
 }
 
-/// What [`rewrite`] does to every value x of tensor t (in this order; see
-/// [`super::rewrite_kernel`]).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Rewrite<'a> {
-    /// NaN and ±inf become 0.
-    pub zero_non_finite: bool,
-    /// x is clamped to `[-limit, limit]`, NaN kept.
-    pub limit: Option<f32>,
-    /// Tensor t's units, one factor each in `factors[t]` (one factor: the tensor as a whole).
-    pub spans: &'a [UnitSpan],
-    /// The factors, by unit.
-    pub factors: &'a [Vec<f32>],
-    /// With an origin a (tensors of the same lengths): a + f·(x − a); else f·x.
-    pub origin: Option<&'a [CubeTensor]>,
-    /// The results' dtype; `None`: each tensor's own.
-    pub dtype: Option<DType>,
-}
-
-/// `values` rewritten by `how`, flat; the tensors live on `device`. `None` when a factor list
+/// `values` rewritten by `how` (see [`super::rewrite_kernel`] for the order), flat, relative to
+/// `origin` (the CubeCL buffers of `how.origin`) when it has one; the tensors live on `device`. `None` when a factor list
 /// does not match its span or the factors cannot be placed on the device.
 pub(crate) fn rewrite(
     device: &burn::tensor::Device,
     values: &[CubeTensor],
     how: Rewrite<'_>,
+    origin: Option<&[CubeTensor]>,
 ) -> Option<Vec<Tensor<1>>> {
     let head = values.first()?;
     let mismatched = how.spans.len() != values.len()
         || how.factors.len() != values.len()
-        || how.origin.is_some_and(|o| o.len() != values.len())
+        || origin.is_some_and(|o| o.len() != values.len())
+        || how.origin.is_some() != origin.is_some()
         || how
             .spans
             .iter()
@@ -88,7 +73,7 @@ pub(crate) fn rewrite(
         &device.clone().inner(),
     ))?;
     // Besides the sequences: the factors, the output and the runtime's metadata.
-    let sequences = if how.origin.is_some() { 2 } else { 1 };
+    let sequences = if origin.is_some() { 2 } else { 1 };
     let bindings = client.properties().hardware.max_bindings as usize;
     let group = (bindings.saturating_sub(3) / sequences).clamp(1, MAX_GROUP);
     let blocks: Vec<usize> = lens.iter().map(|l| l.div_ceil(BLOCK)).collect();
@@ -133,7 +118,7 @@ pub(crate) fn rewrite(
             &client,
             CubeCount::Static(x, y, 1),
             CubeDim::new_1d(super::kernel::UNITS as u32),
-            how.origin.map_or_else(SequenceArg::new, tensors),
+            origin.map_or_else(SequenceArg::new, tensors),
             tensors(values),
             factors_on_device.clone().into_tensor_arg(),
             out.clone().into_tensor_arg(),
@@ -143,7 +128,7 @@ pub(crate) fn rewrite(
             field(&|t| how.spans[t].cols.max(1)),
             field(&|t| usize::from(how.spans[t].units_are_columns)),
             how.limit.unwrap_or(f32::INFINITY),
-            how.origin.is_some(),
+            origin.is_some(),
             how.zero_non_finite,
             [storage(dtype), storage(out_dtype)],
         );

@@ -224,7 +224,7 @@ impl Guard {
     fn run_rules(
         &mut self,
         grads: &mut dyn Gradients,
-        stats: &mut Vec<TensorStats>,
+        stats: &mut [TensorStats],
         findings: &mut Findings,
     ) -> Result<Vec<RuleOutcome>> {
         if findings.settled(self.config.non_finite) {

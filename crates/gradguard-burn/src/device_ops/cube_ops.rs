@@ -1,0 +1,99 @@
+//! The device operations on Burn's CubeCL backends, by the fused kernels of [`crate::cube`]: the
+//! tensors are read where they lie, in one launch per group of tensors.
+
+use burn::tensor::Tensor;
+use burn_cubecl::tensor::CubeTensor;
+use gradguard::UnitSpan;
+
+use super::{BlockRead, DeviceOps, Rewrite, TensorOps};
+use crate::cube;
+use crate::padded::PER_BLOCK;
+
+/// [`DeviceOps`] by the fused CubeCL kernels. A tensor that is not on a CubeCL device (never,
+/// when [`super::choose`] picked this for the step's device) is left to [`TensorOps`].
+#[derive(Debug)]
+pub(crate) struct CubeOps;
+
+/// Each tensor's CubeCL buffer, and `after`'s when given; `None` if any is elsewhere.
+fn resolved(
+    tensors: &[Tensor<1>],
+    after: Option<&[Tensor<1>]>,
+) -> Option<(Vec<CubeTensor>, Option<Vec<CubeTensor>>)> {
+    let a = cube::resolve_all(tensors)?;
+    let b = match after {
+        Some(after) => Some(cube::resolve_all(after)?),
+        None => None,
+    };
+    Some((a, b))
+}
+
+impl DeviceOps for CubeOps {
+    fn block_statistics(
+        &self,
+        tensors: &[Tensor<1>],
+        after: Option<&[Tensor<1>]>,
+        loss: Option<Tensor<1>>,
+    ) -> BlockRead {
+        let cube_loss = match &loss {
+            Some(l) => cube::resolve(l).map(Some),
+            None => Some(None),
+        };
+        let (Some((a, b)), Some(cube_loss)) = (resolved(tensors, after), cube_loss) else {
+            return TensorOps.block_statistics(tensors, after, loss);
+        };
+        let stats = cube::block_statistics(&a, b.as_deref());
+        if stats.is_none() && cube_loss.is_none() {
+            return BlockRead::default();
+        }
+        let (host, loss) = cube::read(stats.as_ref(), cube_loss.as_ref());
+        let loss = loss.map(f64::from);
+        if b.is_none() {
+            return BlockRead {
+                values: host,
+                deltas: Vec::new(),
+                loss,
+            };
+        }
+        // Pair form: per block the statistics of the tensors, then those of the update.
+        let (mut values, mut deltas) = (Vec::new(), Vec::new());
+        for block in host.chunks_exact(2 * PER_BLOCK) {
+            values.extend_from_slice(&block[..PER_BLOCK]);
+            deltas.extend_from_slice(&block[PER_BLOCK..]);
+        }
+        BlockRead {
+            values,
+            deltas,
+            loss,
+        }
+    }
+
+    fn unit_norms(
+        &self,
+        tensors: &[Tensor<1>],
+        after: Option<&[Tensor<1>]>,
+        spans: &[UnitSpan],
+    ) -> Vec<Vec<(f64, f64)>> {
+        let Some((a, b)) = resolved(tensors, after) else {
+            return TensorOps.unit_norms(tensors, after, spans);
+        };
+        cube::units::unit_sums(&a, b.as_deref(), spans)
+            .into_iter()
+            .map(|units| {
+                units
+                    .iter()
+                    .map(|u| (u[0].norm(), u.get(1).map_or(0.0, |d| d.norm())))
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn rewrite(&self, values: &[Tensor<1>], how: Rewrite<'_>) -> Vec<Tensor<1>> {
+        let Some(device) = values.first().map(Tensor::device) else {
+            return Vec::new();
+        };
+        let fused = resolved(values, how.origin).and_then(|(v, origin)| {
+            cube::rewrite::rewrite(&device, &v, how, origin.as_deref())
+        });
+        fused.unwrap_or_else(|| TensorOps.rewrite(values, how))
+    }
+}

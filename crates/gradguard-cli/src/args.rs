@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use gradguard::rules::{RuleSpec, rule_names};
+use gradguard::rules::{RuleSpec, rule_keys, rule_names};
 use gradguard::{NonFinitePolicy, NormType, UnitLayout};
 
 /// Find, explain and tame exploding gradients.
@@ -134,7 +134,7 @@ pub struct ClipArgs {
     #[arg(long, value_enum, default_value = "input-first")]
     pub layout: LayoutArg,
     /// Any registered rule by its name (the help text lists the registry's names).
-    #[arg(long = "rule", value_name = "NAME[=VALUE]", value_parser = parse_rule, help = rule_help())]
+    #[arg(long = "rule", value_name = "NAME[=VALUE][:KEY=VALUE]…", value_parser = parse_rule, help = rule_help())]
     pub rules: Vec<RuleSpec>,
     /// What to do with NaN or inf values.
     #[arg(long = "on-nonfinite", value_enum, default_value = "error")]
@@ -148,8 +148,11 @@ pub struct ClipArgs {
 fn rule_help() -> String {
     format!(
         "Any registered rule by name: {} (agc needs --params). Its name is the one the JSON \
-         output and the lab's remedies use. Repeatable; ordered with the flags.",
-        rule_names()
+         output and the lab's remedies use. Its other settings follow colons, \
+         NAME[=VALUE][:KEY=VALUE]… (e.g. zclip:z-thresh=3), and win over --norm-type, --eps and \
+         --layout:\n{}\nRepeatable; ordered with the flags.",
+        rule_names(),
+        rule_keys()
     )
 }
 

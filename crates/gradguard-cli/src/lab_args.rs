@@ -15,7 +15,8 @@ pub struct RemedyList(pub Vec<Remedy>, pub bool);
 /// The `--remedy` help, generated from the lab's list so that it names every remedy.
 fn remedy_help() -> String {
     format!(
-        "Remedies, comma-separated: {}",
+        "Remedies, comma-separated: {}. A clipping rule takes its other settings after colons \
+         (zclip:z-thresh=3:alpha=0.9); `gradguard clip --help` lists them.",
         gradguard_lab::Remedy::names()
     )
 }

@@ -382,7 +382,7 @@ fn dedicated_flags_and_rule_names_cannot_disagree() {
     save(&g, &[("w", &[2, 3], vec![3.0, -4.0, 0.5, 100.0, 0.0, 2.0])]);
     save(&p, &[("w", &[2, 3], vec![1.0, 0.0, 2.0, 0.5, 0.0, 1.0])]);
     let (gs, ps) = (g.to_str().unwrap(), p.to_str().unwrap());
-    let pairs: [(&[&str], &[&str]); 3] = [
+    let pairs: [(&[&str], &[&str]); 5] = [
         (
             &["--global-norm", "1", "--norm-type", "1"],
             &["--rule", "clip-global=1", "--norm-type", "1"],
@@ -401,6 +401,15 @@ fn dedicated_flags_and_rule_names_cannot_disagree() {
                 "--layout",
                 "output-first",
             ],
+        ),
+        // A rule's own keys reach the same settings.
+        (
+            &["--global-norm", "1", "--norm-type", "1"],
+            &["--rule", "clip-global=1:p=1"],
+        ),
+        (
+            &["--agc", "0.1", "--eps", "0.5", "--layout", "output-first"],
+            &["--rule", "agc=0.1:eps=0.5:layout=output-first"],
         ),
     ];
     for (k, (by_flag, by_name)) in pairs.iter().enumerate() {

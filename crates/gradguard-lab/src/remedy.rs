@@ -323,6 +323,17 @@ mod tests {
         let l2: Remedy = serde_json::from_str(r#"{"name":"l2","value":0.5}"#).unwrap();
         assert_eq!(l2, Remedy::L2(0.5));
         assert!(Remedy::parse_list("none").unwrap().is_empty());
+        // A rule's other settings ride after colons, inside one item of the comma list.
+        let keyed = Remedy::parse_list("zclip:z-thresh=3:alpha=0.9,guard").unwrap();
+        assert_eq!(keyed.len(), 2);
+        assert_eq!(keyed[0].to_string(), "zclip:alpha=0.9:z-thresh=3");
+        assert_eq!(
+            Remedy::parse_list(&Remedy::list_name(&keyed)).unwrap(),
+            keyed
+        );
+        let json = serde_json::to_string(&keyed).unwrap();
+        assert_eq!(serde_json::from_str::<Vec<Remedy>>(&json).unwrap(), keyed);
+        assert!(Remedy::parse_list("zclip:alpha=3").is_err());
     }
 
     #[test]

@@ -15,8 +15,8 @@ use burn_ir::{InitOperationIr, OperationIr};
 use cubecl::prelude::*;
 
 use super::kernel::BLOCK;
-use crate::device_ops::Rewrite;
 use super::{MAX_GROUP, grid, groups, resolve};
+use crate::device_ops::Rewrite;
 
 /// A CubeCL buffer as a Burn tensor on its device, registered with Burn's fusion layer the way
 /// Burn registers a tensor made from data (an `Init` operation over an existing handle).

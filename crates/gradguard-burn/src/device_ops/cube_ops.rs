@@ -91,9 +91,8 @@ impl DeviceOps for CubeOps {
         let Some(device) = values.first().map(Tensor::device) else {
             return Vec::new();
         };
-        let fused = resolved(values, how.origin).and_then(|(v, origin)| {
-            cube::rewrite::rewrite(&device, &v, how, origin.as_deref())
-        });
+        let fused = resolved(values, how.origin)
+            .and_then(|(v, origin)| cube::rewrite::rewrite(&device, &v, how, origin.as_deref()));
         fused.unwrap_or_else(|| TensorOps.rewrite(values, how))
     }
 }

@@ -25,7 +25,7 @@ pub use chain::{Chain, RuleState};
 pub use clip_value::ClipByValue;
 pub use global_norm::{ClipByGlobalNorm, NORM_EPS, clip_coefficient, clip_with_norm};
 pub use per_tensor_norm::ClipPerTensorNorm;
-pub use registry::{RULES, RuleOptions, RuleSpec, rule_names};
+pub use registry::{RULES, RuleOptions, RuleSpec, rule_keys, rule_names};
 pub use skip_above::SkipIfNormAbove;
 pub use zclip::{ZClip, ZClipConfig};
 pub use zero_non_finite::ZeroNonFinite;

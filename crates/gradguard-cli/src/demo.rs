@@ -126,9 +126,7 @@ pub fn demo_runs(quick: bool) -> Vec<RunConfig> {
 pub fn precision_claims(runs: &[&RunSummary], data: &[RunData]) -> Vec<String> {
     let find = |precision: Option<&str>, scaled: bool| {
         runs.iter().copied().find(|s| {
-            s.remedy.starts_with("guard")
-                && s.precision() == precision
-                && s.remedy.contains("loss-scale") == scaled
+            s.uses("guard") && s.precision() == precision && s.uses("loss-scale") == scaled
         })
     };
     let mut out = Vec::new();
@@ -193,7 +191,7 @@ fn loss(v: Option<f64>) -> String {
 /// Sentences stating what the runs of one task showed, each from a measurement.
 pub fn claims(task: &str, runs: &[&RunSummary]) -> Vec<String> {
     let mut out = Vec::new();
-    let Some(none) = runs.iter().find(|s| s.remedy == "none") else {
+    let Some(none) = runs.iter().find(|s| s.unremedied()) else {
         return out;
     };
     out.push(match (none.diverged, none.diverged_at) {
@@ -214,7 +212,7 @@ pub fn claims(task: &str, runs: &[&RunSummary]) -> Vec<String> {
     });
     let list = |outcome: Outcome| -> Vec<String> {
         runs.iter()
-            .filter(|s| s.remedy != "none" && s.outcome() == outcome)
+            .filter(|s| !s.unremedied() && s.outcome() == outcome)
             .map(|s| format!("{} ({})", s.remedy, loss(s.final_loss)))
             .collect()
     };
@@ -222,7 +220,7 @@ pub fn claims(task: &str, runs: &[&RunSummary]) -> Vec<String> {
     let (learning, stable) = (list(Outcome::Learning), list(Outcome::Stable));
     let failed: Vec<String> = runs
         .iter()
-        .filter(|s| s.remedy != "none" && s.failed())
+        .filter(|s| !s.unremedied() && s.failed())
         .map(|s| format!("{} ({})", s.remedy, s.outcome()))
         .collect();
     if !learning.is_empty() {
@@ -271,8 +269,10 @@ pub fn claims(task: &str, runs: &[&RunSummary]) -> Vec<String> {
 /// The first lines the demo prints for a task: the unprotected run, the best hand-picked remedy
 /// and the default guard, from the runs just made.
 pub fn answer(task: &str, runs: &[&RunSummary]) -> Option<String> {
-    let none = runs.iter().find(|s| s.remedy == "none")?;
-    let guard = runs.iter().find(|s| s.remedy == "guard")?;
+    let none = runs.iter().find(|s| s.unremedied())?;
+    let guard = runs
+        .iter()
+        .find(|s| s.remedy_names().eq(std::iter::once("guard")))?;
     let best = runs[best_hand_picked(runs.iter().copied())?];
     let line = |what: &str, s: &RunSummary| {
         format!(

@@ -5,7 +5,7 @@
 use gradguard_lab::sweep::RateCurve;
 use gradguard_lab::tasks::Task;
 use gradguard_lab::{Remedy, RunConfig};
-use gradguard_report::RunSummary;
+use gradguard_report::{RunSummary, remedy_names};
 
 /// The task's name in run summaries.
 pub const LM_TASK: &str = "lm";
@@ -54,7 +54,7 @@ pub fn lm_claims(curves: &[RateCurve]) -> Vec<String> {
     let curve = |method: &str| {
         curves
             .iter()
-            .find(|c| c.task == LM_TASK && c.remedy.starts_with(method))
+            .find(|c| c.task == LM_TASK && remedy_names(&c.remedy).eq(remedy_names(method)))
     };
     let (Some(plain), Some(guard)) = (curve("none"), curve("guard")) else {
         return Vec::new();

@@ -42,6 +42,7 @@ pub use record::{MetricsRecord, StepDecision};
 pub use sink::{Sink, Sinks};
 pub use summary::{
     LogitPoint, LogitSummary, METRICS_FILE, Outcome, RunData, RunDirError, RunSummary,
-    SUMMARY_FILE, TEMP_PREFIX, TimeGradients, best_hand_picked, read_run, write_atomic,
+    SUMMARY_FILE, TEMP_PREFIX, TimeGradients, best_hand_picked, read_run, remedy_names,
+    write_atomic,
 };
 pub use tensorboard::{TensorBoardSink, encode_scalar_event};

@@ -178,6 +178,22 @@ impl RunSummary {
             .filter(|p| *p != "f32")
     }
 
+    /// The names of the run's remedies, in order, without their settings (`guard`, `clip-global`
+    /// for `guard,clip-global=1`); none for `none`.
+    pub fn remedy_names(&self) -> impl Iterator<Item = &str> {
+        remedy_names(&self.remedy)
+    }
+
+    /// Whether the run had no remedy (`none`): the reference every remedy is measured against.
+    pub fn unremedied(&self) -> bool {
+        self.remedy_names().next().is_none()
+    }
+
+    /// Whether one of the run's remedies is named `name` (exactly, whatever its setting).
+    pub fn uses(&self, name: &str) -> bool {
+        self.remedy_names().any(|n| n == name)
+    }
+
     /// The remedies, and the precision when it is not f32 (`guard,loss-scale · f16`): what
     /// tells runs of one task apart in tables and legends.
     pub fn label(&self) -> String {
@@ -188,6 +204,15 @@ impl RunSummary {
     }
 }
 
+/// The names of the remedies of a remedy list as summaries write it (`guard,clip-global=1`,
+/// `zclip:z-thresh=3`, `none`), in order, without their settings; none for `none`. A remedy's
+/// settings follow `=` or `:`, and only commas separate remedies.
+pub fn remedy_names(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',')
+        .map(|r| r.split(['=', ':']).next().unwrap_or_default().trim())
+        .filter(|n| !n.is_empty() && *n != "none")
+}
+
 /// The index of the best hand-picked remedy among one task's runs: the lowest final held-out
 /// loss among the runs that did not fail, leaving out no remedy (`none`) and the guard (alone or
 /// with a rule). What the demo and the report set beside the default guard.
@@ -195,10 +220,7 @@ pub fn best_hand_picked<'a>(runs: impl IntoIterator<Item = &'a RunSummary>) -> O
     runs.into_iter()
         .enumerate()
         .filter(|(_, s)| {
-            s.remedy != "none"
-                && !s.remedy.starts_with("guard")
-                && s.precision().is_none()
-                && !s.failed()
+            !s.unremedied() && !s.uses("guard") && s.precision().is_none() && !s.failed()
         })
         .min_by(|(_, a), (_, b)| {
             let loss = |s: &RunSummary| s.final_loss.unwrap_or(f64::INFINITY);
@@ -338,6 +360,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remedy_names_are_exact_and_drop_settings() {
+        fn names(l: &str) -> Vec<&str> {
+            remedy_names(l).collect()
+        }
+        assert!(names("none").is_empty());
+        assert_eq!(names("guard,clip-global=1"), ["guard", "clip-global"]);
+        assert_eq!(
+            names("zclip:z-thresh=3,loss-scale=1024"),
+            ["zclip", "loss-scale"]
+        );
+        let mut s = summary(Some(2.0), Some(1.0), None);
+        s.remedy = "guard-less,clip-global=1".into();
+        // A name that merely starts like another is not it.
+        assert!(!s.uses("guard") && s.uses("clip-global") && !s.unremedied());
+        s.remedy = "none".into();
+        assert!(s.unremedied());
+    }
 
     fn summary(initial: Option<f64>, end: Option<f64>, trivial: Option<f64>) -> RunSummary {
         RunSummary {

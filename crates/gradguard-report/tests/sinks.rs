@@ -170,12 +170,12 @@ fn tensorboard_reads_the_event_file() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../scripts/check_tensorboard.py"
     );
-    let out = std::process::Command::new(python)
+    let out = std::process::Command::new(&python)
         .arg(script)
         .arg(dir.path())
         .arg(serde_json::to_string(&expected).unwrap())
         .output()
-        .unwrap();
+        .unwrap_or_else(|e| panic!("GRADGUARD_PYTHON={python} could not be run: {e}"));
     assert!(
         out.status.success(),
         "{}\n{}",

@@ -138,7 +138,7 @@ pub(crate) fn cell(s: &RunSummary) -> String {
 pub fn rank(runs: &[SweepRun]) -> Vec<RemedyEffect> {
     let baseline: BTreeMap<String, bool> = runs
         .iter()
-        .filter(|r| r.summary.remedy == "none")
+        .filter(|r| r.summary.unremedied())
         .map(|r| {
             (
                 cell(&r.summary),

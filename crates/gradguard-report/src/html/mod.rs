@@ -241,7 +241,7 @@ pub fn render(report: &Report) -> String {
     out.push_str(&outcome_table(report.runs).render());
     for runs in by_task.values_mut() {
         // The unremedied run first: it is the reference every picture compares against.
-        runs.sort_by_key(|r| r.summary.remedy != "none");
+        runs.sort_by_key(|r| !r.summary.unremedied());
         let mut about = describe(runs[0]);
         if runs.iter().any(|r| r.summary.precision().is_some()) {
             about.push_str(

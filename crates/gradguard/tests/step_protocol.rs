@@ -231,6 +231,7 @@ fn a_rollback_restores_the_snapshot_and_skips_the_next_batches() {
     let mut fresh = Recorder::new(Vec::new());
     calm(&mut resumed, &mut fresh);
     fresh.snapshot = None;
+    let before = resumed.counters().clone();
     let report = resumed
         .guarded_step(fresh.next(1e5), Some(1.0), 0.1)
         .unwrap();
@@ -244,6 +245,10 @@ fn a_rollback_restores_the_snapshot_and_skips_the_next_batches() {
         "{report:?}"
     );
     assert!(!resumed.skip_batch());
+    // Counted as a skip, not as a rollback that did not happen.
+    let after = resumed.counters();
+    assert_eq!(after.rolled_back, before.rolled_back);
+    assert_eq!(after.skipped, before.skipped + 1);
 }
 
 #[test]

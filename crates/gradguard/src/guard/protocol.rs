@@ -99,6 +99,9 @@ impl Guard {
     ) -> Result<StepReport, A::Error> {
         let mut report = self.step(actions.gradients(), loss)?;
         if matches!(report.decision, Decision::Rollback { .. }) && !actions.has_snapshot() {
+            // Counted as what it is: a skip.
+            self.counters.rolled_back = self.counters.rolled_back.saturating_sub(1);
+            self.counters.skipped += 1;
             report.decision = Decision::Skip;
             report
                 .reasons

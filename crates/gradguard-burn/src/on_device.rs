@@ -189,15 +189,21 @@ impl DeviceGradients {
         self.cached = None;
     }
 
-    /// Every tensor that has values, as one unit each with factor 1: for clamping and zeroing.
-    fn whole_tensors(&self) -> (Vec<usize>, Vec<UnitSpan>, Vec<Vec<f32>>) {
+    /// The tensors that have values and pass `keep`, each as one unit.
+    fn whole(&self, keep: impl Fn(usize) -> bool) -> (Vec<usize>, Vec<UnitSpan>) {
         let chosen: Vec<usize> = (0..self.segments.len())
-            .filter(|&t| self.segments[t].len > 0)
+            .filter(|&t| self.segments[t].len > 0 && keep(t))
             .collect();
         let spans = chosen
             .iter()
             .map(|&t| UnitSpan::whole(self.segments[t].len))
             .collect();
+        (chosen, spans)
+    }
+
+    /// Every tensor that has values, as one unit each with factor 1: for clamping and zeroing.
+    fn whole_tensors(&self) -> (Vec<usize>, Vec<UnitSpan>, Vec<Vec<f32>>) {
+        let (chosen, spans) = self.whole(|_| true);
         let ones = vec![vec![1.0]; chosen.len()];
         (chosen, spans, ones)
     }
@@ -205,13 +211,7 @@ impl DeviceGradients {
     /// Multiplies tensor t by `factors[t]` (in f32), rewriting only the tensors whose factor is
     /// not 1.
     pub fn scale(&mut self, factors: &[f32]) {
-        let chosen: Vec<usize> = (0..self.segments.len())
-            .filter(|&t| factors[t] != 1.0 && self.segments[t].len > 0)
-            .collect();
-        let spans: Vec<UnitSpan> = chosen
-            .iter()
-            .map(|&t| UnitSpan::whole(self.segments[t].len))
-            .collect();
+        let (chosen, spans) = self.whole(|t| factors[t] != 1.0);
         let f: Vec<Vec<f32>> = chosen.iter().map(|&t| vec![factors[t]]).collect();
         self.rewrite(&chosen, Rewrite::by_units(&spans, &f));
     }

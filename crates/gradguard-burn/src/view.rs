@@ -5,7 +5,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use burn_dispatch::DispatchDevice;
 use gradguard::{
-    Gradients, HostGradients, HostTensor, Result, Source, TensorStats, UnitLayout, UnitSpan,
+    Gradients, HostGradients, HostTensor, Result, Source, TensorStats, UnitLayout, UnitSpan, Values,
 };
 
 use crate::collect::{Collector, Entry, Restorer};
@@ -58,14 +58,14 @@ pub(crate) fn is_host_memory(device: &Device) -> bool {
 #[derive(Debug, Clone)]
 struct Buffer(TensorData);
 
-impl AsRef<[f32]> for Buffer {
-    fn as_ref(&self) -> &[f32] {
+impl Values for Buffer {
+    type Float = f32;
+
+    fn floats(&self) -> &[f32] {
         self.0.as_slice().expect("f32 gradients")
     }
-}
 
-impl AsMut<[f32]> for Buffer {
-    fn as_mut(&mut self) -> &mut [f32] {
+    fn floats_mut(&mut self) -> &mut [f32] {
         self.0.as_mut_slice().expect("f32 gradients")
     }
 }

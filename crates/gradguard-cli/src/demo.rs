@@ -3,11 +3,14 @@
 //! rate grid, plain, clipped and guarded ([`crate::demo_lm`]); a terminal table and `report.html`,
 //! every claim taken from the runs just made.
 
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Result;
+use gradguard_lab::sweep::run_name;
 use gradguard_lab::tasks::Task;
-use gradguard_lab::{Family, Precision, Remedy, RunConfig};
+use gradguard_lab::{Precision, Remedy, RunConfig};
 use gradguard_report::html::{Report, render};
 use gradguard_report::{Outcome, RunData, RunSummary, best_hand_picked};
 
@@ -78,18 +81,46 @@ const PRECISION_GAIN: f64 = 2.0;
 /// The demo's tasks, in the order it reports them.
 const TASKS: [&str; 2] = ["mlp", "adding"];
 
-/// The runs of `task` outside the mixed-precision block.
+/// The runs of `task` among `summaries`.
 fn of_task<'a>(summaries: &[&'a RunSummary], task: &str) -> Vec<&'a RunSummary> {
     summaries
         .iter()
         .copied()
-        .filter(|s| s.task == task && !in_precision_block(s))
+        .filter(|s| s.task == task)
         .collect()
 }
 
-/// Whether `summary` is a run of the mixed-precision block.
-fn in_precision_block(summary: &RunSummary) -> bool {
-    summary.task == "adding" && summary.config.get("init_gain") == Some(&PRECISION_GAIN.into())
+/// The mixed-precision block's runs, known by their directory names (the lab names a run's
+/// directory after its whole configuration, [`run_name`]).
+struct PrecisionBlock(BTreeSet<String>);
+
+impl PrecisionBlock {
+    fn of(quick: bool) -> Self {
+        PrecisionBlock(precision_runs(quick).iter().map(run_name).collect())
+    }
+
+    /// Whether the run in `dir` is one of the block's.
+    fn holds(&self, dir: impl AsRef<Path>) -> bool {
+        dir.as_ref()
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| self.0.contains(n))
+    }
+}
+
+/// The mixed-precision block: the vanilla RNN on adding at [`PRECISION_GAIN`], in each precision.
+fn precision_runs(quick: bool) -> Vec<RunConfig> {
+    let mut base = RunConfig::for_task(Task::Adding);
+    base.init_gain = PRECISION_GAIN;
+    base.steps = if quick { 40 } else { 200 };
+    PRECISION_RUNS
+        .iter()
+        .map(|&(precision, spec)| RunConfig {
+            precision,
+            remedies: Remedy::parse_list(spec).expect("the demo's remedies parse"),
+            ..base.clone()
+        })
+        .collect()
 }
 
 /// The curated runs: full, or `quick` for smoke tests.
@@ -108,25 +139,16 @@ pub fn demo_runs(quick: bool) -> Vec<RunConfig> {
             });
         }
     }
-    let mut base = RunConfig::for_task(Task::Adding);
-    base.init_gain = PRECISION_GAIN;
-    base.steps = if quick { 40 } else { 200 };
-    for &(precision, spec) in PRECISION_RUNS {
-        runs.push(RunConfig {
-            precision,
-            remedies: Remedy::parse_list(spec).expect("the demo's remedies parse"),
-            ..base.clone()
-        });
-    }
+    runs.extend(precision_runs(quick));
     runs.extend(lm_runs(quick));
     runs
 }
 
-/// What the mixed-precision block showed, from its runs (`data` holds their metrics).
-pub fn precision_claims(runs: &[&RunSummary], data: &[RunData]) -> Vec<String> {
+/// What the mixed-precision block showed, from its runs (`data`: theirs with their metrics).
+fn precision_claims(runs: &[&RunSummary], data: &[&RunData]) -> Vec<String> {
     let find = |precision: Option<&str>, scaled: bool| {
         runs.iter().copied().find(|s| {
-            s.uses("guard") && s.precision() == precision && s.uses("loss-scale") == scaled
+            s.remedy.guarded() && s.precision() == precision && s.remedy.loss_scaled() == scaled
         })
     };
     let mut out = Vec::new();
@@ -157,7 +179,7 @@ pub fn precision_claims(runs: &[&RunSummary], data: &[RunData]) -> Vec<String> {
     ));
     let scales: Vec<f64> = data
         .iter()
-        .find(|d| d.summary.label() == scaled.label() && in_precision_block(&d.summary))
+        .find(|d| d.summary.label() == scaled.label())
         .map(|d| d.metrics.iter().filter_map(|m| m.loss_scale).collect())
         .unwrap_or_default();
     if let (Some(first), Some(last)) = (scales.first(), scales.last()) {
@@ -177,11 +199,7 @@ pub fn precision_claims(runs: &[&RunSummary], data: &[RunData]) -> Vec<String> {
 }
 
 fn family(summary: &RunSummary) -> &'static str {
-    Remedy::parse_list(&summary.remedy)
-        .ok()
-        .and_then(|list| list.first().map(Remedy::family))
-        .unwrap_or(Family::None)
-        .name()
+    summary.remedy.family().name()
 }
 
 fn loss(v: Option<f64>) -> String {
@@ -270,9 +288,7 @@ pub fn claims(task: &str, runs: &[&RunSummary]) -> Vec<String> {
 /// and the default guard, from the runs just made.
 pub fn answer(task: &str, runs: &[&RunSummary]) -> Option<String> {
     let none = runs.iter().find(|s| s.unremedied())?;
-    let guard = runs
-        .iter()
-        .find(|s| s.remedy_names().eq(std::iter::once("guard")))?;
+    let guard = runs.iter().find(|s| s.guard_alone())?;
     let best = runs[best_hand_picked(runs.iter().copied())?];
     let line = |what: &str, s: &RunSummary| {
         format!(
@@ -311,18 +327,18 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let runs = demo_runs(args.quick);
     let result = sweep_with_progress(&runs, &out, args.jobs, "demo")?;
 
+    let precision = PrecisionBlock::of(args.quick);
     let summaries: Vec<&RunSummary> = result.runs.iter().map(|r| &r.summary).collect();
+    let (block, main): (Vec<_>, Vec<_>) = result.runs.iter().partition(|r| precision.holds(&r.dir));
+    let block: Vec<&RunSummary> = block.into_iter().map(|r| &r.summary).collect();
+    let main: Vec<&RunSummary> = main.into_iter().map(|r| &r.summary).collect();
     let mut all_claims = Vec::new();
     for task in TASKS {
-        all_claims.extend(claims(task, &of_task(&summaries, task)));
+        all_claims.extend(claims(task, &of_task(&main, task)));
     }
     let data = read_runs(std::slice::from_ref(&out))?;
-    let block: Vec<&RunSummary> = summaries
-        .iter()
-        .copied()
-        .filter(|s| in_precision_block(s))
-        .collect();
-    all_claims.extend(precision_claims(&block, &data));
+    let block_data: Vec<&RunData> = data.iter().filter(|d| precision.holds(&d.dir)).collect();
+    all_claims.extend(precision_claims(&block, &block_data));
     all_claims.extend(lm_claims(&result.rate_curves));
     let rates = rate_table(&result);
     let mut intro =
@@ -340,16 +356,13 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     write_atomically(&report, html.as_bytes())?;
 
     for task in TASKS {
-        if let Some(answer) = answer(task, &of_task(&summaries, task)) {
+        if let Some(answer) = answer(task, &of_task(&main, task)) {
             println!("{answer}");
         }
     }
     println!();
-    let lm = of_block(&summaries);
-    let (rows, block): (Vec<&RunSummary>, Vec<&RunSummary>) = summaries
-        .iter()
-        .filter(|s| !lm.contains(*s))
-        .partition(|s| !in_precision_block(s));
+    let lm = of_block(&main);
+    let rows: Vec<&RunSummary> = main.iter().copied().filter(|s| !lm.contains(s)).collect();
     print_table(&rows);
     println!(
         "\nmixed precision: the vanilla RNN on adding at recurrent gain {PRECISION_GAIN}, in f32, f16 and bf16"

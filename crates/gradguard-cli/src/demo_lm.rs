@@ -5,7 +5,7 @@
 use gradguard_lab::sweep::RateCurve;
 use gradguard_lab::tasks::Task;
 use gradguard_lab::{Remedy, RunConfig};
-use gradguard_report::{RunSummary, remedy_names};
+use gradguard_report::{RemedyList, RunSummary};
 
 /// The task's name in run summaries.
 pub const LM_TASK: &str = "lm";
@@ -51,10 +51,12 @@ pub fn of_block<'a>(summaries: &[&'a RunSummary]) -> Vec<&'a RunSummary> {
 /// times the best plain rate, against the best-tuned plain run, and each method's LR
 /// sensitivity. Empty without a plain and a guarded curve.
 pub fn lm_claims(curves: &[RateCurve]) -> Vec<String> {
+    // A method's curve: the same remedies as the method, whatever their settings.
     let curve = |method: &str| {
+        let method: RemedyList = method.parse().expect("the demo's methods parse");
         curves
             .iter()
-            .find(|c| c.task == LM_TASK && remedy_names(&c.remedy).eq(remedy_names(method)))
+            .find(|c| c.task == LM_TASK && c.remedy.same_remedies(&method))
     };
     let (Some(plain), Some(guard)) = (curve("none"), curve("guard")) else {
         return Vec::new();
@@ -104,7 +106,7 @@ mod tests {
     fn curve(remedy: &str, losses: [f64; 4]) -> RateCurve {
         RateCurve {
             task: LM_TASK.into(),
-            remedy: remedy.into(),
+            remedy: remedy.parse().unwrap(),
             config: "{}".into(),
             lrs: RATES.to_vec(),
             losses: losses.to_vec(),

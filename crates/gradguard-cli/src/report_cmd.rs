@@ -89,7 +89,7 @@ pub fn ranking_table(result: &SweepResult) -> Table {
                 vec![
                     e.task.clone(),
                     i.to_string(),
-                    e.remedy.clone(),
+                    e.remedy.to_string(),
                     e.runs.to_string(),
                     e.diverged.to_string(),
                     e.stopped.to_string(),
@@ -128,7 +128,7 @@ pub fn rate_table(result: &SweepResult) -> Option<Table> {
             if labelled {
                 row.push(label.clone());
             }
-            row.push(c.remedy.clone());
+            row.push(c.remedy.to_string());
             row.extend(c.losses.iter().zip(&c.failed).map(|(l, &f)| {
                 if f > 0 {
                     format!("{l:.3} ({f} failed)")

@@ -469,6 +469,9 @@ fn the_quick_demo_prints_its_table_and_writes_the_report() {
         "adding lstm",
         "adding guard,loss-scale=65536 · f16",
         "mixed precision",
+        // The block's claims come from its own runs, found by their directories.
+        "the default guard in f32:",
+        "in f16 with loss scaling:",
         "family",
         "transformer language model under AdamW",
         "LR sensitivity",

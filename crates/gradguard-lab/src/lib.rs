@@ -43,7 +43,6 @@ mod plan;
 mod precision;
 pub mod probe;
 mod progress;
-mod remedy;
 pub mod reproduce;
 mod run;
 mod run_dir;
@@ -54,8 +53,9 @@ mod train;
 
 pub use config::{LmSettings, RunConfig};
 pub use error::LabError;
+pub use gradguard_report::remedy;
+pub use gradguard_report::remedy::{Family, Remedy, RemedyList};
 pub use plan::{ModelPlan, Plan};
 pub use precision::Precision;
-pub use remedy::{Family, Remedy};
 pub use run_dir::{CONFIG_FILE, TENSORBOARD_DIR, load_run_model};
 pub use train::{TrainOptions, TrainOutcome, check, train};

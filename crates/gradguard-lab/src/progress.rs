@@ -1,7 +1,7 @@
 //! What a run accumulates besides its tensors — the position, the loss of every batch, the rate —
 //! and what it comes to: the run's summary.
 
-use gradguard_report::{LogitPoint, LogitSummary, RunSummary, TimeGradients};
+use gradguard_report::{LogitPoint, LogitSummary, RemedyList, RunSummary, TimeGradients};
 
 use crate::config::RunConfig;
 use crate::objective::Evaluation;
@@ -91,7 +91,7 @@ impl Progress {
         let counters = guard.counters();
         RunSummary {
             task: config.task.name().into(),
-            remedy: config.remedy_name(),
+            remedy: RemedyList(config.remedies.clone()),
             seed: config.seed,
             steps: self.next_batch,
             final_loss: eval.loss,

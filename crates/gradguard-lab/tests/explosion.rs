@@ -56,7 +56,7 @@ fn every_remedy_runs_on_its_task_and_reports_what_happened() {
             depth: 6,
             ..with(Task::Mlp, 8, remedy)
         });
-        assert_eq!(s.remedy, Remedy::parse_list(remedy).unwrap()[0].to_string());
+        assert_eq!(s.remedy[..], Remedy::parse_list(remedy).unwrap()[..]);
         assert!(s.steps <= 8 && s.initial_loss.is_some(), "{remedy}: {s:?}");
     }
     for remedy in ["lstm", "gru", "orthogonal", "clip-global"] {

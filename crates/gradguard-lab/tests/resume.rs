@@ -140,8 +140,12 @@ fn a_sweep_runs_its_grid_ranks_remedies_and_does_not_redo_finished_runs() {
     let result = run_sweep(&runs, tmp.path(), 2, &done).unwrap();
     assert_eq!(result.runs.len(), 6);
     assert_eq!(count.load(std::sync::atomic::Ordering::Relaxed), 6);
-    let names: Vec<&str> = result.ranking.iter().map(|e| e.remedy.as_str()).collect();
-    let pos = |n: &str| names.iter().position(|x| *x == n).unwrap();
+    let names: Vec<String> = result
+        .ranking
+        .iter()
+        .map(|e| e.remedy.to_string())
+        .collect();
+    let pos = |n: &str| names.iter().position(|x| x == n).unwrap();
     assert!(pos("clip-global=1") < pos("none"), "{names:?}");
     assert!(pos("he") < pos("none"), "{names:?}");
     let none = &result.ranking[pos("none")];

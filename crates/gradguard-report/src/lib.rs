@@ -3,7 +3,8 @@
 //! Telemetry for guarded training runs. Each [`gradguard::StepReport`] becomes a
 //! [`MetricsRecord`] that [`Sink`]s write as JSON Lines ([`JsonlSink`]), CSV ([`CsvSink`]) or
 //! TensorBoard event files ([`TensorBoardSink`], read by TensorBoard itself). [`read_metrics`]
-//! parses a JSONL file back, naming the line and the field of any malformed record.
+//! parses a JSONL file back, naming the line and the field of any malformed record. A finished
+//! run's [`RunSummary`] records its [`Remedy`]s as values ([`remedy`], [`schemes`]).
 //!
 //! ```
 //! use gradguard::{Guard, HostGradients, HostTensor};
@@ -30,6 +31,8 @@ mod error;
 pub mod html;
 mod jsonl;
 mod record;
+pub mod remedy;
+pub mod schemes;
 mod sink;
 mod summary;
 pub mod table;
@@ -39,10 +42,10 @@ pub use csv_sink::CsvSink;
 pub use error::{MetricsError, SinkError};
 pub use jsonl::{JsonlSink, read_metrics};
 pub use record::{MetricsRecord, StepDecision};
+pub use remedy::{Family, Remedy, RemedyList};
 pub use sink::{Sink, Sinks};
 pub use summary::{
     LogitPoint, LogitSummary, METRICS_FILE, Outcome, RunData, RunDirError, RunSummary,
-    SUMMARY_FILE, TEMP_PREFIX, TimeGradients, best_hand_picked, read_run, remedy_names,
-    write_atomic,
+    SUMMARY_FILE, TEMP_PREFIX, TimeGradients, best_hand_picked, read_run, write_atomic,
 };
 pub use tensorboard::{TensorBoardSink, encode_scalar_event};

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::MetricsError;
 use crate::jsonl::read_metrics;
 use crate::record::MetricsRecord;
+use crate::remedy::{Remedy, RemedyList};
 
 /// The per-step log of a run directory.
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -19,8 +20,8 @@ pub const SUMMARY_FILE: &str = "summary.json";
 pub struct RunSummary {
     /// The task's name.
     pub task: String,
-    /// The remedies, comma-separated (`none`).
-    pub remedy: String,
+    /// The remedies, written as their comma-separated text (`guard,clip-global=1`, `none`).
+    pub remedy: RemedyList,
     /// The seed.
     pub seed: u64,
     /// Batches trained on (skipped ones included).
@@ -178,20 +179,19 @@ impl RunSummary {
             .filter(|p| *p != "f32")
     }
 
-    /// The names of the run's remedies, in order, without their settings (`guard`, `clip-global`
-    /// for `guard,clip-global=1`); none for `none`.
-    pub fn remedy_names(&self) -> impl Iterator<Item = &str> {
-        remedy_names(&self.remedy)
-    }
-
     /// Whether the run had no remedy (`none`): the reference every remedy is measured against.
     pub fn unremedied(&self) -> bool {
-        self.remedy_names().next().is_none()
+        self.remedy.is_none()
     }
 
-    /// Whether one of the run's remedies is named `name` (exactly, whatever its setting).
-    pub fn uses(&self, name: &str) -> bool {
-        self.remedy_names().any(|n| n == name)
+    /// Whether the run had no remedy and computed in f32: the baseline of a task's charts.
+    pub fn is_baseline(&self) -> bool {
+        self.unremedied() && self.precision().is_none()
+    }
+
+    /// Whether the run's one remedy was the default guard, in f32.
+    pub fn guard_alone(&self) -> bool {
+        self.remedy[..] == [Remedy::Guard] && self.precision().is_none()
     }
 
     /// The remedies, and the precision when it is not f32 (`guard,loss-scale · f16`): what
@@ -199,18 +199,9 @@ impl RunSummary {
     pub fn label(&self) -> String {
         match self.precision() {
             Some(p) => format!("{} · {p}", self.remedy),
-            None => self.remedy.clone(),
+            None => self.remedy.to_string(),
         }
     }
-}
-
-/// The names of the remedies of a remedy list as summaries write it (`guard,clip-global=1`,
-/// `zclip:z-thresh=3`, `none`), in order, without their settings; none for `none`. A remedy's
-/// settings follow `=` or `:`, and only commas separate remedies.
-pub fn remedy_names(list: &str) -> impl Iterator<Item = &str> {
-    list.split(',')
-        .map(|r| r.split(['=', ':']).next().unwrap_or_default().trim())
-        .filter(|n| !n.is_empty() && *n != "none")
 }
 
 /// The index of the best hand-picked remedy among one task's runs: the lowest final held-out
@@ -220,7 +211,7 @@ pub fn best_hand_picked<'a>(runs: impl IntoIterator<Item = &'a RunSummary>) -> O
     runs.into_iter()
         .enumerate()
         .filter(|(_, s)| {
-            !s.unremedied() && !s.uses("guard") && s.precision().is_none() && !s.failed()
+            !s.unremedied() && !s.remedy.guarded() && s.precision().is_none() && !s.failed()
         })
         .min_by(|(_, a), (_, b)| {
             let loss = |s: &RunSummary| s.final_loss.unwrap_or(f64::INFINITY);
@@ -362,28 +353,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn remedy_names_are_exact_and_drop_settings() {
-        fn names(l: &str) -> Vec<&str> {
-            remedy_names(l).collect()
-        }
-        assert!(names("none").is_empty());
-        assert_eq!(names("guard,clip-global=1"), ["guard", "clip-global"]);
-        assert_eq!(
-            names("zclip:z-thresh=3,loss-scale=1024"),
-            ["zclip", "loss-scale"]
-        );
+    fn summaries_keep_the_remedy_text_on_the_wire_and_values_in_memory() {
         let mut s = summary(Some(2.0), Some(1.0), None);
-        s.remedy = "guard-less,clip-global=1".into();
-        // A name that merely starts like another is not it.
-        assert!(!s.uses("guard") && s.uses("clip-global") && !s.unremedied());
-        s.remedy = "none".into();
+        s.remedy = "guard,zclip:z-thresh=3".parse().unwrap();
+        assert!(s.remedy.guarded() && !s.remedy.loss_scaled() && !s.unremedied());
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["remedy"], "guard,zclip:z-thresh=3");
+        let back: RunSummary = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back, s);
+        // A summary naming a remedy this version does not know is refused, naming it.
+        let mut unknown = json;
+        unknown["remedy"] = "guard-less".into();
+        let err = serde_json::from_value::<RunSummary>(unknown).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown remedy 'guard-less'"),
+            "{err}"
+        );
+        s.remedy = "none".parse().unwrap();
         assert!(s.unremedied());
+        assert_eq!(serde_json::to_value(&s).unwrap()["remedy"], "none");
     }
 
     fn summary(initial: Option<f64>, end: Option<f64>, trivial: Option<f64>) -> RunSummary {
         RunSummary {
             task: "t".into(),
-            remedy: "none".into(),
+            remedy: RemedyList::default(),
             seed: 0,
             steps: 1,
             final_loss: end,
@@ -444,7 +438,7 @@ mod tests {
     #[test]
     fn the_best_hand_picked_remedy_leaves_out_none_the_guard_and_failures() {
         let named = |remedy: &str, end: Option<f64>| RunSummary {
-            remedy: remedy.into(),
+            remedy: remedy.parse().unwrap(),
             ..summary(Some(2.3), end, None)
         };
         let runs = [

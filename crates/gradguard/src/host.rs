@@ -1,4 +1,6 @@
-//! `HostGradients`: gradients held in plain `Vec<f32>`s, for tests, files and the command line.
+//! `HostGradients`: gradients held in host memory as f32 or f64 (`Vec<f32>` by default), for
+//! tests, files, the command line and the CPU adapters. The per-type kernels are in
+//! [`crate::host_float`].
 
 use std::collections::HashSet;
 
@@ -6,20 +8,20 @@ use rayon::prelude::*;
 
 use crate::error::{GuardError, Result};
 use crate::gradients::{Gradients, Source, UnitLayout};
-use crate::kernel;
+use crate::host_float::HostFloat;
 use crate::stats::TensorStats;
 
-/// Values per parallel work item: 256 Ki floats (1 MiB), a multiple of [`kernel::BLOCK`] so that
-/// results are the same with one thread or many.
+/// Values per parallel work item: 256 Ki floats (1 MiB of f32), a multiple of
+/// [`crate::kernel::BLOCK`] so that results are the same with one thread or many.
 const CHUNK: usize = 1 << 18;
 /// Below this many values in all, threads cost more than they save.
 const PARALLEL_MIN: usize = 1 << 16;
 
-/// One named f32 tensor in host memory, row-major.
+/// One named tensor in host memory, row-major.
 ///
-/// The values live in any storage that lends a `[f32]` — a `Vec<f32>` by default, or a
-/// framework's own buffer, so that an adapter can run the host kernels on memory it does not
-/// copy.
+/// The values live in any storage that lends a `[f32]` or `[f64]` ([`Values`]) — a `Vec<f32>` by
+/// default, a `Vec<f64>` ([`crate::F64Tensor`]), or a framework's own buffer, so that an adapter
+/// can run the host kernels on memory it does not copy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostTensor<V = Vec<f32>> {
     /// Name, e.g. `layers.0.weight`.
@@ -30,10 +32,30 @@ pub struct HostTensor<V = Vec<f32>> {
     pub values: V,
 }
 
-/// What [`HostTensor`] and [`HostGradients`] need of their storage.
-pub trait Values: AsRef<[f32]> + AsMut<[f32]> + Send + Sync {}
+/// What [`HostTensor`] and [`HostGradients`] need of their storage: a slice of f32 or f64
+/// values, lent for reading and for writing.
+pub trait Values: Send + Sync {
+    /// The number type of the values.
+    type Float: HostFloat;
 
-impl<V: AsRef<[f32]> + AsMut<[f32]> + Send + Sync> Values for V {}
+    /// The values, row-major.
+    fn floats(&self) -> &[Self::Float];
+
+    /// The values, mutably.
+    fn floats_mut(&mut self) -> &mut [Self::Float];
+}
+
+impl<F: HostFloat> Values for Vec<F> {
+    type Float = F;
+
+    fn floats(&self) -> &[F] {
+        self
+    }
+
+    fn floats_mut(&mut self) -> &mut [F] {
+        self
+    }
+}
 
 impl<V: Values> HostTensor<V> {
     /// A tensor, checking that the shape's product is the number of values.
@@ -46,7 +68,7 @@ impl<V: Values> HostTensor<V> {
                 tensor: name.clone(),
                 reason: format!("shape {shape:?} overflows"),
             })?;
-        let len = values.as_ref().len();
+        let len = values.floats().len();
         if expected != len {
             return Err(GuardError::BadTensor {
                 tensor: name,
@@ -60,6 +82,12 @@ impl<V: Values> HostTensor<V> {
         })
     }
 }
+
+/// One named f64 tensor: a file saved from a double-precision model keeps its precision.
+pub type F64Tensor = HostTensor<Vec<f64>>;
+
+/// Gradients held in f64, measured and clipped in f64 (see [`crate::host_float`]).
+pub type F64Gradients = HostGradients<Vec<f64>>;
 
 /// A set of named gradient tensors in host memory, optionally with the parameters they belong to
 /// (needed by adaptive gradient clipping).
@@ -117,19 +145,19 @@ impl<V: Values> HostGradients<V> {
     }
 
     fn total_len(&self) -> usize {
-        self.tensors.iter().map(|t| t.values.as_ref().len()).sum()
+        self.tensors.iter().map(|t| t.values.floats().len()).sum()
     }
 
     /// Runs `f` over every (tensor, chunk) in parallel when the set is large, and merges the
     /// per-chunk statistics per tensor in a fixed order.
     fn chunked_stats<F>(&mut self, f: F) -> Vec<TensorStats>
     where
-        F: Fn(&mut [f32]) -> TensorStats + Sync,
+        F: Fn(&mut [V::Float]) -> TensorStats + Sync,
     {
         let parallel = self.total_len() >= PARALLEL_MIN;
-        let mut jobs: Vec<(usize, usize, &mut [f32])> = Vec::new();
+        let mut jobs: Vec<(usize, usize, &mut [V::Float])> = Vec::new();
         for (t, tensor) in self.tensors.iter_mut().enumerate() {
-            for (c, chunk) in tensor.values.as_mut().chunks_mut(CHUNK).enumerate() {
+            for (c, chunk) in tensor.values.floats_mut().chunks_mut(CHUNK).enumerate() {
                 jobs.push((t, c * CHUNK, chunk));
             }
         }
@@ -199,10 +227,10 @@ fn merge_partials(count: usize, partials: Vec<(usize, usize, TensorStats)>) -> V
     out
 }
 
-fn read_chunks<V: Values>(tensors: &[HostTensor<V>]) -> Vec<(usize, usize, &[f32])> {
+fn read_chunks<V: Values>(tensors: &[HostTensor<V>]) -> Vec<(usize, usize, &[V::Float])> {
     let mut jobs = Vec::new();
     for (t, tensor) in tensors.iter().enumerate() {
-        for (c, chunk) in tensor.values.as_ref().chunks(CHUNK).enumerate() {
+        for (c, chunk) in tensor.values.floats().chunks(CHUNK).enumerate() {
             jobs.push((t, c * CHUNK, chunk));
         }
     }
@@ -226,21 +254,21 @@ impl<V: Values> Gradients for HostGradients<V> {
         let jobs = read_chunks(&self.tensors);
         let partials: Vec<(usize, usize, TensorStats)> = if self.total_len() >= PARALLEL_MIN {
             jobs.into_par_iter()
-                .map(|(t, off, xs)| (t, off, kernel::slice_stats(xs)))
+                .map(|(t, off, xs)| (t, off, V::Float::stats(xs)))
                 .collect()
         } else {
             jobs.into_iter()
-                .map(|(t, off, xs)| (t, off, kernel::slice_stats(xs)))
+                .map(|(t, off, xs)| (t, off, V::Float::stats(xs)))
                 .collect()
         };
         merge_partials(self.tensors.len(), partials)
     }
 
     fn power_sums(&self, p: f64, scales: &[f64]) -> Vec<f64> {
-        let sum_of = |(t, _, xs): (usize, usize, &[f32])| {
+        let sum_of = |(t, _, xs): (usize, usize, &[V::Float])| {
             let scale = scales[t];
             let sum = if scale > 0.0 && scale.is_finite() {
-                kernel::scaled_power_sum(xs, p, scale)
+                V::Float::scaled_power_sum(xs, p, scale)
             } else {
                 0.0
             };
@@ -259,31 +287,35 @@ impl<V: Values> Gradients for HostGradients<V> {
         out
     }
 
+    fn applied(&self, x: f64) -> f64 {
+        V::Float::from_f64(x).to_f64()
+    }
+
     fn scale(&mut self, factors: &[f64]) {
         let parallel = self.total_len() >= PARALLEL_MIN;
-        let jobs: Vec<(&mut [f32], f32)> = self
+        let jobs: Vec<(&mut [V::Float], V::Float)> = self
             .tensors
             .iter_mut()
-            .zip(factors.iter().map(|&f| f as f32))
-            .filter(|(_, f)| *f != 1.0)
-            .flat_map(|(t, f)| t.values.as_mut().chunks_mut(CHUNK).map(move |c| (c, f)))
+            .zip(factors.iter().map(|&f| V::Float::from_f64(f)))
+            .filter(|(_, f)| *f != V::Float::ONE)
+            .flat_map(|(t, f)| t.values.floats_mut().chunks_mut(CHUNK).map(move |c| (c, f)))
             .collect();
         if parallel {
             jobs.into_par_iter()
-                .for_each(|(xs, f)| kernel::scale_in_place(xs, f));
+                .for_each(|(xs, f)| V::Float::scale_in_place(xs, f));
         } else {
             jobs.into_iter()
-                .for_each(|(xs, f)| kernel::scale_in_place(xs, f));
+                .for_each(|(xs, f)| V::Float::scale_in_place(xs, f));
         }
     }
 
     fn clamp(&mut self, limit: f64) -> Vec<TensorStats> {
-        let limit = limit as f32;
-        self.chunked_stats(|xs| kernel::clamp_with_stats(xs, limit))
+        let limit = V::Float::from_f64(limit);
+        self.chunked_stats(|xs| V::Float::clamp_with_stats(xs, limit))
     }
 
     fn zero_non_finite(&mut self) -> Vec<TensorStats> {
-        self.chunked_stats(kernel::zero_non_finite_with_stats)
+        self.chunked_stats(V::Float::zero_non_finite_with_stats)
     }
 
     fn unit_norms(&self, source: Source, layout: UnitLayout) -> Result<Vec<Vec<f64>>> {
@@ -301,11 +333,11 @@ impl<V: Values> Gradients for HostGradients<V> {
             .par_iter()
             .map(|t| {
                 let span = layout.span(&t.name, &t.shape)?;
-                let values = t.values.as_ref();
+                let values = t.values.floats();
                 let sums = if span.units_are_columns {
-                    kernel::column_sum_squares(values, span.rows, span.cols)
+                    V::Float::column_sum_squares(values, span.rows, span.cols)
                 } else {
-                    kernel::row_sum_squares(values, span.cols)
+                    V::Float::row_sum_squares(values, span.cols)
                 };
                 Ok(sums.into_iter().map(f64::sqrt).collect())
             })
@@ -323,14 +355,52 @@ impl<V: Values> Gradients for HostGradients<V> {
             .map(|(t, f)| {
                 let Some(f) = f else { return Ok(None) };
                 let span = layout.span_for_factors(&t.name, &t.shape, f.len())?;
-                for (i, x) in t.values.as_mut().iter_mut().enumerate() {
-                    let factor = f[span.unit_of(i)] as f32;
-                    if factor != 1.0 {
+                for (i, x) in t.values.floats_mut().iter_mut().enumerate() {
+                    let factor = V::Float::from_f64(f[span.unit_of(i)]);
+                    if factor != V::Float::ONE {
                         *x *= factor;
                     }
                 }
-                Ok(Some(kernel::slice_stats(t.values.as_ref())))
+                Ok(Some(V::Float::stats(t.values.floats())))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{ClipByGlobalNorm, Rule};
+
+    #[test]
+    fn f64_values_and_factors_keep_f64_precision() {
+        // 1 + 2⁻⁴⁰ is not an f32: the f32 kernels would lose it.
+        let x = 1.0 + 2f64.powi(-40);
+        let mut g = F64Gradients::new(vec![
+            F64Tensor::new("a", vec![2], vec![x, -3.0]).unwrap(),
+            F64Tensor::new("b", vec![1], vec![f64::NAN]).unwrap(),
+        ])
+        .unwrap();
+        let s = g.stats();
+        assert_eq!(s[0].sum_squares, x * x + 9.0);
+        assert_eq!(
+            (s[1].nan_count, s[1].first_non_finite.unwrap().index),
+            (1, 0)
+        );
+        g.zero_non_finite();
+        let mut stats = g.stats();
+        let total = (x * x + 9.0).sqrt();
+        ClipByGlobalNorm::new(1.0)
+            .unwrap()
+            .apply(&mut g, &mut stats)
+            .unwrap();
+        let coef = 1.0 / (total + 1e-6);
+        assert_eq!(g.tensors()[0].values, vec![x * coef, -3.0 * coef]);
+        assert!((stats[0].l2() - total * coef).abs() < 1e-15);
+    }
+
+    #[test]
+    fn a_shape_that_does_not_hold_the_values_is_refused() {
+        assert!(F64Tensor::new("w", vec![2, 2], vec![1.0; 3]).is_err());
     }
 }

@@ -39,6 +39,7 @@ mod error;
 mod gradients;
 mod guard;
 mod host;
+pub mod host_float;
 pub mod kernel;
 pub mod loss_scale;
 pub mod norm;
@@ -47,7 +48,6 @@ pub mod rules;
 pub mod safetensors_io;
 pub mod shard;
 mod stats;
-mod wide;
 
 pub use error::{GuardError, Result};
 
@@ -59,8 +59,8 @@ pub use guard::{
     NormalizedLimits, OptimizerStep, SpikeAction, StepActions, StepReport, TensorReport,
     UpdateBound, UpdateCheck, UpdateFamily, UpdateMeasure, UpdateNorms, check_update,
 };
-pub use host::{HostGradients, HostTensor, Values};
+pub use host::{F64Gradients, F64Tensor, HostGradients, HostTensor, Values};
+pub use host_float::{HostFloat, f64_stats};
 pub use loss_scale::{LossScaler, LossScalerConfig, LossScalerState, ScaleUpdate};
 pub use norm::NormType;
 pub use stats::{NonFiniteAt, NonFiniteKind, TensorStats, combined, first_non_finite};
-pub use wide::{F64Gradients, F64Tensor, f64_stats};

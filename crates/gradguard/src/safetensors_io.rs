@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::error::{GuardError, Result};
+use crate::host::F64Tensor;
 use crate::host::HostTensor;
-use crate::wide::F64Tensor;
 
 /// A file's `__metadata__`: free-form string pairs.
 pub type FileMetadata = HashMap<String, String>;

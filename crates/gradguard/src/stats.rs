@@ -41,13 +41,14 @@ pub enum NonFiniteKind {
 }
 
 impl NonFiniteKind {
-    /// The kind of `x`, or `None` when `x` is finite.
-    pub fn of(x: f32) -> Option<Self> {
+    /// The kind of `x` (an `f32` or `f64`), or `None` when `x` is finite.
+    pub fn of(x: impl Into<f64>) -> Option<Self> {
+        let x: f64 = x.into();
         if x.is_nan() {
             Some(NonFiniteKind::Nan)
-        } else if x == f32::INFINITY {
+        } else if x == f64::INFINITY {
             Some(NonFiniteKind::PosInf)
-        } else if x == f32::NEG_INFINITY {
+        } else if x == f64::NEG_INFINITY {
             Some(NonFiniteKind::NegInf)
         } else {
             None

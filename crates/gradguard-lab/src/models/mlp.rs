@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::init::{Init, draw_weight, linear, weight_rng};
 use crate::error::LabError;
 
+pub use gradguard_report::schemes::Norm;
+
 /// The hidden layers' nonlinearity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -56,22 +58,6 @@ impl std::str::FromStr for Activation {
             )),
         }
     }
-}
-
-/// Normalization between each hidden layer's linear map and its nonlinearity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Norm {
-    /// None.
-    #[default]
-    None,
-    /// Batch normalization (Ioffe & Szegedy 2015): batch statistics in training, running ones
-    /// in evaluation.
-    Batch,
-    /// Layer normalization (Ba et al. 2016).
-    Layer,
-    /// RMS normalization (Zhang & Sennrich 2019).
-    Rms,
 }
 
 /// Shape and initialization of a [`DeepMlp`].

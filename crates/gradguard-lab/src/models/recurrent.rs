@@ -11,54 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::init::{Init, draw_weight, linear, weight_rng};
 use crate::error::LabError;
 
-/// The recurrent cell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Cell {
-    /// `h ← tanh(W x + U h + b)` (Elman 1990).
-    Rnn,
-    /// Long short-term memory (Hochreiter & Schmidhuber 1997; forget gate of Gers et al. 2000,
-    /// forget bias 1 as in Jozefowicz et al. 2015): the cell state's additive path carries the
-    /// gradient without repeated multiplication by `U`.
-    Lstm,
-    /// Gated recurrent unit (Cho et al. 2014), reset applied after the recurrent product.
-    Gru,
-}
-
-impl Cell {
-    /// The cell's command-line name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Cell::Rnn => "rnn",
-            Cell::Lstm => "lstm",
-            Cell::Gru => "gru",
-        }
-    }
-
-    /// Gate blocks in the projections (1, 4 or 3).
-    pub fn gates(self) -> usize {
-        match self {
-            Cell::Rnn => 1,
-            Cell::Lstm => 4,
-            Cell::Gru => 3,
-        }
-    }
-}
-
-impl std::str::FromStr for Cell {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "rnn" => Ok(Cell::Rnn),
-            "lstm" => Ok(Cell::Lstm),
-            "gru" => Ok(Cell::Gru),
-            other => Err(format!(
-                "unknown cell '{other}' (expected rnn, lstm or gru)"
-            )),
-        }
-    }
-}
+pub use gradguard_report::schemes::Cell;
 
 /// Shape and initialization of a [`RecurrentNet`].
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

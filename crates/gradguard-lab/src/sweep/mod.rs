@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use gradguard_report::{RunSummary, write_atomic};
+use gradguard_report::{RemedyList, RunSummary, write_atomic};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -82,8 +82,8 @@ pub struct SweepRun {
 pub struct RemedyEffect {
     /// The task.
     pub task: String,
-    /// The remedy list, as text.
-    pub remedy: String,
+    /// The remedies.
+    pub remedy: RemedyList,
     /// Runs with it.
     pub runs: usize,
     /// Of those, diverged (non-finite or not learning).
@@ -146,21 +146,22 @@ pub fn rank(runs: &[SweepRun]) -> Vec<RemedyEffect> {
             )
         })
         .collect();
-    let mut by_remedy: BTreeMap<(&str, &str), Vec<&RunSummary>> = BTreeMap::new();
+    // Grouped by the list's canonical text: one text per list.
+    let mut by_remedy: BTreeMap<(&str, String), Vec<&RunSummary>> = BTreeMap::new();
     for r in runs {
         by_remedy
-            .entry((&r.summary.task, &r.summary.remedy))
+            .entry((&r.summary.task, r.summary.remedy.to_string()))
             .or_default()
             .push(&r.summary);
     }
     let mut effects: Vec<RemedyEffect> = by_remedy
         .into_iter()
-        .map(|((task, remedy), list)| {
+        .map(|((task, _), list)| {
             let failed = |s: &&RunSummary| s.diverged || s.stopped.is_some();
             let accuracies: Vec<f64> = list.iter().filter_map(|s| s.accuracy).collect();
             RemedyEffect {
                 task: task.to_string(),
-                remedy: remedy.to_string(),
+                remedy: list[0].remedy.clone(),
                 runs: list.len(),
                 diverged: list
                     .iter()

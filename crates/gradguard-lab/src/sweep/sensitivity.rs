@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use gradguard_report::RunSummary;
+use gradguard_report::{RemedyList, RunSummary};
 use serde::{Deserialize, Serialize};
 
 use super::SweepRun;
@@ -22,8 +22,8 @@ use super::SweepRun;
 pub struct RateCurve {
     /// The task.
     pub task: String,
-    /// The method (remedy list).
-    pub remedy: String,
+    /// The method (its remedies).
+    pub remedy: RemedyList,
     /// The configuration the curve belongs to, besides rate, remedy and seed (JSON).
     pub config: String,
     /// The rates, ascending.
@@ -87,7 +87,7 @@ pub fn rate_curves(runs: &[SweepRun]) -> Vec<RateCurve> {
     // (task, remedy, config) → seed → (rate, capped loss, failed) per run.
     type Key = (String, String, String);
     type Point = (f64, f64, bool);
-    let mut groups: BTreeMap<Key, BTreeMap<u64, Vec<Point>>> = BTreeMap::new();
+    let mut groups: BTreeMap<Key, (RemedyList, BTreeMap<u64, Vec<Point>>)> = BTreeMap::new();
     for r in runs {
         let s = &r.summary;
         let Some(loss) = capped_loss(s) else {
@@ -98,19 +98,20 @@ pub fn rate_curves(runs: &[SweepRun]) -> Vec<RateCurve> {
         };
         let key = (
             s.task.clone(),
-            s.remedy.clone(),
+            s.remedy.to_string(),
             config_without(s, &["lr", "remedies", "seed"]),
         );
         let failed = s.diverged || s.stopped.is_some();
         groups
             .entry(key)
-            .or_default()
+            .or_insert_with(|| (s.remedy.clone(), BTreeMap::new()))
+            .1
             .entry(s.seed)
             .or_default()
             .push((lr, loss, failed));
     }
     let mut curves = Vec::new();
-    for ((task, remedy, config), seeds) in groups {
+    for ((task, _, config), (remedy, seeds)) in groups {
         let mut lrs: Vec<f64> = seeds.values().flat_map(|v| v.iter().map(|p| p.0)).collect();
         lrs.sort_by(f64::total_cmp);
         lrs.dedup();
@@ -200,7 +201,7 @@ mod tests {
     fn curve(remedy: &str, config: &str) -> RateCurve {
         RateCurve {
             task: "mlp".into(),
-            remedy: remedy.into(),
+            remedy: remedy.parse().unwrap(),
             config: config.into(),
             lrs: vec![0.1, 1.0],
             losses: vec![1.0, 2.0],

@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 
-use gradguard_report::RunSummary;
+use gradguard_report::{Remedy, RemedyList, RunSummary};
 use serde::{Deserialize, Serialize};
 
 use super::{SweepRun, cell};
@@ -29,8 +29,8 @@ pub const RELATIVE_TOLERANCE: f64 = 0.10;
 /// … plus this absolute slack (for losses near 0).
 pub const ABSOLUTE_TOLERANCE: f64 = 0.02;
 
-/// The references, at their defaults, as the lab names them.
-const REFERENCES: [&str; 2] = ["clip-global=1", "agc=0.01"];
+/// The references, at their defaults: (rule, threshold).
+const REFERENCES: [(&str, f64); 2] = [("clip-global", 1.0), ("agc", 0.01)];
 /// A twin of a reference: the same rule with a threshold within this fraction of the
 /// reference's, and not equal to it.
 pub const TWIN_TOLERANCE: f64 = 0.05;
@@ -79,20 +79,32 @@ pub struct GuardVerdict {
     pub twin: Option<TwinVerdict>,
 }
 
-/// A remedy's rule and threshold: `agc=0.0101` → (`agc`, 0.0101).
-fn rule_and_threshold(name: &str) -> Option<(&str, f64)> {
-    let (rule, value) = name.split_once('=')?;
-    Some((rule, value.parse().ok()?))
+/// The rule and threshold of a list that is one clipping rule with a threshold and no other
+/// setting: `agc=0.0101` → (`agc`, 0.0101).
+fn rule_and_threshold(remedies: &RemedyList) -> Option<(&'static str, f64)> {
+    match &remedies[..] {
+        [Remedy::Clip(rule)] if rule.keys().next().is_none() => Some((rule.name(), rule.value()?)),
+        _ => None,
+    }
 }
 
-/// The reference `name` is a twin of (its index in [`REFERENCES`]), if it is one.
-fn twin_of(name: &str) -> Option<usize> {
-    let (rule, value) = rule_and_threshold(name)?;
-    REFERENCES.iter().position(|reference| {
-        rule_and_threshold(reference).is_some_and(|(r, v)| {
-            r == rule && value != v && ((value / v) - 1.0).abs() <= TWIN_TOLERANCE
-        })
-    })
+/// The reference a list is (its index in [`REFERENCES`]), if it is one.
+fn reference_of(remedies: &RemedyList) -> Option<usize> {
+    let found = rule_and_threshold(remedies)?;
+    REFERENCES.iter().position(|&reference| reference == found)
+}
+
+/// The reference a list is a twin of (its index in [`REFERENCES`]), if it is one.
+fn twin_of(remedies: &RemedyList) -> Option<usize> {
+    let (rule, value) = rule_and_threshold(remedies)?;
+    REFERENCES
+        .iter()
+        .position(|&(r, v)| r == rule && value != v && ((value / v) - 1.0).abs() <= TWIN_TOLERANCE)
+}
+
+/// Whether a list is clipping rules only (any rule of the registry).
+fn clips_only(remedies: &RemedyList) -> bool {
+    !remedies.is_none() && remedies.iter().all(|r| matches!(r, Remedy::Clip(_)))
 }
 
 /// The target set by the better reference's final loss `best`: 1.1 · L_best + 0.02.
@@ -107,12 +119,9 @@ fn within(run: &RunSummary, best: f64) -> bool {
 
 /// The verdict, or `None` when the grid has no cell with `guard` and `clip-global` or `agc`.
 pub fn guard_verdict(runs: &[SweepRun]) -> Option<GuardVerdict> {
-    let mut cells: BTreeMap<String, BTreeMap<&str, &SweepRun>> = BTreeMap::new();
+    let mut cells: BTreeMap<String, Vec<&SweepRun>> = BTreeMap::new();
     for r in runs {
-        cells
-            .entry(cell(&r.summary))
-            .or_default()
-            .insert(r.summary.remedy.as_str(), r);
+        cells.entry(cell(&r.summary)).or_default().push(r);
     }
     let mut verdict = GuardVerdict {
         cells: 0,
@@ -128,30 +137,40 @@ pub fn guard_verdict(runs: &[SweepRun]) -> Option<GuardVerdict> {
         within_target: 0,
     };
     for remedies in cells.values() {
-        let Some(guard) = remedies.get("guard") else {
+        let Some(guard) = remedies
+            .iter()
+            .find(|r| r.summary.remedy[..] == [Remedy::Guard])
+        else {
             continue;
         };
-        if !REFERENCES.iter().any(|name| remedies.contains_key(name)) {
+        let reference = |i: usize| {
+            remedies
+                .iter()
+                .find(|r| reference_of(&r.summary.remedy) == Some(i))
+        };
+        if (0..REFERENCES.len()).all(|i| reference(i).is_none()) {
             continue;
         }
         verdict.cells += 1;
         let g = &guard.summary;
-        if remedies.get("none").is_some_and(|n| n.summary.failed()) {
+        if remedies
+            .iter()
+            .find(|r| r.summary.unremedied())
+            .is_some_and(|n| n.summary.failed())
+        {
             verdict.unprotected_failed += 1;
             verdict.rescued += usize::from(!g.failed());
         }
         let any_clip_finished = remedies
             .iter()
-            .filter(|(name, _)| name.starts_with("clip-") || name.starts_with("agc"))
-            .any(|(_, r)| !r.summary.failed());
+            .filter(|r| clips_only(&r.summary.remedy))
+            .any(|r| !r.summary.failed());
         if g.failed() && any_clip_finished {
             verdict.failed_where_clip_finished += 1;
         }
         // The better reference that finished: its index in REFERENCES and its final loss.
-        let winner = REFERENCES
-            .iter()
-            .enumerate()
-            .filter_map(|(i, name)| remedies.get(name).map(|r| (i, &r.summary)))
+        let winner = (0..REFERENCES.len())
+            .filter_map(|i| reference(i).map(|r| (i, &r.summary)))
             .filter(|(_, s)| !s.failed())
             .filter_map(|(i, s)| s.final_loss.map(|l| (i, l)))
             .min_by(|a, b| a.1.total_cmp(&b.1));
@@ -160,8 +179,8 @@ pub fn guard_verdict(runs: &[SweepRun]) -> Option<GuardVerdict> {
         // The twin of the reference that set `best` (any twin where no reference finished).
         let twin = remedies
             .iter()
-            .find(|(name, _)| twin_of(name).is_some_and(|t| winner.is_none_or(|w| w == t)));
-        if let Some((_, twin)) = twin {
+            .find(|r| twin_of(&r.summary.remedy).is_some_and(|t| winner.is_none_or(|w| w == t)));
+        if let Some(twin) = twin {
             twins.cells += 1;
             twins.within_target += usize::from(best.is_none_or(|b| within(&twin.summary, b)));
         }
@@ -205,7 +224,7 @@ mod tests {
             dir: format!("runs/{remedy}-s{seed}"),
             summary: RunSummary {
                 task: "mlp".into(),
-                remedy: remedy.into(),
+                remedy: remedy.parse().unwrap(),
                 seed,
                 steps: 10,
                 final_loss,
@@ -300,10 +319,14 @@ mod tests {
         // Without twins there is no such line.
         runs.retain(|r| twin_of(&r.summary.remedy).is_none());
         assert_eq!(guard_verdict(&runs).unwrap().twin, None);
-        assert_eq!(twin_of("agc=0.0101"), Some(1));
-        assert_eq!(twin_of("agc=0.01"), None);
-        assert_eq!(twin_of("clip-norm=1.01"), None);
-        assert_eq!(twin_of("guard"), None);
+        let twin = |text: &str| twin_of(&text.parse().unwrap());
+        assert_eq!(twin("agc=0.0101"), Some(1));
+        assert_eq!(twin("agc=0.01"), None);
+        assert_eq!(twin("clip-norm=1.01"), None);
+        assert_eq!(twin("guard"), None);
+        assert_eq!(twin("agc=0.0101:eps=0.01"), None);
+        assert_eq!(reference_of(&"clip-global=1".parse().unwrap()), Some(0));
+        assert_eq!(reference_of(&"clip-global".parse().unwrap()), Some(0));
     }
 
     #[test]

@@ -15,8 +15,8 @@ const BEST: &str = "#1f77b4";
 /// The headline of one task's runs: `None` unless they hold `none`, `guard` and another remedy
 /// that finished.
 pub fn guard_headline(runs: &[&RunData]) -> Option<String> {
-    let none = runs.iter().find(|r| r.summary.label() == "none")?;
-    let guard = runs.iter().find(|r| r.summary.label() == "guard")?;
+    let none = runs.iter().find(|r| r.summary.is_baseline())?;
+    let guard = runs.iter().find(|r| r.summary.guard_alone())?;
     let best = &runs[best_hand_picked(runs.iter().map(|r| &r.summary))?];
     let cap = [none, guard, best]
         .iter()

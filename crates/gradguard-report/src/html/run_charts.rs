@@ -79,7 +79,7 @@ pub(super) fn run_label(run: &RunData) -> String {
 }
 
 fn color(run: &RunData, i: usize) -> String {
-    if run.summary.label() == "none" {
+    if run.summary.is_baseline() {
         BASELINE.to_string()
     } else {
         PALETTE[i % PALETTE.len()].to_string()
@@ -97,7 +97,7 @@ fn loss_points(run: &RunData) -> Vec<(f64, Option<f64>)> {
 
 /// One small chart per remedy: its training loss against the unremedied run's.
 pub(super) fn loss_charts(runs: &[&RunData]) -> String {
-    let baseline = runs.iter().find(|r| r.summary.label() == "none");
+    let baseline = runs.iter().find(|r| r.summary.is_baseline());
     // A blow-up is drawn at the top edge, 100× above the largest first loss.
     let cap = runs
         .iter()
@@ -106,7 +106,7 @@ pub(super) fn loss_charts(runs: &[&RunData]) -> String {
         * 100.0;
     let mut out = String::new();
     for (i, run) in runs.iter().enumerate() {
-        if baseline.is_some() && run.summary.label() == "none" && runs.len() > 1 {
+        if baseline.is_some() && run.summary.is_baseline() && runs.len() > 1 {
             continue;
         }
         let mut chart = LineChart {
@@ -119,7 +119,7 @@ pub(super) fn loss_charts(runs: &[&RunData]) -> String {
             ..Default::default()
         };
         for r in baseline.into_iter().chain(std::iter::once(run)) {
-            let is_baseline = r.summary.label() == "none";
+            let is_baseline = r.summary.is_baseline();
             chart.series.push(Series {
                 label: run_label(r),
                 color: if is_baseline {

@@ -1,9 +1,13 @@
 //! The classic remedies for exploding gradients, each a named option: `NAME` or `NAME=VALUE`.
+//!
+//! A run's remedies are part of what it is: the lab trains by them, its summary
+//! ([`crate::RunSummary::remedy`]) records them as a [`RemedyList`], and the report, the demo
+//! and the sweep's ranking decide by their variants, never by their text.
 
 use gradguard::rules::{RuleSpec, rule_names};
 use serde::{Deserialize, Serialize};
 
-use crate::models::{Cell, Init, Norm};
+use crate::schemes::{Cell, Init, Norm};
 
 /// The family a remedy belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -127,6 +131,16 @@ impl Remedy {
     /// The names `FromStr` accepts, with their settings, for help texts.
     pub fn names() -> String {
         format!("none, {}, {OTHER_NAMES}", rule_names())
+    }
+
+    /// The remedy's name without its setting: what `FromStr` takes before `=` or `:`
+    /// (`clip-global` for `clip-global=1`, `he` for the He initialization).
+    pub fn name(&self) -> String {
+        let text = self.to_string();
+        match text.find(['=', ':']) {
+            Some(end) => text[..end].to_string(),
+            None => text,
+        }
     }
 
     /// The remedy's family.
@@ -281,6 +295,88 @@ impl std::fmt::Display for Remedy {
             Remedy::LossScale(s) => write!(f, "loss-scale={s}"),
             Remedy::Guard => f.write_str("guard"),
         }
+    }
+}
+
+/// A run's remedies, in the order they were given; empty for `none`.
+///
+/// Written as its canonical text (`guard,clip-global=1`, `none`) in summaries and on the command
+/// line, and parsed back from it ([`Remedy::parse_list`]), so a `summary.json` reads the same as
+/// before the remedies were typed.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RemedyList(pub Vec<Remedy>);
+
+impl RemedyList {
+    /// Whether the list is `none`: the run every remedy is measured against.
+    pub fn is_none(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether the default guard is one of the remedies (alone or with others).
+    pub fn guarded(&self) -> bool {
+        self.0.contains(&Remedy::Guard)
+    }
+
+    /// Whether the list holds dynamic loss scaling.
+    pub fn loss_scaled(&self) -> bool {
+        self.0.iter().any(|r| matches!(r, Remedy::LossScale(_)))
+    }
+
+    /// The family of the first remedy ([`Family::None`] for `none`).
+    pub fn family(&self) -> Family {
+        self.0.first().map_or(Family::None, Remedy::family)
+    }
+
+    /// Whether two lists name the same remedies in the same order, whatever their settings.
+    pub fn same_remedies(&self, other: &RemedyList) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(&other.0)
+                .all(|(a, b)| a.name() == b.name())
+    }
+}
+
+impl std::ops::Deref for RemedyList {
+    type Target = [Remedy];
+
+    fn deref(&self) -> &[Remedy] {
+        &self.0
+    }
+}
+
+impl From<Vec<Remedy>> for RemedyList {
+    fn from(remedies: Vec<Remedy>) -> Self {
+        RemedyList(remedies)
+    }
+}
+
+impl std::fmt::Display for RemedyList {
+    /// The canonical text, padded to the formatter's width (`{:<20}` aligns a table column).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(&Remedy::list_name(&self.0))
+    }
+}
+
+impl std::str::FromStr for RemedyList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Remedy::parse_list(s).map(RemedyList)
+    }
+}
+
+impl Serialize for RemedyList {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for RemedyList {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -10,10 +10,11 @@
 # All of it is one workspace, so Burn is compiled once (`cargo package`'s own verification
 # compiles it once per package, each in a workspace of its own, and the new project once more).
 # One workspace resolves the packages' features together: a package that compiles only with a
-# feature of a shared dependency that another package turns on would pass here (cargo package
-# caught that; the price of one Burn build instead of four). The workspace's Cargo.lock pins the dependencies; the build directory
-# is the checkout's, so units the tests compiled with the same profile and features (proc
-# macros, build scripts) are reused. docs/measurements/2026-12-06-ci-phases.md has the timings.
+# feature of a shared dependency that another package turns on would pass here (`cargo package`
+# caught that: the price of one Burn build instead of four). The workspace's Cargo.lock pins the
+# dependencies; the build directory is the checkout's, so units the tests compiled with the same
+# profile and features (proc macros, build scripts) can be reused.
+# docs/measurements/2026-12-06-ci-phases.md has the timings.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 readme="$root/README.md"

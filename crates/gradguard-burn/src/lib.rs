@@ -2,8 +2,9 @@
 //!
 //! gradguard for [Burn](https://burn.dev) 0.22: the core [`gradguard::Gradients`] view over Burn's
 //! `GradientsParams` ([`BurnGradients`]), [`GuardedOptimizer`] — one call that runs the guard and
-//! steps any Burn optimizer, or does not — and, with the `learner` feature, `LearnerGuard` for
-//! burn-train's `Learner`.
+//! steps any Burn optimizer, or does not — [`probe::probe_model`], which says before training
+//! whether a model will explode at a rate and which rate is safe, and, with the `learner`
+//! feature, `LearnerGuard` for burn-train's `Learner`.
 //!
 //! Wrap the optimizer once; each step then measures every gradient, clips by the guard's rules,
 //! and applies, skips or rolls back ([`GuardedStep::report`] says which and why):
@@ -43,6 +44,7 @@ mod launches;
 mod learner;
 mod on_device;
 mod padded;
+pub mod probe;
 mod step;
 mod update;
 mod view;

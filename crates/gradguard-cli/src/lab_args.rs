@@ -163,6 +163,39 @@ pub struct RunFlags {
 }
 
 impl RunFlags {
+    /// Every setting left to `task`'s defaults, no remedy, f32.
+    pub fn for_task(task: Task) -> Self {
+        RunFlags {
+            task,
+            depth: None,
+            width: None,
+            activation: None,
+            cell: None,
+            seq_len: None,
+            heads: None,
+            post_norm: false,
+            text: None,
+            embed_std: None,
+            optimizer: None,
+            beta1: None,
+            beta2: None,
+            eps: None,
+            weight_decay: None,
+            schedule: None,
+            warmup: None,
+            init: None,
+            init_gain: None,
+            lr: None,
+            steps: None,
+            batch: None,
+            seed: None,
+            remedy: RemedyList(Vec::new(), false),
+            target_loss: None,
+            checkpoint_every: None,
+            precision: Precision::F32,
+        }
+    }
+
     /// The run configuration: the task's defaults with the given flags over them.
     pub fn config(&self) -> RunConfig {
         let mut c = RunConfig::for_task(self.task);
@@ -391,21 +424,36 @@ fn non_negative_f64(s: &str) -> Result<f64, String> {
     critical when |λ| ≤ max(0.01, 2 standard errors)."
 )]
 pub struct ProbeArgs {
-    /// Hidden layers of the MLP.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
-    pub depth: u64,
-    /// Units per layer (hidden units of a recurrent cell).
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
-    pub width: u64,
-    /// tanh, relu or linear.
-    #[arg(long, default_value = "tanh")]
-    pub activation: Activation,
-    /// gaussian, xavier, he or orthogonal.
-    #[arg(long, default_value = "gaussian")]
-    pub init: Init,
-    /// The weights' gain G (σ_w for gaussian).
-    #[arg(long, default_value_t = 1.0, value_parser = positive_f64, value_name = "G", allow_negative_numbers = true)]
-    pub init_gain: f64,
+    /// Probe a lab task's own model instead (mlp, adding, order, lm): its network, batches and
+    /// optimizer as `gradguard train` starts them; prints a verdict (explodes, vanishes,
+    /// healthy) and the largest safe learning rate. --depth, --width, --activation, --cell,
+    /// --seq-len, --init, --init-gain, --lr and --seed then take the task's defaults.
+    #[arg(long, conflicts_with_all = ["calibrate", "butterfly", "from", "report"])]
+    pub task: Option<Task>,
+    /// The optimizer of --task: sgd, adam or adamw [default: the task's].
+    #[arg(long, value_name = "sgd|adam|adamw", requires = "task")]
+    pub optimizer: Option<OptimizerKind>,
+    /// Examples per batch of --task [default: the task's].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), requires = "task")]
+    pub batch: Option<u64>,
+    /// Optimizer steps of each of --task's rate trials.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..1000))]
+    pub trial_steps: u64,
+    /// Hidden layers of the MLP [default: 50].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub depth: Option<u64>,
+    /// Units per layer (hidden units of a recurrent cell) [default: 256].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub width: Option<u64>,
+    /// tanh, relu or linear [default: tanh].
+    #[arg(long)]
+    pub activation: Option<Activation>,
+    /// gaussian, xavier, he or orthogonal [default: gaussian].
+    #[arg(long)]
+    pub init: Option<Init>,
+    /// The weights' gain G (σ_w for gaussian) [default: 1].
+    #[arg(long, value_parser = positive_f64, value_name = "G", allow_negative_numbers = true)]
+    pub init_gain: Option<f64>,
     /// σ_b²: biases drawn from N(0, V).
     #[arg(long, default_value_t = 0.0, value_parser = non_negative_f64, value_name = "V", allow_negative_numbers = true)]
     pub bias_var: f64,
@@ -418,9 +466,9 @@ pub struct ProbeArgs {
     /// Probe a recurrent cell (rnn, lstm, gru) per time step instead of an MLP.
     #[arg(long)]
     pub cell: Option<Cell>,
-    /// Time steps of the recurrent probe.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(2..))]
-    pub seq_len: u64,
+    /// Time steps of the recurrent probe [default: 100].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(2..))]
+    pub seq_len: Option<u64>,
     /// Random vectors per input.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
     pub probes: u64,
@@ -430,9 +478,9 @@ pub struct ProbeArgs {
     /// Variance of Gaussian inputs instead of the fixed point q*.
     #[arg(long, value_parser = positive_f64, value_name = "V", allow_negative_numbers = true)]
     pub input_var: Option<f64>,
-    /// Seed of the weights, inputs and vectors.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Seed of the weights, inputs and vectors [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Search the gain with λ = 0 (the edge of chaos) and print it beside mean-field theory's.
     #[arg(long)]
     pub calibrate: bool,
@@ -445,11 +493,14 @@ pub struct ProbeArgs {
     /// Training steps of --butterfly and --agreement.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
     pub train_steps: u64,
-    /// SGD learning rate of --butterfly and --agreement.
-    #[arg(long, default_value_t = 0.1, value_parser = positive_f64, allow_negative_numbers = true)]
-    pub lr: f64,
+    /// SGD learning rate of --butterfly and --agreement [default: 0.1]; with --task, the rate
+    /// to judge [default: the task's].
+    #[arg(long, value_parser = positive_f64, allow_negative_numbers = true)]
+    pub lr: Option<f64>,
     /// Probe and train the digits MLP at every depth × gain and report how often the verdict
-    /// matched what training did.
+    /// matched what training did. With --task: at every seed × depth × gain of the task, the
+    /// probe's largest safe rate against the largest rate whose whole unprotected run does not
+    /// diverge (bracketed to √2 by whole runs), and its verdict against the run at --lr.
     #[arg(long)]
     pub agreement: bool,
     /// Depths of --agreement.

@@ -1,18 +1,21 @@
 //! `gradguard probe`: gains, Lyapunov exponent, verdict, edge of chaos — before training.
 
 use anyhow::Result;
+use gradguard::probe::RateSearch;
 use gradguard_lab::RunConfig;
+use gradguard_lab::models::{Activation, Init};
 use gradguard_lab::probe::meanfield::critical_gain;
 use gradguard_lab::probe::page::html_report;
 use gradguard_lab::probe::text::text_report;
 use gradguard_lab::probe::{
-    ProbeConfig, ProbeResult, agreement, butterfly, calibrate, phase_diagram, probe, probe_run_dir,
+    ProbeConfig, ProbeResult, ProbeSettings, agreement, butterfly, calibrate, phase_diagram, probe,
+    probe_run_dir, probe_task, rate_agreement, rate_agreement_text,
 };
 use gradguard_lab::tasks::Task;
 
 use crate::files::write_atomically;
 use crate::lab::lab_error;
-use crate::lab_args::ProbeArgs;
+use crate::lab_args::{ProbeArgs, RunFlags};
 
 /// Depths of the report's phase diagram.
 const PHASE_DEPTHS: [usize; 4] = [10, 20, 50, 100];
@@ -20,21 +23,21 @@ const PHASE_DEPTHS: [usize; 4] = [10, 20, 50, 100];
 fn config_of(args: &ProbeArgs) -> ProbeConfig {
     let n = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
     ProbeConfig {
-        depth: n(args.depth),
-        width: n(args.width),
-        activation: args.activation,
-        init: args.init,
-        init_gain: args.init_gain,
+        depth: n(args.depth.unwrap_or(50)),
+        width: n(args.width.unwrap_or(256)),
+        activation: args.activation.unwrap_or(Activation::Tanh),
+        init: args.init.unwrap_or(Init::Gaussian),
+        init_gain: args.init_gain.unwrap_or(1.0),
         bias_var: args.bias_var,
         norm: args.norm,
         residual: args.residual,
         cell: args.cell,
-        seq_len: n(args.seq_len),
+        seq_len: n(args.seq_len.unwrap_or(100)),
         probes: n(args.probes),
         inputs: n(args.inputs),
         input_var: args.input_var,
         input_q: None,
-        seed: args.seed,
+        seed: args.seed.unwrap_or(0),
     }
 }
 
@@ -53,7 +56,7 @@ fn run_config_of(args: &ProbeArgs, c: &ProbeConfig) -> RunConfig {
         seq_len: c.seq_len,
         init: c.init,
         init_gain: c.init_gain,
-        lr: args.lr,
+        lr: args.lr.unwrap_or(SGD_LR),
         steps: args.train_steps,
         seed: c.seed,
         ..RunConfig::for_task(task)
@@ -62,11 +65,88 @@ fn run_config_of(args: &ProbeArgs, c: &ProbeConfig) -> RunConfig {
 
 fn probe_trained(args: &ProbeArgs, dir: &std::path::Path) -> Result<ProbeResult> {
     let rows = usize::try_from(args.inputs * args.probes).unwrap_or(usize::MAX);
-    probe_run_dir(dir, rows, args.seed).map_err(lab_error)
+    probe_run_dir(dir, rows, args.seed.unwrap_or(0)).map_err(lab_error)
+}
+
+/// The SGD rate of --butterfly and --agreement when --lr is not given.
+const SGD_LR: f64 = 0.1;
+
+/// The run configuration of `--task`: the task's defaults under the flags given.
+fn task_config_of(args: &ProbeArgs, task: Task) -> RunConfig {
+    let flags = RunFlags {
+        task,
+        depth: args.depth,
+        width: args.width,
+        activation: args.activation,
+        cell: args.cell,
+        seq_len: args.seq_len,
+        optimizer: args.optimizer,
+        init: args.init,
+        init_gain: args.init_gain,
+        lr: args.lr,
+        batch: args.batch,
+        seed: args.seed,
+        ..RunFlags::for_task(task)
+    };
+    flags.config()
+}
+
+/// `gradguard probe --task`: the model probe on a lab task's own model.
+fn run_task(args: &ProbeArgs, task: Task) -> Result<()> {
+    let config = task_config_of(args, task);
+    config.validate().map_err(lab_error)?;
+    let settings = ProbeSettings {
+        trial_steps: usize::try_from(args.trial_steps).unwrap_or(usize::MAX),
+        seed: args.seed.unwrap_or(0),
+        ..ProbeSettings::at_rate(config.lr)
+    };
+    if args.agreement {
+        return run_rate_agreement(args, &config, settings);
+    }
+    let probe = probe_task(&config, settings).map_err(lab_error)?;
+    if args.json {
+        return crate::files::print_json(&serde_json::to_value(&probe)?);
+    }
+    print!("{}", probe.text());
+    Ok(())
+}
+
+/// `gradguard probe --task … --agreement`: the probe's safe rate against whole runs' at every
+/// seed × depth × gain.
+fn run_rate_agreement(args: &ProbeArgs, base: &RunConfig, settings: ProbeSettings) -> Result<()> {
+    let seeds = match args.agreement_seeds.as_slice() {
+        [] => vec![base.seed],
+        seeds => seeds.to_vec(),
+    };
+    let mut configs = Vec::new();
+    for &seed in &seeds {
+        for &depth in &args.agreement_depths {
+            for &gain in &args.gains {
+                let config = RunConfig {
+                    seed,
+                    depth: usize::try_from(depth).unwrap_or(usize::MAX),
+                    init_gain: gain,
+                    ..base.clone()
+                };
+                config.validate().map_err(lab_error)?;
+                configs.push(config);
+            }
+        }
+    }
+    let measure = RateSearch::default();
+    let result = rate_agreement(&configs, settings, &measure, 0).map_err(lab_error)?;
+    if args.json {
+        return crate::files::print_json(&serde_json::to_value(&result)?);
+    }
+    print!("{}", rate_agreement_text(&result));
+    Ok(())
 }
 
 /// Runs `gradguard probe`.
 pub fn run(args: &ProbeArgs) -> Result<()> {
+    if let Some(task) = args.task {
+        return run_task(args, task);
+    }
     let config = config_of(args);
     let result = match &args.from {
         Some(dir) => probe_trained(args, dir)?,
@@ -89,7 +169,7 @@ pub fn run(args: &ProbeArgs) -> Result<()> {
         let base = RunConfig {
             activation: config.activation,
             width: config.width.min(64),
-            lr: args.lr,
+            lr: args.lr.unwrap_or(SGD_LR),
             steps: args.train_steps,
             seed: config.seed,
             ..RunConfig::for_task(Task::Mlp)

@@ -575,6 +575,63 @@ fn probe_reads_a_trained_run_and_writes_its_report() {
 }
 
 #[test]
+fn probe_of_a_task_prints_a_verdict_and_a_largest_safe_rate() {
+    let o = run(&[
+        "probe",
+        "--task",
+        "mlp",
+        "--depth",
+        "6",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.003",
+        "--trial-steps",
+        "4",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v = json(&o);
+    assert_eq!(v["task"], "mlp");
+    assert!(v["optimizer"].as_str().unwrap().starts_with("Adam"));
+    let probe = &v["probe"];
+    assert_eq!(probe["settings"]["rate"], 0.003);
+    let health = probe["verdict"]["health"].as_str().unwrap();
+    assert!(
+        ["explodes", "vanishes", "healthy"].contains(&health),
+        "{health}"
+    );
+    assert!(probe["safe_rate"]["rate"].as_f64().is_some(), "{probe}");
+    assert_eq!(
+        probe["profile"]["profile"]["layers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        7
+    );
+
+    let o = run(&[
+        "probe",
+        "--task",
+        "adding",
+        "--seq-len",
+        "20",
+        "--trial-steps",
+        "3",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    for needle in [
+        "verdict:",
+        "largest safe rate:",
+        "butterfly:",
+        "first step at 1e-1",
+    ] {
+        assert!(out.contains(needle), "{needle}: {out}");
+    }
+}
+
+#[test]
 fn probe_refuses_bad_settings_in_one_line() {
     let tmp = tempfile::tempdir().unwrap();
     for (args, needle) in [
@@ -585,6 +642,9 @@ fn probe_refuses_bad_settings_in_one_line() {
         (vec!["probe", "--init-gain", "0"], "positive"),
         (vec!["probe", "--init", "lsuv"], "lsuv needs data"),
         (vec!["probe", "--depth", "0"], "--depth"),
+        (vec!["probe", "--task", "mlp", "--calibrate"], "--calibrate"),
+        (vec!["probe", "--optimizer", "adam"], "--task"),
+        (vec!["probe", "--task", "lm", "--lr", "nan"], "--lr"),
         (
             vec!["probe", "--from", tmp.path().to_str().unwrap()],
             "config.json",

@@ -43,6 +43,7 @@ pub mod host_float;
 pub mod kernel;
 pub mod loss_scale;
 pub mod norm;
+pub mod probe;
 pub mod rules;
 #[cfg(feature = "safetensors")]
 pub mod safetensors_io;

@@ -18,3 +18,8 @@ pub struct LibraryGuideDoctests;
 #[doc = include_str!("../../../docs/candle.md")]
 #[cfg(doctest)]
 pub struct CandleGuideDoctests;
+
+/// The model-probe guide (`docs/probe-your-model.md`), whose `rust` blocks `cargo test` runs.
+#[doc = include_str!("../../../docs/probe-your-model.md")]
+#[cfg(doctest)]
+pub struct ProbeGuideDoctests;

@@ -11,6 +11,8 @@ mod calibrate;
 mod jacobian;
 pub mod meanfield;
 pub mod page;
+mod rate_agreement;
+mod task;
 pub mod text;
 
 use std::time::Instant;
@@ -25,6 +27,11 @@ pub use agreement::{
 };
 pub use butterfly::{Butterfly, butterfly};
 pub use calibrate::{PhaseDiagram, calibrate, phase_diagram};
+pub use gradguard_burn::probe::{ModelProbe, ProbeSettings};
+pub use rate_agreement::{
+    AGREEMENT_FACTOR, RateAgreement, RateCell, rate_agreement, rate_agreement_text, rate_cell,
+};
+pub use task::{TaskProbe, probe_task};
 
 use crate::error::LabError;
 use crate::models::{

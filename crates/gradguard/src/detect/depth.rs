@@ -52,33 +52,41 @@ pub fn depth_profile(names: &[&str], stats: &[TensorStats], tolerance: f64) -> D
             None => layers.push((layer.to_string(), s.sum_squares, finite)),
         }
     }
-    let layers: Vec<LayerGradNorm> = layers
+    let layers = layers
         .into_iter()
         .map(|(layer, sq, finite)| LayerGradNorm {
             layer,
             norm: if finite { sq.sqrt() } else { f64::NAN },
         })
         .collect();
-    let ratios: Vec<f64> = layers.windows(2).map(|w| w[0].norm / w[1].norm).collect();
-    let logs: Vec<f64> = ratios
-        .iter()
-        .filter(|r| r.is_finite() && **r > 0.0)
-        .map(|r| r.ln())
-        .collect();
-    let growth_factor =
-        (!logs.is_empty()).then(|| (logs.iter().sum::<f64>() / logs.len() as f64).exp());
-    let growing = |r: &f64| *r > 1.0 + tolerance;
-    let growth_onset = if ratios.first().is_some_and(growing) {
-        let run = ratios.iter().take_while(|r| growing(r)).count();
-        Some(run)
-    } else {
-        None
-    };
-    DepthProfile {
-        layers,
-        ratios,
-        growth_factor,
-        growth_onset,
+    DepthProfile::from_layers(layers, tolerance)
+}
+
+impl DepthProfile {
+    /// The profile of per-layer norms already measured (in model order, input → output): their
+    /// ratios, growth factor and the onset of growth more than `1 + tolerance` per layer.
+    pub fn from_layers(layers: Vec<LayerGradNorm>, tolerance: f64) -> DepthProfile {
+        let ratios: Vec<f64> = layers.windows(2).map(|w| w[0].norm / w[1].norm).collect();
+        let logs: Vec<f64> = ratios
+            .iter()
+            .filter(|r| r.is_finite() && **r > 0.0)
+            .map(|r| r.ln())
+            .collect();
+        let growth_factor =
+            (!logs.is_empty()).then(|| (logs.iter().sum::<f64>() / logs.len() as f64).exp());
+        let growing = |r: &f64| *r > 1.0 + tolerance;
+        let growth_onset = if ratios.first().is_some_and(growing) {
+            let run = ratios.iter().take_while(|r| growing(r)).count();
+            Some(run)
+        } else {
+            None
+        };
+        DepthProfile {
+            layers,
+            ratios,
+            growth_factor,
+            growth_onset,
+        }
     }
 }
 

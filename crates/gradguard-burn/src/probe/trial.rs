@@ -1,0 +1,106 @@
+//! A trial: a few optimizer steps of a copy of the model at one rate, optionally beside a
+//! perturbed twin (the butterfly).
+
+use burn::module::Module;
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::Tensor;
+use gradguard::probe::{Butterfly, RateTrial, TrialStep};
+
+use super::weights::{pair_norms, perturbed, relative_distance};
+use super::{ProbeSettings, TensorUpdate};
+
+/// What one trial measured.
+pub(super) struct Walked {
+    pub trial: RateTrial,
+    /// Each tensor's first step.
+    pub first_step: Vec<TensorUpdate>,
+    /// With a twin: how the two copies separated.
+    pub butterfly: Option<Butterfly>,
+}
+
+/// A loss as a number (`None`: not finite), one host read.
+fn value(loss: Tensor<1>) -> Option<f64> {
+    let v = f64::from(loss.inner().into_scalar::<f32>());
+    v.is_finite().then_some(v)
+}
+
+/// Trains a copy of `model` (and of `optimizer`) for `settings.trial_steps` steps at `rate`,
+/// batch `i` at step `i`; with `twin`, a copy perturbed by `settings.butterfly_epsilon` takes
+/// the same steps on the same batches with its own copy of the optimizer. Stops at the first
+/// loss that is not finite.
+pub(super) fn run_trial<M, L>(
+    model: &M,
+    optimizer: &ModuleOptimizer,
+    settings: &ProbeSettings,
+    rate: f64,
+    loss: &mut L,
+    twin: bool,
+) -> Walked
+where
+    M: Module + Clone,
+    L: FnMut(&M, usize) -> Tensor<1>,
+{
+    let (mut m, mut opt) = (model.clone(), optimizer.clone());
+    let mut twin = twin.then(|| {
+        let copy = perturbed(model.clone(), settings.butterfly_epsilon, settings.seed);
+        (copy, optimizer.clone())
+    });
+    let mut separation = Vec::new();
+    if let Some((t, _)) = &twin {
+        separation.push(relative_distance(&pair_norms(&m, t)));
+    }
+    let mut steps = Vec::with_capacity(settings.trial_steps);
+    let mut first_step = Vec::new();
+    let mut broke = false;
+    for batch in 0..settings.trial_steps {
+        let l = loss(&m, batch);
+        let Some(current) = value(l.clone()) else {
+            steps.push(TrialStep {
+                loss: None,
+                update_ratio: None,
+            });
+            broke = true;
+            break;
+        };
+        let grads = GradientsParams::from_grads(l.backward(), &m);
+        let before = m.clone();
+        m = opt.step(rate, m, grads);
+        let moved = pair_norms(&before, &m);
+        if batch == 0 {
+            first_step = moved
+                .iter()
+                .map(|p| TensorUpdate {
+                    name: p.name.clone(),
+                    weight_norm: p.norm,
+                    update_norm: p.distance,
+                })
+                .collect();
+        }
+        steps.push(TrialStep {
+            loss: Some(current),
+            update_ratio: relative_distance(&moved),
+        });
+        if let Some((t, mut t_opt)) = twin.take() {
+            let grads = GradientsParams::from_grads(loss(&t, batch).backward(), &t);
+            let t = t_opt.step(rate, t, grads);
+            separation.push(relative_distance(&pair_norms(&m, &t)));
+            twin = Some((t, t_opt));
+        }
+    }
+    let end_loss = if broke { None } else { value(loss(&m, 0)) };
+    let butterfly = (!separation.is_empty()).then(|| Butterfly {
+        rate,
+        epsilon: settings.butterfly_epsilon,
+        separation,
+    });
+    Walked {
+        trial: RateTrial {
+            rate,
+            start_loss: steps.first().and_then(|s| s.loss),
+            end_loss,
+            steps,
+        },
+        first_step,
+        butterfly,
+    }
+}

@@ -1,0 +1,155 @@
+//! The model probe on a user-built Burn module: it judges the rate by the model's own loss,
+//! finds a safe rate that brackets the measured limit, and leaves the model and the optimizer
+//! it was given as they were.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::tensor::{Device, Distribution, Tensor};
+use gradguard::probe::Health;
+use gradguard_burn::probe::{ProbeSettings, probe_model};
+
+#[derive(Module, Debug)]
+struct Mlp {
+    layers: Vec<Linear>,
+    head: Linear,
+}
+
+impl Mlp {
+    fn new(depth: usize, width: usize, device: &Device) -> Self {
+        device.seed(7);
+        Mlp {
+            layers: (0..depth)
+                .map(|i| LinearConfig::new(if i == 0 { 8 } else { width }, width).init(device))
+                .collect(),
+            head: LinearConfig::new(width, 1).init(device),
+        }
+    }
+
+    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let mut h = x;
+        for l in &self.layers {
+            h = l.forward(h).tanh();
+        }
+        self.head.forward(h)
+    }
+}
+
+/// Batches of a regression target, one per index, drawn once.
+fn batches(n: usize, device: &Device) -> Vec<(Tensor<2>, Tensor<2>)> {
+    device.seed(11);
+    (0..n)
+        .map(|_| {
+            let x = Tensor::<2>::random([32, 8], Distribution::Normal(0.0, 1.0), device);
+            let y = x.clone().sum_dim(1).mul_scalar(0.3).tanh();
+            (x, y)
+        })
+        .collect()
+}
+
+fn values<M: Module>(m: &M) -> Vec<f32> {
+    struct Flat(Vec<f32>);
+    impl ModuleVisitor for Flat {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            self.0
+                .extend(p.val().into_data().try_to_vec::<f32>().unwrap());
+        }
+    }
+    let mut f = Flat(Vec::new());
+    m.visit(&mut f);
+    f.0
+}
+
+#[test]
+fn a_small_rate_is_healthy_a_large_one_explodes_and_the_safe_rate_lies_between() {
+    let device = Device::flex().autodiff();
+    let model = Mlp::new(3, 32, &device);
+    let data = batches(10, &device);
+    let loss = |m: &Mlp, i: usize| {
+        let (x, y) = &data[i];
+        (m.forward(x.clone()) - y.clone()).square().mean()
+    };
+    let sgd = SgdConfig::new().init();
+    let calm = probe_model(&model, &sgd, &ProbeSettings::at_rate(1e-3), loss).unwrap();
+    assert_eq!(
+        calm.verdict.health,
+        Health::Healthy,
+        "{}",
+        calm.verdict.reason
+    );
+    let safe = calm.safe_rate.rate.expect("some rate is safe");
+    let diverging = calm.safe_rate.first_diverging.expect("some rate diverges");
+    assert!(safe >= 1e-3 && diverging > safe && diverging / safe <= 1.5);
+    // Every trial below the safe rate survived, every one at or above the diverging rate blew up.
+    for t in &calm.safe_rate.trials {
+        assert_eq!(t.diverged(), t.rate >= diverging, "trial at {}", t.rate);
+    }
+    assert_eq!(calm.profile.profile.layers.len(), 4);
+    assert_eq!(calm.first_step.len(), 8);
+    assert!(calm.first_step.iter().all(|t| t.ratio().is_some()));
+    assert_eq!(calm.butterfly.separation.len(), 11);
+
+    let hot = probe_model(&model, &sgd, &ProbeSettings::at_rate(diverging * 4.0), loss).unwrap();
+    assert_eq!(
+        hot.verdict.health,
+        Health::Explodes,
+        "{}",
+        hot.verdict.reason
+    );
+    assert!(
+        hot.verdict.reason.contains("the largest safe rate is"),
+        "{}",
+        hot.verdict.reason
+    );
+}
+
+#[test]
+fn the_model_and_the_optimizer_given_are_unchanged() {
+    let device = Device::flex().autodiff();
+    let mut model = Mlp::new(2, 16, &device);
+    let data = batches(10, &device);
+    let loss = |m: &Mlp, i: usize| {
+        let (x, y) = &data[i];
+        (m.forward(x.clone()) - y.clone()).square().mean()
+    };
+    // An optimizer with state: Adam after one step.
+    let mut adam: ModuleOptimizer = AdamConfig::new().init();
+    let grads = GradientsParams::from_grads(loss(&model, 0).backward(), &model);
+    model = adam.step(1e-3, model, grads);
+    let (weights, twin) = (values(&model), adam.clone());
+
+    probe_model(&model, &adam, &ProbeSettings::at_rate(1e-2), loss).unwrap();
+    assert_eq!(values(&model), weights, "the model moved");
+    // The optimizer's state is unchanged: its next step equals an untouched copy's.
+    let step = |mut opt: ModuleOptimizer| {
+        let m = model.clone();
+        let grads = GradientsParams::from_grads(loss(&m, 1).backward(), &m);
+        values(&opt.step(1e-3, m, grads))
+    };
+    assert_eq!(step(adam), step(twin));
+}
+
+#[test]
+fn bad_settings_are_refused_by_name() {
+    let device = Device::flex().autodiff();
+    let model = Mlp::new(1, 4, &device);
+    let data = batches(1, &device);
+    let loss = |m: &Mlp, _: usize| {
+        let (x, y) = &data[0];
+        (m.forward(x.clone()) - y.clone()).square().mean()
+    };
+    let settings = ProbeSettings {
+        trial_steps: 0,
+        ..ProbeSettings::at_rate(0.1)
+    };
+    let err = probe_model(&model, &SgdConfig::new().init(), &settings, loss).unwrap_err();
+    assert!(err.to_string().contains("at least one batch"), "{err}");
+    let err = probe_model(
+        &model,
+        &SgdConfig::new().init(),
+        &ProbeSettings::at_rate(-1.0),
+        loss,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("rate must be positive"), "{err}");
+}

@@ -1,0 +1,235 @@
+//! Does the model probe's safe rate hold? For each cell (a run configuration), the probe's
+//! largest safe rate against the largest rate at which an unprotected run of the full budget
+//! does not diverge — found by the same bracketing search, with whole runs as its trials — and
+//! the probe's verdict at the cell's own rate against what that run did.
+
+use std::collections::HashMap;
+
+use gradguard::probe::{Health, RateSearch, RateTrial, SafeRate, search_safe_rate};
+use gradguard_burn::probe::ProbeSettings;
+use gradguard_report::{Outcome, RunSummary};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::agreement::wilson_interval;
+use super::task::probe_task;
+use crate::config::RunConfig;
+use crate::error::LabError;
+use crate::train::{TrainOptions, TrainOutcome, train};
+
+/// The predicted and the measured safe rate agree when they are within this factor.
+pub const AGREEMENT_FACTOR: f64 = 2.0;
+
+/// One cell: a configuration, the probe's answer and what whole runs did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RateCell {
+    /// The configuration (its `lr` is the rate the verdict judges).
+    pub config: RunConfig,
+    /// The probe's largest safe rate (`None`: none in the range).
+    pub predicted: Option<f64>,
+    /// The smallest rate whose probe trial diverged (`None`: none in the range).
+    pub predicted_diverging: Option<f64>,
+    /// The largest rate whose whole unprotected run did not diverge.
+    pub measured: Option<f64>,
+    /// The smallest rate whose whole run diverged.
+    pub measured_diverging: Option<f64>,
+    /// The probe's verdict at `config.lr`.
+    pub verdict: Health,
+    /// What the unprotected run at `config.lr` did.
+    pub outcome: Outcome,
+    /// Whole runs spent on this cell.
+    pub runs: usize,
+    /// Seconds the probe took.
+    pub probe_seconds: f64,
+}
+
+impl RateCell {
+    /// The factor between the predicted and the measured safe rate (`None` where one side has
+    /// no safe rate and the other has one; 1 where neither has).
+    pub fn factor(&self) -> Option<f64> {
+        match (self.predicted, self.measured) {
+            (Some(p), Some(m)) => Some((p / m).max(m / p)),
+            (None, None) => Some(1.0),
+            _ => None,
+        }
+    }
+
+    /// Whether the two safe rates are within [`AGREEMENT_FACTOR`].
+    pub fn rates_agree(&self) -> bool {
+        self.factor()
+            .is_some_and(|f| f <= AGREEMENT_FACTOR * (1.0 + 1e-9))
+    }
+
+    /// Whether the verdict names what the run did: explodes ↔ diverged, vanishes ↔ stable (not
+    /// learning), healthy ↔ learning.
+    pub fn verdict_agrees(&self) -> bool {
+        matches!(
+            (self.verdict, self.outcome),
+            (Health::Explodes, Outcome::Diverged)
+                | (Health::Vanishes, Outcome::Stable)
+                | (Health::Healthy, Outcome::Learning)
+        )
+    }
+}
+
+/// Every cell and the shares that agreed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RateAgreement {
+    /// The cells, in the order given.
+    pub cells: Vec<RateCell>,
+    /// The share of cells whose safe rates are within [`AGREEMENT_FACTOR`].
+    pub rate_share: f64,
+    /// Its 95% Wilson score interval.
+    pub rate_interval: (f64, f64),
+    /// The share whose verdict named the run's outcome.
+    pub verdict_share: f64,
+    /// Its 95% Wilson score interval.
+    pub verdict_interval: (f64, f64),
+}
+
+/// A whole unprotected run at `rate` as a trial: its held-out loss before and after (the
+/// trial's divergence rule is the run outcome's).
+fn whole_run(config: &RunConfig, rate: f64) -> Result<RunSummary, LabError> {
+    let config = RunConfig {
+        lr: rate,
+        remedies: Vec::new(),
+        ..config.clone()
+    };
+    match train(&config, &TrainOptions::default())? {
+        TrainOutcome::Finished(summary) => Ok(*summary),
+        TrainOutcome::Interrupted { .. } => unreachable!("no interruption was asked for"),
+    }
+}
+
+fn as_trial(rate: f64, s: &RunSummary) -> RateTrial {
+    RateTrial {
+        rate,
+        start_loss: s.initial_loss.filter(|l| l.is_finite()),
+        end_loss: s.final_loss.filter(|l| l.is_finite()),
+        steps: Vec::new(),
+    }
+}
+
+/// Probes and measures one cell: the probe with `settings`, then whole runs bracketing the
+/// largest non-diverging rate to `measure.resolution`, starting from the probe's answer.
+pub fn rate_cell(
+    config: &RunConfig,
+    settings: ProbeSettings,
+    measure: &RateSearch,
+) -> Result<RateCell, LabError> {
+    let probe = probe_task(config, settings)?;
+    let mut runs: HashMap<u64, RunSummary> = HashMap::new();
+    let mut failure = None;
+    let mut run_at = |rate: f64| -> Option<RunSummary> {
+        if let Some(s) = runs.get(&rate.to_bits()) {
+            return Some(s.clone());
+        }
+        match whole_run(config, rate) {
+            Ok(s) => {
+                runs.insert(rate.to_bits(), s.clone());
+                Some(s)
+            }
+            Err(e) => {
+                failure.get_or_insert(e);
+                None
+            }
+        }
+    };
+    let own = run_at(config.lr);
+    let start = probe.probe.safe_rate.rate.unwrap_or(measure.min_rate);
+    let measured: SafeRate = search_safe_rate(start, measure, |rate| match run_at(rate) {
+        Some(s) => as_trial(rate, &s),
+        // The run failed (reported below); the search ends on it as on a divergence.
+        None => RateTrial {
+            rate,
+            start_loss: None,
+            end_loss: None,
+            steps: Vec::new(),
+        },
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let own = own.expect("no failure");
+    Ok(RateCell {
+        config: config.clone(),
+        predicted: probe.probe.safe_rate.rate,
+        predicted_diverging: probe.probe.safe_rate.first_diverging,
+        measured: measured.rate,
+        measured_diverging: measured.first_diverging,
+        verdict: probe.probe.verdict.health,
+        outcome: own.outcome(),
+        runs: runs.len(),
+        probe_seconds: probe.seconds,
+    })
+}
+
+/// [`rate_cell`] for every configuration, `jobs` at a time (0: one per core).
+pub fn rate_agreement(
+    configs: &[RunConfig],
+    settings: ProbeSettings,
+    measure: &RateSearch,
+    jobs: usize,
+) -> Result<RateAgreement, LabError> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(jobs)
+        .build()
+        .map_err(|e| LabError::Config(format!("cannot start {jobs} workers: {e}")))?;
+    let cells: Vec<RateCell> = pool.install(|| {
+        configs
+            .par_iter()
+            .map(|c| rate_cell(c, settings, measure))
+            .collect::<Result<_, _>>()
+    })?;
+    let n = cells.len();
+    let rates = cells.iter().filter(|c| c.rates_agree()).count();
+    let verdicts = cells.iter().filter(|c| c.verdict_agrees()).count();
+    let share = |k: usize| k as f64 / n.max(1) as f64;
+    Ok(RateAgreement {
+        rate_share: share(rates),
+        rate_interval: wilson_interval(rates, n),
+        verdict_share: share(verdicts),
+        verdict_interval: wilson_interval(verdicts, n),
+        cells,
+    })
+}
+
+/// A rate for the table, "—" for none.
+fn rate_text(rate: Option<f64>) -> String {
+    rate.map_or("—".into(), |r| format!("{r:.2e}"))
+}
+
+/// The table `gradguard probe --task … --agreement` prints.
+pub fn rate_agreement_text(result: &RateAgreement) -> String {
+    let mut out = format!(
+        "{:>4} {:>5} {:>5} {:>9} {:>9} {:>9} {:>6} {:>9} {:>9}\n",
+        "seed", "depth", "gain", "rate", "predicted", "measured", "factor", "verdict", "outcome"
+    );
+    for c in &result.cells {
+        let factor = c.factor().map_or("—".into(), |f| format!("{f:.2}"));
+        out += &format!(
+            "{:>4} {:>5} {:>5} {:>9.2e} {:>9} {:>9} {:>6} {:>9} {:>9}\n",
+            c.config.seed,
+            c.config.depth,
+            c.config.init_gain,
+            c.config.lr,
+            rate_text(c.predicted),
+            rate_text(c.measured),
+            factor,
+            c.verdict,
+            c.outcome
+        );
+    }
+    let n = result.cells.len();
+    out += &format!(
+        "\nsafe rate within {AGREEMENT_FACTOR}× of the whole runs' in {} of {n} cells: {}\n",
+        result.cells.iter().filter(|c| c.rates_agree()).count(),
+        super::agreement::percent_with_interval(result.rate_share, result.rate_interval)
+    );
+    out += &format!(
+        "verdict named the run's outcome in {} of {n} cells: {}\n",
+        result.cells.iter().filter(|c| c.verdict_agrees()).count(),
+        super::agreement::percent_with_interval(result.verdict_share, result.verdict_interval)
+    );
+    out
+}

@@ -1,0 +1,77 @@
+//! The model probe (`gradguard_burn::probe`) on the lab's own models: an MLP, a vanilla RNN and
+//! the lm transformer, each with its task's batches and optimizer.
+
+use gradguard::probe::{Health, RateSearch};
+use gradguard_lab::RunConfig;
+use gradguard_lab::optimizer::OptimizerKind;
+use gradguard_lab::probe::{ProbeSettings, TaskProbe, probe_task};
+use gradguard_lab::tasks::Task;
+
+/// Short trials and a coarse bisection: the tests check the wiring, not the figures.
+fn quick() -> ProbeSettings {
+    ProbeSettings {
+        profile_batches: 2,
+        trial_steps: 5,
+        search: RateSearch {
+            resolution: 2.0,
+            ..RateSearch::default()
+        },
+        ..ProbeSettings::at_rate(1.0)
+    }
+}
+
+/// What holds for every probe: the verdict follows the trial at the rate, the bracket is
+/// consistent, and every parameter was measured.
+fn check(p: &TaskProbe, rate: f64) {
+    let probe = &p.probe;
+    assert_eq!(probe.settings.rate, rate, "the run's own rate is probed");
+    let diverged = probe.at_rate.diverged();
+    assert_eq!(
+        diverged,
+        probe.verdict.health == Health::Explodes,
+        "{}",
+        probe.verdict.reason
+    );
+    if let (Some(safe), Some(bad)) = (probe.safe_rate.rate, probe.safe_rate.first_diverging) {
+        assert!(bad > safe && bad / safe <= 2.0 + 1e-9);
+        assert_eq!(diverged, rate >= bad);
+    }
+    assert!(probe.profile.profile.layers.len() > 1);
+    assert!(!probe.first_step.is_empty());
+    assert!(p.text().contains("largest safe rate"));
+}
+
+#[test]
+fn the_deep_mlp_at_its_task_rate_explodes_and_a_smaller_rate_is_safe() {
+    let config = RunConfig::for_task(Task::Mlp);
+    let p = probe_task(&config, quick()).unwrap();
+    check(&p, config.lr);
+    assert_eq!(p.probe.verdict.health, Health::Explodes, "{}", p.text());
+    assert!(p.probe.safe_rate.rate.unwrap() < config.lr);
+}
+
+#[test]
+fn a_vanilla_rnn_and_the_lm_transformer_are_probed_with_their_optimizers() {
+    let rnn = RunConfig {
+        seq_len: 30,
+        ..RunConfig::for_task(Task::Adding)
+    };
+    let p = probe_task(&rnn, quick()).unwrap();
+    check(&p, rnn.lr);
+    assert_eq!(p.optimizer, "SGD");
+
+    let mut lm = RunConfig::for_task(Task::Lm);
+    lm.set_optimizer(OptimizerKind::Adamw);
+    let p = probe_task(&lm, quick()).unwrap();
+    check(&p, lm.lr);
+    assert!(p.optimizer.starts_with("AdamW"), "{}", p.optimizer);
+    assert!(
+        p.probe.first_step.iter().any(|t| t.name.contains(".mha.")),
+        "{:?}",
+        p.probe
+            .first_step
+            .iter()
+            .map(|t| &t.name)
+            .collect::<Vec<_>>()
+    );
+}

@@ -1,0 +1,28 @@
+//! The model probe's measurements and decisions, framework-free: before the first training step,
+//! will this model's gradients explode at this learning rate, and which rate is safe?
+//!
+//! An adapter (e.g. `gradguard_burn::probe`) runs the model; this module judges what it measured:
+//!
+//! - [`ProfileSummary`]: the gradient depth profile at initialization over several batches
+//!   ([`crate::detect::depth_profile`] per batch, combined in log space);
+//! - [`RateTrial`]: a few optimizer steps of a copy of the model at one rate, and whether they
+//!   diverged (the loss on the reference batch ended non-finite or above
+//!   [`DIVERGENCE_RISE`] × its start — the lab's own rule for a diverged run);
+//! - [`search_safe_rate`]: the largest rate whose trial does not diverge, bracketed by expanding
+//!   ×10 from the user's rate and then bisected in log space (the LR range test of Smith 2017
+//!   asks one run per rate; this asks a few steps per rate);
+//! - [`Butterfly`]: two copies ε apart, trained on the same batches, and how fast they separate
+//!   (the finite-time Lyapunov exponent of training, per step);
+//! - [`ModelVerdict`]: explodes / vanishes / healthy, with the reason in one line.
+
+mod butterfly;
+mod profile;
+mod search;
+mod trial;
+mod verdict;
+
+pub use butterfly::Butterfly;
+pub use profile::ProfileSummary;
+pub use search::{RateSearch, SafeRate, search_safe_rate};
+pub use trial::{DIVERGENCE_RISE, RateTrial, TrialStep};
+pub use verdict::{Health, ModelVerdict, STALLING_RATIO, verdict};

@@ -1,0 +1,204 @@
+//! The probe's verdict on a model at the rate its user will train with.
+
+use serde::{Deserialize, Serialize};
+
+use super::profile::ProfileSummary;
+use super::search::SafeRate;
+use super::trial::RateTrial;
+
+/// Below this input-side over output-side gradient norm the first layers barely move: the
+/// lab's stalling threshold for a predicted first-to-last gradient ratio
+/// (`gradguard_lab::probe::STALLING_RATIO`, chosen on seed 0 of its depth × gain grid).
+pub const STALLING_RATIO: f64 = 0.01;
+
+/// What training at the user's rate will do, in one word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// The loss blows up: the trial at the rate diverged, or the gradients at initialization
+    /// are already not finite.
+    Explodes,
+    /// The input-side layers get too little gradient to learn.
+    Vanishes,
+    /// Neither.
+    Healthy,
+}
+
+impl Health {
+    /// The word reports print.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Explodes => "explodes",
+            Health::Vanishes => "vanishes",
+            Health::Healthy => "healthy",
+        }
+    }
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// The verdict and why, in one line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelVerdict {
+    /// The verdict.
+    pub health: Health,
+    /// The measurement it rests on, in one line.
+    pub reason: String,
+}
+
+/// A loss for a sentence: three significant digits, or "not finite".
+fn loss_text(loss: Option<f64>) -> String {
+    loss.map_or("a non-finite value".into(), |l| format!("{l:.3}"))
+}
+
+/// The safe rate with its bracket, for a sentence.
+fn safe_text(safe: &SafeRate) -> String {
+    match (safe.rate, safe.first_diverging) {
+        (Some(r), Some(d)) => format!("the largest safe rate is {r:.3e} (diverging from {d:.3e})"),
+        (Some(r), None) => format!("every rate tried up to {r:.3e} is safe"),
+        (None, _) => "no rate tried is safe".into(),
+    }
+}
+
+/// Decides, in this order: not-finite gradients at initialization or a diverging trial at
+/// `rate` (`at_rate`) explode; an input-to-output gradient ratio below [`STALLING_RATIO`]
+/// vanishes; anything else is healthy.
+pub fn verdict(
+    rate: f64,
+    profile: &ProfileSummary,
+    at_rate: &RateTrial,
+    safe: &SafeRate,
+) -> ModelVerdict {
+    let explodes = |reason| ModelVerdict {
+        health: Health::Explodes,
+        reason,
+    };
+    if let Some(layer) = &profile.non_finite_layer {
+        return explodes(format!(
+            "the gradient of '{layer}' is not finite at initialization"
+        ));
+    }
+    let steps = at_rate.steps.len();
+    if at_rate.diverged() {
+        return explodes(format!(
+            "at rate {rate:.3e} the loss went from {} to {} in {steps} steps; {}",
+            loss_text(at_rate.start_loss),
+            loss_text(at_rate.end_loss),
+            safe_text(safe)
+        ));
+    }
+    if let Some(ratio) = profile.input_to_output().filter(|r| *r < STALLING_RATIO) {
+        let layers = &profile.profile.layers;
+        return ModelVerdict {
+            health: Health::Vanishes,
+            reason: format!(
+                "'{}' gets {ratio:.1e} of the gradient norm of '{}' (below {STALLING_RATIO})",
+                layers[0].layer,
+                layers[layers.len() - 1].layer
+            ),
+        };
+    }
+    ModelVerdict {
+        health: Health::Healthy,
+        reason: format!(
+            "at rate {rate:.3e} the loss went from {} to {} in {steps} steps; {}",
+            loss_text(at_rate.start_loss),
+            loss_text(at_rate.end_loss),
+            safe_text(safe)
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::{DepthProfile, LayerGradNorm};
+    use crate::probe::TrialStep;
+
+    fn summary(norms: &[f64]) -> ProfileSummary {
+        let layers = norms
+            .iter()
+            .enumerate()
+            .map(|(i, &norm)| LayerGradNorm {
+                layer: format!("layers.{i}"),
+                norm,
+            })
+            .collect();
+        ProfileSummary::combine(&[DepthProfile::from_layers(layers, 0.1)], 0.1)
+    }
+
+    fn trial(rate: f64, end: Option<f64>) -> RateTrial {
+        RateTrial {
+            rate,
+            start_loss: Some(2.0),
+            end_loss: end,
+            steps: vec![
+                TrialStep {
+                    loss: Some(2.0),
+                    update_ratio: Some(0.01),
+                };
+                5
+            ],
+        }
+    }
+
+    fn safe() -> SafeRate {
+        SafeRate {
+            rate: Some(0.01),
+            first_diverging: Some(0.014),
+            trials: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_diverging_trial_explodes_and_names_the_safe_rate() {
+        let v = verdict(0.1, &summary(&[1.0, 1.0]), &trial(0.1, Some(9.0)), &safe());
+        assert_eq!(v.health, Health::Explodes);
+        assert!(
+            v.reason.contains("2.000 to 9.000 in 5 steps"),
+            "{}",
+            v.reason
+        );
+        assert!(v.reason.contains("1.000e-2"), "{}", v.reason);
+    }
+
+    #[test]
+    fn a_fading_profile_vanishes_and_a_calm_one_is_healthy() {
+        let v = verdict(
+            1e-3,
+            &summary(&[1e-4, 1.0, 1.0]),
+            &trial(1e-3, Some(1.9)),
+            &safe(),
+        );
+        assert_eq!(v.health, Health::Vanishes);
+        assert!(
+            v.reason.starts_with("'layers.0' gets 1.0e-4"),
+            "{}",
+            v.reason
+        );
+        let v = verdict(
+            1e-3,
+            &summary(&[1.0, 1.0]),
+            &trial(1e-3, Some(1.9)),
+            &safe(),
+        );
+        assert_eq!(v.health, Health::Healthy);
+        assert_eq!(format!("{:>9}", v.health), "  healthy");
+    }
+
+    #[test]
+    fn non_finite_gradients_explode_before_anything_else() {
+        let v = verdict(
+            1e-3,
+            &summary(&[f64::NAN, 1.0]),
+            &trial(1e-3, Some(1.9)),
+            &safe(),
+        );
+        assert_eq!(v.health, Health::Explodes);
+        assert!(v.reason.contains("'layers.0'"), "{}", v.reason);
+    }
+}

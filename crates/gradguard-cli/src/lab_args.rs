@@ -428,7 +428,7 @@ pub struct ProbeArgs {
     /// optimizer as `gradguard train` starts them; prints a verdict (explodes, vanishes,
     /// healthy) and the largest safe learning rate. --depth, --width, --activation, --cell,
     /// --seq-len, --init, --init-gain, --lr and --seed then take the task's defaults.
-    #[arg(long, conflicts_with_all = ["calibrate", "butterfly", "from", "report"])]
+    #[arg(long, conflicts_with_all = ["calibrate", "butterfly", "from"])]
     pub task: Option<Task>,
     /// The optimizer of --task: sgd, adam or adamw [default: the task's].
     #[arg(long, value_name = "sgd|adam|adamw", requires = "task")]
@@ -513,7 +513,8 @@ pub struct ProbeArgs {
     /// Gains of --agreement (and rows of the report's phase diagram).
     #[arg(long, value_delimiter = ',', value_parser = positive_f64, default_value = "0.6,0.8,1,1.2,1.4,1.6,2")]
     pub gains: Vec<f64>,
-    /// Write an HTML report (gain per layer, phase diagram, and the runs asked for) to FILE.
+    /// Write an HTML report (gain per layer, phase diagram, and the runs asked for) to FILE;
+    /// with --task, of --agreement: predicted against measured safe rates.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
     /// Probe the trained network of a `gradguard train` run directory, at its task's inputs.

@@ -9,10 +9,11 @@ use gradguard_lab::probe::page::html_report;
 use gradguard_lab::probe::text::text_report;
 use gradguard_lab::probe::{
     ProbeConfig, ProbeResult, ProbeSettings, agreement, butterfly, calibrate, phase_diagram, probe,
-    probe_run_dir, probe_task, rate_agreement, rate_agreement_text,
+    probe_run_dir, probe_task, rate_agreement, rate_agreement_page, rate_agreement_text,
 };
 use gradguard_lab::tasks::Task;
 
+use crate::exit::BadInput;
 use crate::files::write_atomically;
 use crate::lab::lab_error;
 use crate::lab_args::{ProbeArgs, RunFlags};
@@ -103,6 +104,11 @@ fn run_task(args: &ProbeArgs, task: Task) -> Result<()> {
     if args.agreement {
         return run_rate_agreement(args, &config, settings);
     }
+    if args.report.is_some() {
+        return Err(
+            BadInput("--report with --task draws --agreement: add --agreement".into()).into(),
+        );
+    }
     let probe = probe_task(&config, settings).map_err(lab_error)?;
     if args.json {
         return crate::files::print_json(&serde_json::to_value(&probe)?);
@@ -135,10 +141,18 @@ fn run_rate_agreement(args: &ProbeArgs, base: &RunConfig, settings: ProbeSetting
     }
     let measure = RateSearch::default();
     let result = rate_agreement(&configs, settings, &measure, 0).map_err(lab_error)?;
+    let text = rate_agreement_text(&result);
+    if let Some(path) = &args.report {
+        let page = rate_agreement_page(&result, &text, measure.min_rate);
+        write_atomically(path, page.as_bytes())?;
+    }
     if args.json {
         return crate::files::print_json(&serde_json::to_value(&result)?);
     }
-    print!("{}", rate_agreement_text(&result));
+    print!("{text}");
+    if let Some(path) = &args.report {
+        println!("report: {}", path.display());
+    }
     Ok(())
 }
 

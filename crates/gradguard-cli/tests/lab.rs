@@ -629,6 +629,27 @@ fn probe_of_a_task_prints_a_verdict_and_a_largest_safe_rate() {
     ] {
         assert!(out.contains(needle), "{needle}: {out}");
     }
+
+    // Predicted against measured, by whole runs, drawn.
+    let tmp = tempfile::tempdir().unwrap();
+    let page = tmp.path().join("rates.html");
+    let o = run(&[
+        "probe",
+        "--task",
+        "mlp",
+        "--agreement",
+        "--agreement-depths",
+        "4",
+        "--gains",
+        "1,2",
+        "--report",
+        page.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("of 2 cells"), "{out}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert_eq!(html.matches("<circle").count(), 2, "one point per cell");
 }
 
 #[test]
@@ -645,6 +666,10 @@ fn probe_refuses_bad_settings_in_one_line() {
         (vec!["probe", "--task", "mlp", "--calibrate"], "--calibrate"),
         (vec!["probe", "--optimizer", "adam"], "--task"),
         (vec!["probe", "--task", "lm", "--lr", "nan"], "--lr"),
+        (
+            vec!["probe", "--task", "mlp", "--report", "never.html"],
+            "--agreement",
+        ),
         (
             vec!["probe", "--from", tmp.path().to_str().unwrap()],
             "config.json",

@@ -12,6 +12,7 @@ mod jacobian;
 pub mod meanfield;
 pub mod page;
 mod rate_agreement;
+mod rate_page;
 mod task;
 pub mod text;
 
@@ -31,6 +32,7 @@ pub use gradguard_burn::probe::{ModelProbe, ProbeSettings};
 pub use rate_agreement::{
     AGREEMENT_FACTOR, RateAgreement, RateCell, rate_agreement, rate_agreement_text, rate_cell,
 };
+pub use rate_page::rate_agreement_page;
 pub use task::{TaskProbe, probe_task};
 
 use crate::error::LabError;

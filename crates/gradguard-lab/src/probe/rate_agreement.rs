@@ -37,6 +37,10 @@ pub struct RateCell {
     pub verdict: Health,
     /// What the unprotected run at `config.lr` did.
     pub outcome: Outcome,
+    /// The probe's trial at `config.lr`: its reference loss's relative change.
+    pub trial_change: Option<f64>,
+    /// The probe's input-side over output-side gradient norm at initialization.
+    pub input_to_output: Option<f64>,
     /// Whole runs spent on this cell.
     pub runs: usize,
     /// Seconds the probe took.
@@ -159,6 +163,8 @@ pub fn rate_cell(
         measured_diverging: measured.first_diverging,
         verdict: probe.probe.verdict.health,
         outcome: own.outcome(),
+        trial_change: probe.probe.at_rate.relative_change(),
+        input_to_output: probe.probe.profile.input_to_output(),
         runs: runs.len(),
         probe_seconds: probe.seconds,
     })

@@ -88,7 +88,7 @@ where
         }
     }
     let end_loss = if broke { None } else { value(loss(&m, 0)) };
-    let butterfly = (!separation.is_empty()).then(|| Butterfly {
+    let butterfly = (!separation.is_empty()).then_some(Butterfly {
         rate,
         epsilon: settings.butterfly_epsilon,
         separation,

@@ -20,6 +20,21 @@ use crate::train::{TrainOptions, TrainOutcome, train};
 /// The predicted and the measured safe rate agree when they are within this factor.
 pub const AGREEMENT_FACTOR: f64 = 2.0;
 
+/// The factor between two rates, the larger over the smaller (`None` where one side has a rate
+/// and the other has none; 1 where neither has).
+fn factor(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some((a / b).max(b / a)),
+        (None, None) => Some(1.0),
+        _ => None,
+    }
+}
+
+/// Whether a factor is within [`AGREEMENT_FACTOR`].
+fn within(factor: Option<f64>) -> bool {
+    factor.is_some_and(|f| f <= AGREEMENT_FACTOR * (1.0 + 1e-9))
+}
+
 /// One cell: a configuration, the probe's answer and what whole runs did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RateCell {
@@ -33,6 +48,11 @@ pub struct RateCell {
     pub measured: Option<f64>,
     /// The smallest rate whose whole run diverged.
     pub measured_diverging: Option<f64>,
+    /// The largest rate whose whole run still learned (ended [`Outcome::Learning`]), searched
+    /// the same way from the probe's answer (`None`: none in the range). Under Adam a run at a
+    /// rate far too large rarely ends 10% above its start — its bounded steps leave it at the
+    /// trivial predictor's loss — so this is the edge a user meets there.
+    pub measured_learning: Option<f64>,
     /// The probe's verdict at `config.lr`.
     pub verdict: Health,
     /// What the unprotected run at `config.lr` did.
@@ -51,17 +71,28 @@ impl RateCell {
     /// The factor between the predicted and the measured safe rate (`None` where one side has
     /// no safe rate and the other has one; 1 where neither has).
     pub fn factor(&self) -> Option<f64> {
-        match (self.predicted, self.measured) {
-            (Some(p), Some(m)) => Some((p / m).max(m / p)),
-            (None, None) => Some(1.0),
-            _ => None,
-        }
+        factor(self.predicted, self.measured)
     }
 
     /// Whether the two safe rates are within [`AGREEMENT_FACTOR`].
     pub fn rates_agree(&self) -> bool {
-        self.factor()
-            .is_some_and(|f| f <= AGREEMENT_FACTOR * (1.0 + 1e-9))
+        within(self.factor())
+    }
+
+    /// The factor between the predicted safe rate and the largest rate that still learned.
+    pub fn learning_factor(&self) -> Option<f64> {
+        factor(self.predicted, self.measured_learning)
+    }
+
+    /// Whether some rate learned and the predicted safe rate is within [`AGREEMENT_FACTOR`] of
+    /// the largest that did.
+    pub fn learning_agrees(&self) -> bool {
+        self.measured_learning.is_some() && within(self.learning_factor())
+    }
+
+    /// Whether the verdict called explosion right: `explodes` exactly where the run diverged.
+    pub fn explosion_agrees(&self) -> bool {
+        (self.verdict == Health::Explodes) == (self.outcome == Outcome::Diverged)
     }
 
     /// Whether the verdict names what the run did: explodes ↔ diverged, vanishes ↔ stable (not
@@ -89,6 +120,15 @@ pub struct RateAgreement {
     pub verdict_share: f64,
     /// Its 95% Wilson score interval.
     pub verdict_interval: (f64, f64),
+    /// Of the cells where some rate learned, the share whose safe rate is within
+    /// [`AGREEMENT_FACTOR`] of the largest rate that did.
+    pub learning_share: f64,
+    /// Its 95% Wilson score interval.
+    pub learning_interval: (f64, f64),
+    /// The share whose verdict called explosion right ([`RateCell::explosion_agrees`]).
+    pub explosion_share: f64,
+    /// Its 95% Wilson score interval.
+    pub explosion_interval: (f64, f64),
 }
 
 /// A whole unprotected run at `rate` as a trial: its held-out loss before and after (the
@@ -110,6 +150,27 @@ fn as_trial(rate: f64, s: &RunSummary) -> RateTrial {
         rate,
         start_loss: s.initial_loss.filter(|l| l.is_finite()),
         end_loss: s.final_loss.filter(|l| l.is_finite()),
+        steps: Vec::new(),
+    }
+}
+
+/// A whole run as a trial that "diverges" unless the run learned: the search's predicate for
+/// the largest rate that still learns.
+fn as_learning_trial(rate: f64, s: &RunSummary) -> RateTrial {
+    let learned = s.outcome() == Outcome::Learning;
+    RateTrial {
+        end_loss: if learned { s.final_loss } else { None },
+        ..as_trial(rate, s)
+    }
+}
+
+/// A trial for a run that failed to start (the error is reported by the caller): the search
+/// ends on it as on a divergence.
+fn failed_trial(rate: f64) -> RateTrial {
+    RateTrial {
+        rate,
+        start_loss: None,
+        end_loss: None,
         steps: Vec::new(),
     }
 }
@@ -143,13 +204,11 @@ pub fn rate_cell(
     let start = probe.probe.safe_rate.rate.unwrap_or(measure.min_rate);
     let measured: SafeRate = search_safe_rate(start, measure, |rate| match run_at(rate) {
         Some(s) => as_trial(rate, &s),
-        // The run failed (reported below); the search ends on it as on a divergence.
-        None => RateTrial {
-            rate,
-            start_loss: None,
-            end_loss: None,
-            steps: Vec::new(),
-        },
+        None => failed_trial(rate),
+    })?;
+    let learning: SafeRate = search_safe_rate(start, measure, |rate| match run_at(rate) {
+        Some(s) => as_learning_trial(rate, &s),
+        None => failed_trial(rate),
     })?;
     if let Some(e) = failure {
         return Err(e);
@@ -161,6 +220,7 @@ pub fn rate_cell(
         predicted_diverging: probe.probe.safe_rate.first_diverging,
         measured: measured.rate,
         measured_diverging: measured.first_diverging,
+        measured_learning: learning.rate,
         verdict: probe.probe.verdict.health,
         outcome: own.outcome(),
         trial_change: probe.probe.at_rate.relative_change(),
@@ -190,12 +250,22 @@ pub fn rate_agreement(
     let n = cells.len();
     let rates = cells.iter().filter(|c| c.rates_agree()).count();
     let verdicts = cells.iter().filter(|c| c.verdict_agrees()).count();
+    let explosions = cells.iter().filter(|c| c.explosion_agrees()).count();
+    let learned = cells
+        .iter()
+        .filter(|c| c.measured_learning.is_some())
+        .count();
+    let learning = cells.iter().filter(|c| c.learning_agrees()).count();
     let share = |k: usize| k as f64 / n.max(1) as f64;
     Ok(RateAgreement {
         rate_share: share(rates),
         rate_interval: wilson_interval(rates, n),
         verdict_share: share(verdicts),
         verdict_interval: wilson_interval(verdicts, n),
+        learning_share: learning as f64 / learned.max(1) as f64,
+        learning_interval: wilson_interval(learning, learned),
+        explosion_share: share(explosions),
+        explosion_interval: wilson_interval(explosions, n),
         cells,
     })
 }
@@ -208,34 +278,73 @@ fn rate_text(rate: Option<f64>) -> String {
 /// The table `gradguard probe --task … --agreement` prints.
 pub fn rate_agreement_text(result: &RateAgreement) -> String {
     let mut out = format!(
-        "{:>4} {:>5} {:>5} {:>9} {:>9} {:>9} {:>6} {:>9} {:>9}\n",
-        "seed", "depth", "gain", "rate", "predicted", "measured", "factor", "verdict", "outcome"
+        "{:>4} {:>5} {:>5} {:>5} {:>8} {:>9} {:>9} {:>9} {:>6} {:>9} {:>9}\n",
+        "seed",
+        "depth",
+        "width",
+        "gain",
+        "rate",
+        "predicted",
+        "survives",
+        "learns",
+        "factor",
+        "verdict",
+        "outcome"
     );
     for c in &result.cells {
         let factor = c.factor().map_or("—".into(), |f| format!("{f:.2}"));
         out += &format!(
-            "{:>4} {:>5} {:>5} {:>9.2e} {:>9} {:>9} {:>6} {:>9} {:>9}\n",
+            "{:>4} {:>5} {:>5} {:>5} {:>8.1e} {:>9} {:>9} {:>9} {:>6} {:>9} {:>9}\n",
             c.config.seed,
             c.config.depth,
+            c.config.width,
             c.config.init_gain,
             c.config.lr,
             rate_text(c.predicted),
             rate_text(c.measured),
+            rate_text(c.measured_learning),
             factor,
             c.verdict,
             c.outcome
         );
     }
     let n = result.cells.len();
-    out += &format!(
-        "\nsafe rate within {AGREEMENT_FACTOR}× of the whole runs' in {} of {n} cells: {}\n",
-        result.cells.iter().filter(|c| c.rates_agree()).count(),
-        super::agreement::percent_with_interval(result.rate_share, result.rate_interval)
+    let line = |what: &str, agrees: fn(&RateCell) -> bool, share: f64, interval: (f64, f64)| {
+        format!(
+            "{what} in {} of {n} cells: {}\n",
+            result.cells.iter().filter(|c| agrees(c)).count(),
+            super::agreement::percent_with_interval(share, interval)
+        )
+    };
+    let learned = result
+        .cells
+        .iter()
+        .filter(|c| c.measured_learning.is_some())
+        .count();
+    out += "\n(survives: the largest rate whose whole unprotected run did not diverge; learns: the \
+            largest whose run still learned; factor: predicted against survives)\n";
+    out += &line(
+        &format!("safe rate within {AGREEMENT_FACTOR}× of the largest surviving rate"),
+        RateCell::rates_agree,
+        result.rate_share,
+        result.rate_interval,
     );
     out += &format!(
-        "verdict named the run's outcome in {} of {n} cells: {}\n",
-        result.cells.iter().filter(|c| c.verdict_agrees()).count(),
-        super::agreement::percent_with_interval(result.verdict_share, result.verdict_interval)
+        "safe rate within {AGREEMENT_FACTOR}× of the largest learning rate in {} of the {learned} cells where some rate learned: {}\n",
+        result.cells.iter().filter(|c| c.learning_agrees()).count(),
+        super::agreement::percent_with_interval(result.learning_share, result.learning_interval)
+    );
+    out += &line(
+        "verdict called explosion (explodes ↔ diverged) right",
+        RateCell::explosion_agrees,
+        result.explosion_share,
+        result.explosion_interval,
+    );
+    out += &line(
+        "verdict named the outcome (explodes ↔ diverged, vanishes ↔ stable, healthy ↔ learning)",
+        RateCell::verdict_agrees,
+        result.verdict_share,
+        result.verdict_interval,
     );
     out
 }

@@ -1,8 +1,6 @@
 //! The model probe's agreement page: every cell's predicted largest safe rate against the one
 //! whole runs measured, on log–log axes, with the 2× band that counts as agreement.
 
-use std::fmt::Write as _;
-
 use gradguard_report::html::{LineChart, Marker, STYLE, Series, escape, legend};
 
 use super::rate_agreement::{AGREEMENT_FACTOR, RateAgreement, RateCell};
@@ -88,15 +86,12 @@ pub fn rate_agreement_page(result: &RateAgreement, text: &str, min_rate: f64) ->
         size: (560.0, 520.0),
         y_max: None,
     };
-    let mut body = String::new();
-    let _ = write!(
-        body,
+    format!(
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>gradguard probe: safe rates</title><style>{STYLE}</style></head><body><h1>gradguard probe: predicted against measured safe rates</h1>{}{}<p class=\"note\">Green: within {AGREEMENT_FACTOR}× (the dashed band); red: outside. Hover a point for its cell.</p><pre>{}</pre></body></html>\n",
         chart.render(),
         legend(&series[..2]),
         escape(text)
-    );
-    body
+    )
 }
 
 #[cfg(test)]
@@ -114,6 +109,7 @@ mod tests {
             predicted_diverging: None,
             measured,
             measured_diverging: None,
+            measured_learning: measured,
             verdict: Health::Healthy,
             outcome: Outcome::Learning,
             trial_change: None,
@@ -135,6 +131,10 @@ mod tests {
             rate_interval: (0.0, 1.0),
             verdict_share: 1.0,
             verdict_interval: (0.0, 1.0),
+            learning_share: 1.0 / 3.0,
+            learning_interval: (0.0, 1.0),
+            explosion_share: 1.0,
+            explosion_interval: (0.0, 1.0),
         };
         let page = rate_agreement_page(&result, "a <table>", 1e-6);
         assert_eq!(page.matches(AGREE).count(), 1, "one agreeing point");

@@ -2,37 +2,18 @@
 //! finds a safe rate that brackets the measured limit, and leaves the model and the optimizer
 //! it was given as they were.
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::nn::{Linear, LinearConfig};
+mod common;
+
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::{Device, Distribution, Tensor};
+use common::{Mlp, params_copy};
 use gradguard::probe::Health;
 use gradguard_burn::probe::{ProbeSettings, probe_model};
 
-#[derive(Module, Debug)]
-struct Mlp {
-    layers: Vec<Linear>,
-    head: Linear,
-}
-
-impl Mlp {
-    fn new(depth: usize, width: usize, device: &Device) -> Self {
-        device.seed(7);
-        Mlp {
-            layers: (0..depth)
-                .map(|i| LinearConfig::new(if i == 0 { 8 } else { width }, width).init(device))
-                .collect(),
-            head: LinearConfig::new(width, 1).init(device),
-        }
-    }
-
-    fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let mut h = x;
-        for l in &self.layers {
-            h = l.forward(h).tanh();
-        }
-        self.head.forward(h)
-    }
+/// The shared test MLP (tanh, 8 inputs), its weights drawn from a fixed seed.
+fn mlp(depth: usize, width: usize, device: &Device) -> Mlp {
+    device.seed(7);
+    Mlp::new(depth, width, device)
 }
 
 /// Batches of a regression target, one per index, drawn once.
@@ -47,23 +28,10 @@ fn batches(n: usize, device: &Device) -> Vec<(Tensor<2>, Tensor<2>)> {
         .collect()
 }
 
-fn values<M: Module>(m: &M) -> Vec<f32> {
-    struct Flat(Vec<f32>);
-    impl ModuleVisitor for Flat {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-            self.0
-                .extend(p.val().into_data().try_to_vec::<f32>().unwrap());
-        }
-    }
-    let mut f = Flat(Vec::new());
-    m.visit(&mut f);
-    f.0
-}
-
 #[test]
 fn a_small_rate_is_healthy_a_large_one_explodes_and_the_safe_rate_lies_between() {
     let device = Device::flex().autodiff();
-    let model = Mlp::new(3, 32, &device);
+    let model = mlp(3, 32, &device);
     let data = batches(10, &device);
     let loss = |m: &Mlp, i: usize| {
         let (x, y) = &data[i];
@@ -106,7 +74,7 @@ fn a_small_rate_is_healthy_a_large_one_explodes_and_the_safe_rate_lies_between()
 #[test]
 fn the_model_and_the_optimizer_given_are_unchanged() {
     let device = Device::flex().autodiff();
-    let mut model = Mlp::new(2, 16, &device);
+    let mut model = mlp(2, 16, &device);
     let data = batches(10, &device);
     let loss = |m: &Mlp, i: usize| {
         let (x, y) = &data[i];
@@ -116,15 +84,15 @@ fn the_model_and_the_optimizer_given_are_unchanged() {
     let mut adam: ModuleOptimizer = AdamConfig::new().init();
     let grads = GradientsParams::from_grads(loss(&model, 0).backward(), &model);
     model = adam.step(1e-3, model, grads);
-    let (weights, twin) = (values(&model), adam.clone());
+    let (weights, twin) = (params_copy(&model), adam.clone());
 
     probe_model(&model, &adam, &ProbeSettings::at_rate(1e-2), loss).unwrap();
-    assert_eq!(values(&model), weights, "the model moved");
+    assert_eq!(params_copy(&model), weights, "the model moved");
     // The optimizer's state is unchanged: its next step equals an untouched copy's.
     let step = |mut opt: ModuleOptimizer| {
         let m = model.clone();
         let grads = GradientsParams::from_grads(loss(&m, 1).backward(), &m);
-        values(&opt.step(1e-3, m, grads))
+        params_copy(&opt.step(1e-3, m, grads))
     };
     assert_eq!(step(adam), step(twin));
 }
@@ -132,7 +100,7 @@ fn the_model_and_the_optimizer_given_are_unchanged() {
 #[test]
 fn bad_settings_are_refused_by_name() {
     let device = Device::flex().autodiff();
-    let model = Mlp::new(1, 4, &device);
+    let model = mlp(1, 4, &device);
     let data = batches(1, &device);
     let loss = |m: &Mlp, _: usize| {
         let (x, y) = &data[0];

@@ -19,14 +19,15 @@ use gradguard::{
 };
 use gradguard_burn::{BurnGradients, GuardedOptimizer, Placement, parameter_names};
 
+/// A tanh MLP from 8 inputs to 1 output.
 #[derive(Module, Debug)]
-struct Mlp {
+pub struct Mlp {
     layers: Vec<Linear>,
     head: Linear,
 }
 
 impl Mlp {
-    fn new(depth: usize, width: usize, device: &Device) -> Self {
+    pub fn new(depth: usize, width: usize, device: &Device) -> Self {
         Mlp {
             layers: (0..depth)
                 .map(|i| LinearConfig::new(if i == 0 { 8 } else { width }, width).init(device))
@@ -35,12 +36,16 @@ impl Mlp {
         }
     }
 
-    fn loss(&self, x: Tensor<2>, y: Tensor<2>) -> Tensor<1> {
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let mut h = x;
         for l in &self.layers {
             h = l.forward(h).tanh();
         }
-        (self.head.forward(h) - y).square().mean()
+        self.head.forward(h)
+    }
+
+    pub fn loss(&self, x: Tensor<2>, y: Tensor<2>) -> Tensor<1> {
+        (self.forward(x) - y).square().mean()
     }
 }
 
@@ -93,7 +98,8 @@ fn host_copy<M: Module>(module: &M, grads: &GradientsParams) -> HostGradients {
     HostGradients::new(c.out).unwrap()
 }
 
-fn params_copy<M: Module>(module: &M) -> Vec<HostTensor> {
+/// Every float parameter, copied to the host under its module path.
+pub fn params_copy<M: Module>(module: &M) -> Vec<HostTensor> {
     struct Copy {
         path: Vec<String>,
         out: Vec<HostTensor>,

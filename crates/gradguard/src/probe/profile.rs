@@ -82,10 +82,11 @@ impl ProfileSummary {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn profile(norms: &[f64]) -> DepthProfile {
+    /// A profile of layers `layers.0 …` with these norms, growth tolerance 0.1.
+    pub(crate) fn profile(norms: &[f64]) -> DepthProfile {
         let layers = norms
             .iter()
             .enumerate()

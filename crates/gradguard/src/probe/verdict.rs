@@ -116,19 +116,11 @@ pub fn verdict(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::{DepthProfile, LayerGradNorm};
     use crate::probe::TrialStep;
+    use crate::probe::profile::tests::profile;
 
     fn summary(norms: &[f64]) -> ProfileSummary {
-        let layers = norms
-            .iter()
-            .enumerate()
-            .map(|(i, &norm)| LayerGradNorm {
-                layer: format!("layers.{i}"),
-                norm,
-            })
-            .collect();
-        ProfileSummary::combine(&[DepthProfile::from_layers(layers, 0.1)], 0.1)
+        ProfileSummary::combine(&[profile(norms)], 0.1)
     }
 
     fn trial(rate: f64, end: Option<f64>) -> RateTrial {

@@ -499,8 +499,11 @@ pub struct ProbeArgs {
     pub lr: Option<f64>,
     /// Probe and train the digits MLP at every depth × gain and report how often the verdict
     /// matched what training did. With --task: at every seed × depth × gain of the task, the
-    /// probe's largest safe rate against the largest rate whose whole unprotected run does not
-    /// diverge (bracketed to √2 by whole runs), and its verdict against the run at --lr.
+    /// probe's largest safe rate against the largest rates whose whole unprotected run does not
+    /// diverge and still learns (bracketed to √2 by whole runs), and its verdict against the
+    /// run at --lr; the
+    /// depths and gains default to the MLP grid's: name the task's own (e.g. `--task lm
+    /// --agreement-depths 2 --gains 1`).
     #[arg(long)]
     pub agreement: bool,
     /// Depths of --agreement.

@@ -85,8 +85,10 @@ impl TaskProbe {
             "gradient depth profile at initialization ({} batches, layers input → output):\n",
             profile.batches
         );
+        let width = p.first_step.iter().map(|t| t.name.chars().count()).max();
+        let width = width.unwrap_or(0).max(20);
         for layer in &profile.profile.layers {
-            out += &format!("  {:<40} {:>11.4e}\n", layer.layer, layer.norm);
+            out += &format!("  {:<width$} {:>11.4e}\n", layer.layer, layer.norm);
         }
         if let Some(g) = profile.profile.growth_factor {
             out += &format!("  growth per layer going back: ×{g:.3}");
@@ -107,7 +109,7 @@ impl TaskProbe {
         );
         for t in &p.first_step {
             let ratio = t.ratio().map_or("—".into(), |r| format!("{r:.3e}"));
-            out += &format!("  {:<40} {ratio:>11}\n", t.name);
+            out += &format!("  {:<width$} {ratio:>11}\n", t.name);
         }
         out += "\nsteps at that rate (loss, ‖Δθ‖/‖θ‖):";
         for s in &p.at_rate.steps {

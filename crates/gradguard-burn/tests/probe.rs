@@ -4,8 +4,9 @@
 
 mod common;
 
+use burn::module::{ModuleMapper, Param};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{DType, Device, Distribution, Tensor};
 use common::{Mlp, params_copy};
 use gradguard::probe::Health;
 use gradguard_burn::probe::{ProbeSettings, probe_model};
@@ -120,4 +121,54 @@ fn bad_settings_are_refused_by_name() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("rate must be positive"), "{err}");
+}
+
+/// `module` with every float parameter stored in `dtype`, still a trainable leaf.
+fn stored_in<M: burn::module::Module>(module: M, dtype: DType) -> M {
+    struct Cast(DType);
+    impl ModuleMapper for Cast {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let dtype = self.0;
+            p.map(|t| t.inner().cast(dtype).autodiff().require_grad())
+        }
+    }
+    module.map(&mut Cast(dtype))
+}
+
+#[test]
+fn half_precision_weights_are_probed_with_norms_in_f32() {
+    let device = Device::flex().autodiff();
+    for dtype in [DType::F16, DType::BF16] {
+        let model = stored_in(mlp(2, 16, &device), dtype);
+        let data = batches(10, &device);
+        let loss = |m: &Mlp, i: usize| {
+            let (x, y) = &data[i];
+            let out = m.forward(x.clone().cast(dtype)).cast(DType::F32);
+            (out - y.clone()).square().mean()
+        };
+        let probe = probe_model(
+            &model,
+            &SgdConfig::new().init(),
+            &ProbeSettings::at_rate(1e-2),
+            loss,
+        )
+        .unwrap();
+        assert!(
+            probe.safe_rate.rate.is_some(),
+            "{dtype:?}: {}",
+            probe.verdict.reason
+        );
+        let weights = probe
+            .first_step
+            .iter()
+            .filter(|t| t.name.ends_with("weight"));
+        for t in weights {
+            assert!(
+                t.ratio().is_some_and(|r| r > 0.0),
+                "{dtype:?} {}: {t:?}",
+                t.name
+            );
+        }
+        assert!(probe.butterfly.exponent().is_some(), "{dtype:?}");
+    }
 }

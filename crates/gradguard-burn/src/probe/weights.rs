@@ -2,8 +2,10 @@
 //! perturbed copy: what the probe reads off its trial copies.
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 use rand::rngs::StdRng;
+
+use crate::padded::f32_of;
 use rand::{Rng, SeedableRng};
 
 /// One parameter tensor of two copies of a module: ‖a‖ and ‖a − b‖.
@@ -35,7 +37,9 @@ impl ModuleVisitor for Flatten {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let t = param.val().inner();
         let n = t.shape().num_elements();
-        self.tensors.push((self.path.join("."), t.reshape([n])));
+        // Squares summed in f16 overflow past 65,504: every norm is taken in f32.
+        self.tensors
+            .push((self.path.join("."), f32_of(t.reshape([n]))));
     }
 }
 
@@ -98,17 +102,17 @@ pub(crate) fn perturbed<M: Module>(module: M, epsilon: f64, seed: u64) -> M {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
             let Perturb(rng, epsilon) = self;
             param.map(|t| {
-                let shape = t.shape();
+                let (shape, dtype) = (t.shape(), t.dtype());
                 let n = shape.num_elements();
-                let rms =
-                    (f64::from(t.clone().inner().square().mean().into_scalar::<f32>())).sqrt();
+                let wide = t.clone().inner().cast(DType::F32);
+                let rms = f64::from(wide.square().mean().into_scalar::<f32>()).sqrt();
                 let scale = *epsilon * rms * 3f64.sqrt();
                 let shift: Vec<f32> = (0..n)
                     .map(|_| (scale * rng.random_range(-1.0..1.0)) as f32)
                     .collect();
                 let shift = Tensor::<D>::from_data(TensorData::new(shift, shape), &t.device());
                 let tracked = t.is_autodiff();
-                let moved = t.inner() + shift.inner();
+                let moved = t.inner() + shift.inner().cast(dtype);
                 // A fresh trainable leaf where the original was one.
                 if tracked {
                     moved.autodiff().require_grad()

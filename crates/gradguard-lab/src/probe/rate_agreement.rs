@@ -321,8 +321,9 @@ pub fn rate_agreement_text(result: &RateAgreement) -> String {
         .iter()
         .filter(|c| c.measured_learning.is_some())
         .count();
-    out += "\n(survives: the largest rate whose whole unprotected run did not diverge; learns: the \
-            largest whose run still learned; factor: predicted against survives)\n";
+    out += "\nsurvives: the largest rate whose whole unprotected run did not diverge\n\
+            learns: the largest rate whose whole run still learned\n\
+            factor: predicted against survives\n\n";
     out += &line(
         &format!("safe rate within {AGREEMENT_FACTOR}× of the largest surviving rate"),
         RateCell::rates_agree,

@@ -4,19 +4,9 @@
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
-use gradguard::probe::{Butterfly, RateTrial, TrialStep};
+use gradguard::probe::{Butterfly, ProbeSettings, RateTrial, TrialRun, TrialStep, relative_update};
 
-use super::weights::{pair_norms, perturbed, relative_distance};
-use super::{ProbeSettings, TensorUpdate};
-
-/// What one trial measured.
-pub(super) struct Walked {
-    pub trial: RateTrial,
-    /// Each tensor's first step.
-    pub first_step: Vec<TensorUpdate>,
-    /// With a twin: how the two copies separated.
-    pub butterfly: Option<Butterfly>,
-}
+use super::weights::{pair_norms, perturbed};
 
 /// A loss as a number (`None`: not finite), one host read.
 fn value(loss: Tensor<1>) -> Option<f64> {
@@ -35,7 +25,7 @@ pub(super) fn run_trial<M, L>(
     rate: f64,
     loss: &mut L,
     twin: bool,
-) -> Walked
+) -> TrialRun
 where
     M: Module + Clone,
     L: FnMut(&M, usize) -> Tensor<1>,
@@ -47,7 +37,7 @@ where
     });
     let mut separation = Vec::new();
     if let Some((t, _)) = &twin {
-        separation.push(relative_distance(&pair_norms(&m, t)));
+        separation.push(relative_update(&pair_norms(&m, t)));
     }
     let mut steps = Vec::with_capacity(settings.trial_steps);
     let mut first_step = Vec::new();
@@ -66,24 +56,17 @@ where
         let before = m.clone();
         m = opt.step(rate, m, grads);
         let moved = pair_norms(&before, &m);
-        if batch == 0 {
-            first_step = moved
-                .iter()
-                .map(|p| TensorUpdate {
-                    name: p.name.clone(),
-                    weight_norm: p.norm,
-                    update_norm: p.distance,
-                })
-                .collect();
-        }
         steps.push(TrialStep {
             loss: Some(current),
-            update_ratio: relative_distance(&moved),
+            update_ratio: relative_update(&moved),
         });
+        if batch == 0 {
+            first_step = moved;
+        }
         if let Some((t, mut t_opt)) = twin.take() {
             let grads = GradientsParams::from_grads(loss(&t, batch).backward(), &t);
             let t = t_opt.step(rate, t, grads);
-            separation.push(relative_distance(&pair_norms(&m, &t)));
+            separation.push(relative_update(&pair_norms(&m, &t)));
             twin = Some((t, t_opt));
         }
     }
@@ -93,7 +76,7 @@ where
         epsilon: settings.butterfly_epsilon,
         separation,
     });
-    Walked {
+    TrialRun {
         trial: RateTrial {
             rate,
             start_loss: steps.first().and_then(|s| s.loss),

@@ -3,21 +3,11 @@
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{DType, Tensor, TensorData};
+use gradguard::probe::TensorUpdate;
 use rand::rngs::StdRng;
-
-use crate::padded::f32_of;
 use rand::{Rng, SeedableRng};
 
-/// One parameter tensor of two copies of a module: ‖a‖ and ‖a − b‖.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct PairNorms {
-    /// The parameter's module path (`layers.3.weight`).
-    pub name: String,
-    /// ‖a‖₂.
-    pub norm: f64,
-    /// ‖a − b‖₂.
-    pub distance: f64,
-}
+use crate::padded::f32_of;
 
 /// Every float parameter of a module, flattened, with its module path.
 struct Flatten {
@@ -52,9 +42,9 @@ fn flatten<M: Module>(module: &M) -> Vec<(String, Tensor<1>)> {
     f.tensors
 }
 
-/// ‖a‖ and ‖a − b‖ for every float parameter of two copies of one module (same structure), in
-/// module order, read from the device in one transfer.
-pub(crate) fn pair_norms<M: Module>(a: &M, b: &M) -> Vec<PairNorms> {
+/// ‖a‖ (`weight_norm`) and ‖b − a‖ (`update_norm`) for every float parameter of two copies of
+/// one module (same structure), in module order, read from the device in one transfer.
+pub(crate) fn pair_norms<M: Module>(a: &M, b: &M) -> Vec<TensorUpdate> {
     let (a, b) = (flatten(a), flatten(b));
     assert_eq!(a.len(), b.len(), "two copies of one module");
     if a.is_empty() {
@@ -77,21 +67,12 @@ pub(crate) fn pair_norms<M: Module>(a: &M, b: &M) -> Vec<PairNorms> {
         .expect("converted to f64");
     a.into_iter()
         .zip(sums.chunks(2))
-        .map(|((name, _), s)| PairNorms {
+        .map(|((name, _), s)| TensorUpdate {
             name,
-            norm: s[0].sqrt(),
-            distance: s[1].sqrt(),
+            weight_norm: s[0].sqrt(),
+            update_norm: s[1].sqrt(),
         })
         .collect()
-}
-
-/// ‖Σ distance²‖ over ‖Σ norm²‖: the whole model's relative distance (`None`: not finite or
-/// the weights are all zero).
-pub(crate) fn relative_distance(pairs: &[PairNorms]) -> Option<f64> {
-    let norm: f64 = pairs.iter().map(|p| p.norm * p.norm).sum();
-    let distance: f64 = pairs.iter().map(|p| p.distance * p.distance).sum();
-    let r = (distance / norm).sqrt();
-    r.is_finite().then_some(r)
 }
 
 /// `module` with every float parameter moved by a relative `epsilon`: each value plus

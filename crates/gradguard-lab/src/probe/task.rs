@@ -40,7 +40,7 @@ pub fn probe_task(config: &RunConfig, settings: ProbeSettings) -> Result<TaskPro
         rate: plan.lr,
         ..settings
     };
-    let batches: Vec<_> = (0..settings.profile_batches.max(settings.trial_steps))
+    let batches: Vec<_> = (0..settings.batches())
         .map(|i| data.train_batch(i as u64, config.batch, config.seed))
         .collect();
     let loss = |net: &Net, i: usize| data_loss(net, &batches[i], &device, plan.precision);

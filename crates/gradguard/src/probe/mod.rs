@@ -13,15 +13,20 @@
 //!   asks one run per rate; this asks a few steps per rate);
 //! - [`Butterfly`]: two copies ε apart, trained on the same batches, and how fast they separate
 //!   (the finite-time Lyapunov exponent of training, per step);
-//! - [`ModelVerdict`]: explodes / vanishes / healthy, with the reason in one line.
+//! - [`ModelVerdict`]: explodes / vanishes / healthy, with the reason in one line;
+//! - [`run_probe`]: the protocol that strings them together, given an adapter's profiles and
+//!   trials, into a [`ModelProbe`] (`gradguard_burn::probe::probe_model`,
+//!   `gradguard_candle::probe::probe_varmap`).
 
 mod butterfly;
+mod model;
 mod profile;
 mod search;
 mod trial;
 mod verdict;
 
 pub use butterfly::Butterfly;
+pub use model::{ModelProbe, ProbeSettings, TensorUpdate, TrialRun, relative_update, run_probe};
 pub use profile::ProfileSummary;
 pub use search::{RateSearch, SafeRate, search_safe_rate};
 pub use trial::{DIVERGENCE_RISE, RateTrial, TrialStep};

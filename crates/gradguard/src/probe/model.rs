@@ -1,0 +1,268 @@
+//! The model probe's settings, its result, and the protocol every adapter follows: profile,
+//! the trial at the user's rate with its butterfly, the safe-rate search, the verdict.
+
+use serde::{Deserialize, Serialize};
+
+use super::butterfly::Butterfly;
+use super::profile::ProfileSummary;
+use super::search::{RateSearch, SafeRate, search_safe_rate};
+use super::trial::RateTrial;
+use super::verdict::{ModelVerdict, verdict};
+use crate::detect::DepthProfile;
+use crate::error::GuardError;
+
+/// What a model probe measures, and how long.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ProbeSettings {
+    /// The learning rate you will train with.
+    pub rate: f64,
+    /// Batches of the gradient depth profile (batches `0 … n−1`).
+    pub profile_batches: usize,
+    /// Optimizer steps of each trial (batch `i` at step `i`); the loss of batch 0 before and
+    /// after them decides whether the trial diverged.
+    pub trial_steps: usize,
+    /// Where and how finely the safe rate is searched.
+    pub search: RateSearch,
+    /// The butterfly copy's relative perturbation.
+    pub butterfly_epsilon: f64,
+    /// A layer "grows" the gradient when it multiplies its norm by more than `1 + tolerance`.
+    pub growth_tolerance: f64,
+    /// Seed of the butterfly's perturbation.
+    pub seed: u64,
+}
+
+impl ProbeSettings {
+    /// The defaults at `rate`: a 4-batch profile, 10-step trials over 1e-6 … 10 bisected to √2,
+    /// a butterfly at ε = 1e-4.
+    pub fn at_rate(rate: f64) -> Self {
+        ProbeSettings {
+            rate,
+            profile_batches: 4,
+            trial_steps: 10,
+            search: RateSearch::default(),
+            butterfly_epsilon: 1e-4,
+            growth_tolerance: 0.1,
+            seed: 0,
+        }
+    }
+
+    /// The batches a probe draws: `0 … max(profile_batches, trial_steps) − 1`.
+    pub fn batches(&self) -> usize {
+        self.profile_batches.max(self.trial_steps)
+    }
+
+    /// Checks every range.
+    pub fn validate(&self) -> Result<(), GuardError> {
+        let bad = |what: String| Err(GuardError::InvalidConfig(what));
+        if !(self.rate > 0.0 && self.rate.is_finite()) {
+            return bad(format!("the rate must be positive, got {}", self.rate));
+        }
+        if self.profile_batches == 0 || self.trial_steps == 0 {
+            return bad("the profile and the trials need at least one batch".into());
+        }
+        if !(self.butterfly_epsilon > 0.0 && self.butterfly_epsilon < 1.0) {
+            return bad(format!(
+                "the butterfly's ε must be in (0, 1), got {}",
+                self.butterfly_epsilon
+            ));
+        }
+        if !(self.growth_tolerance >= 0.0 && self.growth_tolerance.is_finite()) {
+            return bad(format!(
+                "the growth tolerance must be ≥ 0, got {}",
+                self.growth_tolerance
+            ));
+        }
+        self.search.validate()
+    }
+}
+
+/// One parameter tensor after the first step at the probed rate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorUpdate {
+    /// The parameter's name (its module path).
+    pub name: String,
+    /// ‖w‖₂ before the step.
+    pub weight_norm: f64,
+    /// ‖Δw‖₂ of the step.
+    pub update_norm: f64,
+}
+
+impl TensorUpdate {
+    /// ‖Δw‖/‖w‖ (`None` where `w` is zero or either norm is not finite).
+    pub fn ratio(&self) -> Option<f64> {
+        let r = self.update_norm / self.weight_norm;
+        r.is_finite().then_some(r)
+    }
+}
+
+/// ‖Σ Δw²‖ over ‖Σ w²‖ across tensors: the whole model's relative step, or relative distance
+/// between two copies (`None`: not finite, or the weights are all zero).
+pub fn relative_update(tensors: &[TensorUpdate]) -> Option<f64> {
+    let weight: f64 = tensors.iter().map(|t| t.weight_norm.powi(2)).sum();
+    let update: f64 = tensors.iter().map(|t| t.update_norm.powi(2)).sum();
+    let r = (update / weight).sqrt();
+    r.is_finite().then_some(r)
+}
+
+/// One trial as an adapter ran it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrialRun {
+    /// The trial.
+    pub trial: RateTrial,
+    /// Each tensor's first step.
+    pub first_step: Vec<TensorUpdate>,
+    /// With a twin: how the two copies separated.
+    pub butterfly: Option<Butterfly>,
+}
+
+/// Everything a model probe measured, and its verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelProbe {
+    /// The settings it ran with.
+    pub settings: ProbeSettings,
+    /// The gradient depth profile at initialization.
+    pub profile: ProfileSummary,
+    /// Each tensor's first step at the probed rate, in model order.
+    pub first_step: Vec<TensorUpdate>,
+    /// The trial at the probed rate.
+    pub at_rate: RateTrial,
+    /// The butterfly at the probed rate.
+    pub butterfly: Butterfly,
+    /// The largest safe rate and every trial that found it.
+    pub safe_rate: SafeRate,
+    /// The verdict at the probed rate.
+    pub verdict: ModelVerdict,
+}
+
+/// The probe's protocol, for adapters: `profiles` (one per profile batch, at initialization)
+/// are combined; `trial(rate, twin)` runs one trial of copies of the model (with the butterfly's
+/// twin when `twin`) — first at `settings.rate`, with its twin, then at every rate the search
+/// asks for; the verdict judges the lot. The first error a trial returns ends the probe.
+pub fn run_probe<E: From<GuardError>>(
+    settings: &ProbeSettings,
+    profiles: &[DepthProfile],
+    mut trial: impl FnMut(f64, bool) -> Result<TrialRun, E>,
+) -> Result<ModelProbe, E> {
+    settings.validate()?;
+    let profile = ProfileSummary::combine(profiles, settings.growth_tolerance);
+    let walked = trial(settings.rate, true)?;
+    let at_rate = walked.trial;
+    let butterfly = walked.butterfly.unwrap_or(Butterfly {
+        rate: settings.rate,
+        epsilon: settings.butterfly_epsilon,
+        separation: Vec::new(),
+    });
+    let mut failure = None;
+    let safe_rate = search_safe_rate(settings.rate, &settings.search, |rate| {
+        if rate == at_rate.rate {
+            return at_rate.clone();
+        }
+        match trial(rate, false) {
+            Ok(run) => run.trial,
+            Err(e) => {
+                failure.get_or_insert(e);
+                // Ends the search as a divergence would; the error is returned below.
+                RateTrial {
+                    rate,
+                    start_loss: None,
+                    end_loss: None,
+                    steps: Vec::new(),
+                }
+            }
+        }
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let verdict = verdict(settings.rate, &profile, &at_rate, &safe_rate);
+    Ok(ModelProbe {
+        settings: *settings,
+        profile,
+        first_step: walked.first_step,
+        at_rate,
+        butterfly,
+        safe_rate,
+        verdict,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::TrialStep;
+    use crate::probe::profile::tests::profile;
+
+    /// A model that diverges above `limit`: its trial's loss falls below the limit and
+    /// rises above it.
+    fn toy(limit: f64) -> impl FnMut(f64, bool) -> Result<TrialRun, GuardError> {
+        move |rate, twin| {
+            let end = if rate > limit { 3.0 } else { 1.0 };
+            Ok(TrialRun {
+                trial: RateTrial {
+                    rate,
+                    start_loss: Some(2.0),
+                    end_loss: Some(end),
+                    steps: vec![TrialStep {
+                        loss: Some(2.0),
+                        update_ratio: Some(rate),
+                    }],
+                },
+                first_step: vec![TensorUpdate {
+                    name: "w".into(),
+                    weight_norm: 1.0,
+                    update_norm: rate,
+                }],
+                butterfly: twin.then(|| Butterfly {
+                    rate,
+                    epsilon: 1e-4,
+                    separation: vec![Some(1e-4), Some(2e-4)],
+                }),
+            })
+        }
+    }
+
+    #[test]
+    fn the_protocol_brackets_the_limit_and_judges_the_users_rate() {
+        let profiles = [profile(&[1.0, 1.0, 1.0])];
+        let calm = run_probe(&ProbeSettings::at_rate(0.01), &profiles, toy(0.3)).unwrap();
+        assert_eq!(calm.verdict.health, crate::probe::Health::Healthy);
+        let (safe, bad) = (
+            calm.safe_rate.rate.unwrap(),
+            calm.safe_rate.first_diverging.unwrap(),
+        );
+        assert!(safe <= 0.3 && 0.3 < bad, "{safe} {bad}");
+        assert_eq!(calm.butterfly.separation.len(), 2);
+        assert_eq!(calm.first_step[0].ratio(), Some(0.01));
+
+        let hot = run_probe(&ProbeSettings::at_rate(1.0), &profiles, toy(0.3)).unwrap();
+        assert_eq!(hot.verdict.health, crate::probe::Health::Explodes);
+    }
+
+    #[test]
+    fn a_failing_trial_ends_the_probe_with_its_error() {
+        let profiles = [profile(&[1.0, 1.0])];
+        let mut calls = 0;
+        let err = run_probe(&ProbeSettings::at_rate(0.01), &profiles, |rate, twin| {
+            calls += 1;
+            if calls > 1 {
+                return Err(GuardError::InvalidConfig("the device went away".into()));
+            }
+            toy(0.3)(rate, twin)
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("device went away"), "{err}");
+        let err = run_probe(&ProbeSettings::at_rate(0.0), &profiles, toy(0.3)).unwrap_err();
+        assert!(err.to_string().contains("rate must be positive"), "{err}");
+    }
+
+    #[test]
+    fn the_relative_update_is_taken_over_every_tensor() {
+        let t = |w: f64, u: f64| TensorUpdate {
+            name: "t".into(),
+            weight_norm: w,
+            update_norm: u,
+        };
+        assert_eq!(relative_update(&[t(3.0, 0.0), t(4.0, 0.5)]), Some(0.1));
+        assert_eq!(relative_update(&[t(0.0, 1.0)]), None);
+    }
+}

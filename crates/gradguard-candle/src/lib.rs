@@ -4,7 +4,8 @@
 //! clipping of its own: [`CandleGradients`], the core's [`gradguard::Gradients`] view over a
 //! `GradStore` and the model's named `Var`s (names from the `VarMap`, `layers.3.weight`), and
 //! [`GuardedOptimizer`] — backward, guard, then step any `candle_nn::Optimizer` (SGD, AdamW), or
-//! skip, or roll back.
+//! skip, or roll back; and [`probe::probe_varmap`], the model probe (a verdict and the largest
+//! safe learning rate before training).
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -30,6 +31,7 @@
 #![deny(missing_docs)]
 
 mod error;
+pub mod probe;
 mod step;
 mod view;
 

@@ -4,7 +4,7 @@
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
-use gradguard::probe::{Butterfly, ProbeSettings, RateTrial, TrialRun, TrialStep, relative_update};
+use gradguard::probe::{ProbeSettings, TrialRun, TrialStep, relative_update};
 
 use super::weights::{pair_norms, perturbed};
 
@@ -71,19 +71,12 @@ where
         }
     }
     let end_loss = if broke { None } else { value(loss(&m, 0)) };
-    let butterfly = (!separation.is_empty()).then_some(Butterfly {
+    TrialRun::from_steps(
         rate,
-        epsilon: settings.butterfly_epsilon,
-        separation,
-    });
-    TrialRun {
-        trial: RateTrial {
-            rate,
-            start_loss: steps.first().and_then(|s| s.loss),
-            end_loss,
-            steps,
-        },
+        steps,
+        end_loss,
         first_step,
-        butterfly,
-    }
+        settings.butterfly_epsilon,
+        separation,
+    )
 }

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::butterfly::Butterfly;
 use super::profile::ProfileSummary;
 use super::search::{RateSearch, SafeRate, search_safe_rate};
-use super::trial::RateTrial;
+use super::trial::{RateTrial, TrialStep};
 use super::verdict::{ModelVerdict, verdict};
 use crate::detect::DepthProfile;
 use crate::error::GuardError;
@@ -115,6 +115,36 @@ pub struct TrialRun {
     pub butterfly: Option<Butterfly>,
 }
 
+impl TrialRun {
+    /// A trial at `rate` from what an adapter recorded: its steps (the first step's loss is the
+    /// reference start), the reference loss after them, each tensor's first step, and the
+    /// butterfly's separations at `epsilon` (empty: no twin ran).
+    pub fn from_steps(
+        rate: f64,
+        steps: Vec<TrialStep>,
+        end_loss: Option<f64>,
+        first_step: Vec<TensorUpdate>,
+        epsilon: f64,
+        separation: Vec<Option<f64>>,
+    ) -> TrialRun {
+        let butterfly = (!separation.is_empty()).then_some(Butterfly {
+            rate,
+            epsilon,
+            separation,
+        });
+        TrialRun {
+            trial: RateTrial {
+                rate,
+                start_loss: steps.first().and_then(|s| s.loss),
+                end_loss,
+                steps,
+            },
+            first_step,
+            butterfly,
+        }
+    }
+}
+
 /// Everything a model probe measured, and its verdict.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelProbe {
@@ -189,7 +219,6 @@ pub fn run_probe<E: From<GuardError>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::TrialStep;
     use crate::probe::profile::tests::profile;
 
     /// A model that diverges above `limit`: its trial's loss falls below the limit and

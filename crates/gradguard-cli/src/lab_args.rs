@@ -428,7 +428,10 @@ pub struct ProbeArgs {
     /// optimizer as `gradguard train` starts them; prints a verdict (explodes, vanishes,
     /// healthy) and the largest safe learning rate. --depth, --width, --activation, --cell,
     /// --seq-len, --init, --init-gain, --lr and --seed then take the task's defaults.
-    #[arg(long, conflicts_with_all = ["calibrate", "butterfly", "from"])]
+    #[arg(long, conflicts_with_all = [
+        "calibrate", "butterfly", "from", "bias_var", "norm", "residual", "probes", "inputs",
+        "input_var", "train_steps",
+    ])]
     pub task: Option<Task>,
     /// The optimizer of --task: sgd, adam or adamw [default: the task's].
     #[arg(long, value_name = "sgd|adam|adamw", requires = "task")]
@@ -501,9 +504,8 @@ pub struct ProbeArgs {
     /// matched what training did. With --task: at every seed × depth × gain of the task, the
     /// probe's largest safe rate against the largest rates whose whole unprotected run does not
     /// diverge and still learns (bracketed to √2 by whole runs), and its verdict against the
-    /// run at --lr; the
-    /// depths and gains default to the MLP grid's: name the task's own (e.g. `--task lm
-    /// --agreement-depths 2 --gains 1`).
+    /// run at --lr; the depths and gains default to the MLP grid's: name the task's own (e.g.
+    /// `--task lm --agreement-depths 2 --gains 1`).
     #[arg(long)]
     pub agreement: bool,
     /// Depths of --agreement.

@@ -664,6 +664,7 @@ fn probe_refuses_bad_settings_in_one_line() {
         (vec!["probe", "--init", "lsuv"], "lsuv needs data"),
         (vec!["probe", "--depth", "0"], "--depth"),
         (vec!["probe", "--task", "mlp", "--calibrate"], "--calibrate"),
+        (vec!["probe", "--task", "mlp", "--residual"], "--residual"),
         (vec!["probe", "--optimizer", "adam"], "--task"),
         (vec!["probe", "--task", "lm", "--lr", "nan"], "--lr"),
         (

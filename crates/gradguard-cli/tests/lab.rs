@@ -602,6 +602,13 @@ fn probe_of_a_task_prints_a_verdict_and_a_largest_safe_rate() {
         "{health}"
     );
     assert!(probe["safe_rate"]["rate"].as_f64().is_some(), "{probe}");
+    // The answer at the top, for scripts.
+    assert_eq!(v["verdict"], probe["verdict"]["health"]);
+    assert_eq!(v["largest_safe_rate"], probe["safe_rate"]["rate"]);
+    assert_eq!(
+        v["first_diverging_rate"],
+        probe["safe_rate"]["first_diverging"]
+    );
     assert_eq!(
         probe["profile"]["profile"]["layers"]
             .as_array()

@@ -38,7 +38,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::error::CandleGuardError;
-use crate::step::named_vars;
+use crate::step::{copy_weights, named_vars, restore};
 use crate::view::CandleGradients;
 
 type Vars = [(String, Var)];
@@ -75,7 +75,7 @@ where
             settings.growth_tolerance,
         ));
     }
-    let start = copies(&vars)?;
+    let start = copy_weights(&vars)?;
     run_probe(
         settings,
         &profiles,
@@ -94,18 +94,6 @@ where
             run
         },
     )
-}
-
-/// Copies of every var's values.
-fn copies(vars: &Vars) -> candle_core::Result<Vec<Tensor>> {
-    vars.iter().map(|(_, v)| v.as_tensor().copy()).collect()
-}
-
-fn restore(vars: &Vars, values: &[Tensor]) -> candle_core::Result<()> {
-    for ((_, v), t) in vars.iter().zip(values) {
-        v.set(t)?;
-    }
-    Ok(())
 }
 
 /// ‖a‖ (`weight_norm`) and ‖b − a‖ (`update_norm`) per var, in f32, read in one transfer.
@@ -207,8 +195,9 @@ where
         separation.push(relative_update(&pair_norms(vars, start, values)?));
     }
     let (mut steps, mut first_step, mut broke) = (Vec::new(), Vec::new(), false);
+    // The vars' values before each step: `start`, then where the last step left them.
+    let mut before = start.to_vec();
     for batch in 0..settings.trial_steps {
-        let before = copies(vars)?;
         let Some(current) = step(&mut opt, batch, loss)? else {
             steps.push(TrialStep {
                 loss: None,
@@ -217,7 +206,7 @@ where
             broke = true;
             break;
         };
-        let after = copies(vars)?;
+        let after = copy_weights(vars)?;
         let moved = pair_norms(vars, &before, &after)?;
         steps.push(TrialStep {
             loss: Some(current),
@@ -229,10 +218,11 @@ where
         if let Some((values, t_opt)) = &mut twin {
             restore(vars, values)?;
             step(t_opt, batch, loss)?;
-            *values = copies(vars)?;
+            *values = copy_weights(vars)?;
             restore(vars, &after)?;
             separation.push(relative_update(&pair_norms(vars, &after, values)?));
         }
+        before = after;
     }
     let end_loss = if broke { None } else { value(&loss(0)?)? };
     Ok(TrialRun::from_steps(

@@ -30,11 +30,12 @@ struct Snapshot {
 }
 
 /// Copies of every var's values (Candle's vars are mutable: a snapshot is a copy).
-fn copy_weights(vars: &[(String, Var)]) -> candle_core::Result<Vec<Tensor>> {
+pub(crate) fn copy_weights(vars: &[(String, Var)]) -> candle_core::Result<Vec<Tensor>> {
     vars.iter().map(|(_, v)| v.as_tensor().copy()).collect()
 }
 
-fn restore(vars: &[(String, Var)], weights: &[Tensor]) -> candle_core::Result<()> {
+/// Sets every var to its value in `weights`.
+pub(crate) fn restore(vars: &[(String, Var)], weights: &[Tensor]) -> candle_core::Result<()> {
     for ((_, v), w) in vars.iter().zip(weights) {
         v.set(w)?;
     }

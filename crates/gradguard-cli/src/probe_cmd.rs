@@ -111,7 +111,17 @@ fn run_task(args: &ProbeArgs, task: Task) -> Result<()> {
     }
     let probe = probe_task(&config, settings).map_err(lab_error)?;
     if args.json {
-        return crate::files::print_json(&serde_json::to_value(&probe)?);
+        // The answer at the top, for scripts; every measurement under `probe`.
+        let mut value = serde_json::to_value(&probe)?;
+        let obj = value.as_object_mut().expect("a task probe is an object");
+        let (verdict, safe) = (&probe.probe.verdict, &probe.probe.safe_rate);
+        obj.insert("verdict".into(), serde_json::to_value(verdict.health)?);
+        obj.insert("largest_safe_rate".into(), serde_json::to_value(safe.rate)?);
+        obj.insert(
+            "first_diverging_rate".into(),
+            serde_json::to_value(safe.first_diverging)?,
+        );
+        return crate::files::print_json(&value);
     }
     print!("{}", probe.text());
     Ok(())

@@ -49,9 +49,9 @@ pub struct RateCell {
     /// The smallest rate whose whole run diverged.
     pub measured_diverging: Option<f64>,
     /// The largest rate whose whole run still learned (ended [`Outcome::Learning`]), searched
-    /// the same way from the probe's answer (`None`: none in the range). Under Adam a run at a
-    /// rate far too large rarely ends 10% above its start — its bounded steps leave it at the
-    /// trivial predictor's loss — so this is the edge a user meets there.
+    /// the same way from the probe's answer (`None`: none in the range). Where an optimizer's
+    /// steps are bounded (Adam), runs can survive rates at which they no longer learn: this is
+    /// then the edge that matters (docs/probe.md, "The model probe").
     pub measured_learning: Option<f64>,
     /// The probe's verdict at `config.lr`.
     pub verdict: Health,
@@ -164,19 +164,10 @@ fn as_learning_trial(rate: f64, s: &RunSummary) -> RateTrial {
     }
 }
 
-/// A trial for a run that failed to start (the error is reported by the caller): the search
-/// ends on it as on a divergence.
-fn failed_trial(rate: f64) -> RateTrial {
-    RateTrial {
-        rate,
-        start_loss: None,
-        end_loss: None,
-        steps: Vec::new(),
-    }
-}
-
 /// Probes and measures one cell: the probe with `settings`, then whole runs bracketing the
-/// largest non-diverging rate to `measure.resolution`, starting from the probe's answer.
+/// largest rate that does not diverge and the largest that still learns, each to
+/// `measure.resolution` from the probe's answer (a rate's run is trained once and serves both;
+/// a run that fails to start ends both searches and its error is returned).
 pub fn rate_cell(
     config: &RunConfig,
     settings: ProbeSettings,
@@ -204,11 +195,11 @@ pub fn rate_cell(
     let start = probe.probe.safe_rate.rate.unwrap_or(measure.min_rate);
     let measured: SafeRate = search_safe_rate(start, measure, |rate| match run_at(rate) {
         Some(s) => as_trial(rate, &s),
-        None => failed_trial(rate),
+        None => RateTrial::failed(rate),
     })?;
     let learning: SafeRate = search_safe_rate(start, measure, |rate| match run_at(rate) {
         Some(s) => as_learning_trial(rate, &s),
-        None => failed_trial(rate),
+        None => RateTrial::failed(rate),
     })?;
     if let Some(e) = failure {
         return Err(e);

@@ -4,7 +4,6 @@
 use std::time::Instant;
 
 use burn::tensor::Device;
-use gradguard::probe::Health;
 use gradguard_burn::probe::{ModelProbe, ProbeSettings, probe_model};
 use serde::{Deserialize, Serialize};
 
@@ -22,12 +21,6 @@ pub struct TaskProbe {
     pub task: String,
     /// The optimizer, in words (e.g. "AdamW (β 0.9/0.95, ε 1e-8, weight decay 0.1)").
     pub optimizer: String,
-    /// The verdict at the probed rate (also in `probe.verdict`, with its reason).
-    pub verdict: Health,
-    /// The largest safe rate (also in `probe.safe_rate`, with every trial; `None`: none).
-    pub largest_safe_rate: Option<f64>,
-    /// The smallest rate whose trial diverged: the safe rate's upper bracket (`None`: none).
-    pub first_diverging_rate: Option<f64>,
     /// What the probe measured and decided.
     pub probe: ModelProbe,
     /// Wall-clock seconds the probe took.
@@ -55,9 +48,6 @@ pub fn probe_task(config: &RunConfig, settings: ProbeSettings) -> Result<TaskPro
     Ok(TaskProbe {
         task: config.task.name().to_string(),
         optimizer: plan.optimizer.describe(),
-        verdict: probe.verdict.health,
-        largest_safe_rate: probe.safe_rate.rate,
-        first_diverging_rate: probe.safe_rate.first_diverging,
         probe,
         seconds: started.elapsed().as_secs_f64(),
     })

@@ -192,12 +192,7 @@ pub fn run_probe<E: From<GuardError>>(
             Err(e) => {
                 failure.get_or_insert(e);
                 // Ends the search as a divergence would; the error is returned below.
-                RateTrial {
-                    rate,
-                    start_loss: None,
-                    end_loss: None,
-                    steps: Vec::new(),
-                }
+                RateTrial::failed(rate)
             }
         }
     })?;

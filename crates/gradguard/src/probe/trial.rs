@@ -31,6 +31,17 @@ pub struct RateTrial {
 }
 
 impl RateTrial {
+    /// A trial that could not run at `rate` (its caller keeps the error): no loss, so it counts
+    /// as diverged and ends a search there.
+    pub fn failed(rate: f64) -> RateTrial {
+        RateTrial {
+            rate,
+            start_loss: None,
+            end_loss: None,
+            steps: Vec::new(),
+        }
+    }
+
     /// Whether the trial diverged: a loss was not finite, or the reference loss ended above
     /// [`DIVERGENCE_RISE`] × its start.
     pub fn diverged(&self) -> bool {
@@ -79,6 +90,7 @@ mod tests {
         assert!(trial(Some(2.0), Some(1.0), &[Some(2.0), None]).diverged());
         assert!(trial(Some(2.0), None, &[Some(2.0)]).diverged());
         assert!(trial(None, Some(1.0), &[]).diverged());
+        assert!(RateTrial::failed(0.1).diverged());
     }
 
     #[test]

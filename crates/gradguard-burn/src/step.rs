@@ -186,8 +186,13 @@ impl<M: Module + Clone> StepActions for BurnStep<'_, M> {
         };
         let (old, old_optimizer) = (module.clone(), self.optimizer.clone());
         let stepped = self.optimizer.step(lr, module, grads);
-        let updates = Updates::measure(&old, &stepped, engine, units);
-        self.host_reads += u32::from(matches!(engine, Engine::Device(_)));
+        let updates = Updates::measure(&old, &stepped, engine, units, step.recognize);
+        let device_reads = if units.is_some() && step.recognize {
+            2
+        } else {
+            1
+        };
+        self.host_reads += u32::from(matches!(engine, Engine::Device(_))) * device_reads;
         let norms = updates.norms.clone();
         self.before = Some((updates, old, old_optimizer));
         self.module = Some(stepped);

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::{Tensor, TensorData};
-use gradguard::{UnitLayout, UnitSpan, UpdateNorms};
+use gradguard::{UnitLayout, UnitSpan, UpdateNorms, UpdateSpread};
 
 use crate::device_ops::{DeviceOps, Engine, Rewrite};
 use crate::padded::Padded;
@@ -71,6 +71,9 @@ struct After {
     lens: Vec<usize>,
     /// Host path: the two norms per parameter.
     sums: Vec<(f64, f64)>,
+    /// Whether to measure each update's spread (host path: measured as it goes).
+    spread: bool,
+    spreads: Vec<UpdateSpread>,
     /// Device path: every parameter before and after the step, measured together at the end.
     olds: Vec<Tensor<1>>,
     news: Vec<Tensor<1>>,
@@ -93,6 +96,9 @@ impl ModuleVisitor for After {
                 a.as_slice().expect("f32 after convert"),
             );
             self.sums.push(gradguard::kernel::update_norms(b, a));
+            if self.spread {
+                self.spreads.push(spread_of(b, a));
+            }
             self.units.push(span.map_or_else(Vec::new, |span| {
                 gradguard::kernel::unit_update_norms(b, a, span)
             }));
@@ -107,14 +113,49 @@ impl ModuleVisitor for After {
     }
 }
 
-/// (‖before‖, ‖after − before‖) of every parameter, from the block statistics of both in one
-/// host read.
-fn device_norms(ops: &dyn DeviceOps, olds: &[Tensor<1>], news: &[Tensor<1>]) -> Vec<(f64, f64)> {
+/// ‖after − before‖₁ and ‖after − before‖_∞ of one parameter on the host, in f64 (NaN when a
+/// change is not finite).
+fn spread_of(before: &[f32], after: &[f32]) -> UpdateSpread {
+    let (sum_abs, max_abs) =
+        before
+            .iter()
+            .zip(after)
+            .fold((0.0f64, 0.0f64), |(sum, max), (&b, &a)| {
+                let d = (f64::from(a) - f64::from(b)).abs();
+                (sum + d, if d.is_finite() { max.max(d) } else { f64::NAN })
+            });
+    UpdateSpread { sum_abs, max_abs }
+}
+
+/// (‖before‖, ‖after − before‖) and the spread of `after − before` of every parameter, from the
+/// block statistics of both in one host read.
+fn device_norms(
+    ops: &dyn DeviceOps,
+    olds: &[Tensor<1>],
+    news: &[Tensor<1>],
+) -> (Vec<(f64, f64)>, Vec<UpdateSpread>) {
     let segments = Padded::segments_of(olds.iter().map(|t| t.shape().num_elements()));
     let read = ops.block_statistics(olds, Some(news), None);
     let weights = Padded::norms_of(&segments, &read.values);
-    let updates = Padded::norms_of(&segments, &read.deltas);
-    weights.into_iter().zip(updates).collect()
+    let deltas = Padded::combine_segments(&segments, &read.deltas);
+    let updates = deltas.iter().map(|s| {
+        if s.is_finite() {
+            s.sum_squares.sqrt()
+        } else {
+            f64::NAN
+        }
+    });
+    let spreads = deltas
+        .iter()
+        .map(|s| {
+            let max_abs = if s.is_finite() { s.max_abs } else { f64::NAN };
+            UpdateSpread {
+                sum_abs: s.sum_abs,
+                max_abs,
+            }
+        })
+        .collect();
+    (weights.into_iter().zip(updates).collect(), spreads)
 }
 
 impl Updates {
@@ -122,12 +163,15 @@ impl Updates {
     /// the host by [`Engine::Host`] (a CPU backend, no host read at all), else by the device
     /// operations with one host read.
     ///
-    /// With `units` (the unit-wise bound's layout), every parameter's units are measured too.
+    /// With `units` (the unit-wise bound's layout), every parameter's units are measured too;
+    /// with `spread`, every update's ℓ1 and ℓ∞ norms (on a device, one more host read when units
+    /// are measured too).
     pub fn measure<M: Module>(
         before: &M,
         after: &M,
         engine: Engine,
         units: Option<UnitLayout>,
+        spread: bool,
     ) -> Self {
         let mut b = Before {
             path: Vec::new(),
@@ -143,6 +187,8 @@ impl Updates {
             names: Vec::new(),
             lens: Vec::new(),
             sums: Vec::new(),
+            spread,
+            spreads: Vec::new(),
             olds: Vec::new(),
             news: Vec::new(),
             kept: HashMap::new(),
@@ -158,24 +204,37 @@ impl Updates {
                     .iter()
                     .map(|u| gradguard::kernel::tensor_norms_of_units(u))
                     .collect();
+                if spread {
+                    a.spreads = device_norms(ops, &a.olds, &a.news).1;
+                }
             } else {
-                a.sums = device_norms(ops, &a.olds, &a.news);
+                (a.sums, a.spreads) = device_norms(ops, &a.olds, &a.news);
             }
         }
         a.units.resize(a.names.len(), Vec::new());
+        let spreads = a
+            .spreads
+            .into_iter()
+            .map(Some)
+            .filter(|_| spread)
+            .chain(std::iter::repeat(None));
         let norms: Vec<UpdateNorms> = a
             .names
             .into_iter()
             .zip(a.lens)
             .zip(a.sums)
             .zip(a.units)
-            .map(|(((name, len), (weight, update)), units)| UpdateNorms {
-                name,
-                len,
-                weight,
-                update,
-                units,
-            })
+            .zip(spreads)
+            .map(
+                |((((name, len), (weight, update)), units), spread)| UpdateNorms {
+                    name,
+                    len,
+                    weight,
+                    update,
+                    units,
+                    spread,
+                },
+            )
             .collect();
         Updates {
             norms,

@@ -28,7 +28,21 @@ impl Net {
 
     /// Mean squared error against targets multiplied by `scale` (a large scale: a huge gradient).
     fn loss(&self, scale: f32, device: &Device) -> Tensor<1> {
-        let x: Vec<f32> = (0..32 * 8).map(|i| (i as f32 * 0.37).sin()).collect();
+        self.loss_on(scale, |_| true, device)
+    }
+
+    /// [`Self::loss`] with the input features `live` rejects held at 0 in every example (the
+    /// always-blank border pixels of an image): the weights they feed get no gradient.
+    fn loss_on(&self, scale: f32, live: impl Fn(usize) -> bool, device: &Device) -> Tensor<1> {
+        let x: Vec<f32> = (0..32 * 8)
+            .map(|i| {
+                if live(i % 8) {
+                    (i as f32 * 0.37).sin()
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         let y: Vec<f32> = (0..32).map(|i| (i as f32 * 0.11).cos() * scale).collect();
         let x = Tensor::<2>::from_data(TensorData::new(x, [32, 8]), device);
         let y = Tensor::<2>::from_data(TensorData::new(y, [32, 1]), device);
@@ -156,6 +170,44 @@ fn the_optimizers_family_is_recognized_from_its_first_step() {
         let check = report.update.unwrap();
         assert_eq!(check.family, family, "{check:?}");
     }
+}
+
+#[test]
+fn adam_is_recognized_where_dead_inputs_leave_part_of_every_unit_still() {
+    // Five of the eight inputs are always 0: no unit of the first layer has all its weights
+    // moved, so none moves by the rate per value; each weight that moved did so by the rate.
+    let optimizers = || {
+        [
+            AdamConfig::new().init(),
+            AdamWConfig::new().with_weight_decay(0.1).init(),
+        ]
+    };
+    let placements = [Placement::Host, Placement::Device];
+    for (optimizer, placement) in placements
+        .into_iter()
+        .flat_map(|p| optimizers().map(|o| (o, p)))
+    {
+        let device = device();
+        let net = Net::new(&device);
+        let mut optim =
+            GuardedOptimizer::new(optimizer, Guard::default()).with_placement(placement);
+        let loss = net.loss_on(1.0, |feature| feature < 3, &device);
+        let grads = GradientsParams::from_grads(loss.backward(), &net);
+        let step = optim.step(1e-4, net, grads, Some(loss)).unwrap();
+        let check = step.report.update.unwrap();
+        assert_eq!(check.family, UpdateFamily::Normalized, "{check:?}");
+    }
+    // Gradient descent on the same data stays gradient descent.
+    let device = device();
+    let net = Net::new(&device);
+    let mut optim = GuardedOptimizer::new(SgdConfig::new().init(), Guard::default());
+    let loss = net.loss_on(1.0, |feature| feature < 3, &device);
+    let grads = GradientsParams::from_grads(loss.backward(), &net);
+    let step = optim.step(1e-4, net, grads, Some(loss)).unwrap();
+    assert_eq!(
+        step.report.update.unwrap().family,
+        UpdateFamily::Proportional
+    );
 }
 
 #[test]

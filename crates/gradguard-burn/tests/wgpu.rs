@@ -165,8 +165,12 @@ fn the_example_trains_on_wgpu_and_skips_corrupt_batches() {
             "steps 24 and 49 carry a NaN: {outcome:?}"
         );
         assert!(outcome.last_loss < outcome.first_loss, "{outcome:?}");
-        // Statistics and loss in one read, the update bound's norms in another.
-        assert!(outcome.reads_per_step <= 2.0 + 1e-9, "{outcome:?}");
+        // Statistics and loss in one read, the update bound's norms in another; on the first
+        // step one more, the update's spread, from which the optimizer's family is recognized.
+        assert!(
+            outcome.reads_per_step <= (2.0 * 60.0 + 1.0) / 60.0 + 1e-9,
+            "{outcome:?}"
+        );
     });
 }
 

@@ -8,7 +8,7 @@ use candle_nn::{Optimizer, VarMap};
 use gradguard::safetensors_io::natural_cmp;
 use gradguard::{
     Gradients, Guard, OptimizerStep, StepActions, StepReport, UnitLayout, UnitSpan, UpdateCheck,
-    UpdateMeasure, UpdateNorms,
+    UpdateMeasure, UpdateNorms, UpdateSpread,
 };
 
 use crate::error::CandleGuardError;
@@ -46,6 +46,15 @@ pub(crate) fn restore(vars: &[(String, Var)], weights: &[Tensor]) -> candle_core
 fn norm(t: &Tensor) -> candle_core::Result<f64> {
     let s = gradguard::kernel::slice_stats(&host_f32(t)?);
     Ok(if s.is_finite() { s.l2() } else { f64::NAN })
+}
+
+/// ‖t‖₁ and ‖t‖_∞ (NaN for the largest when any value is non-finite).
+fn spread(t: &Tensor) -> candle_core::Result<UpdateSpread> {
+    let s = gradguard::kernel::slice_stats(&host_f32(t)?);
+    Ok(UpdateSpread {
+        sum_abs: s.sum_abs,
+        max_abs: if s.is_finite() { s.max_abs } else { f64::NAN },
+    })
 }
 
 /// A tensor's values as f32 on the host.
@@ -239,10 +248,12 @@ where
     }
 
     /// Measures the step just taken against `weights`, the values before it.
+    /// With `spread_too`, each update's ℓ1 and ℓ∞ norms too.
     fn measure(
         &self,
         weights: Vec<Tensor>,
         layout: Option<UnitLayout>,
+        spread_too: bool,
     ) -> candle_core::Result<(Vec<UpdateNorms>, Before)> {
         let mut deltas = Vec::with_capacity(weights.len());
         let mut spans = Vec::with_capacity(weights.len());
@@ -266,6 +277,11 @@ where
                 weight,
                 update,
                 units,
+                spread: if spread_too {
+                    Some(spread(&delta)?)
+                } else {
+                    None
+                },
             });
             deltas.push(delta);
             spans.push(span);
@@ -311,7 +327,7 @@ where
         };
         let weights = copy_weights(self.vars)?;
         self.optimizer.step(&self.grads)?;
-        let (norms, before) = self.measure(weights, layout)?;
+        let (norms, before) = self.measure(weights, layout, step.recognize)?;
         self.before = Some(before);
         Ok(norms)
     }

@@ -36,8 +36,19 @@ impl Mlp {
     }
 
     fn loss(&self, step: usize, device: &Device) -> Tensor {
+        self.loss_on(step, |_| true, device)
+    }
+
+    /// [`Self::loss`] with the input features `live` rejects held at 0 in every example.
+    fn loss_on(&self, step: usize, live: impl Fn(usize) -> bool, device: &Device) -> Tensor {
         let x: Vec<f32> = (0..32 * 8)
-            .map(|i| ((i + 7 * step) as f32 * 0.37).sin())
+            .map(|i| {
+                if live(i % 8) {
+                    ((i + 7 * step) as f32 * 0.37).sin()
+                } else {
+                    0.0
+                }
+            })
             .collect();
         let y: Vec<f32> = (0..32).map(|i| ((i + step) as f32 * 0.11).cos()).collect();
         let mut h = Tensor::from_vec(x, (32, 8), device).unwrap();
@@ -372,4 +383,23 @@ fn adamw_is_recognized_and_its_healthy_step_is_untouched() {
     let mut plain = AdamW::new(twin_map.all_vars(), ParamsAdamW::default()).unwrap();
     plain.backward_step(&twin.loss(0, &device)).unwrap();
     assert_eq!(weights(guarded.vars()), weights(&named_vars(&twin_map)));
+}
+
+/// Where always-blank inputs leave part of every first-layer unit still, no unit moves by the
+/// rate per value; AdamW is still recognized, by the largest change of one weight.
+#[test]
+fn adamw_is_recognized_where_dead_inputs_leave_part_of_every_unit_still() {
+    let device = Device::Cpu;
+    let ((varmap, model), _) = twin_mlps(&device);
+    let mut guarded =
+        GuardedOptimizer::<AdamW>::new(&varmap, ParamsAdamW::default(), Guard::default()).unwrap();
+    let report = guarded
+        .step(&model.loss_on(0, |feature| feature < 3, &device))
+        .unwrap();
+    let check = report.update.expect("the default guard bounds updates");
+    assert_eq!(
+        check.family,
+        gradguard::UpdateFamily::Normalized,
+        "{check:?}"
+    );
 }

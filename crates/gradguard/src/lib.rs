@@ -58,7 +58,7 @@ pub use gradients::{Gradients, Source, UnitLayout, UnitSpan};
 pub use guard::{
     Decision, Guard, GuardConfig, GuardCounters, GuardState, LrBackoff, NonFinitePolicy,
     NormalizedLimits, OptimizerStep, SpikeAction, StepActions, StepReport, TensorReport,
-    UpdateBound, UpdateCheck, UpdateFamily, UpdateMeasure, UpdateNorms, check_update,
+    UpdateBound, UpdateCheck, UpdateFamily, UpdateMeasure, UpdateNorms, UpdateSpread, check_update,
 };
 pub use host::{F64Gradients, F64Tensor, HostGradients, HostTensor, Values};
 pub use host_float::{HostFloat, f64_stats};

@@ -9,7 +9,7 @@ use gradguard::rules::{
 };
 use gradguard::{
     Gradients, Guard, GuardConfig, GuardState, HostGradients, HostTensor, NormType, UnitLayout,
-    UpdateFamily, UpdateNorms,
+    UpdateFamily, UpdateNorms, UpdateSpread,
 };
 use proptest::prelude::*;
 
@@ -240,6 +240,10 @@ proptest! {
                 .iter()
                 .map(|s| (weights, scale * s * (unit_len as f64).sqrt()))
                 .collect(),
+            spread: Some(UpdateSpread {
+                sum_abs: scale * per_value.iter().map(|s| s * unit_len as f64).sum::<f64>(),
+                max_abs: scale * per_value.iter().fold(0.0f64, |a, &b| a.max(b)),
+            }),
         };
         let norms: Vec<UpdateNorms> = steps.iter().enumerate().map(|(i, s)| tensor(i, s, lr, 1.0)).collect();
         let scaled: Vec<UpdateNorms> = steps.iter().enumerate().map(|(i, s)| tensor(i, s, lr * c, w)).collect();

@@ -112,6 +112,7 @@ fn update(name: &str, weight: f64, update: f64) -> UpdateNorms {
         weight,
         update,
         units: Vec::new(),
+        spread: None,
     }
 }
 

@@ -11,7 +11,8 @@ pub use config::{GuardConfig, LrBackoff, NonFinitePolicy, SpikeAction};
 pub use protocol::{OptimizerStep, StepActions, UpdateMeasure};
 pub use report::{Decision, StepReport, TensorReport};
 pub use update_bound::{
-    NormalizedLimits, UpdateBound, UpdateCheck, UpdateFamily, UpdateNorms, check_update,
+    NormalizedLimits, UpdateBound, UpdateCheck, UpdateFamily, UpdateNorms, UpdateSpread,
+    check_update,
 };
 
 use serde::{Deserialize, Serialize};
@@ -391,6 +392,13 @@ impl Guard {
         self.config
             .update_bound
             .is_some_and(|bound| bound.measures_units(bound.family.or(self.counters.update_family)))
+    }
+
+    /// Whether the update bound is on and still has to recognize the optimizer's family.
+    fn recognizes_family(&self) -> bool {
+        self.config
+            .update_bound
+            .is_some_and(|bound| bound.family.or(self.counters.update_family).is_none())
     }
 
     /// Updates counters and the LR multiplier; returns whether to snapshot after this step.

@@ -35,6 +35,10 @@ pub struct OptimizerStep {
     /// the adapter to keep the weights and optimizer state from before the step, so that
     /// [`StepActions::undo_step`] and [`StepActions::scale_step`] can act on it.
     pub measure: UpdateMeasure,
+    /// The bound is still to recognize the optimizer's family from this step's update: measure
+    /// each parameter's ‖Δw‖_∞ too ([`crate::UpdateNorms::update_max`]). Only the first judged
+    /// step asks.
+    pub recognize: bool,
 }
 
 /// What an adapter does to its model and optimizer for a step the guard decided.
@@ -156,6 +160,7 @@ impl Guard {
             lr: report.effective_lr(lr),
             lr_multiplier: report.lr_multiplier,
             measure: self.update_measure(A::WEIGHT_LAYOUT),
+            recognize: self.recognizes_family(),
         };
         let norms = actions.step_optimizer(step)?;
         if step.measure != UpdateMeasure::Nothing {

@@ -168,18 +168,38 @@ pub enum UpdateFamily {
 impl UpdateFamily {
     /// Recognizes the family from one update made at rate `lr`, by the first step's signature of
     /// a normalizing optimizer: every coordinate with a gradient moves by the rate (Adam's first
-    /// step is `η·g/(|g| + ε)`, Adagrad's `η·g/√(g² + ε)`, Lion's `η·sign(·)`), so each unit
-    /// moves by `‖Δw_u‖ = η·√n_u`. Per tensor, the largest `‖Δw_u‖ / √n_u` over its units (a
-    /// unit without a gradient does not move) over η is its step per value; the update is
-    /// normalized when at least 90% of the values that moved lie in tensors whose step per value
-    /// is within a factor 1.25 of η. Gradient descent moves a tensor by η times its gradient's
-    /// size, which is rarely 1 per value across the whole model. `None` when `lr` is not positive
-    /// and finite, an update is not finite, or nothing moved: nothing to recognize.
+    /// step is `η·g/(|g| + ε)`, Adagrad's `η·g/√(g² + ε)`, Lion's `η·sign(·)`). A tensor is *at
+    /// the rate* when either reading of its step says so:
+    ///
+    /// - its units: the largest `‖Δw_u‖ / √n_u` over its units lies within a factor 1.25 of η
+    ///   (a unit all of whose values had a gradient moves by exactly η per value), and — where
+    ///   the spread was measured — no value moved by more than 1.5 η (AdamW's decoupled decay
+    ///   adds `η·λ·|w|` to a change, which stays under that for λ·|w| ≤ 0.5);
+    /// - its spread ([`UpdateNorms::spread`], where measured): its largest change lies within a
+    ///   factor 1.25 of η *and* the values that moved moved alike,
+    ///   `‖Δw‖₂² / (‖Δw‖₁·‖Δw‖_∞) ≥ 0.8` ([`UpdateSpread::uniformity`]).
+    ///
+    /// The update is normalized when at least 90% of the values that moved lie in tensors at the
+    /// rate. Gradient descent moves each value by η times its gradient, whose magnitudes spread
+    /// (a uniformity of 0.2–0.5 is typical).
+    ///
+    /// The unit reading alone misses a ReLU network: where a dead input feeds every unit of a
+    /// layer, no unit has all its values moved, and every unit's step per value falls below η
+    /// (measured: a 24-layer ReLU MLP under Adam was taken for gradient descent, and the
+    /// unit-wise bound meant for it taxed its best rate). Under SGD each reading alone was
+    /// fooled by a coincidence on the lab's grids: a vanilla RNN's recurrent gradient had its
+    /// largest entry within 25% of 1, an LSTM's a unit of root-mean-square 1.2 (and a largest
+    /// entry of 2.3). The unit reading still covers an AdamW step whose weight decay moves the
+    /// embedding rows a batch did not use a little, and spreads the changes.
+    ///
+    /// `None` when `lr` is not positive and finite, an update is not finite, or nothing moved:
+    /// nothing to recognize.
     pub fn recognize(norms: &[UpdateNorms], lr: f64) -> Option<UpdateFamily> {
         if !(lr > 0.0 && lr.is_finite()) {
             return None;
         }
-        let per_value = |n: &UpdateNorms| -> f64 {
+        let near_rate = |step: f64| (0.8..=1.25).contains(&(step / lr));
+        let unit_step = |n: &UpdateNorms| -> f64 {
             if n.units.is_empty() {
                 n.update / (n.len.max(1) as f64).sqrt()
             } else {
@@ -189,13 +209,18 @@ impl UpdateFamily {
         };
         let (mut moved, mut at_rate) = (0usize, 0usize);
         for n in norms {
-            let step = per_value(n) / lr;
-            if !step.is_finite() {
+            let step = unit_step(n);
+            let largest = n.spread.map_or(0.0, |s| s.max_abs);
+            if !(step.is_finite() && largest.is_finite()) {
                 return None;
             }
-            if step > 0.0 {
+            if step > 0.0 || largest > 0.0 {
                 moved += n.len;
-                if (0.8..=1.25).contains(&step) {
+                let alike = n
+                    .spread
+                    .is_some_and(|s| near_rate(s.max_abs) && s.uniformity(n.update) >= 0.8);
+                let none_beyond = n.spread.is_none_or(|s| s.max_abs <= 1.5 * lr);
+                if (near_rate(step) && none_beyond) || alike {
                     at_rate += n.len;
                 }
             }
@@ -290,6 +315,34 @@ pub struct UpdateNorms {
     /// Per unit (in [`UpdateBound::unit_layout`]): (‖w_u‖₂, ‖Δw_u‖₂). Empty when the adapter did
     /// not measure units (the unit-wise bound is off): the tensor is then judged as a whole.
     pub units: Vec<(f64, f64)>,
+    /// How the update's values are spread, when the adapter measured it: it does on the steps
+    /// that ask for it ([`crate::OptimizerStep::recognize`]), the ones from which the bound
+    /// recognizes the optimizer's family. `None` otherwise.
+    pub spread: Option<UpdateSpread>,
+}
+
+/// The ℓ1 and ℓ∞ norms of one tensor's update: with its ℓ2 norm, whether every value that moved
+/// moved by the same amount — `‖Δw‖₂² = ‖Δw‖₁·‖Δw‖_∞` exactly when all nonzero |Δw_i| are
+/// equal, and the ratio `‖Δw‖₂² / (‖Δw‖₁·‖Δw‖_∞)` falls below 1 as they spread.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpdateSpread {
+    /// ‖Δw‖₁, the sum of the changes' magnitudes.
+    pub sum_abs: f64,
+    /// ‖Δw‖_∞, the largest change of one value.
+    pub max_abs: f64,
+}
+
+impl UpdateSpread {
+    /// `‖Δw‖₂² / (‖Δw‖₁·‖Δw‖_∞)` for an update of ℓ2 norm `update`: 1 when every value that
+    /// moved moved by the same amount, 0 when nothing moved.
+    pub fn uniformity(&self, update: f64) -> f64 {
+        let denominator = self.sum_abs * self.max_abs;
+        if denominator > 0.0 {
+            update * update / denominator
+        } else {
+            0.0
+        }
+    }
 }
 
 /// What the update bound found and did on one step.
@@ -508,6 +561,7 @@ mod tests {
             weight,
             update,
             units: Vec::new(),
+            spread: None,
         }
     }
 
@@ -645,6 +699,7 @@ mod tests {
             weight: w.sqrt(),
             update: d.sqrt(),
             units,
+            spread: None,
         }
     }
 
@@ -678,6 +733,71 @@ mod tests {
         assert_eq!(
             UpdateFamily::recognize(&whole, lr),
             Some(UpdateFamily::Normalized)
+        );
+        // A ReLU network's first Adam step: dead inputs leave part of every unit still, so no
+        // unit moves by η per value (here √(40/64) η ≈ 0.79 η), yet each value that moved did by
+        // exactly η — the largest change says so.
+        // 40 of each unit's 64 values moved, each by η: ‖Δw‖₁ = η·40·units, ‖Δw‖_∞ = η.
+        let relu = |measured: bool| -> Vec<UpdateNorms> {
+            (0..3)
+                .map(|i| UpdateNorms {
+                    spread: measured.then_some(UpdateSpread {
+                        sum_abs: lr * 40.0 * 64.0,
+                        max_abs: lr,
+                    }),
+                    ..moving(&format!("layer{i}"), 64, 64, |_| {
+                        lr * (40.0f64 / 64.0).sqrt()
+                    })
+                })
+                .collect()
+        };
+        assert_eq!(
+            UpdateFamily::recognize(&relu(false), lr),
+            Some(UpdateFamily::Proportional)
+        );
+        assert_eq!(
+            UpdateFamily::recognize(&relu(true), lr),
+            Some(UpdateFamily::Normalized)
+        );
+        // Gradient descent whose largest gradient value happens to be 1: its largest change is
+        // η, but its changes spread (uniformity 0.3 here), so it stays gradient descent.
+        let sgd_at_one: Vec<UpdateNorms> = relu(true)
+            .into_iter()
+            .map(|n| UpdateNorms {
+                spread: Some(UpdateSpread {
+                    sum_abs: n.update * n.update / (0.3 * lr),
+                    max_abs: lr,
+                }),
+                ..n
+            })
+            .collect();
+        assert_eq!(
+            UpdateFamily::recognize(&sgd_at_one, lr),
+            Some(UpdateFamily::Proportional)
+        );
+        // Gradient descent with a unit whose gradient has a root-mean-square near 1 (an LSTM's
+        // recurrent weight): its unit reads as at the rate, but values moved by up to 2.3 η.
+        let lstm = [UpdateNorms {
+            spread: Some(UpdateSpread {
+                sum_abs: 64.0 * 64.0 * lr * 0.5,
+                max_abs: 2.3 * lr,
+            }),
+            ..moving("recurrent", 64, 64, |u| {
+                if u == 0 { 1.2 * lr } else { 0.4 * lr }
+            })
+        }];
+        assert_eq!(
+            UpdateFamily::recognize(&lstm, lr),
+            Some(UpdateFamily::Proportional)
+        );
+        let without_spread = [UpdateNorms {
+            spread: None,
+            ..lstm[0].clone()
+        }];
+        assert_eq!(
+            UpdateFamily::recognize(&without_spread, lr),
+            Some(UpdateFamily::Normalized),
+            "the unit reading alone is fooled"
         );
         // Nothing to recognize: no rate, nothing moved, a non-finite update.
         assert_eq!(UpdateFamily::recognize(&adam, 0.0), None);

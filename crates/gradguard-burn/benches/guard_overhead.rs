@@ -6,8 +6,9 @@
 //! (non-finite and spike detection on gradient norm and loss, LR back-off; then also with
 //! global-norm clipping, which rewrites every gradient), per-layer telemetry into a JSONL file,
 //! and handing the gradients back. Prints medians, the overhead as a percentage of the step, the
-//! phases, and the host reads per step, for both placements. Last, whole training steps with
-//! Burn's Adam alone, with `GuardedOptimizer` and the default guard, and with the default guard
+//! phases, and the host reads per step, for both placements. Last, whole training steps of this
+//! MLP under Adam and of a 4-layer pre-norm transformer stack under AdamW, each with the plain
+//! optimizer alone, with `GuardedOptimizer` and the default guard, and with the default guard
 //! without its update bound (interleaved, so a busy machine slows all alike): the whole default
 //! guard's cost against a plain step, and the bound's share — the pre-step clone, ‖w‖ and ‖Δw‖ of
 //! every parameter, one host read.
@@ -22,8 +23,12 @@
 use std::time::{Duration, Instant};
 
 use burn::module::Module;
+use burn::nn::attention::generate_autoregressive_mask;
+use burn::nn::transformer::{
+    TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput,
+};
 use burn::nn::{Linear, LinearConfig};
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Distribution, Tensor};
 use gradguard::rules::{Chain, ClipByGlobalNorm, Rule};
 use gradguard::{Guard, GuardConfig};
@@ -198,7 +203,22 @@ fn main() {
         launches_by_tensor_count(&device);
         clip_launches(&device);
     }
-    whole_step_cost(model, &x, &y);
+    whole_step_cost(
+        "24 x Linear(256) tanh MLP, Adam 1e-3",
+        model,
+        || AdamConfig::new().init(),
+        |m: &Mlp| m.loss(x.clone(), y.clone()),
+    );
+    // The transformer stack: 4 pre-norm layers of width 128, context 64, batch 16, AdamW.
+    let stack = Stack::new(&device);
+    let sx = Tensor::<3>::random([16, 64, 128], Distribution::Default, &device);
+    let sy = Tensor::<3>::random([16, 64, 128], Distribution::Default, &device);
+    whole_step_cost(
+        "4-layer pre-norm transformer stack (d 128, context 64, batch 16), AdamW 1e-3",
+        stack,
+        || AdamWConfig::new().with_weight_decay(0.1).init(),
+        |m: &Stack| m.loss(sx.clone(), sy.clone()),
+    );
 }
 
 /// Median milliseconds of Burn's `sum` over `n` f32 values on `device`, read back: a reference
@@ -305,11 +325,43 @@ fn clip_launches(device: &Device) {
     }
 }
 
+/// A pre-norm transformer stack (Burn's own encoder, causal mask) on random embeddings: the
+/// guard-cost issue's second model shape, a step of which is mostly attention and matmuls.
+#[derive(Module, Debug)]
+struct Stack {
+    encoder: TransformerEncoder,
+}
+
+impl Stack {
+    fn new(device: &Device) -> Self {
+        Stack {
+            encoder: TransformerEncoderConfig::new(128, 512, 4, 4)
+                .with_norm_first(true)
+                .init(device),
+        }
+    }
+
+    fn loss(&self, x: Tensor<3>, y: Tensor<3>) -> Tensor<1> {
+        let [batch, context, _] = x.dims();
+        let mask = generate_autoregressive_mask(batch, context, &x.device());
+        let out = self
+            .encoder
+            .forward(TransformerEncoderInput::new(x).mask_attn(mask));
+        (out - y).square().mean()
+    }
+}
+
 /// Whole training steps of the same model and data, three ways, interleaved step by step (a busy
-/// machine slows all alike): Burn's Adam alone, `GuardedOptimizer` with the default guard, and
-/// the same without its update bound. Prints the medians, what the whole default guard costs
+/// machine slows all alike): the plain optimizer alone, `GuardedOptimizer` with the default guard,
+/// and the same without its update bound. Each step takes its model out, so that no other handle
+/// makes the optimizer copy its weights. Prints the medians, what the whole default guard costs
 /// against the plain step, and the update bound's share of it.
-fn whole_step_cost(model: Mlp, x: &Tensor<2>, y: &Tensor<2>) {
+fn whole_step_cost<M: Module + Clone>(
+    what: &str,
+    model: M,
+    optimizer: impl Fn() -> ModuleOptimizer,
+    loss: impl Fn(&M) -> Tensor<1>,
+) {
     let guarded = |bound: bool| {
         let config = GuardConfig {
             update_bound: if bound {
@@ -320,23 +372,22 @@ fn whole_step_cost(model: Mlp, x: &Tensor<2>, y: &Tensor<2>) {
             ..GuardConfig::default()
         };
         let guard = Guard::new(config, Chain::new(Vec::new()).unwrap()).unwrap();
-        GuardedOptimizer::new(AdamConfig::new().init(), guard)
+        GuardedOptimizer::new(optimizer(), guard)
     };
-    let mut plain: ModuleOptimizer = AdamConfig::new().init();
+    let mut plain = optimizer();
     let mut optims = [guarded(true), guarded(false)];
-    // Each step takes its model out, so no other handle makes the optimizer copy its weights.
     let mut models = [Some(model.clone()), Some(model.clone()), Some(model)];
     let mut times = [Vec::new(), Vec::new(), Vec::new()];
     for i in 0..40 {
         for k in 0..3 {
             let start = Instant::now();
             let m = models[k].take().expect("each step puts its model back");
-            let loss = m.loss(x.clone(), y.clone());
-            let grads = GradientsParams::from_grads(loss.backward(), &m);
+            let l = loss(&m);
+            let grads = GradientsParams::from_grads(l.backward(), &m);
             models[k] = Some(if k == 2 {
                 plain.step(1e-3, m, grads)
             } else {
-                optims[k].step(1e-3, m, grads, Some(loss)).unwrap().module
+                optims[k].step(1e-3, m, grads, Some(l)).unwrap().module
             });
             if i >= 5 {
                 times[k].push(start.elapsed());
@@ -345,9 +396,9 @@ fn whole_step_cost(model: Mlp, x: &Tensor<2>, y: &Tensor<2>) {
     }
     let [with, without, alone] = times.map(|t| median(t).as_secs_f64() * 1e3);
     println!(
-        "whole Adam steps (median of 35, interleaved): plain {alone:.2} ms, default guard {with:.2} ms \
-         (+{:.1}%), default guard without its update bound {without:.2} ms (+{:.1}%): the bound \
-         costs {:.2} ms",
+        "whole steps, {what} (median of 35, interleaved): plain {alone:.2} ms, default guard \
+         {with:.2} ms (+{:.1}%), default guard without its update bound {without:.2} ms \
+         (+{:.1}%): the bound costs {:.2} ms",
         100.0 * (with - alone) / alone,
         100.0 * (without - alone) / alone,
         with - without,

@@ -36,7 +36,7 @@ pub struct OptimizerStep {
     /// [`StepActions::undo_step`] and [`StepActions::scale_step`] can act on it.
     pub measure: UpdateMeasure,
     /// The bound is still to recognize the optimizer's family from this step's update: measure
-    /// each parameter's ‖Δw‖_∞ too ([`crate::UpdateNorms::update_max`]). Only the first judged
+    /// each update's ℓ1 and ℓ∞ norms too ([`crate::UpdateNorms::spread`]). Only the first judged
     /// step asks.
     pub recognize: bool,
 }

@@ -1,6 +1,7 @@
 //! What a run accumulates besides its tensors — the position, the loss of every batch, the rate —
 //! and what it comes to: the run's summary.
 
+use gradguard::UpdateFamily;
 use gradguard_report::{LogitPoint, LogitSummary, RemedyList, RunSummary, TimeGradients};
 
 use crate::config::RunConfig;
@@ -105,6 +106,13 @@ impl Progress {
             skipped_steps: counters.skipped,
             rollbacks: counters.rolled_back,
             bounded_steps: counters.bounded_steps,
+            update_family: counters.update_family.map(|family| {
+                match family {
+                    UpdateFamily::Proportional => "proportional",
+                    UpdateFamily::Normalized => "normalized",
+                }
+                .to_string()
+            }),
             non_finite_steps: counters.non_finite_steps,
             target_loss: config.target_loss,
             steps_to_target,

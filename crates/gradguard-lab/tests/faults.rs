@@ -93,6 +93,11 @@ fn every_fault_is_survived_or_stopped_with_a_named_step() {
             "{what}: {loss} vs clean {clean_loss}"
         );
         assert_eq!(s.outcome(), Outcome::Learning, "{what}: {s:?}");
+        assert_eq!(
+            s.update_family.as_deref(),
+            Some("proportional"),
+            "{what}: SGD"
+        );
     }
 }
 

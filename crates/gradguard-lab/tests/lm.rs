@@ -57,6 +57,8 @@ fn the_default_guard_leaves_a_healthy_adamw_run_bit_for_bit() {
         ..healthy.clone()
     });
     assert_eq!(guarded.bounded_steps, 0, "{guarded:?}");
+    assert_eq!(guarded.update_family.as_deref(), Some("normalized"));
+    assert_eq!(plain.update_family, None);
     assert_eq!(guarded.skipped_steps + guarded.rollbacks, 0);
     assert_eq!(plain.final_loss, guarded.final_loss);
     assert_eq!(plain.final_train_loss, guarded.final_train_loss);

@@ -52,6 +52,12 @@ pub struct RunSummary {
     /// Applied steps whose update the guard's update bound scaled down.
     #[serde(default)]
     pub bounded_steps: u64,
+    /// The optimizer family the guard's update bound recognized from the first update it judged
+    /// (`proportional`: gradient descent; `normalized`: Adam, AdamW and their kin), which
+    /// decides the limits it applied; `None` without an update bound, before its first step, or
+    /// when the guard's setting names the family.
+    #[serde(default)]
+    pub update_family: Option<String>,
     /// Steps with NaN/inf in the loss or gradients.
     pub non_finite_steps: u64,
     /// The loss counted as reached for `steps_to_target`.
@@ -391,6 +397,7 @@ mod tests {
             skipped_steps: 0,
             rollbacks: 0,
             bounded_steps: 0,
+            update_family: None,
             non_finite_steps: 0,
             target_loss: 0.1,
             steps_to_target: None,

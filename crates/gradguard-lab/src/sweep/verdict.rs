@@ -238,6 +238,7 @@ mod tests {
                 skipped_steps: 0,
                 rollbacks: 0,
                 bounded_steps: 0,
+                update_family: None,
                 non_finite_steps: 0,
                 target_loss: 0.5,
                 steps_to_target: None,

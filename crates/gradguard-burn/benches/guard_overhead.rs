@@ -13,7 +13,8 @@
 //! guard's cost against a plain step, and the bound's share — the pre-step clone, ‖w‖ and ‖Δw‖ of
 //! every parameter, one host read.
 //!
-//! Run: `cargo bench -p gradguard-burn --bench guard_overhead` (about a minute, on flex).
+//! Run: `cargo bench -p gradguard-burn --bench guard_overhead` (about a minute and a half, on
+//! flex).
 //! On a GPU through wgpu: `GRADGUARD_BENCH_DEVICE=wgpu cargo bench -p gradguard-burn --features
 //! wgpu --bench guard_overhead`; there each phase ends with a device sync (so the times are the
 //! device's, not the queueing's), and the kernel launches of the guard's part are counted
@@ -204,6 +205,7 @@ fn main() {
         clip_launches(&device);
     }
     whole_step_cost(
+        &device,
         "24 x Linear(256) tanh MLP, Adam 1e-3",
         model,
         || AdamConfig::new().init(),
@@ -214,6 +216,7 @@ fn main() {
     let sx = Tensor::<3>::random([16, 64, 128], Distribution::Default, &device);
     let sy = Tensor::<3>::random([16, 64, 128], Distribution::Default, &device);
     whole_step_cost(
+        &device,
         "4-layer pre-norm transformer stack (d 128, context 64, batch 16), AdamW 1e-3",
         stack,
         || AdamWConfig::new().with_weight_decay(0.1).init(),
@@ -357,6 +360,7 @@ impl Stack {
 /// makes the optimizer copy its weights. Prints the medians, what the whole default guard costs
 /// against the plain step, and the update bound's share of it.
 fn whole_step_cost<M: Module + Clone>(
+    device: &Device,
     what: &str,
     model: M,
     optimizer: impl Fn() -> ModuleOptimizer,
@@ -389,6 +393,8 @@ fn whole_step_cost<M: Module + Clone>(
             } else {
                 optims[k].step(1e-3, m, grads, Some(l)).unwrap().module
             });
+            // On an accelerator the step ends when its kernels have run, not when they are queued.
+            sync(device);
             if i >= 5 {
                 times[k].push(start.elapsed());
             }

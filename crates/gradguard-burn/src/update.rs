@@ -208,15 +208,19 @@ impl Updates {
                     a.spreads = device_norms(ops, &a.olds, &a.news).1;
                 }
             } else {
-                (a.sums, a.spreads) = device_norms(ops, &a.olds, &a.news);
+                let spreads;
+                (a.sums, spreads) = device_norms(ops, &a.olds, &a.news);
+                if spread {
+                    a.spreads = spreads;
+                }
             }
         }
         a.units.resize(a.names.len(), Vec::new());
+        // Measured only when asked (empty otherwise): `None` for every parameter then.
         let spreads = a
             .spreads
             .into_iter()
             .map(Some)
-            .filter(|_| spread)
             .chain(std::iter::repeat(None));
         let norms: Vec<UpdateNorms> = a
             .names

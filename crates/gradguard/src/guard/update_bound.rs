@@ -180,17 +180,15 @@ impl UpdateFamily {
     ///   `‖Δw‖₂² / (‖Δw‖₁·‖Δw‖_∞) ≥ 0.8` ([`UpdateSpread::uniformity`]).
     ///
     /// The update is normalized when at least 90% of the values that moved lie in tensors at the
-    /// rate. Gradient descent moves each value by η times its gradient, whose magnitudes spread
-    /// (0.19–0.62 measured on the tensors of the lab's recurrent nets under SGD).
+    /// rate. Gradient descent moves each value by η times its gradient, whose magnitudes spread.
     ///
-    /// The unit reading alone misses a ReLU network: where a dead input feeds every unit of a
-    /// layer, no unit has all its values moved, and every unit's step per value falls below η
-    /// (measured: a 24-layer ReLU MLP under Adam was taken for gradient descent, and the
-    /// unit-wise bound meant for it taxed its best rate). Under SGD each reading alone was
-    /// fooled by a coincidence on the lab's grids: a vanilla RNN's recurrent gradient had its
-    /// largest entry within 25% of 1, an LSTM's a unit of root-mean-square 1.2 (and a largest
-    /// entry of 2.3). The unit reading still covers an AdamW step whose weight decay moves the
-    /// embedding rows a batch did not use a little, and spreads the changes.
+    /// Why two readings, each guarded: the unit reading alone misses a ReLU network (where a
+    /// dead input feeds every unit of a layer, no unit has all its values moved, so every unit's
+    /// step per value falls below η), and either reading alone can be met by a gradient under
+    /// SGD by coincidence (a largest entry near 1; a unit of root-mean-square near 1). The unit
+    /// reading still covers an AdamW step whose weight decay moves the embedding rows a batch did
+    /// not use a little, and spreads the changes. The readings and grids that chose this:
+    /// `docs/measurements/2026-12-06-optimizer-recognition.md`.
     ///
     /// `None` when `lr` is not positive and finite, an update is not finite, or nothing moved:
     /// nothing to recognize.

@@ -137,7 +137,10 @@ impl<M: Module + Clone> LearnerGuard<M> {
             let device = module.devices().into_iter().next().unwrap_or_default();
             Tensor::<1>::from_floats([l as f32], &device)
         });
-        match shared.core.step(optim, lr, module, grads, loss_tensor) {
+        match shared
+            .core
+            .step(optim, None, lr, module, grads, loss_tensor)
+        {
             Ok(step) => {
                 // Call the hook without the lock, so it may use this guard (e.g. `counters`).
                 let mut hook = shared.hook.take();

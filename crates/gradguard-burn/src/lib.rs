@@ -38,6 +38,7 @@ mod collective;
 mod cube;
 mod device_ops;
 pub mod faults;
+mod fused;
 #[cfg(feature = "cube")]
 mod launches;
 #[cfg(feature = "learner")]
@@ -53,6 +54,7 @@ pub use collect::parameter_names;
 pub use collective::DeviceCollective;
 #[cfg(feature = "cube")]
 pub use cube::tensors_per_launch;
+pub use fused::{AdamMoments, FusedOptimizer, FusedRule};
 #[cfg(feature = "cube")]
 pub use launches::count_launches;
 #[cfg(feature = "learner")]

@@ -10,6 +10,7 @@ use gradguard::{
 };
 
 use crate::device_ops::Engine;
+use crate::fused::{FusedOptimizer, FusedRule, Pending};
 use crate::update::Updates;
 use crate::view::{BurnGradients, Placement};
 
@@ -25,6 +26,7 @@ struct Snapshot<M> {
     step: u64,
     module: M,
     optimizer: ModuleOptimizer,
+    fused: Option<FusedOptimizer>,
 }
 
 /// The guard stopped training; the module comes back unchanged with the error.
@@ -75,20 +77,29 @@ impl<M: Module + Clone> GuardCore<M> {
         self.guard.skip_batch()
     }
 
-    pub fn set_snapshot(&mut self, step: u64, module: M, optimizer: &ModuleOptimizer) {
+    pub fn set_snapshot(
+        &mut self,
+        step: u64,
+        module: M,
+        optimizer: &ModuleOptimizer,
+        fused: Option<&FusedOptimizer>,
+    ) {
         self.snapshot = Some(Snapshot {
             step,
             module,
             optimizer: optimizer.clone(),
+            fused: fused.cloned(),
         });
     }
 
     /// Runs the guard's step protocol ([`Guard::guarded_step`]) over `module` and `optimizer`:
     /// the optimizer steps at `lr · lr_multiplier`, or not, or both are restored from the
-    /// snapshot.
+    /// snapshot. With `fused`, that optimizer steps where it can (the host path), `optimizer`
+    /// elsewhere.
     pub fn step(
         &mut self,
         optimizer: &mut ModuleOptimizer,
+        fused: Option<&mut FusedOptimizer>,
         lr: ModuleLearningRate,
         module: M,
         mut grads: GradientsParams,
@@ -101,6 +112,8 @@ impl<M: Module + Clone> GuardCore<M> {
         let base_lr = lr.base();
         let mut actions = BurnStep {
             optimizer,
+            fused,
+            pending: None,
             snapshot: &mut self.snapshot,
             lr: Some(lr),
             module: Some(module),
@@ -109,6 +122,7 @@ impl<M: Module + Clone> GuardCore<M> {
             host_reads: 0,
         };
         let result = self.guard.guarded_step(&mut actions, loss, base_lr);
+        actions.commit_pending();
         let host_reads = actions.host_reads + actions.view.map_or(0, |v| v.host_reads());
         let module = actions.module.expect("every action leaves a module");
         match result {
@@ -126,6 +140,10 @@ impl<M: Module + Clone> GuardCore<M> {
 /// optimizer and the snapshot. Burn steps by value, so the module is held while it is stepped.
 struct BurnStep<'a, M> {
     optimizer: &'a mut ModuleOptimizer,
+    /// The fused optimizer, when the step runs through one.
+    fused: Option<&'a mut FusedOptimizer>,
+    /// The fused optimizer's step, prepared and measured, not yet in the module.
+    pending: Option<Pending>,
     snapshot: &'a mut Option<Snapshot<M>>,
     /// The caller's rates, taken by the optimizer's step.
     lr: Option<ModuleLearningRate>,
@@ -142,6 +160,41 @@ struct BurnStep<'a, M> {
 impl<M: Module + Clone> BurnStep<'_, M> {
     fn take_module(&mut self) -> M {
         self.module.take().expect("every action leaves a module")
+    }
+
+    /// Puts the fused optimizer's prepared step into the module, if one is pending.
+    fn commit_pending(&mut self) {
+        if let (Some(pending), Some(fused)) = (self.pending.take(), self.fused.as_deref_mut()) {
+            let module = self.module.take().expect("every action leaves a module");
+            self.module = Some(fused.commit(module, pending));
+        }
+    }
+
+    /// The fused optimizer's step on the host path: prepared and measured, committed at once
+    /// when nothing is measured. `None` (the view handed back) where it cannot run: no fused
+    /// optimizer, gradients on a device or not in f32.
+    fn step_fused(
+        &mut self,
+        view: BurnGradients,
+        step: OptimizerStep,
+    ) -> Result<Vec<UpdateNorms>, BurnGradients> {
+        let Some(fused) = self.fused.as_deref_mut() else {
+            return Err(view);
+        };
+        let Some(grads) = view.host_values() else {
+            return Err(view);
+        };
+        let module = self.module.take().expect("every action leaves a module");
+        let (module, pending, norms) =
+            fused.prepare(module, &grads, step.lr, step.measure, step.recognize);
+        drop(grads);
+        self.lr = None;
+        self.module = Some(module);
+        self.pending = Some(pending);
+        if step.measure == UpdateMeasure::Nothing {
+            self.commit_pending();
+        }
+        Ok(norms)
     }
 }
 
@@ -166,6 +219,10 @@ impl<M: Module + Clone> StepActions for BurnStep<'_, M> {
             .expect("one optimizer step per guarded step");
         let engine = view.engine();
         self.host_reads += view.host_reads();
+        let view = match self.step_fused(view, step) {
+            Ok(norms) => return Ok(norms),
+            Err(view) => view,
+        };
         let module = self.take_module();
         let grads = view.into_gradients_params(&module);
         // With one rate for all parameters the multiplier scales it; per-group rates are passed
@@ -200,6 +257,10 @@ impl<M: Module + Clone> StepActions for BurnStep<'_, M> {
     }
 
     fn undo_step(&mut self) -> Result<(), GuardError> {
+        if let (Some(pending), Some(fused)) = (self.pending.take(), self.fused.as_deref_mut()) {
+            fused.discard(pending);
+            return Ok(());
+        }
         let (_, old, old_optimizer) = self.before.take().expect("the step kept its before");
         *self.optimizer = old_optimizer;
         self.module = Some(old);
@@ -207,6 +268,11 @@ impl<M: Module + Clone> StepActions for BurnStep<'_, M> {
     }
 
     fn scale_step(&mut self, check: &UpdateCheck) -> Result<(), GuardError> {
+        if let (Some(pending), Some(fused)) = (self.pending.as_mut(), self.fused.as_deref_mut()) {
+            let module = self.module.take().expect("every action leaves a module");
+            self.module = Some(fused.scale(module, pending, check));
+            return Ok(());
+        }
         let (updates, _, _) = self.before.take().expect("the step kept its before");
         let stepped = self.take_module();
         self.module = Some(updates.scale(stepped, &check.scales, &check.unit_scales));
@@ -214,10 +280,12 @@ impl<M: Module + Clone> StepActions for BurnStep<'_, M> {
     }
 
     fn take_snapshot(&mut self, step: u64) -> Result<(), GuardError> {
+        self.commit_pending();
         *self.snapshot = Some(Snapshot {
             step,
             module: self.module.clone().expect("every action leaves a module"),
             optimizer: self.optimizer.clone(),
+            fused: self.fused.as_deref().cloned(),
         });
         Ok(())
     }
@@ -228,6 +296,9 @@ impl<M: Module + Clone> StepActions for BurnStep<'_, M> {
             .clone()
             .expect("the guard checked for a snapshot");
         *self.optimizer = snapshot.optimizer;
+        if let (Some(fused), Some(kept)) = (self.fused.as_deref_mut(), snapshot.fused) {
+            *fused = kept;
+        }
         self.module = Some(snapshot.module);
         Ok(())
     }
@@ -253,6 +324,9 @@ impl<M: Module + Clone> StepActions for BurnStep<'_, M> {
 ///   answers `true` for the next `skip_batches` calls.
 pub struct GuardedOptimizer<M> {
     optimizer: ModuleOptimizer,
+    /// The fused optimizer ([`GuardedOptimizer::fused`]); `optimizer` is then Burn's optimizer of
+    /// the same rule, for the steps the fused one cannot take.
+    fused: Option<FusedOptimizer>,
     core: GuardCore<M>,
 }
 
@@ -283,7 +357,35 @@ impl<M: Module + Clone> GuardedOptimizer<M> {
     pub fn new(optimizer: impl Into<ModuleOptimizer>, guard: Guard) -> Self {
         GuardedOptimizer {
             optimizer: optimizer.into(),
+            fused: None,
             core: GuardCore::new(guard),
+        }
+    }
+
+    /// Guards a [`FusedOptimizer`] of `rule` — Burn's SGD, Adam or AdamW, step for step — whose
+    /// update bound is measured in the pass that computes the update: no copy of the model or
+    /// of the optimizer state is kept for the bound, and a step where nothing fires gives the
+    /// same bits as Burn's optimizer. On the CPU backend with f32 parameters the fused step runs;
+    /// elsewhere Burn's optimizer of the same rule steps, guarded as [`GuardedOptimizer::new`]
+    /// guards any optimizer. A run stays on one device: the two keep separate state.
+    pub fn fused(rule: FusedRule, guard: Guard) -> Self {
+        GuardedOptimizer {
+            optimizer: rule.to_burn(),
+            fused: Some(FusedOptimizer::new(rule)),
+            core: GuardCore::new(guard),
+        }
+    }
+
+    /// The fused optimizer, when built by [`GuardedOptimizer::fused`] (e.g. to save its record).
+    pub fn fused_optimizer(&self) -> Option<&FusedOptimizer> {
+        self.fused.as_ref()
+    }
+
+    /// Replaces the fused optimizer (e.g. one loaded from a checkpoint); no effect on an
+    /// optimizer built by [`GuardedOptimizer::new`].
+    pub fn set_fused_optimizer(&mut self, fused: FusedOptimizer) {
+        if self.fused.is_some() {
+            self.fused = Some(fused);
         }
     }
 
@@ -336,7 +438,8 @@ impl<M: Module + Clone> GuardedOptimizer<M> {
     /// `take_snapshot` calls this with the loaded module, so it rolls back exactly as the
     /// uninterrupted run would have.
     pub fn set_snapshot(&mut self, step: u64, module: M) {
-        self.core.set_snapshot(step, module, &self.optimizer);
+        self.core
+            .set_snapshot(step, module, &self.optimizer, self.fused.as_ref());
     }
 
     /// Call once per batch before computing it: `true` while batches are being skipped after a
@@ -355,7 +458,13 @@ impl<M: Module + Clone> GuardedOptimizer<M> {
         grads: GradientsParams,
         loss: Option<Tensor<1>>,
     ) -> Result<GuardedStep<M>, Box<Stopped<M>>> {
-        self.core
-            .step(&mut self.optimizer, lr.into(), module, grads, loss)
+        self.core.step(
+            &mut self.optimizer,
+            self.fused.as_mut(),
+            lr.into(),
+            module,
+            grads,
+            loss,
+        )
     }
 }

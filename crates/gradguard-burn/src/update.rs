@@ -115,7 +115,7 @@ impl ModuleVisitor for After {
 
 /// ‖after − before‖₁ and ‖after − before‖_∞ of one parameter on the host, in f64 (NaN when a
 /// change is not finite).
-fn spread_of(before: &[f32], after: &[f32]) -> UpdateSpread {
+pub(crate) fn spread_of(before: &[f32], after: &[f32]) -> UpdateSpread {
     let (sum_abs, max_abs) =
         before
             .iter()
@@ -282,7 +282,7 @@ impl Updates {
 /// The factors of parameter `i` as the scaling applies them: one per unit where the unit-wise
 /// bound gave factors matching its span, else its tensor factor (as one unit), or `None` when
 /// it is left as it is.
-fn factors_of(
+pub(crate) fn factors_of(
     i: usize,
     span: Option<UnitSpan>,
     len: usize,

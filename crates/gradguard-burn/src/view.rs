@@ -1,8 +1,10 @@
 //! `BurnGradients`: gradguard's `Gradients` view over Burn's `GradientsParams`.
 
-use burn::module::Module;
+use std::collections::HashMap;
+
+use burn::module::{Module, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorData};
 use burn_dispatch::DispatchDevice;
 use gradguard::{
     Gradients, HostGradients, HostTensor, Result, Source, TensorStats, UnitLayout, UnitSpan, Values,
@@ -185,6 +187,24 @@ impl BurnGradients {
             Storage::Host { .. } => 0,
             Storage::Device(d) => d.host_reads.get(),
         }
+    }
+
+    /// On the host path, when every gradient is f32: each parameter's (possibly clipped)
+    /// gradient values by id, in their own buffers.
+    pub(crate) fn host_values(&self) -> Option<HashMap<ParamId, &[f32]>> {
+        let Storage::Host { grads, .. } = &self.storage else {
+            return None;
+        };
+        if self.entries.iter().any(|e| e.dtype != DType::F32) {
+            return None;
+        }
+        Some(
+            self.entries
+                .iter()
+                .zip(grads.tensors())
+                .map(|(e, t)| (e.id, t.values.floats()))
+                .collect(),
+        )
     }
 
     /// Puts the (possibly clipped) gradients back for the optimizer.

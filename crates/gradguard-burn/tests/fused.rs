@@ -1,0 +1,281 @@
+//! The fused guarded optimizer (issue "A guard you never turn off"): Burn's SGD, Adam and AdamW
+//! step for step, bit for bit where the guard does not act, and the same guarded run as the
+//! plain guarded optimizer where it does (bounded steps, undone steps, rollbacks).
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor, TensorData};
+use gradguard::rules::Chain;
+use gradguard::{Decision, Guard, GuardConfig, NonFinitePolicy, StepReport};
+use gradguard_burn::{AdamMoments, FusedRule, GuardedOptimizer};
+
+#[derive(Module, Debug)]
+struct Net {
+    layers: Vec<Linear>,
+}
+
+impl Net {
+    fn new(device: &Device) -> Self {
+        Net {
+            layers: vec![
+                LinearConfig::new(8, 32).init(device),
+                LinearConfig::new(32, 32).init(device),
+                LinearConfig::new(32, 1).init(device),
+            ],
+        }
+    }
+
+    /// Mean squared error on batch `k` against targets multiplied by `scale`.
+    fn loss(&self, k: usize, scale: f32, device: &Device) -> Tensor<1> {
+        let x: Vec<f32> = (0..16 * 8)
+            .map(|i| ((i + 131 * k) as f32 * 0.37).sin())
+            .collect();
+        let y: Vec<f32> = (0..16)
+            .map(|i| ((i + 17 * k) as f32 * 0.11).cos() * scale)
+            .collect();
+        let x = Tensor::<2>::from_data(TensorData::new(x, [16, 8]), device);
+        let y = Tensor::<2>::from_data(TensorData::new(y, [16, 1]), device);
+        let mut h = x;
+        for (i, l) in self.layers.iter().enumerate() {
+            h = l.forward(h);
+            if i + 1 < self.layers.len() {
+                h = h.tanh();
+            }
+        }
+        (h - y).square().mean()
+    }
+}
+
+fn weights<M: Module>(m: &M) -> Vec<Vec<f32>> {
+    struct Copy(Vec<Vec<f32>>);
+    impl ModuleVisitor for Copy {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            self.0
+                .push(p.val().into_data().try_to_vec::<f32>().unwrap());
+        }
+    }
+    let mut c = Copy(Vec::new());
+    m.visit(&mut c);
+    c.0
+}
+
+fn device() -> Device {
+    Device::flex().autodiff()
+}
+
+fn rules() -> Vec<FusedRule> {
+    let adamw = AdamMoments {
+        beta_2: 0.95,
+        ..AdamMoments::default()
+    };
+    vec![
+        FusedRule::Sgd { weight_decay: None },
+        FusedRule::Sgd {
+            weight_decay: Some(1e-2),
+        },
+        FusedRule::Adam {
+            moments: AdamMoments::default(),
+            weight_decay: None,
+        },
+        FusedRule::Adam {
+            moments: AdamMoments::default(),
+            weight_decay: Some(1e-2),
+        },
+        FusedRule::AdamW {
+            moments: adamw,
+            weight_decay: 0.1,
+        },
+    ]
+}
+
+fn lr_of(rule: FusedRule) -> f64 {
+    match rule {
+        FusedRule::Sgd { .. } => 2e-4,
+        _ => 1e-3,
+    }
+}
+
+/// `steps` steps of Burn's own optimizer for `rule`, unguarded: the weights after each.
+fn plain_run(rule: FusedRule, mut net: Net, steps: usize) -> Vec<Vec<Vec<f32>>> {
+    let (device, mut optim) = (device(), rule.to_burn());
+    (0..steps)
+        .map(|k| {
+            let loss = net.loss(k, 1.0, &device);
+            let grads = GradientsParams::from_grads(loss.backward(), &net);
+            net = optim.step(lr_of(rule), net.clone(), grads);
+            weights(&net)
+        })
+        .collect()
+}
+
+/// A guarded run of `optim` from `net` over `scales` (one batch each, `lr` each step): the weights and the
+/// report after each step.
+fn guarded_run(
+    mut optim: GuardedOptimizer<Net>,
+    mut net: Net,
+    lr: f64,
+    scales: &[f32],
+) -> Vec<(Vec<Vec<f32>>, StepReport)> {
+    let device = device();
+    let mut out = Vec::new();
+    for (k, &scale) in scales.iter().enumerate() {
+        if optim.skip_batch() {
+            continue;
+        }
+        let loss = net.loss(k, scale, &device);
+        let grads = GradientsParams::from_grads(loss.backward(), &net);
+        let step = optim.step(lr, net, grads, Some(loss)).unwrap();
+        net = step.module;
+        out.push((weights(&net), step.report));
+    }
+    out
+}
+
+fn same_runs(a: &[(Vec<Vec<f32>>, StepReport)], b: &[(Vec<Vec<f32>>, StepReport)]) {
+    assert_eq!(a.len(), b.len());
+    for (k, ((wa, ra), (wb, rb))) in a.iter().zip(b).enumerate() {
+        assert_eq!(ra.decision, rb.decision, "step {k}");
+        assert_eq!(ra.reasons, rb.reasons, "step {k}");
+        // Debug text: a reverted step's ratios are NaN, equal in both runs but not to each other.
+        assert_eq!(
+            format!("{:?}", ra.update),
+            format!("{:?}", rb.update),
+            "step {k}"
+        );
+        assert_eq!(wa, wb, "weights after step {k}");
+    }
+}
+
+#[test]
+fn fused_steps_are_burns_optimizers_bit_for_bit() {
+    for rule in rules() {
+        let net = Net::new(&device());
+        let plain = plain_run(rule, net.clone(), 12);
+        let without_bound = Guard::new(
+            GuardConfig {
+                update_bound: None,
+                ..GuardConfig::default()
+            },
+            Chain::default(),
+        )
+        .unwrap();
+        for guard in [Guard::default(), without_bound] {
+            let run = guarded_run(
+                GuardedOptimizer::fused(rule, guard),
+                net.clone(),
+                lr_of(rule),
+                &[1.0; 12],
+            );
+            for (k, (w, report)) in run.iter().enumerate() {
+                assert_eq!(report.decision, Decision::Apply, "{rule:?} step {k}");
+                assert!(
+                    report.update.as_ref().is_none_or(|u| u.bounded == 0),
+                    "{rule:?} step {k}: the bound fired, so this does not test equality: {:?}",
+                    report.reasons
+                );
+                assert_eq!(w, &plain[k], "{rule:?}: weights after step {k}");
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_and_plain_guards_agree_where_the_bound_scales_steps() {
+    for rule in rules() {
+        let net = Net::new(&device());
+        let lr = lr_of(rule) * 300.0;
+        let scales = [1.0, 50.0, 1.0, 200.0, 1.0, 1.0, 80.0, 1.0];
+        let plain = guarded_run(
+            GuardedOptimizer::new(rule.to_burn(), Guard::default()),
+            net.clone(),
+            lr,
+            &scales,
+        );
+        let fused = guarded_run(
+            GuardedOptimizer::fused(rule, Guard::default()),
+            net.clone(),
+            lr,
+            &scales,
+        );
+        assert!(
+            plain
+                .iter()
+                .any(|(_, r)| r.update.as_ref().is_some_and(|u| u.bounded > 0)),
+            "{rule:?}: the bound never fired"
+        );
+        same_runs(&plain, &fused);
+    }
+}
+
+#[test]
+fn a_non_finite_update_is_dropped_with_the_moments_it_would_have_made() {
+    let guard = || {
+        Guard::new(
+            GuardConfig {
+                non_finite: NonFinitePolicy::Apply,
+                ..GuardConfig::default()
+            },
+            Chain::default(),
+        )
+        .unwrap()
+    };
+    for rule in rules() {
+        let net = Net::new(&device());
+        let scales = [1.0, 1.0, f32::NAN, 1.0, 1.0];
+        let plain = guarded_run(
+            GuardedOptimizer::new(rule.to_burn(), guard()),
+            net.clone(),
+            lr_of(rule),
+            &scales,
+        );
+        let fused = guarded_run(
+            GuardedOptimizer::fused(rule, guard()),
+            net.clone(),
+            lr_of(rule),
+            &scales,
+        );
+        let undone = &fused[2];
+        assert_eq!(undone.1.decision, Decision::Skip, "{rule:?}");
+        assert_eq!(undone.0, fused[1].0, "{rule:?}: the weights moved");
+        same_runs(&plain, &fused);
+    }
+}
+
+#[test]
+fn a_rollback_restores_the_fused_state_of_the_snapshot() {
+    let guard = || {
+        Guard::new(
+            GuardConfig {
+                snapshot_every: 4,
+                ..GuardConfig::default()
+            },
+            Chain::default(),
+        )
+        .unwrap()
+    };
+    let mut scales = vec![1.0f32; 40];
+    scales[30] = 1e4;
+    for rule in rules() {
+        let net = Net::new(&device());
+        let plain = guarded_run(
+            GuardedOptimizer::new(rule.to_burn(), guard()),
+            net.clone(),
+            lr_of(rule),
+            &scales,
+        );
+        let fused = guarded_run(
+            GuardedOptimizer::fused(rule, guard()),
+            net.clone(),
+            lr_of(rule),
+            &scales,
+        );
+        assert!(
+            fused
+                .iter()
+                .any(|(_, r)| matches!(r.decision, Decision::Rollback { .. })),
+            "{rule:?}: no rollback"
+        );
+        same_runs(&plain, &fused);
+    }
+}

@@ -7,11 +7,12 @@
 //! global-norm clipping, which rewrites every gradient), per-layer telemetry into a JSONL file,
 //! and handing the gradients back. Prints medians, the overhead as a percentage of the step, the
 //! phases, and the host reads per step, for both placements. Last, whole training steps of this
-//! MLP under Adam and of a 4-layer pre-norm transformer stack under AdamW, each with the plain
-//! optimizer alone, with `GuardedOptimizer` and the default guard, and with the default guard
-//! without its update bound (interleaved, so a busy machine slows all alike): the whole default
-//! guard's cost against a plain step, and the bound's share — the pre-step clone, ‖w‖ and ‖Δw‖ of
-//! every parameter, one host read.
+//! MLP under Adam and of a 4-layer pre-norm transformer stack under AdamW, each with Burn's
+//! optimizer alone, with `GuardedOptimizer` over it and the default guard, with the default guard
+//! without its update bound, and with the fused guarded optimizer of the same rule and the
+//! default guard (interleaved, so a busy machine slows all alike): each guard's cost against a
+//! plain step — for `GuardedOptimizer::new` the bound's share is the pre-step clone and ‖w‖, ‖Δw‖
+//! of every parameter; the fused one measures them in its update pass.
 //!
 //! Run: `cargo bench -p gradguard-burn --bench guard_overhead` (about a minute and a half, on
 //! flex).
@@ -29,11 +30,11 @@ use burn::nn::transformer::{
     TransformerEncoder, TransformerEncoderConfig, TransformerEncoderInput,
 };
 use burn::nn::{Linear, LinearConfig};
-use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Distribution, Tensor};
 use gradguard::rules::{Chain, ClipByGlobalNorm, Rule};
 use gradguard::{Guard, GuardConfig};
-use gradguard_burn::{BurnGradients, GuardedOptimizer, Placement};
+use gradguard_burn::{AdamMoments, BurnGradients, FusedRule, GuardedOptimizer, Placement};
 use gradguard_report::{JsonlSink, MetricsRecord, Sink};
 
 #[derive(Module, Debug)]
@@ -208,7 +209,10 @@ fn main() {
         &device,
         "24 x Linear(256) tanh MLP, Adam 1e-3",
         model,
-        || AdamConfig::new().init(),
+        FusedRule::Adam {
+            moments: AdamMoments::default(),
+            weight_decay: None,
+        },
         |m: &Mlp| m.loss(x.clone(), y.clone()),
     );
     // The transformer stack: 4 pre-norm layers of width 128, context 64, batch 16, AdamW.
@@ -219,7 +223,10 @@ fn main() {
         &device,
         "4-layer pre-norm transformer stack (d 128, context 64, batch 16), AdamW 1e-3",
         stack,
-        || AdamWConfig::new().with_weight_decay(0.1).init(),
+        FusedRule::AdamW {
+            moments: AdamMoments::default(),
+            weight_decay: 0.1,
+        },
         |m: &Stack| m.loss(sx.clone(), sy.clone()),
     );
 }
@@ -354,18 +361,20 @@ impl Stack {
     }
 }
 
-/// Whole training steps of the same model and data, three ways, interleaved step by step (a busy
-/// machine slows all alike): the plain optimizer alone, `GuardedOptimizer` with the default guard,
-/// and the same without its update bound. Each step takes its model out, so that no other handle
-/// makes the optimizer copy its weights. Prints the medians, what the whole default guard costs
-/// against the plain step, and the update bound's share of it.
+/// Whole training steps of the same model and data, four ways, interleaved step by step (a busy
+/// machine slows all alike): Burn's optimizer of `rule` alone, `GuardedOptimizer` over it with
+/// the default guard, the same without its update bound, and the fused guarded optimizer of the
+/// same rule with the default guard. Each step takes its model out, so that no other handle
+/// makes the optimizer copy its weights. Prints the medians and what each guard costs against the
+/// plain step.
 fn whole_step_cost<M: Module + Clone>(
     device: &Device,
     what: &str,
     model: M,
-    optimizer: impl Fn() -> ModuleOptimizer,
+    rule: FusedRule,
     loss: impl Fn(&M) -> Tensor<1>,
 ) {
+    let optimizer = || rule.to_burn();
     let guarded = |bound: bool| {
         let config = GuardConfig {
             update_bound: if bound {
@@ -379,16 +388,25 @@ fn whole_step_cost<M: Module + Clone>(
         GuardedOptimizer::new(optimizer(), guard)
     };
     let mut plain = optimizer();
-    let mut optims = [guarded(true), guarded(false)];
-    let mut models = [Some(model.clone()), Some(model.clone()), Some(model)];
-    let mut times = [Vec::new(), Vec::new(), Vec::new()];
+    let mut optims = [
+        guarded(true),
+        guarded(false),
+        GuardedOptimizer::fused(rule, Guard::default()),
+    ];
+    let mut models = [
+        Some(model.clone()),
+        Some(model.clone()),
+        Some(model.clone()),
+        Some(model),
+    ];
+    let mut times = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
     for i in 0..40 {
-        for k in 0..3 {
+        for k in 0..4 {
             let start = Instant::now();
             let m = models[k].take().expect("each step puts its model back");
             let l = loss(&m);
             let grads = GradientsParams::from_grads(l.backward(), &m);
-            models[k] = Some(if k == 2 {
+            models[k] = Some(if k == 3 {
                 plain.step(1e-3, m, grads)
             } else {
                 optims[k].step(1e-3, m, grads, Some(l)).unwrap().module
@@ -400,13 +418,14 @@ fn whole_step_cost<M: Module + Clone>(
             }
         }
     }
-    let [with, without, alone] = times.map(|t| median(t).as_secs_f64() * 1e3);
+    let [with, without, fused, alone] = times.map(|t| median(t).as_secs_f64() * 1e3);
+    let share = |t: f64| 100.0 * (t - alone) / alone;
     println!(
         "whole steps, {what} (median of 35, interleaved): plain {alone:.2} ms, default guard \
-         {with:.2} ms (+{:.1}%), default guard without its update bound {without:.2} ms \
-         (+{:.1}%): the bound costs {:.2} ms",
-        100.0 * (with - alone) / alone,
-        100.0 * (without - alone) / alone,
-        with - without,
+         {with:.2} ms ({:+.1}%), default guard without its update bound {without:.2} ms \
+         ({:+.1}%), fused default guard {fused:.2} ms ({:+.1}%)",
+        share(with),
+        share(without),
+        share(fused),
     );
 }

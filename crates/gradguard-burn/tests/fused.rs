@@ -20,8 +20,9 @@ impl Net {
         Net {
             layers: vec![
                 LinearConfig::new(8, 32).init(device),
-                LinearConfig::new(32, 32).init(device),
-                LinearConfig::new(32, 1).init(device),
+                // 9,600 values: stepped and measured in slices that cut its rows.
+                LinearConfig::new(32, 300).init(device),
+                LinearConfig::new(300, 1).init(device),
             ],
         }
     }

@@ -297,60 +297,154 @@ pub fn row_sum_squares(xs: &[f32], cols: usize) -> Vec<f64> {
 /// (values beyond ~1e17 or non-finite ones) is redone exactly in f64, so any finite weights give
 /// finite norms.
 pub fn update_norms(before: &[f32], after: &[f32]) -> (f64, f64) {
-    let (mut w, mut d) = (0.0f64, 0.0f64);
-    for (b, a) in before.chunks(BLOCK).zip(after.chunks(BLOCK)) {
-        let (mut wl, mut dl) = ([0.0f32; LANES], [0.0f32; LANES]);
-        let (bc, ac) = (b.chunks_exact(LANES), a.chunks_exact(LANES));
-        let (b_rest, a_rest) = (bc.remainder(), ac.remainder());
-        for (bs, as_) in bc.zip(ac) {
-            for k in 0..LANES {
-                let diff = as_[k] - bs[k];
-                wl[k] += bs[k] * bs[k];
-                dl[k] += diff * diff;
-            }
-        }
-        for (k, (&x, &y)) in b_rest.iter().zip(a_rest).enumerate() {
-            let diff = y - x;
-            wl[k] += x * x;
-            dl[k] += diff * diff;
-        }
-        let (bw, bd) = (wl.map(f64::from), dl.map(f64::from));
-        let (bw, bd) = (tree_sum(bw), tree_sum(bd));
-        if bw.is_finite() && bd.is_finite() {
-            w += bw;
-            d += bd;
-        } else {
-            for (&x, &y) in b.iter().zip(a) {
-                let x64 = f64::from(x);
-                let diff = f64::from(y) - x64;
-                w += x64 * x64;
-                d += diff * diff;
-            }
-        }
-    }
-    (w.sqrt(), d.sqrt())
+    let mut sums = UpdateSums::new(None);
+    sums.add(before, after);
+    sums.finish().0
 }
 
 /// Per unit of `span`: (‖before_u‖₂, ‖after_u − before_u‖₂) of two row-major slices of one
 /// shape — a weight before and after an optimizer step — accumulated in f64 in index order (no
 /// overflow for any finite f32). The unit-wise update bound's measurement on the host.
 pub fn unit_update_norms(before: &[f32], after: &[f32], span: UnitSpan) -> Vec<(f64, f64)> {
-    let units = span.units();
-    let (mut w, mut d) = (vec![0.0f64; units], vec![0.0f64; units]);
-    let cols = span.cols.max(1);
-    for (row, (b, a)) in before.chunks(cols).zip(after.chunks(cols)).enumerate() {
-        for (col, (&x, &y)) in b.iter().zip(a).enumerate() {
-            let u = if span.units_are_columns { col } else { row };
-            let x64 = f64::from(x);
-            let diff = f64::from(y) - x64;
-            w[u] += x64 * x64;
-            d[u] += diff * diff;
+    let mut sums = UpdateSums::new(Some(span));
+    sums.add(before, after);
+    sums.finish().1
+}
+
+/// [`update_norms`] and, with a span, [`unit_update_norms`] of one tensor, fed slice by slice in
+/// index order — e.g. each slice of the weights as an optimizer writes its new values, while both
+/// are in cache. Every slice but the last must hold a multiple of [`BLOCK`] values; the result
+/// is then the same, bit for bit, as measuring the whole tensor at once.
+#[derive(Debug, Clone)]
+pub struct UpdateSums {
+    weight: f64,
+    update: f64,
+    /// Values added so far.
+    offset: usize,
+    units: Option<(UnitSpan, Vec<f64>, Vec<f64>)>,
+}
+
+impl UpdateSums {
+    /// Empty sums; per unit of `span` too when given.
+    pub fn new(span: Option<UnitSpan>) -> Self {
+        UpdateSums {
+            weight: 0.0,
+            update: 0.0,
+            offset: 0,
+            units: span.map(|s| (s, vec![0.0; s.units()], vec![0.0; s.units()])),
         }
     }
-    w.into_iter()
-        .zip(d)
-        .map(|(w, d)| (w.sqrt(), d.sqrt()))
-        .collect()
+
+    /// Adds the next slice of the weights before and after the step.
+    pub fn add(&mut self, before: &[f32], after: &[f32]) {
+        debug_assert!(
+            self.offset.is_multiple_of(BLOCK),
+            "a slice before this one was cut mid-block"
+        );
+        for (b, a) in before.chunks(BLOCK).zip(after.chunks(BLOCK)) {
+            let (w, d) = block_update_sums(b, a);
+            self.weight += w;
+            self.update += d;
+        }
+        if let Some((span, w, d)) = &mut self.units {
+            add_unit_sums(*span, self.offset, before, after, w, d);
+        }
+        self.offset += before.len();
+    }
+
+    /// (‖w‖₂, ‖Δw‖₂) of the tensor, and per unit when a span was given (else empty).
+    pub fn finish(self) -> ((f64, f64), Vec<(f64, f64)>) {
+        let units = self.units.map_or_else(Vec::new, |(_, w, d)| {
+            w.into_iter()
+                .zip(d)
+                .map(|(w, d)| (w.sqrt(), d.sqrt()))
+                .collect()
+        });
+        ((self.weight.sqrt(), self.update.sqrt()), units)
+    }
+}
+
+/// Σ before² and Σ (after − before)² of one block (see [`update_norms`]).
+fn block_update_sums(b: &[f32], a: &[f32]) -> (f64, f64) {
+    let (mut wl, mut dl) = ([0.0f32; LANES], [0.0f32; LANES]);
+    let (bc, ac) = (b.chunks_exact(LANES), a.chunks_exact(LANES));
+    let (b_rest, a_rest) = (bc.remainder(), ac.remainder());
+    for (bs, as_) in bc.zip(ac) {
+        for k in 0..LANES {
+            let diff = as_[k] - bs[k];
+            wl[k] += bs[k] * bs[k];
+            dl[k] += diff * diff;
+        }
+    }
+    for (k, (&x, &y)) in b_rest.iter().zip(a_rest).enumerate() {
+        let diff = y - x;
+        wl[k] += x * x;
+        dl[k] += diff * diff;
+    }
+    let (bw, bd) = (tree_sum(wl.map(f64::from)), tree_sum(dl.map(f64::from)));
+    if bw.is_finite() && bd.is_finite() {
+        return (bw, bd);
+    }
+    let (mut w, mut d) = (0.0, 0.0);
+    for (&x, &y) in b.iter().zip(a) {
+        let x64 = f64::from(x);
+        let diff = f64::from(y) - x64;
+        w += x64 * x64;
+        d += diff * diff;
+    }
+    (w, d)
+}
+
+/// Adds the values at flat indices `offset..` of a row-major tensor to their units' f64 sums, in
+/// index order: whole rows at a time where the slice holds them (a unit per column: one pass
+/// over the row that vectorizes), value by value at a slice's cut ends.
+fn add_unit_sums(
+    span: UnitSpan,
+    offset: usize,
+    before: &[f32],
+    after: &[f32],
+    w: &mut [f64],
+    d: &mut [f64],
+) {
+    let cols = span.cols.max(1);
+    let one = |i: usize, x: f32, y: f32, w: &mut [f64], d: &mut [f64]| {
+        let u = span.unit_of(i);
+        let x64 = f64::from(x);
+        let diff = f64::from(y) - x64;
+        w[u] += x64 * x64;
+        d[u] += diff * diff;
+    };
+    let n = before.len();
+    let head = ((cols - offset % cols) % cols).min(n);
+    for i in 0..head {
+        one(offset + i, before[i], after[i], w, d);
+    }
+    let rows = (n - head) / cols;
+    for r in 0..rows {
+        let start = head + r * cols;
+        let (b, a) = (&before[start..start + cols], &after[start..start + cols]);
+        if span.units_are_columns {
+            for c in 0..cols {
+                let x64 = f64::from(b[c]);
+                let diff = f64::from(a[c]) - x64;
+                w[c] += x64 * x64;
+                d[c] += diff * diff;
+            }
+        } else {
+            let u = (offset + start) / cols;
+            let (mut sw, mut sd) = (w[u], d[u]);
+            for (&x, &y) in b.iter().zip(a) {
+                let x64 = f64::from(x);
+                let diff = f64::from(y) - x64;
+                sw += x64 * x64;
+                sd += diff * diff;
+            }
+            (w[u], d[u]) = (sw, sd);
+        }
+    }
+    for i in head + rows * cols..n {
+        one(offset + i, before[i], after[i], w, d);
+    }
 }
 
 /// A tensor's own (‖w‖₂, ‖Δw‖₂) from its units' ([`unit_update_norms`]): the root of the summed
@@ -365,6 +459,49 @@ pub fn tensor_norms_of_units(units: &[(f64, f64)]) -> (f64, f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Per unit, in index order, in f64: the definition the sums must reproduce bit for bit.
+    fn unit_reference(b: &[f32], a: &[f32], span: UnitSpan) -> Vec<(f64, f64)> {
+        let mut sums = vec![(0.0f64, 0.0f64); span.units()];
+        for (i, (&x, &y)) in b.iter().zip(a).enumerate() {
+            let s = &mut sums[span.unit_of(i)];
+            let x64 = f64::from(x);
+            s.0 += x64 * x64;
+            s.1 += (f64::from(y) - x64).powi(2);
+        }
+        sums.into_iter()
+            .map(|(w, d)| (w.sqrt(), d.sqrt()))
+            .collect()
+    }
+
+    #[test]
+    fn update_sums_fed_in_slices_are_the_whole_tensors_bit_for_bit() {
+        for (rows, cols) in [(700, 7), (9, 1000), (64, 256), (3, 5000), (1, 4100)] {
+            let n = rows * cols;
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let a: Vec<f32> = b
+                .iter()
+                .enumerate()
+                .map(|(i, x)| x + (i as f32 * 0.11).cos() * 1e-3)
+                .collect();
+            for units_are_columns in [true, false] {
+                let span = UnitSpan {
+                    rows,
+                    cols,
+                    units_are_columns,
+                };
+                let whole = (update_norms(&b, &a), unit_update_norms(&b, &a, span));
+                assert_eq!(whole.1, unit_reference(&b, &a, span), "{rows}x{cols}");
+                for slice in [BLOCK, 3 * BLOCK] {
+                    let mut sums = UpdateSums::new(Some(span));
+                    for (bs, as_) in b.chunks(slice).zip(a.chunks(slice)) {
+                        sums.add(bs, as_);
+                    }
+                    assert_eq!(sums.finish(), whole, "{rows}x{cols} in slices of {slice}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn update_norms_are_exact_enough_and_never_overflow() {

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 
 use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::{Tensor, TensorData};
+use gradguard::kernel::{BLOCK, UpdateSums};
 use gradguard::{UnitLayout, UnitSpan, UpdateCheck, UpdateMeasure, UpdateNorms};
 
 pub use rule::{AdamMoments, FusedRule};
@@ -166,6 +167,10 @@ impl FusedOptimizer {
     }
 }
 
+/// Values stepped and measured at a time: four of the norms' blocks (16 KB per buffer), so the
+/// seven buffers of an Adam slice stay in cache between the step and its measurement.
+const SLICE: usize = 4 * BLOCK;
+
 struct Prepare<'a> {
     rule: FusedRule,
     lr: f64,
@@ -181,12 +186,14 @@ struct Prepare<'a> {
 }
 
 impl Prepare<'_> {
-    /// One parameter: its step into spare buffers (when it has a gradient) and its norms.
+    /// One parameter: its step into spare buffers (when it has a gradient) and its norms, slice
+    /// by slice, each slice measured while it is in cache.
     fn parameter(&mut self, id: ParamId, dims: &[usize], w: &[f32]) {
         let grad = self.grads.get(&id).copied();
         let name = self.path.join(".");
         let span = self.layout.map(|layout| layout.span_or_whole(&name, dims));
-        let mut step = grad.map(|g| {
+        let mut sums = self.measure.then(|| UpdateSums::new(span));
+        let step = grad.map(|g| {
             let state = self.states.get(&id);
             let (len, moments) = (w.len(), self.rule.has_moments());
             let mut after = self.pool.take(len);
@@ -196,11 +203,22 @@ impl Prepare<'_> {
                 (Vec::new(), Vec::new())
             };
             let time = state.map_or(1, |s| s.time + 1);
-            let before = state
-                .filter(|_| moments)
-                .map(|s| (s.m.as_slice(), s.v.as_slice()));
-            self.rule
-                .step_into(self.lr, time, w, g, before, &mut after, &mut m, &mut v);
+            let before = state.filter(|_| moments);
+            for start in (0..len).step_by(SLICE) {
+                let r = start..(start + SLICE).min(len);
+                let moments = before.map(|s| (&s.m[r.clone()], &s.v[r.clone()]));
+                // SGD keeps no moments: its buffers are empty.
+                let (m, v) = (
+                    m.get_mut(r.clone()).unwrap_or_default(),
+                    v.get_mut(r.clone()).unwrap_or_default(),
+                );
+                let (w, after) = (&w[r.clone()], &mut after[r.clone()]);
+                self.rule
+                    .step_into(self.lr, time, w, &g[r.clone()], moments, after, m, v);
+                if let Some(sums) = &mut sums {
+                    sums.add(w, after);
+                }
+            }
             ParamStep {
                 index: self.norms.len(),
                 span,
@@ -210,12 +228,12 @@ impl Prepare<'_> {
                 v,
             }
         });
-        if self.measure {
+        if let Some(mut sums) = sums {
             let after = step.as_ref().map_or(w, |s| s.after.as_slice());
-            let (weight, update) = gradguard::kernel::update_norms(w, after);
-            let units = span.map_or_else(Vec::new, |span| {
-                gradguard::kernel::unit_update_norms(w, after, span)
-            });
+            if step.is_none() {
+                sums.add(w, w);
+            }
+            let ((weight, update), units) = sums.finish();
             let spread = self.spread.then(|| crate::update::spread_of(w, after));
             self.norms.push(UpdateNorms {
                 name,
@@ -226,7 +244,7 @@ impl Prepare<'_> {
                 spread,
             });
         }
-        if let Some(step) = step.take() {
+        if let Some(step) = step {
             self.steps.insert(id, step);
         }
     }

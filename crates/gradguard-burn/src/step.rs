@@ -184,12 +184,13 @@ impl<M: Module + Clone> BurnStep<'_, M> {
         let Some(grads) = view.host_values() else {
             return Err(view);
         };
-        let module = self.module.take().expect("every action leaves a module");
-        let (module, pending, norms) =
-            fused.prepare(module, &grads, step.lr, step.measure, step.recognize);
-        drop(grads);
+        let module = self.module.as_ref().expect("every action leaves a module");
+        let Some((pending, norms)) =
+            fused.prepare(module, &grads, step.lr, step.measure, step.recognize)
+        else {
+            return Err(view);
+        };
         self.lr = None;
-        self.module = Some(module);
         self.pending = Some(pending);
         if step.measure == UpdateMeasure::Nothing {
             self.commit_pending();
@@ -269,8 +270,8 @@ impl<M: Module + Clone> StepActions for BurnStep<'_, M> {
 
     fn scale_step(&mut self, check: &UpdateCheck) -> Result<(), GuardError> {
         if let (Some(pending), Some(fused)) = (self.pending.as_mut(), self.fused.as_deref_mut()) {
-            let module = self.module.take().expect("every action leaves a module");
-            self.module = Some(fused.scale(module, pending, check));
+            let module = self.module.as_ref().expect("every action leaves a module");
+            fused.scale(module, pending, check);
             return Ok(());
         }
         let (updates, _, _) = self.before.take().expect("the step kept its before");

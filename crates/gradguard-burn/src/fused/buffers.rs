@@ -1,12 +1,15 @@
-//! A parameter's values lent to the host as `[f32]`, and the spare buffers the fused step writes.
+//! A parameter's values read as `[f32]` where they lie, and the spare buffers the fused step
+//! writes.
 //!
-//! On the CPU backend a tensor whose buffer nobody else holds leaves it without a copy
-//! (`into_data`) and takes one back the same way (`from_data`); a shared buffer (the step after a
-//! snapshot) is copied once.
+//! On the CPU backend a parameter's buffer is read through a handle of its own (no copy); new
+//! values replace a buffer nobody else holds without a copy either (`into_data`, `from_data`),
+//! and the old buffer is kept for a later step.
 
 use std::collections::HashMap;
 
 use burn::tensor::{Tensor, TensorData};
+use burn_dispatch::backends::Flex;
+use burn_dispatch::backends::flex::FlexTensor;
 
 /// Buffers of finished steps by length, handed to the next step's parameters of that length.
 #[derive(Debug, Default)]
@@ -69,18 +72,28 @@ impl Context {
     }
 }
 
-/// Lends `w`'s values to `read` as `[f32]` and gives back the same tensor (its own buffer when it
-/// held it alone).
-pub(crate) fn with_values<const D: usize>(w: Tensor<D>, read: impl FnOnce(&[f32])) -> Tensor<D> {
-    let context = Context::capture(&w);
-    let inner = if context.autodiff { w.inner() } else { w };
-    let device = inner.device();
-    let data = inner.into_data();
-    read(
-        data.as_slice::<f32>()
-            .expect("the fused step runs on f32 parameters"),
-    );
-    context.restore(Tensor::from_data(data, &device))
+/// A handle on a CPU-backend parameter's buffer, read as `[f32]` where it lies.
+pub(crate) struct HostValues(FlexTensor);
+
+impl HostValues {
+    /// `w`'s buffer, or `None` when it is not a contiguous f32 tensor of the CPU backend.
+    pub fn of<const D: usize>(w: &Tensor<D>) -> Option<Self> {
+        let inner = if w.is_autodiff() {
+            w.clone().inner()
+        } else {
+            w.clone()
+        };
+        let flex: FlexTensor = inner.try_into_primitive::<Flex>().ok()?;
+        flex.as_slice::<f32>()?;
+        Some(HostValues(flex))
+    }
+
+    /// The values.
+    pub fn values(&self) -> &[f32] {
+        self.0
+            .as_slice::<f32>()
+            .expect("checked when the handle was taken")
+    }
 }
 
 /// `w` with its values replaced by `values` (of its shape), and its old values as a buffer.

@@ -13,14 +13,15 @@ mod rule;
 
 use std::collections::HashMap;
 
-use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::{Tensor, TensorData};
 use gradguard::kernel::{BLOCK, UpdateSums};
 use gradguard::{UnitLayout, UnitSpan, UpdateCheck, UpdateMeasure, UpdateNorms};
 
 pub use rule::{AdamMoments, FusedRule};
 
-use buffers::{Pool, replace_values, with_values};
+use buffers::{HostValues, Pool, replace_values};
+use rayon::prelude::*;
 
 /// One parameter's optimizer state: the step count and Adam's two moments (empty for SGD).
 #[derive(Debug, Clone)]
@@ -92,35 +93,77 @@ impl FusedOptimizer {
     /// Computes the step of every parameter of `module` that has a gradient in `grads` at rate
     /// `lr` into spare buffers, and measures what `measure` asks (every float parameter, in
     /// module order, as [`crate::GuardedOptimizer`] measures any optimizer's step; with
-    /// `spread`, each update's ℓ1 and ℓ∞ norms too). The module comes back unchanged.
+    /// `spread`, each update's ℓ1 and ℓ∞ norms too). Parameters are stepped on all cores, each
+    /// one slice after another, so the result does not depend on the number of cores. `None`
+    /// when a parameter is not a contiguous f32 tensor of the CPU backend (nothing is done then).
     pub(crate) fn prepare<M: Module>(
         &mut self,
-        module: M,
+        module: &M,
         grads: &HashMap<ParamId, &[f32]>,
         lr: f64,
         measure: UpdateMeasure,
         spread: bool,
-    ) -> (M, Pending, Vec<UpdateNorms>) {
+    ) -> Option<(Pending, Vec<UpdateNorms>)> {
         let layout = match measure {
             UpdateMeasure::Units(layout) => Some(layout),
             _ => None,
         };
-        let mut prepare = Prepare {
-            rule: self.rule,
-            lr,
-            states: &self.states,
-            grads,
-            pool: &mut self.pool,
-            measure: measure != UpdateMeasure::Nothing,
-            layout,
-            spread,
+        let measure = measure != UpdateMeasure::Nothing;
+        let mut reads = Reads {
             path: Vec::new(),
-            norms: Vec::new(),
-            steps: HashMap::new(),
+            all: measure,
+            grads,
+            layout,
+            params: Vec::new(),
+            missing: false,
         };
-        let module = module.map(&mut prepare);
-        let (norms, steps) = (prepare.norms, prepare.steps);
-        (module, Pending { steps }, norms)
+        module.visit(&mut reads);
+        if reads.missing {
+            return None;
+        }
+        let (rule, states) = (self.rule, &self.states);
+        let jobs: Vec<(Read, Option<Buffers>)> = reads
+            .params
+            .into_iter()
+            .map(|read| {
+                let buffers = grads.contains_key(&read.id).then(|| {
+                    let len = read.values.values().len();
+                    let moments = rule.has_moments();
+                    let mut take = |on: bool| if on { self.pool.take(len) } else { Vec::new() };
+                    Buffers {
+                        after: take(true),
+                        m: take(moments),
+                        v: take(moments),
+                    }
+                });
+                (read, buffers)
+            })
+            .collect();
+        let done: Vec<(ParamId, Option<ParamStep>, Option<UpdateNorms>)> = jobs
+            .into_par_iter()
+            .map(|(read, buffers)| {
+                let grad = grads.get(&read.id).copied();
+                let state = states.get(&read.id);
+                let job = ParamJob {
+                    rule,
+                    lr,
+                    measure,
+                    spread,
+                };
+                let (step, norms) = job.run(&read, grad, state, buffers);
+                (read.id, step, norms)
+            })
+            .collect();
+        let mut steps = HashMap::new();
+        let mut norms = Vec::new();
+        for (id, step, measured) in done {
+            if let Some(mut step) = step {
+                step.index = norms.len();
+                steps.insert(id, step);
+            }
+            norms.extend(measured);
+        }
+        Some((Pending { steps }, norms))
     }
 
     /// Puts a prepared step into `module` and the optimizer's state.
@@ -145,17 +188,11 @@ impl FusedOptimizer {
     /// Scales a prepared step's updates by the update bound's factors:
     /// `w ← w_before + s·(w_after − w_before)`, per tensor or per unit, in f32 (as
     /// [`crate::GuardedOptimizer`] scales any optimizer's update). The moments stay as stepped.
-    pub(crate) fn scale<M: Module>(
-        &mut self,
-        module: M,
-        pending: &mut Pending,
-        check: &UpdateCheck,
-    ) -> M {
-        let mut scale = Scale {
+    pub(crate) fn scale<M: Module>(&self, module: &M, pending: &mut Pending, check: &UpdateCheck) {
+        module.visit(&mut Scale {
             steps: &mut pending.steps,
             check,
-        };
-        module.map(&mut scale)
+        });
     }
 
     pub(crate) fn states(&self) -> &HashMap<ParamId, Moments> {
@@ -171,48 +208,95 @@ impl FusedOptimizer {
 /// seven buffers of an Adam slice stay in cache between the step and its measurement.
 const SLICE: usize = 4 * BLOCK;
 
-struct Prepare<'a> {
-    rule: FusedRule,
-    lr: f64,
-    states: &'a HashMap<ParamId, Moments>,
-    grads: &'a HashMap<ParamId, &'a [f32]>,
-    pool: &'a mut Pool,
-    measure: bool,
-    layout: Option<UnitLayout>,
-    spread: bool,
-    path: Vec<String>,
-    norms: Vec<UpdateNorms>,
-    steps: HashMap<ParamId, ParamStep>,
+/// One parameter to step or measure: its id, path name, units and values.
+struct Read {
+    id: ParamId,
+    name: String,
+    span: Option<UnitSpan>,
+    values: HostValues,
 }
 
-impl Prepare<'_> {
-    /// One parameter: its step into spare buffers (when it has a gradient) and its norms, slice
-    /// by slice, each slice measured while it is in cache.
-    fn parameter(&mut self, id: ParamId, dims: &[usize], w: &[f32]) {
-        let grad = self.grads.get(&id).copied();
+/// Collects the parameters to read, in module order: those with a gradient, and with `all` every
+/// float parameter (the bound measures them all).
+struct Reads<'a> {
+    path: Vec<String>,
+    all: bool,
+    grads: &'a HashMap<ParamId, &'a [f32]>,
+    layout: Option<UnitLayout>,
+    params: Vec<Read>,
+    /// A parameter is not readable on the host.
+    missing: bool,
+}
+
+impl ModuleVisitor for Reads<'_> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if !self.all && !self.grads.contains_key(&param.id) {
+            return;
+        }
+        let w = param.val();
+        let Some(values) = HostValues::of(&w) else {
+            self.missing = true;
+            return;
+        };
         let name = self.path.join(".");
-        let span = self.layout.map(|layout| layout.span_or_whole(&name, dims));
-        let mut sums = self.measure.then(|| UpdateSums::new(span));
-        let step = grad.map(|g| {
-            let state = self.states.get(&id);
-            let (len, moments) = (w.len(), self.rule.has_moments());
-            let mut after = self.pool.take(len);
-            let (mut m, mut v) = if moments {
-                (self.pool.take(len), self.pool.take(len))
-            } else {
-                (Vec::new(), Vec::new())
-            };
+        let span = self
+            .layout
+            .map(|layout| layout.span_or_whole(&name, &w.dims()));
+        self.params.push(Read {
+            id: param.id,
+            name,
+            span,
+            values,
+        });
+    }
+}
+
+/// A parameter's spare buffers: new weights and, for Adam and AdamW, new moments.
+struct Buffers {
+    after: Vec<f32>,
+    m: Vec<f32>,
+    v: Vec<f32>,
+}
+
+/// What every parameter's step shares.
+#[derive(Clone, Copy)]
+struct ParamJob {
+    rule: FusedRule,
+    lr: f64,
+    measure: bool,
+    spread: bool,
+}
+
+impl ParamJob {
+    /// One parameter: its step into `buffers` (when it has a gradient) and its norms, slice by
+    /// slice, each slice measured while it is in cache.
+    fn run(
+        self,
+        read: &Read,
+        grad: Option<&[f32]>,
+        state: Option<&Moments>,
+        buffers: Option<Buffers>,
+    ) -> (Option<ParamStep>, Option<UpdateNorms>) {
+        let w = read.values.values();
+        let mut sums = self.measure.then(|| UpdateSums::new(read.span));
+        let step = grad.zip(buffers).map(|(g, mut b)| {
             let time = state.map_or(1, |s| s.time + 1);
-            let before = state.filter(|_| moments);
-            for start in (0..len).step_by(SLICE) {
-                let r = start..(start + SLICE).min(len);
+            let before = state.filter(|_| self.rule.has_moments());
+            for start in (0..w.len()).step_by(SLICE) {
+                let r = start..(start + SLICE).min(w.len());
                 let moments = before.map(|s| (&s.m[r.clone()], &s.v[r.clone()]));
                 // SGD keeps no moments: its buffers are empty.
                 let (m, v) = (
-                    m.get_mut(r.clone()).unwrap_or_default(),
-                    v.get_mut(r.clone()).unwrap_or_default(),
+                    b.m.get_mut(r.clone()).unwrap_or_default(),
+                    b.v.get_mut(r.clone()).unwrap_or_default(),
                 );
-                let (w, after) = (&w[r.clone()], &mut after[r.clone()]);
+                let (w, after) = (&w[r.clone()], &mut b.after[r.clone()]);
                 self.rule
                     .step_into(self.lr, time, w, &g[r.clone()], moments, after, m, v);
                 if let Some(sums) = &mut sums {
@@ -220,52 +304,30 @@ impl Prepare<'_> {
                 }
             }
             ParamStep {
-                index: self.norms.len(),
-                span,
+                index: 0,
+                span: read.span,
                 time,
-                after,
-                m,
-                v,
+                after: b.after,
+                m: b.m,
+                v: b.v,
             }
         });
-        if let Some(mut sums) = sums {
+        let norms = sums.map(|mut sums| {
             let after = step.as_ref().map_or(w, |s| s.after.as_slice());
             if step.is_none() {
                 sums.add(w, w);
             }
             let ((weight, update), units) = sums.finish();
-            let spread = self.spread.then(|| crate::update::spread_of(w, after));
-            self.norms.push(UpdateNorms {
-                name,
+            UpdateNorms {
+                name: read.name.clone(),
                 len: w.len(),
                 weight,
                 update,
                 units,
-                spread,
-            });
-        }
-        if let Some(step) = step {
-            self.steps.insert(id, step);
-        }
-    }
-}
-
-impl ModuleMapper for Prepare<'_> {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let id = param.id;
-        if !self.measure && !self.grads.contains_key(&id) {
-            return param;
-        }
-        param.map(|w| {
-            let dims = w.dims();
-            with_values(w, |values| self.parameter(id, &dims, values))
-        })
+                spread: self.spread.then(|| crate::update::spread_of(w, after)),
+            }
+        });
+        (step, norms)
     }
 }
 
@@ -308,36 +370,32 @@ struct Scale<'a> {
     check: &'a UpdateCheck,
 }
 
-impl ModuleMapper for Scale<'_> {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+impl ModuleVisitor for Scale<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let Some(step) = self.steps.get_mut(&param.id) else {
-            return param;
+            return;
         };
-        let len = step.after.len();
         let factors = crate::update::factors_of(
             step.index,
             step.span,
-            len,
+            step.after.len(),
             &self.check.scales,
             &self.check.unit_scales,
         );
         let Some((span, factors)) = factors else {
-            return param;
+            return;
         };
-        param.map(|w| {
-            with_values(w, |before| {
-                let cols = span.cols.max(1);
-                for (row, (b, a)) in before
-                    .chunks(cols)
-                    .zip(step.after.chunks_mut(cols))
-                    .enumerate()
-                {
-                    for (col, (&b, a)) in b.iter().zip(a).enumerate() {
-                        let f = factors[if span.units_are_columns { col } else { row }];
-                        *a = b + f * (*a - b);
-                    }
-                }
-            })
-        })
+        let values = HostValues::of(&param.val()).expect("read when the step was prepared");
+        let cols = span.cols.max(1);
+        let rows = values
+            .values()
+            .chunks(cols)
+            .zip(step.after.chunks_mut(cols));
+        for (row, (b, a)) in rows.enumerate() {
+            for (col, (&b, a)) in b.iter().zip(a).enumerate() {
+                let f = factors[if span.units_are_columns { col } else { row }];
+                *a = b + f * (*a - b);
+            }
+        }
     }
 }

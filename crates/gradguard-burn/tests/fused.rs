@@ -8,7 +8,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use gradguard::rules::Chain;
 use gradguard::{Decision, Guard, GuardConfig, NonFinitePolicy, StepReport};
-use gradguard_burn::{AdamMoments, FusedRule, GuardedOptimizer};
+use gradguard_burn::{AdamMoments, FusedOptimizer, FusedRule, GuardedOptimizer};
 
 #[derive(Module, Debug)]
 struct Net {
@@ -279,4 +279,100 @@ fn a_rollback_restores_the_fused_state_of_the_snapshot() {
         );
         same_runs(&plain, &fused);
     }
+}
+
+/// A guard that never acts on these healthy steps: no update bound.
+fn quiet_guard() -> Guard {
+    Guard::new(
+        GuardConfig {
+            update_bound: None,
+            ..GuardConfig::default()
+        },
+        Chain::default(),
+    )
+    .unwrap()
+}
+
+/// `steps` guarded steps of `optim` from `net`, batches `first..`.
+fn continue_fused(
+    optim: &mut GuardedOptimizer<Net>,
+    mut net: Net,
+    first: usize,
+    steps: usize,
+    lr: f64,
+) -> Net {
+    let device = device();
+    for k in first..first + steps {
+        let loss = net.loss(k, 1.0, &device);
+        let grads = GradientsParams::from_grads(loss.backward(), &net);
+        net = optim.step(lr, net, grads, Some(loss)).unwrap().module;
+    }
+    net
+}
+
+/// `steps` steps of a Burn optimizer from `net`, batches `first..`.
+fn continue_burn(
+    optim: &mut burn::optim::ModuleOptimizer,
+    mut net: Net,
+    first: usize,
+    steps: usize,
+    lr: f64,
+) -> Net {
+    let device = device();
+    for k in first..first + steps {
+        let loss = net.loss(k, 1.0, &device);
+        let grads = GradientsParams::from_grads(loss.backward(), &net);
+        net = optim.step(lr, net, grads);
+    }
+    net
+}
+
+#[test]
+fn a_fused_record_loads_into_burns_optimizer_and_back() {
+    for rule in rules() {
+        let lr = lr_of(rule);
+        // Fused for three steps, then Burn's optimizer from the fused record, against fused on.
+        let mut fused = GuardedOptimizer::fused(rule, quiet_guard());
+        let net = continue_fused(&mut fused, Net::new(&device()), 0, 3, lr);
+        let bytes = fused.fused_optimizer().unwrap().into_bytes().unwrap();
+        let mut burn = rule.to_burn().from_bytes(bytes).unwrap();
+        let by_burn = continue_burn(&mut burn, net.clone(), 3, 3, lr);
+        let by_fused = continue_fused(&mut fused, net, 3, 3, lr);
+        assert_eq!(
+            weights(&by_burn),
+            weights(&by_fused),
+            "{rule:?}: Burn from fused"
+        );
+
+        // Burn's optimizer for three steps, then fused from Burn's record, against Burn on.
+        let mut burn = rule.to_burn();
+        let net = continue_burn(&mut burn, Net::new(&device()), 0, 3, lr);
+        let loaded = FusedOptimizer::new(rule)
+            .from_bytes(burn.into_bytes().unwrap())
+            .unwrap();
+        let mut fused = GuardedOptimizer::fused(rule, quiet_guard());
+        fused.set_fused_optimizer(loaded);
+        let by_fused = continue_fused(&mut fused, net.clone(), 3, 3, lr);
+        let by_burn = continue_burn(&mut burn, net, 3, 3, lr);
+        assert_eq!(
+            weights(&by_burn),
+            weights(&by_fused),
+            "{rule:?}: fused from Burn"
+        );
+    }
+}
+
+#[test]
+fn a_record_the_fused_rules_cannot_continue_is_an_error() {
+    let rule = rules()[2];
+    let garbage =
+        FusedOptimizer::new(rule).from_bytes(burn::tensor::Bytes::from_bytes_vec(vec![7; 64]));
+    assert!(garbage.is_err());
+    // AMSGrad keeps a third moment the fused Adam does not.
+    let mut amsgrad = burn::optim::AdamConfig::new().with_amsgrad(true).init();
+    continue_burn(&mut amsgrad, Net::new(&device()), 0, 2, 1e-3);
+    let err = FusedOptimizer::new(rule)
+        .from_bytes(amsgrad.into_bytes().unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("AMSGrad"), "{err}");
 }

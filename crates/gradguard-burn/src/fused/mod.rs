@@ -9,6 +9,7 @@
 //! ([`FusedRule::to_burn`]) and measures its update as it does for any optimizer.
 
 mod buffers;
+mod record;
 mod rule;
 
 use std::collections::HashMap;
@@ -23,12 +24,15 @@ pub use rule::{AdamMoments, FusedRule};
 use buffers::{HostValues, Pool, replace_values};
 use rayon::prelude::*;
 
-/// One parameter's optimizer state: the step count and Adam's two moments (empty for SGD).
+/// One parameter's optimizer state: the step count and Adam's two moments (empty for SGD), with
+/// the parameter's shape and module path for its record.
 #[derive(Debug, Clone)]
 pub(crate) struct Moments {
     pub time: usize,
     pub m: Vec<f32>,
     pub v: Vec<f32>,
+    pub dims: Vec<usize>,
+    pub path: String,
 }
 
 /// An optimizer for [`crate::GuardedOptimizer::fused`]: Burn's SGD, Adam or AdamW, step for step
@@ -69,6 +73,8 @@ struct ParamStep {
     /// Position in the step's norms.
     index: usize,
     span: Option<UnitSpan>,
+    dims: Vec<usize>,
+    path: String,
     time: usize,
     after: Vec<f32>,
     m: Vec<f32>,
@@ -194,14 +200,6 @@ impl FusedOptimizer {
             check,
         });
     }
-
-    pub(crate) fn states(&self) -> &HashMap<ParamId, Moments> {
-        &self.states
-    }
-
-    pub(crate) fn set_states(&mut self, states: HashMap<ParamId, Moments>) {
-        self.states = states;
-    }
 }
 
 /// Values stepped and measured at a time: four of the norms' blocks (16 KB per buffer), so the
@@ -212,6 +210,7 @@ const SLICE: usize = 4 * BLOCK;
 struct Read {
     id: ParamId,
     name: String,
+    dims: Vec<usize>,
     span: Option<UnitSpan>,
     values: HostValues,
 }
@@ -244,13 +243,12 @@ impl ModuleVisitor for Reads<'_> {
             self.missing = true;
             return;
         };
-        let name = self.path.join(".");
-        let span = self
-            .layout
-            .map(|layout| layout.span_or_whole(&name, &w.dims()));
+        let (name, dims) = (self.path.join("."), w.dims().to_vec());
+        let span = self.layout.map(|layout| layout.span_or_whole(&name, &dims));
         self.params.push(Read {
             id: param.id,
             name,
+            dims,
             span,
             values,
         });
@@ -306,6 +304,8 @@ impl ParamJob {
             ParamStep {
                 index: 0,
                 span: read.span,
+                dims: read.dims.clone(),
+                path: read.name.clone(),
                 time,
                 after: b.after,
                 m: b.m,
@@ -344,19 +344,30 @@ impl ModuleMapper for Commit<'_> {
         };
         let id = param.id;
         let ParamStep {
-            time, after, m, v, ..
+            time,
+            after,
+            m,
+            v,
+            dims,
+            path,
+            ..
         } = step;
         let mut old = None;
         let param = param.map(|w| {
-            let dims = w.dims();
-            let (w, before) = replace_values(w, TensorData::new(after, dims));
+            let (w, before) = replace_values(w, TensorData::new(after, dims.clone()));
             old = Some(before);
             w
         });
         if let Some(before) = old {
             self.pool.give(before);
         }
-        let state = Moments { time, m, v };
+        let state = Moments {
+            time,
+            m,
+            v,
+            dims,
+            path,
+        };
         if let Some(previous) = self.states.insert(id, state) {
             self.pool.give(previous.m);
             self.pool.give(previous.v);

@@ -3,7 +3,8 @@
 use burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::Tensor;
+use burn::store::RecordError;
+use burn::tensor::{Bytes, Tensor};
 use gradguard::{
     Gradients, Guard, GuardError, OptimizerStep, StepActions, StepReport, UnitLayout, UpdateCheck,
     UpdateMeasure, UpdateNorms,
@@ -171,31 +172,24 @@ impl<M: Module + Clone> BurnStep<'_, M> {
     }
 
     /// The fused optimizer's step on the host path: prepared and measured, committed at once
-    /// when nothing is measured. `None` (the view handed back) where it cannot run: no fused
-    /// optimizer, gradients on a device or not in f32.
+    /// when nothing is measured. `None` where it cannot run (no fused optimizer, gradients on a
+    /// device or not in f32, parameters not on the CPU backend): nothing is done then.
     fn step_fused(
         &mut self,
-        view: BurnGradients,
+        view: &BurnGradients,
         step: OptimizerStep,
-    ) -> Result<Vec<UpdateNorms>, BurnGradients> {
-        let Some(fused) = self.fused.as_deref_mut() else {
-            return Err(view);
-        };
-        let Some(grads) = view.host_values() else {
-            return Err(view);
-        };
+    ) -> Option<Vec<UpdateNorms>> {
+        let fused = self.fused.as_deref_mut()?;
+        let grads = view.host_values()?;
         let module = self.module.as_ref().expect("every action leaves a module");
-        let Some((pending, norms)) =
-            fused.prepare(module, &grads, step.lr, step.measure, step.recognize)
-        else {
-            return Err(view);
-        };
+        let (pending, norms) =
+            fused.prepare(module, &grads, step.lr, step.measure, step.recognize)?;
         self.lr = None;
         self.pending = Some(pending);
         if step.measure == UpdateMeasure::Nothing {
             self.commit_pending();
         }
-        Ok(norms)
+        Some(norms)
     }
 }
 
@@ -220,10 +214,9 @@ impl<M: Module + Clone> StepActions for BurnStep<'_, M> {
             .expect("one optimizer step per guarded step");
         let engine = view.engine();
         self.host_reads += view.host_reads();
-        let view = match self.step_fused(view, step) {
-            Ok(norms) => return Ok(norms),
-            Err(view) => view,
-        };
+        if let Some(norms) = self.step_fused(&view, step) {
+            return Ok(norms);
+        }
         let module = self.take_module();
         let grads = view.into_gradients_params(&module);
         // With one rate for all parameters the multiplier scales it; per-group rates are passed
@@ -388,6 +381,26 @@ impl<M: Module + Clone> GuardedOptimizer<M> {
         if self.fused.is_some() {
             self.fused = Some(fused);
         }
+    }
+
+    /// The optimizer's state in Burn's optimizer record format, for a checkpoint: the fused
+    /// optimizer's once it has stepped, else the wrapped Burn optimizer's.
+    pub fn optimizer_bytes(&self) -> Result<Bytes, RecordError> {
+        match &self.fused {
+            Some(fused) if fused.has_state() => fused.into_bytes(),
+            _ => self.optimizer.into_bytes(),
+        }
+    }
+
+    /// Loads a state written by [`GuardedOptimizer::optimizer_bytes`] (or by Burn's optimizer
+    /// of the same rule): into the wrapped optimizer, and into the fused one too (the format is
+    /// the same), so whichever steps next continues from it.
+    pub fn load_optimizer_bytes(&mut self, bytes: Bytes) -> Result<(), RecordError> {
+        if let Some(fused) = self.fused.take() {
+            self.fused = Some(fused.from_bytes(bytes.clone())?);
+        }
+        self.optimizer = self.optimizer.clone().from_bytes(bytes)?;
+        Ok(())
     }
 
     /// The loss multiplied by the guard's loss scale (unchanged without a

@@ -117,3 +117,10 @@ fn a_device_collective_is_refused_on_the_cpu_backend_naming_the_device() {
         "{err}"
     );
 }
+
+#[test]
+fn the_fused_optimizer_guards_as_the_wrapped_one_on_both_placements() {
+    for placement in PLACEMENTS {
+        common::fused_matches_the_wrapped_optimizer(&device(), placement);
+    }
+}

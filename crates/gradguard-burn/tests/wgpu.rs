@@ -219,3 +219,8 @@ fn a_device_collective_is_refused_on_wgpu_before_burn_would_panic() {
         );
     });
 }
+
+#[test]
+fn the_fused_optimizer_guards_as_the_wrapped_one() {
+    on_wgpu(|d| common::fused_matches_the_wrapped_optimizer(d, PLACEMENT));
+}

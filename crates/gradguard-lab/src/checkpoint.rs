@@ -8,10 +8,10 @@
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::optim::ModuleOptimizer;
 use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
 use gradguard::GuardState;
+use gradguard_burn::GuardedOptimizer;
 use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
@@ -76,11 +76,11 @@ impl std::fmt::Debug for Checkpoint {
 }
 
 impl Checkpoint {
-    /// Captures `net` and `optimizer`.
+    /// Captures `net` and the state of `optimizer`.
     pub fn capture(
         header: CheckpointHeader,
         net: &Net,
-        optimizer: &ModuleOptimizer,
+        optimizer: &GuardedOptimizer<Net>,
     ) -> Result<Self, LabError> {
         let record_err = |e: burn::store::RecordError| LabError::Checkpoint {
             path: String::new(),
@@ -94,7 +94,7 @@ impl Checkpoint {
                 .into_bytes()
                 .map_err(record_err)?
                 .to_vec(),
-            optimizer: optimizer.into_bytes().map_err(record_err)?.to_vec(),
+            optimizer: optimizer.optimizer_bytes().map_err(record_err)?.to_vec(),
         })
     }
 
@@ -176,11 +176,11 @@ impl Checkpoint {
     /// Loads the optimizer state into `optimizer`.
     pub fn load_optimizer(
         &self,
-        optimizer: ModuleOptimizer,
+        optimizer: &mut GuardedOptimizer<Net>,
         path: &Path,
-    ) -> Result<ModuleOptimizer, LabError> {
+    ) -> Result<(), LabError> {
         optimizer
-            .from_bytes(Bytes::from_bytes_vec(self.optimizer.clone()))
+            .load_optimizer_bytes(Bytes::from_bytes_vec(self.optimizer.clone()))
             .map_err(|e| LabError::Checkpoint {
                 path: path.display().to_string(),
                 reason: format!("optimizer record: {e}"),

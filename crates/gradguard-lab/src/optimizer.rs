@@ -3,6 +3,7 @@
 
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{AdamConfig, AdamWConfig, ModuleOptimizer, SgdConfig};
+use gradguard_burn::{AdamMoments, FusedRule};
 use serde::{Deserialize, Serialize};
 
 use crate::error::LabError;
@@ -153,6 +154,32 @@ impl OptimizerSettings {
                 .with_epsilon(eps)
                 .with_weight_decay(wd as f32)
                 .init(),
+        }
+    }
+
+    /// The same optimizer as the fused guarded optimizer's rule ([`GuardedOptimizer::fused`]):
+    /// [`Self::build`] step for step.
+    ///
+    /// [`GuardedOptimizer::fused`]: gradguard_burn::GuardedOptimizer::fused
+    pub fn fused_rule(&self) -> FusedRule {
+        let moments = AdamMoments {
+            beta_1: self.beta1 as f32,
+            beta_2: self.beta2 as f32,
+            epsilon: self.eps as f32,
+        };
+        let coupled = (self.weight_decay > 0.0).then_some(self.weight_decay as f32);
+        match self.kind {
+            OptimizerKind::Sgd => FusedRule::Sgd {
+                weight_decay: coupled,
+            },
+            OptimizerKind::Adam => FusedRule::Adam {
+                moments,
+                weight_decay: coupled,
+            },
+            OptimizerKind::Adamw => FusedRule::AdamW {
+                moments,
+                weight_decay: self.weight_decay as f32,
+            },
         }
     }
 

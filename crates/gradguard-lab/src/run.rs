@@ -116,7 +116,9 @@ impl<'a> Run<'a> {
         let device = Device::flex().autodiff();
         let started = Instant::now();
         let net = build_net(plan, data, config.seed, &device)?;
-        let optim = GuardedOptimizer::new(plan.optimizer(), plan.build_guard()?);
+        // Burn's optimizer of the plan, step for step, with the update bound measured in its
+        // update pass.
+        let optim = GuardedOptimizer::fused(plan.optimizer.fused_rule(), plan.build_guard()?);
         let mut run = Run {
             config,
             plan,
@@ -166,8 +168,7 @@ impl<'a> Run<'a> {
             });
         }
         let net = ckpt.load_model(net, &path)?;
-        let loaded = ckpt.load_optimizer(self.optim.optimizer().clone(), &path)?;
-        self.optim.set_optimizer(loaded);
+        ckpt.load_optimizer(&mut self.optim, &path)?;
         self.optim.guard_mut().restore(&h.guard)?;
         if h.is_snapshot
             && let Some(step) = h.guard.counters.snapshot_step
@@ -331,10 +332,7 @@ impl<'a> Run<'a> {
             time_gradients: p.time_gradients.clone(),
             logits: p.logits.clone(),
         };
-        checkpoint::save(
-            dir,
-            &Checkpoint::capture(header, net, self.optim.optimizer())?,
-        )
+        checkpoint::save(dir, &Checkpoint::capture(header, net, &self.optim)?)
     }
 
     /// Records the gradients through time of `net` on the held-out batch at `step` (recurrent

@@ -96,6 +96,11 @@ impl FusedOptimizer {
         self.rule
     }
 
+    /// Whether any parameter has stepped (or a record was loaded).
+    pub fn has_state(&self) -> bool {
+        !self.states.is_empty()
+    }
+
     /// Computes the step of every parameter of `module` that has a gradient in `grads` at rate
     /// `lr` into spare buffers, and measures what `measure` asks (every float parameter, in
     /// module order, as [`crate::GuardedOptimizer`] measures any optimizer's step; with
@@ -239,7 +244,9 @@ impl ModuleVisitor for Reads<'_> {
             return;
         }
         let w = param.val();
-        let Some(values) = HostValues::of(&w) else {
+        // A distributed parameter is Burn's optimizer's to step (its sync marks stay on it).
+        let values = HostValues::of(&w).filter(|_| !w.is_distributed());
+        let Some(values) = values else {
             self.missing = true;
             return;
         };

@@ -807,3 +807,59 @@ pub fn clips_match_the_host(
     }
     measured
 }
+
+/// `GuardedOptimizer::fused` gives the weights `GuardedOptimizer::new` over Burn's optimizer of
+/// the same rule gives, step for step, with the default guard — healthy steps and one whose
+/// update the bound scales: the fused step where it runs (flex, host placement), Burn's
+/// optimizer behind it elsewhere.
+pub fn fused_matches_the_wrapped_optimizer(dev: &Device, placement: Placement) {
+    use gradguard_burn::{AdamMoments, FusedRule};
+    let rules = [
+        FusedRule::Adam {
+            moments: AdamMoments::default(),
+            weight_decay: None,
+        },
+        FusedRule::AdamW {
+            moments: AdamMoments {
+                beta_2: 0.95,
+                ..AdamMoments::default()
+            },
+            weight_decay: 0.1,
+        },
+    ];
+    for rule in rules {
+        let start = Mlp::new(3, 16, dev);
+        let mut runs = Vec::new();
+        for mut optim in [
+            GuardedOptimizer::new(rule.to_burn(), Guard::default()),
+            GuardedOptimizer::fused(rule, Guard::default()),
+        ] {
+            optim = optim.with_placement(placement);
+            let mut model = start.clone();
+            let mut run = Vec::new();
+            for s in 0..6 {
+                let (x, y) = batch(dev, 0.1 * s as f32);
+                // Step 3's targets are large and its rate is 30×: the bound scales that update.
+                let (y, lr) = if s == 3 {
+                    (y.mul_scalar(1e3), 3e-2)
+                } else {
+                    (y, 1e-3)
+                };
+                let loss = model.loss(x, y);
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                let step = optim.step(lr, model, grads, Some(loss)).unwrap();
+                model = step.module;
+                let bounded = step.report.update.as_ref().map_or(0, |u| u.bounded);
+                run.push((weights(&model), bounded));
+            }
+            runs.push(run);
+        }
+        assert!(
+            runs[0].iter().any(|(_, bounded)| *bounded > 0),
+            "{rule:?}: nothing bounded"
+        );
+        for (k, (a, b)) in runs[0].iter().zip(&runs[1]).enumerate() {
+            assert_eq!(a, b, "{rule:?} on {placement:?}: step {k}");
+        }
+    }
+}

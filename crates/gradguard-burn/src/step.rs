@@ -176,16 +176,16 @@ impl<M: Module + Clone> BurnStep<'_, M> {
     /// device or not in f32, parameters not on the CPU backend): nothing is done then.
     fn step_fused(
         &mut self,
-        view: &BurnGradients,
+        view: &mut BurnGradients,
         step: OptimizerStep,
     ) -> Option<Vec<UpdateNorms>> {
         let fused = self.fused.as_deref_mut()?;
-        let grads = view.host_values()?;
+        let grads = view.host_values_mut()?;
         let module = self.module.as_ref().expect("every action leaves a module");
-        let (pending, norms) =
-            fused.prepare(module, &grads, step.lr, step.measure, step.recognize)?;
+        let (prepared, norms) =
+            fused.prepare(module, grads, step.lr, step.measure, step.recognize)?;
         self.lr = None;
-        self.pending = Some(pending);
+        self.pending = Some(prepared.with_weights(view.take_host_buffers()));
         if step.measure == UpdateMeasure::Nothing {
             self.commit_pending();
         }
@@ -208,13 +208,13 @@ impl<M: Module + Clone> StepActions for BurnStep<'_, M> {
     }
 
     fn step_optimizer(&mut self, step: OptimizerStep) -> Result<Vec<UpdateNorms>, GuardError> {
-        let view = self
+        let mut view = self
             .view
             .take()
             .expect("one optimizer step per guarded step");
         let engine = view.engine();
         self.host_reads += view.host_reads();
-        if let Some(norms) = self.step_fused(&view, step) {
+        if let Some(norms) = self.step_fused(&mut view, step) {
             return Ok(norms);
         }
         let module = self.take_module();

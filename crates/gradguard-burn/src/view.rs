@@ -190,9 +190,10 @@ impl BurnGradients {
     }
 
     /// On the host path, when every gradient is f32: each parameter's (possibly clipped)
-    /// gradient values by id, in their own buffers.
-    pub(crate) fn host_values(&self) -> Option<HashMap<ParamId, &[f32]>> {
-        let Storage::Host { grads, .. } = &self.storage else {
+    /// gradient values by id, in their own buffers, to read and overwrite (the fused optimizer
+    /// writes the new weights there).
+    pub(crate) fn host_values_mut(&mut self) -> Option<HashMap<ParamId, &mut [f32]>> {
+        let Storage::Host { grads, .. } = &mut self.storage else {
             return None;
         };
         if self.entries.iter().any(|e| e.dtype != DType::F32) {
@@ -201,10 +202,24 @@ impl BurnGradients {
         Some(
             self.entries
                 .iter()
-                .zip(grads.tensors())
-                .map(|(e, t)| (e.id, t.values.floats()))
+                .zip(grads.tensors_mut())
+                .map(|(e, t)| (e.id, t.values.floats_mut()))
                 .collect(),
         )
+    }
+
+    /// Takes the host buffers out by parameter id (empty on the device path); the view holds no
+    /// gradients afterwards.
+    pub(crate) fn take_host_buffers(&mut self) -> HashMap<ParamId, TensorData> {
+        let Storage::Host { grads, .. } = &mut self.storage else {
+            return HashMap::new();
+        };
+        let tensors = std::mem::take(grads).into_tensors();
+        self.entries
+            .iter()
+            .zip(tensors)
+            .map(|(e, t)| (e.id, t.values.0))
+            .collect()
     }
 
     /// Puts the (possibly clipped) gradients back for the optimizer.

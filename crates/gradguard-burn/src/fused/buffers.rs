@@ -1,9 +1,9 @@
 //! A parameter's values read as `[f32]` where they lie, and the spare buffers the fused step
 //! writes.
 //!
-//! On the CPU backend a parameter's buffer is read through a handle of its own (no copy); new
-//! values replace a buffer nobody else holds without a copy either (`into_data`, `from_data`),
-//! and the old buffer is kept for a later step.
+//! On the CPU backend a parameter's buffer is read through a handle of its own (no copy), and
+//! its new values become its tensor without a copy (`from_data` of the buffer they were written
+//! in). Spare buffers for the moments are kept from step to step.
 
 use std::collections::HashMap;
 
@@ -96,17 +96,11 @@ impl HostValues {
     }
 }
 
-/// `w` with its values replaced by `values` (of its shape), and its old values as a buffer.
-pub(crate) fn replace_values<const D: usize>(
-    w: Tensor<D>,
-    values: TensorData,
-) -> (Tensor<D>, Vec<f32>) {
+/// `w` with its values replaced by `values` (of its shape); its old buffer is released.
+pub(crate) fn replace_values<const D: usize>(w: Tensor<D>, values: TensorData) -> Tensor<D> {
     let context = Context::capture(&w);
     let inner = if context.autodiff { w.inner() } else { w };
     let device = inner.device();
-    let old = inner
-        .into_data()
-        .try_into_vec::<f32>()
-        .expect("the fused step runs on f32 parameters");
-    (context.restore(Tensor::from_data(values, &device)), old)
+    drop(inner);
+    context.restore(Tensor::from_data(values, &device))
 }

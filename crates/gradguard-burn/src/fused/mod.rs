@@ -61,11 +61,26 @@ impl Clone for FusedOptimizer {
     }
 }
 
-/// What the fused step left to decide: per parameter with a gradient, its new weights and
-/// moments, not yet in the module or the optimizer.
+/// What the fused step left to decide: per parameter with a gradient, its new moments and its
+/// new weights (in what was its gradient's buffer), not yet in the module or the optimizer.
 #[derive(Debug)]
 pub(crate) struct Pending {
     steps: HashMap<ParamId, ParamStep>,
+    afters: HashMap<ParamId, TensorData>,
+}
+
+/// The steps [`FusedOptimizer::prepare`] computed, before their weights' buffers join them.
+#[derive(Debug)]
+pub(crate) struct Prepared(HashMap<ParamId, ParamStep>);
+
+impl Prepared {
+    /// The pending step, with the new weights in `afters` (the gradient buffers the step wrote).
+    pub fn with_weights(self, afters: HashMap<ParamId, TensorData>) -> Pending {
+        Pending {
+            steps: self.0,
+            afters,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -76,7 +91,6 @@ struct ParamStep {
     dims: Vec<usize>,
     path: String,
     time: usize,
-    after: Vec<f32>,
     m: Vec<f32>,
     v: Vec<f32>,
 }
@@ -102,7 +116,8 @@ impl FusedOptimizer {
     }
 
     /// Computes the step of every parameter of `module` that has a gradient in `grads` at rate
-    /// `lr` into spare buffers, and measures what `measure` asks (every float parameter, in
+    /// `lr` — the new weights over the gradient, the new moments into spare buffers — and
+    /// measures what `measure` asks (every float parameter, in
     /// module order, as [`crate::GuardedOptimizer`] measures any optimizer's step; with
     /// `spread`, each update's ℓ1 and ℓ∞ norms too). Parameters are stepped on all cores, each
     /// one slice after another, so the result does not depend on the number of cores. `None`
@@ -110,11 +125,11 @@ impl FusedOptimizer {
     pub(crate) fn prepare<M: Module>(
         &mut self,
         module: &M,
-        grads: &HashMap<ParamId, &[f32]>,
+        mut grads: HashMap<ParamId, &mut [f32]>,
         lr: f64,
         measure: UpdateMeasure,
         spread: bool,
-    ) -> Option<(Pending, Vec<UpdateNorms>)> {
+    ) -> Option<(Prepared, Vec<UpdateNorms>)> {
         let layout = match measure {
             UpdateMeasure::Units(layout) => Some(layout),
             _ => None,
@@ -123,7 +138,7 @@ impl FusedOptimizer {
         let mut reads = Reads {
             path: Vec::new(),
             all: measure,
-            grads,
+            grads: &grads,
             layout,
             params: Vec::new(),
             missing: false,
@@ -137,12 +152,12 @@ impl FusedOptimizer {
             .params
             .into_iter()
             .map(|read| {
-                let buffers = grads.contains_key(&read.id).then(|| {
+                let buffers = grads.remove(&read.id).map(|grad| {
                     let len = read.values.values().len();
                     let moments = rule.has_moments();
                     let mut take = |on: bool| if on { self.pool.take(len) } else { Vec::new() };
                     Buffers {
-                        after: take(true),
+                        grad,
                         m: take(moments),
                         v: take(moments),
                     }
@@ -153,7 +168,6 @@ impl FusedOptimizer {
         let done: Vec<(ParamId, Option<ParamStep>, Option<UpdateNorms>)> = jobs
             .into_par_iter()
             .map(|(read, buffers)| {
-                let grad = grads.get(&read.id).copied();
                 let state = states.get(&read.id);
                 let job = ParamJob {
                     rule,
@@ -161,7 +175,7 @@ impl FusedOptimizer {
                     measure,
                     spread,
                 };
-                let (step, norms) = job.run(&read, grad, state, buffers);
+                let (step, norms) = job.run(&read, state, buffers);
                 (read.id, step, norms)
             })
             .collect();
@@ -174,13 +188,14 @@ impl FusedOptimizer {
             }
             norms.extend(measured);
         }
-        Some((Pending { steps }, norms))
+        Some((Prepared(steps), norms))
     }
 
     /// Puts a prepared step into `module` and the optimizer's state.
     pub(crate) fn commit<M: Module>(&mut self, module: M, pending: Pending) -> M {
         let mut commit = Commit {
             steps: pending.steps,
+            afters: pending.afters,
             states: &mut self.states,
             pool: &mut self.pool,
         };
@@ -190,7 +205,6 @@ impl FusedOptimizer {
     /// Drops a prepared step: the module and the state stay as they were.
     pub(crate) fn discard(&mut self, pending: Pending) {
         for (_, step) in pending.steps {
-            self.pool.give(step.after);
             self.pool.give(step.m);
             self.pool.give(step.v);
         }
@@ -201,7 +215,8 @@ impl FusedOptimizer {
     /// [`crate::GuardedOptimizer`] scales any optimizer's update). The moments stay as stepped.
     pub(crate) fn scale<M: Module>(&self, module: &M, pending: &mut Pending, check: &UpdateCheck) {
         module.visit(&mut Scale {
-            steps: &mut pending.steps,
+            steps: &pending.steps,
+            afters: &mut pending.afters,
             check,
         });
     }
@@ -225,7 +240,7 @@ struct Read {
 struct Reads<'a> {
     path: Vec<String>,
     all: bool,
-    grads: &'a HashMap<ParamId, &'a [f32]>,
+    grads: &'a HashMap<ParamId, &'a mut [f32]>,
     layout: Option<UnitLayout>,
     params: Vec<Read>,
     /// A parameter is not readable on the host.
@@ -262,9 +277,10 @@ impl ModuleVisitor for Reads<'_> {
     }
 }
 
-/// A parameter's spare buffers: new weights and, for Adam and AdamW, new moments.
-struct Buffers {
-    after: Vec<f32>,
+/// A parameter's buffers for its step: its gradient, overwritten by its new weights, and for Adam
+/// and AdamW spare buffers for its new moments.
+struct Buffers<'a> {
+    grad: &'a mut [f32],
     m: Vec<f32>,
     v: Vec<f32>,
 }
@@ -284,13 +300,13 @@ impl ParamJob {
     fn run(
         self,
         read: &Read,
-        grad: Option<&[f32]>,
         state: Option<&Moments>,
         buffers: Option<Buffers>,
     ) -> (Option<ParamStep>, Option<UpdateNorms>) {
         let w = read.values.values();
         let mut sums = self.measure.then(|| UpdateSums::new(read.span));
-        let step = grad.zip(buffers).map(|(g, mut b)| {
+        let mut after: Option<&[f32]> = None;
+        let step = buffers.map(|mut b| {
             let time = state.map_or(1, |s| s.time + 1);
             let before = state.filter(|_| self.rule.has_moments());
             for start in (0..w.len()).step_by(SLICE) {
@@ -301,29 +317,28 @@ impl ParamJob {
                     b.m.get_mut(r.clone()).unwrap_or_default(),
                     b.v.get_mut(r.clone()).unwrap_or_default(),
                 );
-                let (w, after) = (&w[r.clone()], &mut b.after[r.clone()]);
-                self.rule
-                    .step_into(self.lr, time, w, &g[r.clone()], moments, after, m, v);
+                let (w, slot) = (&w[r.clone()], &mut b.grad[r.clone()]);
+                self.rule.step_into(self.lr, time, w, slot, moments, m, v);
                 if let Some(sums) = &mut sums {
-                    sums.add(w, after);
+                    sums.add(w, slot);
                 }
             }
+            after = Some(b.grad);
             ParamStep {
                 index: 0,
                 span: read.span,
                 dims: read.dims.clone(),
                 path: read.name.clone(),
                 time,
-                after: b.after,
                 m: b.m,
                 v: b.v,
             }
         });
         let norms = sums.map(|mut sums| {
-            let after = step.as_ref().map_or(w, |s| s.after.as_slice());
-            if step.is_none() {
+            if after.is_none() {
                 sums.add(w, w);
             }
+            let after = after.unwrap_or(w);
             let ((weight, update), units) = sums.finish();
             UpdateNorms {
                 name: read.name.clone(),
@@ -340,6 +355,7 @@ impl ParamJob {
 
 struct Commit<'a> {
     steps: HashMap<ParamId, ParamStep>,
+    afters: HashMap<ParamId, TensorData>,
     states: &'a mut HashMap<ParamId, Moments>,
     pool: &'a mut Pool,
 }
@@ -349,25 +365,21 @@ impl ModuleMapper for Commit<'_> {
         let Some(step) = self.steps.remove(&param.id) else {
             return param;
         };
+        let Some(after) = self.afters.remove(&param.id) else {
+            return param;
+        };
         let id = param.id;
         let ParamStep {
             time,
-            after,
             m,
             v,
             dims,
             path,
             ..
         } = step;
-        let mut old = None;
-        let param = param.map(|w| {
-            let (w, before) = replace_values(w, TensorData::new(after, dims.clone()));
-            old = Some(before);
-            w
-        });
-        if let Some(before) = old {
-            self.pool.give(before);
-        }
+        let (bytes, _, dtype) = after.into_parts();
+        let after = TensorData::from_bytes(bytes, dims.clone(), dtype);
+        let param = param.map(|w| replace_values(w, after));
         let state = Moments {
             time,
             m,
@@ -384,19 +396,24 @@ impl ModuleMapper for Commit<'_> {
 }
 
 struct Scale<'a> {
-    steps: &'a mut HashMap<ParamId, ParamStep>,
+    steps: &'a HashMap<ParamId, ParamStep>,
+    afters: &'a mut HashMap<ParamId, TensorData>,
     check: &'a UpdateCheck,
 }
 
 impl ModuleVisitor for Scale<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let Some(step) = self.steps.get_mut(&param.id) else {
+        let (Some(step), Some(after)) = (self.steps.get(&param.id), self.afters.get_mut(&param.id))
+        else {
             return;
         };
+        let after = after
+            .as_mut_slice::<f32>()
+            .expect("the step wrote f32 weights");
         let factors = crate::update::factors_of(
             step.index,
             step.span,
-            step.after.len(),
+            after.len(),
             &self.check.scales,
             &self.check.unit_scales,
         );
@@ -405,10 +422,7 @@ impl ModuleVisitor for Scale<'_> {
         };
         let values = HostValues::of(&param.val()).expect("read when the step was prepared");
         let cols = span.cols.max(1);
-        let rows = values
-            .values()
-            .chunks(cols)
-            .zip(step.after.chunks_mut(cols));
+        let rows = values.values().chunks(cols).zip(after.chunks_mut(cols));
         for (row, (b, a)) in rows.enumerate() {
             for (col, (&b, a)) in b.iter().zip(a).enumerate() {
                 let f = factors[if span.units_are_columns { col } else { row }];

@@ -91,29 +91,30 @@ impl FusedRule {
         !matches!(self, FusedRule::Sgd { .. })
     }
 
-    /// One parameter's step, written into fresh buffers and nothing changed in place: from the
-    /// weights `w`, the gradient `g` and the moments before the step (`None` on the parameter's
-    /// first step), the weights after it into `after` and, for Adam and AdamW, the moments after
-    /// it into `m` and `v`. `time` is the step's count (1 on the first).
+    /// One parameter's step, the weights and the moments left as they were: from the weights
+    /// `w`, the gradient in `grad_then_after` and the moments before the step (`None` on the
+    /// parameter's first step), the weights after it into `grad_then_after` (each value where its
+    /// gradient was) and, for Adam and AdamW, the moments after it into `m` and `v`. `time` is
+    /// the step's count (1 on the first).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn step_into(
         &self,
         lr: f64,
         time: usize,
         w: &[f32],
-        g: &[f32],
+        grad_then_after: &mut [f32],
         moments: Option<(&[f32], &[f32])>,
-        after: &mut [f32],
         m: &mut [f32],
         v: &mut [f32],
     ) {
+        let after = grad_then_after;
         let lr32 = lr as f32;
         match *self {
             FusedRule::Sgd { weight_decay } => {
-                for ((a, &w), &g) in after.iter_mut().zip(w).zip(g) {
+                for (a, &w) in after.iter_mut().zip(w) {
                     let g = match weight_decay {
-                        Some(penalty) => w * penalty + g,
-                        None => g,
+                        Some(penalty) => w * penalty + *a,
+                        None => *a,
                     };
                     *a = w - g * lr32;
                 }
@@ -131,7 +132,7 @@ impl FusedRule {
                     None => g,
                 };
                 let next = |w: f32, m: f32, v: f32| w - ((m * combined) / (v.sqrt() + eps)) * lr32;
-                adam_into(settings, moments, w, g, decayed, next, after, m, v);
+                adam_into(settings, moments, w, decayed, next, after, m, v);
             }
             FusedRule::AdamW {
                 moments: settings,
@@ -146,7 +147,7 @@ impl FusedRule {
                     let w = if decay_rate == 0.0 { w } else { w * keep };
                     w - ((m / c1) / ((v / c2).sqrt() + settings.epsilon)) * lr32
                 };
-                adam_into(settings, moments, w, g, |_, g| g, next, after, m, v);
+                adam_into(settings, moments, w, |_, g| g, next, after, m, v);
             }
         }
     }
@@ -155,37 +156,36 @@ impl FusedRule {
 /// Adam's moments and weights after a step, in one pass, the moments as Burn computes them:
 /// `β·m + (1−β)·g` on later steps, `(1−β)·g` on the first (no zero moment added, so the signs of
 /// zeros match too); `gradient(w, g)` is the gradient the moments take, `next(w, m, v)` the weight
-/// from the new moments.
+/// from the new moments, written where the gradient was in `grad_then_after`.
 #[allow(clippy::too_many_arguments)]
 fn adam_into(
     settings: AdamMoments,
     before: Option<(&[f32], &[f32])>,
     w: &[f32],
-    g: &[f32],
     gradient: impl Fn(f32, f32) -> f32,
     next: impl Fn(f32, f32, f32) -> f32,
-    after: &mut [f32],
+    grad_then_after: &mut [f32],
     m: &mut [f32],
     v: &mut [f32],
 ) {
     let (f1, f2) = (1.0 - settings.beta_1, 1.0 - settings.beta_2);
     let (b1, b2) = (settings.beta_1, settings.beta_2);
     let n = w.len();
-    let (g, after, m, v) = (&g[..n], &mut after[..n], &mut m[..n], &mut v[..n]);
+    let (slot, m, v) = (&mut grad_then_after[..n], &mut m[..n], &mut v[..n]);
     match before {
         Some((m0, v0)) => {
             let (m0, v0) = (&m0[..n], &v0[..n]);
             for i in 0..n {
-                let g = gradient(w[i], g[i]);
+                let g = gradient(w[i], slot[i]);
                 let (m1, v1) = (m0[i] * b1 + g * f1, v0[i] * b2 + (g * g) * f2);
-                (m[i], v[i], after[i]) = (m1, v1, next(w[i], m1, v1));
+                (m[i], v[i], slot[i]) = (m1, v1, next(w[i], m1, v1));
             }
         }
         None => {
             for i in 0..n {
-                let g = gradient(w[i], g[i]);
+                let g = gradient(w[i], slot[i]);
                 let (m1, v1) = (g * f1, (g * g) * f2);
-                (m[i], v[i], after[i]) = (m1, v1, next(w[i], m1, v1));
+                (m[i], v[i], slot[i]) = (m1, v1, next(w[i], m1, v1));
             }
         }
     }

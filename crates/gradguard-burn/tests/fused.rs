@@ -2,67 +2,71 @@
 //! step for step, bit for bit where the guard does not act, and the same guarded run as the
 //! plain guarded optimizer where it does (bounded steps, undone steps, rollbacks).
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::nn::{Linear, LinearConfig};
+use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use gradguard::rules::Chain;
 use gradguard::{Decision, Guard, GuardConfig, NonFinitePolicy, StepReport};
 use gradguard_burn::{AdamMoments, FusedOptimizer, FusedRule, GuardedOptimizer};
 
-#[derive(Module, Debug)]
-struct Net {
-    layers: Vec<Linear>,
+mod common;
+
+use common::{Mlp as Net, weights};
+
+/// Mean squared error of `net` on batch `k` against targets multiplied by `scale`.
+fn batch_loss(net: &Net, k: usize, scale: f32, device: &Device) -> Tensor<1> {
+    let x: Vec<f32> = (0..16 * 8)
+        .map(|i| ((i + 131 * k) as f32 * 0.37).sin())
+        .collect();
+    let y: Vec<f32> = (0..16)
+        .map(|i| ((i + 17 * k) as f32 * 0.11).cos() * scale)
+        .collect();
+    let x = Tensor::<2>::from_data(TensorData::new(x, [16, 8]), device);
+    let y = Tensor::<2>::from_data(TensorData::new(y, [16, 1]), device);
+    net.loss(x, y)
 }
 
-impl Net {
-    fn new(device: &Device) -> Self {
-        Net {
-            layers: vec![
-                LinearConfig::new(8, 32).init(device),
-                // 9,600 values: stepped and measured in slices that cut its rows.
-                LinearConfig::new(32, 300).init(device),
-                LinearConfig::new(300, 1).init(device),
-            ],
+/// Two hidden layers of width 100 (the second's 10,000 values are stepped and measured in slices
+/// that cut its rows), with fixed weights: uniform in ±0.1 (a hash of the position) and biases in
+/// [0.05, 0.1], so whether the bound acts does not depend on a random draw.
+fn new_net(device: &Device) -> Net {
+    struct Fixed(usize);
+    impl ModuleMapper for Fixed {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            self.0 += 1;
+            let k = self.0;
+            param.map(|t| {
+                let dims = t.dims();
+                let n: usize = dims.iter().product();
+                let unit = |i: usize| ((i * 7919 + k * 104_729) % 1000) as f32 / 1000.0;
+                let values: Vec<f32> = (0..n)
+                    .map(|i| {
+                        if D == 1 {
+                            0.05 + 0.05 * unit(i)
+                        } else {
+                            0.2 * unit(i) - 0.1
+                        }
+                    })
+                    .collect();
+                let fixed = Tensor::<D>::from_data(TensorData::new(values, dims), &t.device());
+                if t.is_require_grad() {
+                    fixed.require_grad()
+                } else {
+                    fixed
+                }
+            })
         }
     }
-
-    /// Mean squared error on batch `k` against targets multiplied by `scale`.
-    fn loss(&self, k: usize, scale: f32, device: &Device) -> Tensor<1> {
-        let x: Vec<f32> = (0..16 * 8)
-            .map(|i| ((i + 131 * k) as f32 * 0.37).sin())
-            .collect();
-        let y: Vec<f32> = (0..16)
-            .map(|i| ((i + 17 * k) as f32 * 0.11).cos() * scale)
-            .collect();
-        let x = Tensor::<2>::from_data(TensorData::new(x, [16, 8]), device);
-        let y = Tensor::<2>::from_data(TensorData::new(y, [16, 1]), device);
-        let mut h = x;
-        for (i, l) in self.layers.iter().enumerate() {
-            h = l.forward(h);
-            if i + 1 < self.layers.len() {
-                h = h.tanh();
-            }
-        }
-        (h - y).square().mean()
-    }
-}
-
-fn weights<M: Module>(m: &M) -> Vec<Vec<f32>> {
-    struct Copy(Vec<Vec<f32>>);
-    impl ModuleVisitor for Copy {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
-            self.0
-                .push(p.val().into_data().try_to_vec::<f32>().unwrap());
-        }
-    }
-    let mut c = Copy(Vec::new());
-    m.visit(&mut c);
-    c.0
+    Net::new(2, 100, device).map(&mut Fixed(0))
 }
 
 fn device() -> Device {
     Device::flex().autodiff()
+}
+
+/// The default guard with `config`'s changes and no rule.
+fn guard_with(config: GuardConfig) -> Guard {
+    Guard::new(config, Chain::default()).unwrap()
 }
 
 fn rules() -> Vec<FusedRule> {
@@ -92,8 +96,8 @@ fn rules() -> Vec<FusedRule> {
 
 fn lr_of(rule: FusedRule) -> f64 {
     match rule {
-        FusedRule::Sgd { .. } => 2e-4,
-        _ => 1e-3,
+        FusedRule::Sgd { .. } => 5e-5,
+        _ => 3e-4,
     }
 }
 
@@ -102,7 +106,7 @@ fn plain_run(rule: FusedRule, mut net: Net, steps: usize) -> Vec<Vec<Vec<f32>>> 
     let (device, mut optim) = (device(), rule.to_burn());
     (0..steps)
         .map(|k| {
-            let loss = net.loss(k, 1.0, &device);
+            let loss = batch_loss(&net, k, 1.0, &device);
             let grads = GradientsParams::from_grads(loss.backward(), &net);
             net = optim.step(lr_of(rule), net.clone(), grads);
             weights(&net)
@@ -124,7 +128,7 @@ fn guarded_run(
         if optim.skip_batch() {
             continue;
         }
-        let loss = net.loss(k, scale, &device);
+        let loss = batch_loss(&net, k, scale, &device);
         let grads = GradientsParams::from_grads(loss.backward(), &net);
         let step = optim.step(lr, net, grads, Some(loss)).unwrap();
         net = step.module;
@@ -148,19 +152,35 @@ fn same_runs(a: &[(Vec<Vec<f32>>, StepReport)], b: &[(Vec<Vec<f32>>, StepReport)
     }
 }
 
+/// The same guarded run twice from one network: `GuardedOptimizer::new` over Burn's optimizer
+/// of `rule`, and `GuardedOptimizer::fused`, each with a guard from `guard`.
+type Run = Vec<(Vec<Vec<f32>>, StepReport)>;
+fn plain_and_fused(
+    rule: FusedRule,
+    guard: impl Fn() -> Guard,
+    lr: f64,
+    scales: &[f32],
+) -> (Run, Run) {
+    let net = new_net(&device());
+    let plain = guarded_run(
+        GuardedOptimizer::new(rule.to_burn(), guard()),
+        net.clone(),
+        lr,
+        scales,
+    );
+    let fused = guarded_run(GuardedOptimizer::fused(rule, guard()), net, lr, scales);
+    (plain, fused)
+}
+
 #[test]
 fn fused_steps_are_burns_optimizers_bit_for_bit() {
     for rule in rules() {
-        let net = Net::new(&device());
+        let net = new_net(&device());
         let plain = plain_run(rule, net.clone(), 12);
-        let without_bound = Guard::new(
-            GuardConfig {
-                update_bound: None,
-                ..GuardConfig::default()
-            },
-            Chain::default(),
-        )
-        .unwrap();
+        let without_bound = guard_with(GuardConfig {
+            update_bound: None,
+            ..GuardConfig::default()
+        });
         for guard in [Guard::default(), without_bound] {
             let run = guarded_run(
                 GuardedOptimizer::fused(rule, guard),
@@ -184,21 +204,9 @@ fn fused_steps_are_burns_optimizers_bit_for_bit() {
 #[test]
 fn fused_and_plain_guards_agree_where_the_bound_scales_steps() {
     for rule in rules() {
-        let net = Net::new(&device());
         let lr = lr_of(rule) * 300.0;
         let scales = [1.0, 50.0, 1.0, 200.0, 1.0, 1.0, 80.0, 1.0];
-        let plain = guarded_run(
-            GuardedOptimizer::new(rule.to_burn(), Guard::default()),
-            net.clone(),
-            lr,
-            &scales,
-        );
-        let fused = guarded_run(
-            GuardedOptimizer::fused(rule, Guard::default()),
-            net.clone(),
-            lr,
-            &scales,
-        );
+        let (plain, fused) = plain_and_fused(rule, Guard::default, lr, &scales);
         assert!(
             plain
                 .iter()
@@ -212,30 +220,14 @@ fn fused_and_plain_guards_agree_where_the_bound_scales_steps() {
 #[test]
 fn a_non_finite_update_is_dropped_with_the_moments_it_would_have_made() {
     let guard = || {
-        Guard::new(
-            GuardConfig {
-                non_finite: NonFinitePolicy::Apply,
-                ..GuardConfig::default()
-            },
-            Chain::default(),
-        )
-        .unwrap()
+        guard_with(GuardConfig {
+            non_finite: NonFinitePolicy::Apply,
+            ..GuardConfig::default()
+        })
     };
     for rule in rules() {
-        let net = Net::new(&device());
         let scales = [1.0, 1.0, f32::NAN, 1.0, 1.0];
-        let plain = guarded_run(
-            GuardedOptimizer::new(rule.to_burn(), guard()),
-            net.clone(),
-            lr_of(rule),
-            &scales,
-        );
-        let fused = guarded_run(
-            GuardedOptimizer::fused(rule, guard()),
-            net.clone(),
-            lr_of(rule),
-            &scales,
-        );
+        let (plain, fused) = plain_and_fused(rule, guard, lr_of(rule), &scales);
         let undone = &fused[2];
         assert_eq!(undone.1.decision, Decision::Skip, "{rule:?}");
         assert_eq!(undone.0, fused[1].0, "{rule:?}: the weights moved");
@@ -246,31 +238,15 @@ fn a_non_finite_update_is_dropped_with_the_moments_it_would_have_made() {
 #[test]
 fn a_rollback_restores_the_fused_state_of_the_snapshot() {
     let guard = || {
-        Guard::new(
-            GuardConfig {
-                snapshot_every: 4,
-                ..GuardConfig::default()
-            },
-            Chain::default(),
-        )
-        .unwrap()
+        guard_with(GuardConfig {
+            snapshot_every: 4,
+            ..GuardConfig::default()
+        })
     };
     let mut scales = vec![1.0f32; 40];
     scales[30] = 1e4;
     for rule in rules() {
-        let net = Net::new(&device());
-        let plain = guarded_run(
-            GuardedOptimizer::new(rule.to_burn(), guard()),
-            net.clone(),
-            lr_of(rule),
-            &scales,
-        );
-        let fused = guarded_run(
-            GuardedOptimizer::fused(rule, guard()),
-            net.clone(),
-            lr_of(rule),
-            &scales,
-        );
+        let (plain, fused) = plain_and_fused(rule, guard, lr_of(rule), &scales);
         assert!(
             fused
                 .iter()
@@ -283,48 +259,52 @@ fn a_rollback_restores_the_fused_state_of_the_snapshot() {
 
 /// A guard that never acts on these healthy steps: no update bound.
 fn quiet_guard() -> Guard {
-    Guard::new(
-        GuardConfig {
-            update_bound: None,
-            ..GuardConfig::default()
-        },
-        Chain::default(),
-    )
-    .unwrap()
+    guard_with(GuardConfig {
+        update_bound: None,
+        ..GuardConfig::default()
+    })
+}
+
+/// Trains `net` on batches `first..first + steps`, each step by `step(net, gradients, loss)`.
+fn train(
+    mut net: Net,
+    first: usize,
+    steps: usize,
+    mut step: impl FnMut(Net, GradientsParams, Tensor<1>) -> Net,
+) -> Net {
+    let device = device();
+    for k in first..first + steps {
+        let loss = batch_loss(&net, k, 1.0, &device);
+        let grads = GradientsParams::from_grads(loss.backward(), &net);
+        net = step(net, grads, loss);
+    }
+    net
 }
 
 /// `steps` guarded steps of `optim` from `net`, batches `first..`.
 fn continue_fused(
     optim: &mut GuardedOptimizer<Net>,
-    mut net: Net,
+    net: Net,
     first: usize,
     steps: usize,
     lr: f64,
 ) -> Net {
-    let device = device();
-    for k in first..first + steps {
-        let loss = net.loss(k, 1.0, &device);
-        let grads = GradientsParams::from_grads(loss.backward(), &net);
-        net = optim.step(lr, net, grads, Some(loss)).unwrap().module;
-    }
-    net
+    train(net, first, steps, |net, grads, loss| {
+        optim.step(lr, net, grads, Some(loss)).unwrap().module
+    })
 }
 
 /// `steps` steps of a Burn optimizer from `net`, batches `first..`.
 fn continue_burn(
     optim: &mut burn::optim::ModuleOptimizer,
-    mut net: Net,
+    net: Net,
     first: usize,
     steps: usize,
     lr: f64,
 ) -> Net {
-    let device = device();
-    for k in first..first + steps {
-        let loss = net.loss(k, 1.0, &device);
-        let grads = GradientsParams::from_grads(loss.backward(), &net);
-        net = optim.step(lr, net, grads);
-    }
-    net
+    train(net, first, steps, |net, grads, _| {
+        optim.step(lr, net, grads)
+    })
 }
 
 #[test]
@@ -333,7 +313,7 @@ fn a_fused_record_loads_into_burns_optimizer_and_back() {
         let lr = lr_of(rule);
         // Fused for three steps, then Burn's optimizer from the fused record, against fused on.
         let mut fused = GuardedOptimizer::fused(rule, quiet_guard());
-        let net = continue_fused(&mut fused, Net::new(&device()), 0, 3, lr);
+        let net = continue_fused(&mut fused, new_net(&device()), 0, 3, lr);
         let bytes = fused.fused_optimizer().unwrap().into_bytes().unwrap();
         let mut burn = rule.to_burn().from_bytes(bytes).unwrap();
         let by_burn = continue_burn(&mut burn, net.clone(), 3, 3, lr);
@@ -346,7 +326,7 @@ fn a_fused_record_loads_into_burns_optimizer_and_back() {
 
         // Burn's optimizer for three steps, then fused from Burn's record, against Burn on.
         let mut burn = rule.to_burn();
-        let net = continue_burn(&mut burn, Net::new(&device()), 0, 3, lr);
+        let net = continue_burn(&mut burn, new_net(&device()), 0, 3, lr);
         let loaded = FusedOptimizer::new(rule)
             .from_bytes(burn.into_bytes().unwrap())
             .unwrap();
@@ -370,7 +350,7 @@ fn a_record_the_fused_rules_cannot_continue_is_an_error() {
     assert!(garbage.is_err());
     // AMSGrad keeps a third moment the fused Adam does not.
     let mut amsgrad = burn::optim::AdamConfig::new().with_amsgrad(true).init();
-    continue_burn(&mut amsgrad, Net::new(&device()), 0, 2, 1e-3);
+    continue_burn(&mut amsgrad, new_net(&device()), 0, 2, 1e-3);
     let err = FusedOptimizer::new(rule)
         .from_bytes(amsgrad.into_bytes().unwrap())
         .unwrap_err();

@@ -70,6 +70,28 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
+    fn update_sums_fed_in_slices_are_the_whole_tensors(
+        rows in 1usize..40,
+        cols in 1usize..300,
+        units_are_columns in any::<bool>(),
+        blocks in 1usize..4,
+        seed in any::<u32>(),
+    ) {
+        use gradguard::kernel::{BLOCK, UpdateSums, unit_update_norms, update_norms};
+        use gradguard::UnitSpan;
+        let n = rows * cols;
+        let before: Vec<f32> = (0..n).map(|i| ((i as f32 + seed as f32 * 1e-3) * 0.37).sin()).collect();
+        let after: Vec<f32> = before.iter().enumerate().map(|(i, x)| x + ((i as f32) * 0.11).cos() * 1e-2).collect();
+        let span = UnitSpan { rows, cols, units_are_columns };
+        let whole = (update_norms(&before, &after), unit_update_norms(&before, &after, span));
+        let mut sums = UpdateSums::new(Some(span));
+        for (b, a) in before.chunks(blocks * BLOCK).zip(after.chunks(blocks * BLOCK)) {
+            sums.add(b, a);
+        }
+        prop_assert_eq!(sums.finish(), whole);
+    }
+
+    #[test]
     fn global_norm_after_clipping_is_at_most_max_norm(g in gradients(), p in norm_type(), max in 1e-6f64..1e6) {
         let (outcome, clipped) = apply(&mut ClipByGlobalNorm::with_norm(max, p).unwrap(), &g);
         let total = outcome.norm.unwrap();

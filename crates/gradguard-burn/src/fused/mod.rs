@@ -40,7 +40,7 @@ pub(crate) struct Moments {
 /// the update instead of from a copy of the model kept before it.
 ///
 /// Its state is saved and loaded in Burn's own optimizer record format
-/// ([`FusedOptimizer::to_record`]): a checkpoint of the fused optimizer loads into Burn's
+/// ([`FusedOptimizer::into_bytes`]): a checkpoint of the fused optimizer loads into Burn's
 /// optimizer of the same rule and back.
 #[derive(Debug)]
 pub struct FusedOptimizer {

@@ -131,7 +131,7 @@ fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs().max(1e-30)
 }
 
-fn weights<M: Module>(m: &M) -> Vec<Vec<f32>> {
+pub fn weights<M: Module>(m: &M) -> Vec<Vec<f32>> {
     params_copy(m).into_iter().map(|t| t.values).collect()
 }
 

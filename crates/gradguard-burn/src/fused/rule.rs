@@ -58,6 +58,29 @@ pub enum FusedRule {
 }
 
 impl FusedRule {
+    /// SGD without weight decay (Burn's `SgdConfig::new()`).
+    pub fn sgd() -> Self {
+        FusedRule::Sgd { weight_decay: None }
+    }
+
+    /// Adam with Burn's defaults (`AdamConfig::new()`: β₁ 0.9, β₂ 0.999, ε 1e-5, no weight
+    /// decay).
+    pub fn adam() -> Self {
+        FusedRule::Adam {
+            moments: AdamMoments::default(),
+            weight_decay: None,
+        }
+    }
+
+    /// AdamW with Burn's defaults and weight decay λ (`AdamWConfig::new().with_weight_decay(λ)`;
+    /// language models commonly train with λ = 0.1 and β₂ = 0.95).
+    pub fn adamw(weight_decay: f32) -> Self {
+        FusedRule::AdamW {
+            moments: AdamMoments::default(),
+            weight_decay,
+        }
+    }
+
     /// Burn's own optimizer with the same rule and settings.
     pub fn to_burn(&self) -> ModuleOptimizer {
         let decay = |penalty: Option<f32>| penalty.map(WeightDecayConfig::new);

@@ -20,7 +20,9 @@
 //! wgpu --bench guard_overhead`; there each phase ends with a device sync (so the times are the
 //! device's, not the queueing's), and the kernel launches of the guard's part are counted
 //! (cubecl's launch observer) — per step, and for models of 8 to 194 tensors, to show how they
-//! grow with the tensor count.
+//! grow with the tensor count. `GRADGUARD_BENCH_STACK=large` times the whole steps of a
+//! 101M-parameter transformer stack instead of the small one: `scripts/bench/gpu_guard_overhead.sh`
+//! runs that on a GPU.
 
 use std::time::{Duration, Instant};
 
@@ -73,24 +75,54 @@ fn bench_device() -> Device {
     }
 }
 
+/// The transformer stack's shape: `GRADGUARD_BENCH_STACK=large` for the ≥ 100M-parameter stack
+/// of a GPU run (d 1024, 8 layers, feed-forward 4096, 16 heads, context 512, batch 8); the small
+/// one of the CPU runs otherwise (d 128, 4 layers, feed-forward 512, 4 heads, context 64, batch
+/// 16).
+fn stack_shape() -> StackShape {
+    match std::env::var("GRADGUARD_BENCH_STACK").as_deref() {
+        Err(_) | Ok("small") => StackShape {
+            d: 128,
+            layers: 4,
+            ff: 512,
+            heads: 4,
+            context: 64,
+            batch: 16,
+        },
+        Ok("large") => StackShape {
+            d: 1024,
+            layers: 8,
+            ff: 4096,
+            heads: 16,
+            context: 512,
+            batch: 8,
+        },
+        Ok(other) => {
+            eprintln!("GRADGUARD_BENCH_STACK={other}: expected small or large");
+            std::process::exit(2)
+        }
+    }
+}
+
 /// Waits for the device's queued work (a no-op cost on flex).
 fn sync(device: &Device) {
     device.sync().expect("device sync");
 }
 
 /// Counts the kernel launches `f` issues (none where the backend is not a CubeCL one).
-#[cfg(feature = "wgpu")]
+#[cfg(feature = "cube")]
 fn launches<R>(f: impl FnOnce() -> R) -> (R, u64) {
     gradguard_burn::count_launches(f)
 }
 
-#[cfg(not(feature = "wgpu"))]
+#[cfg(not(feature = "cube"))]
 fn launches<R>(f: impl FnOnce() -> R) -> (R, u64) {
     (f(), 0)
 }
 
 fn main() {
     let device = bench_device();
+    let shape = stack_shape();
     let on_flex = format!("{device:?}").contains("Flex");
     let width = 256;
     let mut model = Mlp {
@@ -215,13 +247,30 @@ fn main() {
         },
         |m: &Mlp| m.loss(x.clone(), y.clone()),
     );
-    // The transformer stack: 4 pre-norm layers of width 128, context 64, batch 16, AdamW.
-    let stack = Stack::new(&device);
-    let sx = Tensor::<3>::random([16, 64, 128], Distribution::Default, &device);
-    let sy = Tensor::<3>::random([16, 64, 128], Distribution::Default, &device);
+    // The transformer stack under AdamW: the small one on the CPU, the large one on a GPU.
+    let stack = Stack::new(&shape, &device);
+    let sx = Tensor::<3>::random(
+        [shape.batch, shape.context, shape.d],
+        Distribution::Default,
+        &device,
+    );
+    let sy = Tensor::<3>::random(
+        [shape.batch, shape.context, shape.d],
+        Distribution::Default,
+        &device,
+    );
+    let what = format!(
+        "{}-layer pre-norm transformer stack (d {}, context {}, batch {}, {:.1}M parameters), \
+         AdamW 1e-3",
+        shape.layers,
+        shape.d,
+        shape.context,
+        shape.batch,
+        stack.num_params() as f64 / 1e6
+    );
     whole_step_cost(
         &device,
-        "4-layer pre-norm transformer stack (d 128, context 64, batch 16), AdamW 1e-3",
+        &what,
         stack,
         FusedRule::AdamW {
             moments: AdamMoments::default(),
@@ -342,10 +391,20 @@ struct Stack {
     encoder: TransformerEncoder,
 }
 
+/// A transformer stack's width, depth, feed-forward width, heads, and its batch's shape.
+struct StackShape {
+    d: usize,
+    layers: usize,
+    ff: usize,
+    heads: usize,
+    context: usize,
+    batch: usize,
+}
+
 impl Stack {
-    fn new(device: &Device) -> Self {
+    fn new(shape: &StackShape, device: &Device) -> Self {
         Stack {
-            encoder: TransformerEncoderConfig::new(128, 512, 4, 4)
+            encoder: TransformerEncoderConfig::new(shape.d, shape.ff, shape.heads, shape.layers)
                 .with_norm_first(true)
                 .init(device),
         }

@@ -432,12 +432,15 @@ impl<M: Module + Clone> GuardedOptimizer<M> {
         &mut self.core.guard
     }
 
-    /// The wrapped optimizer (e.g. to save its record).
+    /// The wrapped Burn optimizer. Under [`GuardedOptimizer::fused`] it holds no state on the
+    /// CPU backend (the fused optimizer does): save a checkpoint with
+    /// [`GuardedOptimizer::optimizer_bytes`], which is right for both.
     pub fn optimizer(&self) -> &ModuleOptimizer {
         &self.optimizer
     }
 
-    /// Replaces the wrapped optimizer (e.g. one loaded from a checkpoint).
+    /// Replaces the wrapped Burn optimizer (e.g. one loaded from a checkpoint; under
+    /// [`GuardedOptimizer::fused`], load with [`GuardedOptimizer::load_optimizer_bytes`]).
     pub fn set_optimizer(&mut self, optimizer: ModuleOptimizer) {
         self.optimizer = optimizer;
     }

@@ -15,7 +15,7 @@ use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor, TensorData};
 use gradguard::rules::{Chain, ClipByGlobalNorm, Rule};
 use gradguard::{Guard, GuardConfig};
-use gradguard_burn::GuardedOptimizer;
+use gradguard_burn::{FusedRule, GuardedOptimizer};
 use gradguard_report::{JsonlSink, MetricsRecord, Sink, Sinks, TensorBoardSink};
 
 /// A deep tanh MLP.
@@ -127,7 +127,9 @@ pub fn run(steps: usize, guarded: bool, out: &Path) -> Outcome {
         Chain::new(rules).expect("consistent"),
     )
     .expect("valid configuration");
-    let mut optim = GuardedOptimizer::new(AdamConfig::new().init(), guard);
+    // Burn's Adam, step for step (the unguarded loop above uses it), with the guard's update
+    // bound measured in the optimizer's own pass.
+    let mut optim = GuardedOptimizer::fused(FusedRule::adam(), guard);
     for s in 0..steps {
         if optim.skip_batch() {
             continue;

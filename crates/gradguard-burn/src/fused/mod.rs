@@ -1,11 +1,13 @@
 //! A guarded optimizer whose step measures itself: the update rule ([`FusedRule`]: SGD, Adam,
-//! AdamW) computes each parameter's new weights and moments into spare buffers, and the update
-//! bound's norms are read from the weights and those buffers while they are hot. Nothing is
+//! AdamW) writes each parameter's new weights over its gradient (read in the same pass, not
+//! needed after it) and its new moments into spare buffers, and the update bound's norms are
+//! read from the weights and the new weights slice by slice, while they are in cache. Nothing is
 //! cloned before the step and nothing is undone after it: a step the guard reverts is dropped, a
-//! bounded one is rescaled in its buffers, and an accepted one is committed by swapping buffers.
+//! bounded one is rescaled in its buffers, and an accepted one is committed by handing the
+//! buffers over (the new weights become the parameters' tensors, the new moments the state).
 //!
 //! This is the host path (Burn's `flex` CPU backend, f32 parameters): weights and gradients are
-//! read in place. Elsewhere [`crate::GuardedOptimizer`] steps the equivalent Burn optimizer
+//! read where they lie. Elsewhere [`crate::GuardedOptimizer`] steps the equivalent Burn optimizer
 //! ([`FusedRule::to_burn`]) and measures its update as it does for any optimizer.
 
 mod buffers;
@@ -46,7 +48,7 @@ pub(crate) struct Moments {
 pub struct FusedOptimizer {
     rule: FusedRule,
     states: HashMap<ParamId, Moments>,
-    /// Buffers of finished steps, reused by the next (no allocation per step).
+    /// Moment buffers of finished steps, reused by the next (no allocation per step).
     pool: Pool,
 }
 
@@ -117,11 +119,11 @@ impl FusedOptimizer {
 
     /// Computes the step of every parameter of `module` that has a gradient in `grads` at rate
     /// `lr` — the new weights over the gradient, the new moments into spare buffers — and
-    /// measures what `measure` asks (every float parameter, in
-    /// module order, as [`crate::GuardedOptimizer`] measures any optimizer's step; with
-    /// `spread`, each update's ℓ1 and ℓ∞ norms too). Parameters are stepped on all cores, each
-    /// one slice after another, so the result does not depend on the number of cores. `None`
-    /// when a parameter is not a contiguous f32 tensor of the CPU backend (nothing is done then).
+    /// measures what `measure` asks (every float parameter, in module order, as
+    /// [`crate::GuardedOptimizer`] measures any optimizer's step; with `spread`, each update's
+    /// ℓ1 and ℓ∞ norms too). Parameters are stepped on all cores, each one slice after another,
+    /// so the result does not depend on the number of cores. `None`, with nothing written, when
+    /// a parameter is not a contiguous f32 tensor of the CPU backend or is distributed.
     pub(crate) fn prepare<M: Module>(
         &mut self,
         module: &M,
@@ -223,7 +225,8 @@ impl FusedOptimizer {
 }
 
 /// Values stepped and measured at a time: four of the norms' blocks (16 KB per buffer), so the
-/// seven buffers of an Adam slice stay in cache between the step and its measurement.
+/// six buffers of an Adam slice (weights, gradient then new weights, two moments and two new
+/// ones) stay in cache between the step and its measurement.
 const SLICE: usize = 4 * BLOCK;
 
 /// One parameter to step or measure: its id, path name, units and values.

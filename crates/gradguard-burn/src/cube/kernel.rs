@@ -7,9 +7,9 @@
 //!
 //! - m = max |x| over the block's finite values;
 //! - with u = m (at least f32's smallest normal; 1 for an all-zero block) and r = |x| / u ≤ 1,
-//!   Σ r² and Σ r: each unit accumulates its sixteen values relative to its own largest
-//!   magnitude, rescaling when a larger one arrives, and the 256 partials are folded the same
-//!   way (256 → 16 → 1 in shared memory);
+//!   Σ r² and Σ r: each unit finds the largest magnitude of its sixteen values, then sums them
+//!   relative to it (times its reciprocal: one division per unit), and the 256 partials are
+//!   folded, rescaling whichever has the smaller magnitude (256 → 16 → 1 in shared memory);
 //! - the count of non-finite values (|x| ≤ f32::MAX is false for NaN and ±inf alike).
 //!
 //! Scaling by the block's largest magnitude before squaring is LAPACK `nrm2`'s idea: a finite
@@ -89,16 +89,44 @@ const FOLDERS: usize = 16;
 #[cube]
 fn reduce_block(values: &Array<f32>, out: &mut Tensor<f32>, at: usize) {
     let unit = UNIT_POS_X as usize;
-    // This unit's largest finite magnitude, the sums relative to it, and its non-finite count.
-    let mut acc = Array::<f32>::new(3usize);
+    // This unit's largest finite magnitude and its non-finite count, then its sums relative to
+    // that magnitude: one division per unit (a reciprocal), none per value — except where the
+    // magnitude is subnormal and its reciprocal would overflow.
+    let mut m = 0.0f32;
     let mut bad = 0.0f32;
     #[unroll]
     for j in 0..PER_UNIT {
         let magnitude = f32::abs(values[j]);
         if magnitude <= f32::MAX {
-            fold(&mut acc, magnitude, 1.0, 1.0);
+            m = f32::max(m, magnitude);
         } else {
             bad += 1.0;
+        }
+    }
+    let mut acc = Array::<f32>::new(3usize);
+    acc[0] = m;
+    acc[1] = 0.0;
+    acc[2] = 0.0;
+    if m >= f32::MIN_POSITIVE {
+        let inv = 1.0 / m;
+        #[unroll]
+        for j in 0..PER_UNIT {
+            let magnitude = f32::abs(values[j]);
+            if magnitude <= f32::MAX {
+                let r = magnitude * inv;
+                acc[1] += r * r;
+                acc[2] += r;
+            }
+        }
+    } else if m > 0.0 {
+        #[unroll]
+        for j in 0..PER_UNIT {
+            let magnitude = f32::abs(values[j]);
+            if magnitude <= f32::MAX {
+                let r = magnitude / m;
+                acc[1] += r * r;
+                acc[2] += r;
+            }
         }
     }
     let mut shared_m = Shared::<[f32]>::new_slice(UNITS);

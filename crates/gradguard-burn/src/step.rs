@@ -395,11 +395,16 @@ impl<M: Module + Clone> GuardedOptimizer<M> {
     /// Loads a state written by [`GuardedOptimizer::optimizer_bytes`] (or by Burn's optimizer
     /// of the same rule): into the wrapped optimizer, and into the fused one too (the format is
     /// the same), so whichever steps next continues from it.
+    /// On an error both stay as they were.
     pub fn load_optimizer_bytes(&mut self, bytes: Bytes) -> Result<(), RecordError> {
-        if let Some(fused) = self.fused.take() {
-            self.fused = Some(fused.from_bytes(bytes.clone())?);
-        }
+        let fused = match &self.fused {
+            Some(fused) => Some(FusedOptimizer::new(fused.rule()).from_bytes(bytes.clone())?),
+            None => None,
+        };
         self.optimizer = self.optimizer.clone().from_bytes(bytes)?;
+        if fused.is_some() {
+            self.fused = fused;
+        }
         Ok(())
     }
 

@@ -355,4 +355,12 @@ fn a_record_the_fused_rules_cannot_continue_is_an_error() {
         .from_bytes(amsgrad.into_bytes().unwrap())
         .unwrap_err();
     assert!(err.to_string().contains("AMSGrad"), "{err}");
+    // A guarded optimizer that fails to load keeps its fused optimizer and its state.
+    let mut fused = GuardedOptimizer::fused(rule, quiet_guard());
+    continue_fused(&mut fused, new_net(&device()), 0, 2, 1e-3);
+    let saved = fused.optimizer_bytes().unwrap();
+    let bad = burn::tensor::Bytes::from_bytes_vec(vec![7; 64]);
+    assert!(fused.load_optimizer_bytes(bad).is_err());
+    assert!(fused.fused_optimizer().is_some_and(|f| f.has_state()));
+    fused.load_optimizer_bytes(saved).unwrap();
 }

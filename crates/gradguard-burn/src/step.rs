@@ -184,7 +184,6 @@ impl<M: Module + Clone> BurnStep<'_, M> {
         let module = self.module.as_ref().expect("every action leaves a module");
         let (prepared, norms) =
             fused.prepare(module, grads, step.lr, step.measure, step.recognize)?;
-        self.lr = None;
         self.pending = Some(prepared.with_weights(view.take_host_buffers()));
         if step.measure == UpdateMeasure::Nothing {
             self.commit_pending();

@@ -1,8 +1,7 @@
 //! The optimizer a run trains with and its learning-rate schedule: settings of every task, not
 //! remedies (the `adam` remedy still names the change from SGD to Adam as one).
 
-use burn::optim::decay::WeightDecayConfig;
-use burn::optim::{AdamConfig, AdamWConfig, ModuleOptimizer, SgdConfig};
+use burn::optim::ModuleOptimizer;
 use gradguard_burn::{AdamMoments, FusedRule};
 use serde::{Deserialize, Serialize};
 
@@ -131,34 +130,13 @@ impl OptimizerSettings {
         Ok(())
     }
 
-    /// A fresh Burn optimizer with these settings.
+    /// A fresh Burn optimizer with these settings: Burn's optimizer of [`Self::fused_rule`].
     pub fn build(&self) -> ModuleOptimizer {
-        let (b1, b2, eps, wd) = (
-            self.beta1 as f32,
-            self.beta2 as f32,
-            self.eps as f32,
-            self.weight_decay,
-        );
-        let coupled = (wd > 0.0).then(|| WeightDecayConfig::new(wd as f32));
-        match self.kind {
-            OptimizerKind::Sgd => SgdConfig::new().with_weight_decay(coupled).init(),
-            OptimizerKind::Adam => AdamConfig::new()
-                .with_beta_1(b1)
-                .with_beta_2(b2)
-                .with_epsilon(eps)
-                .with_weight_decay(coupled)
-                .init(),
-            OptimizerKind::Adamw => AdamWConfig::new()
-                .with_beta_1(b1)
-                .with_beta_2(b2)
-                .with_epsilon(eps)
-                .with_weight_decay(wd as f32)
-                .init(),
-        }
+        self.fused_rule().to_burn()
     }
 
-    /// The same optimizer as the fused guarded optimizer's rule ([`GuardedOptimizer::fused`]):
-    /// [`Self::build`] step for step.
+    /// The rule of these settings, for the fused guarded optimizer ([`GuardedOptimizer::fused`])
+    /// and, through [`FusedRule::to_burn`], for Burn's own optimizer ([`Self::build`]).
     ///
     /// [`GuardedOptimizer::fused`]: gradguard_burn::GuardedOptimizer::fused
     pub fn fused_rule(&self) -> FusedRule {

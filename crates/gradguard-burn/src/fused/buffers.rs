@@ -34,8 +34,9 @@ impl Pool {
     }
 }
 
-/// How Burn's optimizers leave a parameter: whether it requires a gradient, its checkpointing
-/// strategy and whether it is distributed — restored on the tensor rebuilt from new values.
+/// How Burn's optimizers leave a parameter: whether it requires a gradient and its checkpointing
+/// strategy — restored on the tensor rebuilt from new values. (Distributed parameters never get
+/// here: the fused step leaves them to Burn's optimizer.)
 struct Context {
     autodiff: bool,
     require_grad: bool,

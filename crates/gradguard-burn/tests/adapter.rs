@@ -66,6 +66,13 @@ fn gradients_near_1e30_have_a_finite_norm_and_are_clipped() {
 }
 
 #[test]
+fn statistics_match_the_host_at_every_read_width() {
+    for placement in PLACEMENTS {
+        common::statistics_match_at_every_read_width(&device(), placement);
+    }
+}
+
+#[test]
 fn subnormal_gradients_keep_their_statistics() {
     for placement in PLACEMENTS {
         common::tiny_gradients_keep_their_statistics(&device(), placement);

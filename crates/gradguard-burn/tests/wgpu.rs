@@ -180,6 +180,11 @@ fn gradients_near_1e30_have_a_finite_norm_and_are_clipped() {
 }
 
 #[test]
+fn statistics_match_the_host_at_every_read_width() {
+    on_wgpu(|d| common::statistics_match_at_every_read_width(d, PLACEMENT));
+}
+
+#[test]
 fn subnormal_gradients_keep_their_statistics() {
     on_wgpu(|d| common::tiny_gradients_keep_their_statistics(d, PLACEMENT));
 }

@@ -1,19 +1,24 @@
 //! The fused statistics kernel: every block of many tensors in one launch.
 //!
-//! A cube reads one block of [`BLOCK`] values of one tensor ([`UNITS`] units, [`PER_UNIT`] values
-//! each, strided so neighbouring units read neighbouring values), and writes the block's four
-//! statistics — the same ones, in the same layout, as the tensor-op path of
-//! [`crate::padded::Padded::statistics`]:
+//! A cube of `units` units (one plane: see `units_per_cube`) reads one block of [`BLOCK`]
+//! values of one tensor — unit k the vectors k, k + units, … of the block, `vector` values each
+//! (4, 2 or 1: the widest that divides every tensor of the launch), so neighbouring units read
+//! neighbouring bytes — and writes the block's four statistics, the same ones, in the same layout,
+//! as the tensor-op path of [`crate::padded::Padded::statistics`]:
 //!
 //! - m = max |x| over the block's finite values;
 //! - with u = m (at least f32's smallest normal; 1 for an all-zero block) and r = |x| / u ≤ 1,
-//!   Σ r² and Σ r: each unit finds the largest magnitude of its sixteen values, then sums them
-//!   relative to it (times its reciprocal: one division per unit), and the 256 partials are
-//!   folded, rescaling whichever has the smaller magnitude (256 → 16 → 1 in shared memory);
+//!   Σ r² and Σ r;
 //! - the count of non-finite values (|x| ≤ f32::MAX is false for NaN and ±inf alike).
 //!
-//! Scaling by the block's largest magnitude before squaring is LAPACK `nrm2`'s idea: a finite
-//! f32 gradient never overflows (1e30² would), and no f64 is needed — WGSL and Metal have none.
+//! One pass takes m, Σ x², Σ |x| and the count; the sums are then divided by u², u once per
+//! block. That is exact enough wherever m lies within [2⁻⁴⁰, 2⁴⁰] ([`DIRECT_MIN`]): nothing
+//! overflows and the squares that underflow are below 2⁻³⁴ of m². A block outside that range
+//! (gradients near 1e30, or subnormal ones) is read a second time for Σ (|x|·(1/u))², Σ |x|·(1/u),
+//! relative to its largest magnitude — LAPACK `nrm2`'s idea: a finite f32 gradient never
+//! overflows and no f64 is needed (WGSL and Metal have none). No division per value either way.
+//! The units' partials meet in shared memory: two barriers per block.
+//!
 //! Values are read in their own dtype (f32, f16, bf16) and widened to f32 in registers.
 //!
 //! In the *pair* form the kernel reads two sequences of tensors of the same lengths, a and b, and
@@ -24,172 +29,199 @@ use cubecl::prelude::*;
 
 /// Values per block; a tensor's blocks never hold values of another.
 pub const BLOCK: usize = 4096;
-/// Units per cube.
-pub const UNITS: usize = 256;
-/// Values each unit reads.
-pub const PER_UNIT: usize = BLOCK / UNITS;
 /// Statistics per block and tensor sequence: max |x|, Σ r², Σ r, non-finite count.
 pub const STATS: usize = 4;
 
-/// Reads this unit's values of block `block` of whichever input holds it: `starts[i]` is the
-/// first block of input i, `starts[n]` one past the last block.
+/// Folds one value of sequence `q` into this unit's partials: directly (`scaled` false) the
+/// largest finite magnitude into `largest[q]` and Σ x², Σ |x| and the non-finite count into
+/// `sums[3q..3q + 3]`; scaled, Σ r² and Σ r with r = |x|·`inv` into `sums[3q..3q + 2]`.
 #[cube]
-fn load<F: Float>(
-    inputs: &Sequence<OwnedTensor<F>>,
+fn take(
+    x: f32,
+    inv: f32,
+    largest: &mut Array<f32>,
+    sums: &mut Array<f32>,
+    #[comptime] q: usize,
+    #[comptime] scaled: bool,
+) {
+    let magnitude = f32::abs(x);
+    let k = comptime![3 * q];
+    if magnitude <= f32::MAX {
+        if scaled {
+            let r = magnitude * inv;
+            sums[k] += r * r;
+            sums[k + 1] += r;
+        } else {
+            largest[q] = f32::max(largest[q], magnitude);
+            sums[k] += magnitude * magnitude;
+            sums[k + 1] += magnitude;
+        }
+    } else if !scaled {
+        sums[k + 2] += 1.0;
+    }
+}
+
+/// One pass over this unit's values of block `block` of whichever input holds it
+/// (`starts[i]` is the first block of input i, `starts[n]` one past the last block): with
+/// `pair`, also over b − a. Partials of a at `acc[0..]`, of b − a at `acc[width..]`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn pass<F: Float, N: Size>(
+    a: &Sequence<OwnedTensor<Vector<F, N>>>,
+    b: &Sequence<OwnedTensor<Vector<F, N>>>,
     starts: &Sequence<u32>,
     block: u32,
-    values: &mut Array<f32>,
+    inv: &Array<f32>,
+    largest: &mut Array<f32>,
+    sums: &mut Array<f32>,
+    #[comptime] units: usize,
+    #[comptime] vector: usize,
+    #[comptime] pair: bool,
+    #[comptime] scaled: bool,
 ) {
-    let n = comptime![inputs.len()];
-    let unit = UNIT_POS_X as usize;
+    let n = comptime![a.len()];
     #[unroll]
     for i in 0..n {
         let start = *starts.index(i);
         let end = *starts.index(comptime![i + 1]);
         if block >= start && block < end {
-            let tensor = inputs.index(i).as_slice();
-            let len = tensor.len();
-            let base = (block - start) as usize * BLOCK;
-            // Not unrolled: the loop is repeated for every input of the group already.
-            for j in 0..PER_UNIT {
-                let at = base + j * UNITS + unit;
-                if at < len {
-                    values[j] = f32::cast_from(tensor[at]);
+            let ta = a.index(i).as_slice();
+            let len = ta.len();
+            let per_block = comptime![BLOCK / vector];
+            let base = (block - start) as usize * per_block;
+            let mut stop = base + per_block;
+            if stop > len {
+                stop = len;
+            }
+            let unit = UNIT_POS_X as usize;
+            let tb = if pair { b.index(i).as_slice() } else { ta };
+            if stop - base == per_block {
+                // A whole block: a trip count known when the kernel is compiled.
+                for j in 0..comptime![BLOCK / vector / units] {
+                    take_at::<F, N>(
+                        ta,
+                        tb,
+                        base + j * units + unit,
+                        inv,
+                        largest,
+                        sums,
+                        pair,
+                        scaled,
+                    );
+                }
+            } else {
+                let mut at = base + unit;
+                while at < stop {
+                    take_at::<F, N>(ta, tb, at, inv, largest, sums, pair, scaled);
+                    at += units;
                 }
             }
         }
     }
 }
 
-/// Folds `(m2, s2_2, s1_2)` — a largest magnitude and the sums of (|x|/m2)² and |x|/m2 — into
-/// the partial `acc = [m, s2, s1]`, rescaling whichever side has the smaller largest magnitude
-/// (LAPACK `nrm2`'s update, for partial sums).
+/// Folds the value at `at` of `a` (and of b − a, with `pair`) into this unit's partials.
 #[cube]
-fn fold(acc: &mut Array<f32>, m2: f32, s2_2: f32, s1_2: f32) {
-    let m = acc[0];
-    if m2 > m {
-        let r = m / m2;
-        acc[1] = acc[1] * r * r + s2_2;
-        acc[2] = acc[2] * r + s1_2;
-        acc[0] = m2;
-    } else if m2 > 0.0 {
-        let r = m2 / m;
-        acc[1] += s2_2 * r * r;
-        acc[2] += s1_2 * r;
+#[allow(clippy::too_many_arguments)]
+fn take_at<F: Float, N: Size>(
+    a: &[Vector<F, N>],
+    b: &[Vector<F, N>],
+    at: usize,
+    inv: &Array<f32>,
+    largest: &mut Array<f32>,
+    sums: &mut Array<f32>,
+    #[comptime] pair: bool,
+    #[comptime] scaled: bool,
+) {
+    let va = a[at];
+    #[unroll]
+    for l in 0..N::value() {
+        take(
+            f32::cast_from(va.extract(l)),
+            inv[0],
+            largest,
+            sums,
+            0usize,
+            scaled,
+        );
+    }
+    if pair {
+        let vb = b[at];
+        #[unroll]
+        for l in 0..N::value() {
+            let d = f32::cast_from(vb.extract(l)) - f32::cast_from(va.extract(l));
+            take(d, inv[1], largest, sums, 1usize, scaled);
+        }
     }
 }
 
-/// Level-2 partial sums: this many units each fold this many of the units' partials.
-const FOLDERS: usize = 16;
-
-/// The block's four statistics from every unit's `values`, written by unit 0 at `out[at..at+4]`.
-/// Every unit of the cube must call it (it synchronizes the cube three times: a tree of shared
-/// partials, 256 → 16 → 1, rather than one barrier per level, which is what costs most on a
-/// CPU-emulated device such as llvmpipe).
+/// The largest of every unit's `value`, known to every unit.
 #[cube]
-fn reduce_block(values: &Array<f32>, out: &mut Tensor<f32>, at: usize) {
-    let unit = UNIT_POS_X as usize;
-    // This unit's largest finite magnitude and its non-finite count, then its sums relative to
-    // that magnitude: one division per unit (a reciprocal), none per value — except where the
-    // magnitude is subnormal and its reciprocal would overflow.
-    let mut m = 0.0f32;
-    let mut bad = 0.0f32;
+fn cube_max(value: f32, #[comptime] units: usize) -> f32 {
+    let mut shared = Shared::<[f32]>::new_slice(units);
+    shared[UNIT_POS_X as usize] = value;
+    sync_cube();
+    let mut out = value;
     #[unroll]
-    for j in 0..PER_UNIT {
-        let magnitude = f32::abs(values[j]);
-        if magnitude <= f32::MAX {
-            m = f32::max(m, magnitude);
-        } else {
-            bad += 1.0;
-        }
+    for k in 0..units {
+        out = f32::max(out, shared[k]);
     }
-    let mut acc = Array::<f32>::new(3usize);
-    acc[0] = m;
-    acc[1] = 0.0;
-    acc[2] = 0.0;
-    if m >= f32::MIN_POSITIVE {
-        let inv = 1.0 / m;
-        #[unroll]
-        for j in 0..PER_UNIT {
-            let magnitude = f32::abs(values[j]);
-            if magnitude <= f32::MAX {
-                let r = magnitude * inv;
-                acc[1] += r * r;
-                acc[2] += r;
-            }
-        }
-    } else if m > 0.0 {
-        #[unroll]
-        for j in 0..PER_UNIT {
-            let magnitude = f32::abs(values[j]);
-            if magnitude <= f32::MAX {
-                let r = magnitude / m;
-                acc[1] += r * r;
-                acc[2] += r;
-            }
-        }
-    }
-    let mut shared_m = Shared::<[f32]>::new_slice(UNITS);
-    let mut shared_s2 = Shared::<[f32]>::new_slice(UNITS);
-    let mut shared_s1 = Shared::<[f32]>::new_slice(UNITS);
-    let mut shared_bad = Shared::<[f32]>::new_slice(UNITS);
-    shared_m[unit] = acc[0];
-    shared_s2[unit] = acc[1];
-    shared_s1[unit] = acc[2];
-    shared_bad[unit] = bad;
-    sync_cube();
+    out
+}
 
-    let mut folded_m = Shared::<[f32]>::new_slice(FOLDERS);
-    let mut folded_s2 = Shared::<[f32]>::new_slice(FOLDERS);
-    let mut folded_s1 = Shared::<[f32]>::new_slice(FOLDERS);
-    let mut folded_bad = Shared::<[f32]>::new_slice(FOLDERS);
-    if unit < FOLDERS {
-        let mut part = Array::<f32>::new(3usize);
-        let mut part_bad = 0.0f32;
-        for k in 0..UNITS / FOLDERS {
-            let i = unit * (UNITS / FOLDERS) + k;
-            fold(&mut part, shared_m[i], shared_s2[i], shared_s1[i]);
-            part_bad += shared_bad[i];
-        }
-        folded_m[unit] = part[0];
-        folded_s2[unit] = part[1];
-        folded_s1[unit] = part[2];
-        folded_bad[unit] = part_bad;
+/// The sum over the cube's units of each of `acc[0..count]`, in unit 0.
+#[cube]
+fn cube_sums(acc: &mut Array<f32>, #[comptime] count: usize, #[comptime] units: usize) {
+    let mut shared = Shared::<[f32]>::new_slice(comptime![count * units]);
+    let unit = UNIT_POS_X as usize;
+    #[unroll]
+    for k in 0..count {
+        shared[k * units + unit] = acc[k];
     }
     sync_cube();
-
     if unit == 0 {
-        let mut total = Array::<f32>::new(3usize);
-        let mut bb = 0.0f32;
-        for k in 0..FOLDERS {
-            fold(&mut total, folded_m[k], folded_s2[k], folded_s1[k]);
-            bb += folded_bad[k];
+        #[unroll]
+        for k in 0..count {
+            let mut total = 0.0f32;
+            for j in 0..units {
+                total += shared[k * units + j];
+            }
+            acc[k] = total;
         }
-        let (bm, b2, b1) = (total[0], total[1], total[2]);
-        // Sums relative to the block's unit u = max(m, f32's smallest normal), 1 for an all-zero
-        // block — what the host multiplies back by (`padded::block_unit`).
-        let mut rel = 0.0f32;
-        if bm > 0.0 {
-            rel = bm / f32::max(bm, f32::MIN_POSITIVE);
-        }
-        out[at] = bm;
-        out[at + 1] = b2 * rel * rel;
-        out[at + 2] = b1 * rel;
-        out[at + 3] = bb;
     }
-    // The shared partials are reused by the next call (the pair form's second sequence).
-    sync_cube();
+}
+
+/// The range of a block's largest magnitude m in which Σ x² is taken directly and divided by
+/// u² once: up to 4,096 values of at most 2⁴⁰ cannot overflow (Σ x² ≤ 2⁹²), and with
+/// m ≥ 2⁻⁴⁰ the squares that underflow (below 2⁻¹²⁶ each) change Σ x² by less than 2⁻³⁴ of m².
+const DIRECT_MIN: f32 = 1.0 / DIRECT_MAX;
+/// See [`DIRECT_MIN`].
+const DIRECT_MAX: f32 = 1_099_511_627_776.0;
+
+/// 1/u for a block's largest finite magnitude m: u = m, at least f32's smallest normal (so the
+/// reciprocal is finite), 1 for an all-zero block — what the host multiplies back by
+/// (`padded::block_unit`).
+#[cube]
+fn reciprocal_unit(m: f32) -> f32 {
+    let mut u = 1.0f32;
+    if m > 0.0 {
+        u = f32::max(m, f32::MIN_POSITIVE);
+    }
+    1.0 / u
 }
 
 /// The statistics of every block of `a` (and, with `pair`, of `b − a`), for the blocks
-/// `first_block ..` of the whole set that this launch covers.
-#[cube(launch)]
-pub fn block_statistics<F: Float>(
-    a: &Sequence<OwnedTensor<F>>,
-    b: &Sequence<OwnedTensor<F>>,
+/// `first_block ..` of the whole set that this launch covers; a cube is `units` units.
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub fn block_statistics<F: Float, N: Size>(
+    a: &Sequence<OwnedTensor<Vector<F, N>>>,
+    b: &Sequence<OwnedTensor<Vector<F, N>>>,
     starts: &Sequence<u32>,
     out: &mut Tensor<f32>,
     first_block: u32,
+    #[comptime] units: usize,
+    #[comptime] vector: usize,
     #[comptime] pair: bool,
     #[define(F)] _dtype: ElemType,
 ) {
@@ -198,21 +230,82 @@ pub fn block_statistics<F: Float>(
     if block >= *starts.index(n) {
         terminate!();
     }
-    let per_block = comptime![if pair { 2 * STATS } else { STATS }];
-    let at = (first_block + block) as usize * per_block;
+    let sequences = comptime![if pair { 2usize } else { 1usize }];
 
-    let mut values = Array::<f32>::new(PER_UNIT);
-    load::<F>(a, starts, block, &mut values);
-    if pair {
-        let mut after = Array::<f32>::new(PER_UNIT);
-        load::<F>(b, starts, block, &mut after);
+    let mut inv = Array::<f32>::new(2usize);
+    let mut largest = Array::<f32>::new(2usize);
+    let mut sums = Array::<f32>::new(6usize);
+    #[unroll]
+    for q in 0..2 {
+        inv[q] = 0.0;
+        largest[q] = 0.0;
+    }
+    #[unroll]
+    for k in 0..6 {
+        sums[k] = 0.0;
+    }
+    pass::<F, N>(
+        a,
+        b,
+        starts,
+        block,
+        &inv,
+        &mut largest,
+        &mut sums,
+        units,
+        vector,
+        pair,
+        false,
+    );
+    cube_sums(&mut sums, comptime![3 * sequences], units);
+    let mut m = Array::<f32>::new(2usize);
+    let mut rescan = false;
+    #[unroll]
+    for q in 0..sequences {
+        m[q] = cube_max(largest[q], units);
+        inv[q] = reciprocal_unit(m[q]);
+        rescan = rescan || m[q] < DIRECT_MIN || m[q] > DIRECT_MAX;
+        sums[3 * q] *= inv[q] * inv[q];
+        sums[3 * q + 1] *= inv[q];
+    }
+    if rescan {
+        // A block whose largest magnitude lies outside [2⁻⁴⁰, 2⁴⁰]: Σ x² may have overflowed or
+        // lost its small terms, so the sums are taken again relative to u.
+        let mut scaled = Array::<f32>::new(6usize);
         #[unroll]
-        for j in 0..PER_UNIT {
-            after[j] -= values[j];
+        for k in 0..6 {
+            scaled[k] = 0.0;
         }
-        reduce_block(&values, out, at);
-        reduce_block(&after, out, at + STATS);
-    } else {
-        reduce_block(&values, out, at);
+        pass::<F, N>(
+            a,
+            b,
+            starts,
+            block,
+            &inv,
+            &mut largest,
+            &mut scaled,
+            units,
+            vector,
+            pair,
+            true,
+        );
+        cube_sums(&mut scaled, comptime![3 * sequences], units);
+        #[unroll]
+        for q in 0..sequences {
+            sums[3 * q] = scaled[3 * q];
+            sums[3 * q + 1] = scaled[3 * q + 1];
+        }
+    }
+
+    if UNIT_POS_X == 0 {
+        let at = (first_block + block) as usize * comptime![sequences * STATS];
+        #[unroll]
+        for s in 0..sequences {
+            let o = at + s * STATS;
+            out[o] = m[s];
+            out[o + 1] = sums[3 * s];
+            out[o + 2] = sums[3 * s + 1];
+            out[o + 3] = sums[3 * s + 2];
+        }
     }
 }

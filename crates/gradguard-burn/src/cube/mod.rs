@@ -2,9 +2,10 @@
 //! ROCm) by one fused kernel ([`kernel`]) that reads every gradient where it lies — no copy into
 //! a buffer first — in one launch per group of tensors, and one host read of the result.
 //!
-//! Burn keeps tensors behind its fusion layer on these backends; each one is resolved to its
-//! CubeCL buffer (which runs the operations still queued for it, and reads nothing back), and the
-//! statistics are read straight from the kernel's output, together with the loss, in one read.
+//! Burn keeps tensors behind its fusion layer on these backends. The statistics are queued on
+//! its stream as one operation over every gradient ([`queued`]), which finds their CubeCL
+//! buffers when the stream runs it (one trip to the stream's server, not one per tensor); its
+//! output is read straight back, together with the loss, in one read.
 //!
 //! A launch takes as many tensors (of one dtype, consecutive in module order) as the device lets
 //! one kernel bind, at most [`MAX_GROUP`] (the kernel is unrolled over its inputs, so a group's
@@ -16,6 +17,7 @@
 //! ([`units`]), grouped and read back the same way.
 
 pub(crate) mod kernel;
+pub(crate) mod queued;
 pub(crate) mod rewrite;
 mod rewrite_kernel;
 mod unit_kernel;
@@ -166,18 +168,52 @@ fn launch_group(
     };
     let start_args: SequenceArg<_> = starts.into_iter().collect();
     let (x, y) = grid(blocks);
-    kernel::block_statistics::launch(
-        client,
-        CubeCount::Static(x, y, 1),
-        CubeDim::new_1d(kernel::UNITS as u32),
-        a_args,
-        b_args,
-        start_args,
-        out.clone().into_tensor_arg(),
-        first_block as u32,
-        b.is_some(),
-        burn::backend::cubecl::dtype_to_storage_type(a[members[0]].dtype),
-    );
+    let units = units_per_cube(client);
+    let vector = vector_size(members.iter().map(|&t| lens[t]));
+    // SAFETY: every index the kernel reads or writes is below its buffer's length.
+    unsafe {
+        kernel::block_statistics::launch_unchecked(
+            client,
+            CubeCount::Static(x, y, 1),
+            CubeDim::new_1d(units as u32),
+            vector,
+            a_args,
+            b_args,
+            start_args,
+            out.clone().into_tensor_arg(),
+            first_block as u32,
+            units,
+            vector,
+            b.is_some(),
+            burn::backend::cubecl::dtype_to_storage_type(a[members[0]].dtype),
+        )
+    };
+}
+
+/// Units per cube of the statistics kernel on `client`'s device: one plane (the SIMD width:
+/// 8 on llvmpipe's AVX2, 32 on NVIDIA), at most [`MAX_UNITS`] where the device reports none.
+/// A cube of one plane makes its two barriers nearly free on a GPU, and on a CPU-emulated device
+/// such as llvmpipe — which runs a cube's planes as coroutines that switch at every barrier —
+/// keeps a barrier to one switch: 256-unit cubes read at 0.2–0.7 GB/s there, 8-unit ones at
+/// 2.4–2.6 (docs/measurements/2026-12-07-statistics-kernel.md).
+fn units_per_cube(client: &cubecl::client::Client) -> usize {
+    (client.properties().hardware.plane_size_max as usize).clamp(1, MAX_UNITS)
+}
+
+/// The most units one cube of the statistics kernel has (WebGPU reports its plane size as up to
+/// 128 where it does not know it).
+const MAX_UNITS: usize = 64;
+
+/// The widest vector (4, 2 or 1 values) that divides every one of `lens`: each tensor is read
+/// in whole vectors.
+fn vector_size(lens: impl Iterator<Item = usize>) -> usize {
+    let mut size = 4;
+    for len in lens {
+        while len % size != 0 {
+            size /= 2;
+        }
+    }
+    size
 }
 
 /// A grid of at least `blocks` cubes within the 65,535 cubes per axis that every API allows.

@@ -117,7 +117,7 @@ pub(crate) fn rewrite(
         super::rewrite_kernel::rewrite::launch(
             &client,
             CubeCount::Static(x, y, 1),
-            CubeDim::new_1d(super::kernel::UNITS as u32),
+            CubeDim::new_1d(super::rewrite_kernel::UNITS as u32),
             origin.map_or_else(SequenceArg::new, tensors),
             tensors(values),
             factors_on_device.clone().into_tensor_arg(),

@@ -15,7 +15,12 @@
 
 use cubecl::prelude::*;
 
-use super::kernel::{BLOCK, PER_UNIT, UNITS};
+use super::kernel::BLOCK;
+
+/// Units per cube.
+pub const UNITS: usize = 256;
+/// Values each unit writes.
+pub const PER_UNIT: usize = BLOCK / UNITS;
 
 /// Input i's blocks are `starts[i] .. starts[i + 1]`; its values go to `out[offsets[i] ..]`; its
 /// value at flat index k belongs to unit `k % cols[i]` when `columns[i]` is 1, else `k / cols[i]`,

@@ -16,10 +16,11 @@
 //!   uncompensated running sum's error.)
 //! - the NaN count and the ±inf count.
 //!
-//! The maximum takes a first pass over the piece, the sum a second: scaling each value by the
-//! running maximum instead (LAPACK `nrm2`'s one-pass update, as the block kernel does over 16
-//! values) costs a division per value, and on llvmpipe, where Vulkan allows 2.5 ulp for a
-//! division, it left a unit of 5,000 values 1.2e-6 below the host's norm, every time. The host
+//! One pass takes the maximum and Σ x² unscaled; only a piece whose maximum lies outside
+//! 1e-15..1e15 is read a second time for Σ (s·x)². (Scaling each value by the running maximum
+//! instead — LAPACK `nrm2`'s one-pass update — costs a division per value, and on llvmpipe,
+//! where Vulkan allows 2.5 ulp for a division, it left a unit of 5,000 values 1.2e-6 below the
+//! host's norm, every time.) The host
 //! combines a unit's pieces in f64: ‖x_u‖² = Σ_p sum_p / s_p². In the *pair* form the kernel
 //! reads two sequences of tensors of the same shapes, a and b, and writes the four numbers of a
 //! and then of b − a (the update bound: the weights before a step and the optimizer's update).
@@ -79,28 +80,11 @@ fn fold_piece<F: Float>(
     at: usize,
     #[comptime] difference: bool,
 ) {
-    // First pass: the largest finite magnitude, and the non-finite values.
+    // One pass: the largest finite magnitude, the non-finite values, and Σ x² unscaled in
+    // LANES interleaved partial sums.
     let mut m = 0.0f32;
     let mut nan = 0.0f32;
     let mut inf = 0.0f32;
-    for k in 0..count {
-        let magnitude = f32::abs(value_at::<F>(a, b, first, stride, k, difference));
-        if magnitude <= f32::MAX {
-            m = f32::max(m, magnitude);
-        } else if magnitude > f32::MAX {
-            inf += 1.0;
-        } else {
-            // Neither comparison holds for NaN.
-            nan += 1.0;
-        }
-    }
-    // s = 1 where 4,096 squares can neither overflow nor underflow; else about 1/m.
-    let mut scale = 1.0f32;
-    if m > 0.0 && (m > SAFE_MAX || m < SAFE_MIN) {
-        // At most 1e30: 1/m of a subnormal m would overflow.
-        scale = 1.0 / f32::max(m, 1e-30);
-    }
-    // Second pass: Σ (s·x)² in LANES interleaved partial sums, added pairwise at the end.
     let mut lanes = Array::<f32>::new(LANES);
     #[unroll]
     for l in 0..LANES {
@@ -112,9 +96,39 @@ fn fold_piece<F: Float>(
         for l in 0..LANES {
             let k = r * LANES + l;
             if k < count {
-                let x = value_at::<F>(a, b, first, stride, k, difference) * scale;
-                if f32::abs(x) <= f32::MAX {
+                let x = value_at::<F>(a, b, first, stride, k, difference);
+                let magnitude = f32::abs(x);
+                if magnitude <= f32::MAX {
+                    m = f32::max(m, magnitude);
                     lanes[l] += x * x;
+                } else if magnitude > f32::MAX {
+                    inf += 1.0;
+                } else {
+                    // Neither comparison holds for NaN.
+                    nan += 1.0;
+                }
+            }
+        }
+    }
+    // s = 1 where 4,096 squares can neither overflow nor underflow; else about 1/m, and a
+    // second pass sums Σ (s·x)² again.
+    let mut scale = 1.0f32;
+    if m > 0.0 && (m > SAFE_MAX || m < SAFE_MIN) {
+        // At most 1e30: 1/m of a subnormal m would overflow.
+        scale = 1.0 / f32::max(m, 1e-30);
+        #[unroll]
+        for l in 0..LANES {
+            lanes[l] = 0.0;
+        }
+        for r in 0..rounds {
+            #[unroll]
+            for l in 0..LANES {
+                let k = r * LANES + l;
+                if k < count {
+                    let x = value_at::<F>(a, b, first, stride, k, difference) * scale;
+                    if f32::abs(x) <= f32::MAX {
+                        lanes[l] += x * x;
+                    }
                 }
             }
         }

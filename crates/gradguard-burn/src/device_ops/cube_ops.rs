@@ -34,20 +34,27 @@ impl DeviceOps for CubeOps {
         after: Option<&[Tensor<1>]>,
         loss: Option<Tensor<1>>,
     ) -> BlockRead {
+        let stats = match cube::queued::block_statistics(tensors, after) {
+            cube::queued::Queued::Elsewhere => {
+                return TensorOps.block_statistics(tensors, after, loss);
+            }
+            cube::queued::Queued::Empty => None,
+            cube::queued::Queued::Statistics(s) => Some(s),
+        };
         let cube_loss = match &loss {
-            Some(l) => cube::resolve(l).map(Some),
-            None => Some(None),
+            Some(l) => match cube::resolve(l) {
+                Some(l) => Some(l),
+                None => return TensorOps.block_statistics(tensors, after, loss),
+            },
+            None => None,
         };
-        let (Some((a, b)), Some(cube_loss)) = (resolved(tensors, after), cube_loss) else {
-            return TensorOps.block_statistics(tensors, after, loss);
-        };
-        let stats = cube::block_statistics(&a, b.as_deref());
+        let stats = stats.map(cube::queued::resolve);
         if stats.is_none() && cube_loss.is_none() {
             return BlockRead::default();
         }
         let (host, loss) = cube::read(stats.as_ref(), cube_loss.as_ref());
         let loss = loss.map(f64::from);
-        if b.is_none() {
+        if after.is_none() {
             return BlockRead {
                 values: host,
                 deltas: Vec::new(),

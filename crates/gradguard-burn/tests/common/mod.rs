@@ -528,6 +528,32 @@ pub fn tiny_gradients_keep_their_statistics(dev: &Device, placement: Placement) 
     }
 }
 
+/// A layer whose gradients' lengths are all multiples of four, of two but not four, or odd (the
+/// statistics kernel reads a group of tensors four, two or one value at a time), at ordinary,
+/// huge (their squares overflow f32) and subnormal magnitudes: the statistics are the host's.
+pub fn statistics_match_at_every_read_width(dev: &Device, placement: Placement) {
+    for (fan_in, width) in [(8, 16), (6, 10), (3, 5)] {
+        for scale in [1.0f32, 1e30, 1e-38] {
+            let layer: Linear = LinearConfig::new(fan_in, width).init(dev);
+            let x: Vec<f32> = (0..16 * fan_in).map(|i| (i as f32 * 0.71).sin()).collect();
+            let x = Tensor::<2>::from_data(TensorData::new(x, [16, fan_in]), dev);
+            let loss = layer.forward(x).square().mean().mul_scalar(scale);
+            let mut grads = GradientsParams::from_grads(loss.backward(), &layer);
+            let host = host_copy(&layer, &grads);
+            let view = BurnGradients::collect_with(&layer, &mut grads, None, false, placement);
+            let (ours, theirs) = (view.stats(), host.stats());
+            assert_eq!(ours.len(), 2);
+            for (a, b) in ours.iter().zip(&theirs) {
+                let what = format!("{fan_in}x{width} at {scale}: {a:?} vs {b:?}");
+                assert!(b.max_abs > 0.0 && b.max_abs.is_finite(), "{what}");
+                assert!(rel(a.sum_squares, b.sum_squares) < 1e-5, "{what}");
+                assert!(rel(a.sum_abs, b.sum_abs) < 1e-5, "{what}");
+                assert_eq!(a.max_abs, b.max_abs, "{what}");
+            }
+        }
+    }
+}
+
 /// `model` with its parameters cast to `dtype`: they stay in it through autodiff and the
 /// optimizer (a model trained in f16 or bf16 throughout).
 fn cast<M: Module>(model: M, dtype: burn::tensor::DType) -> M {

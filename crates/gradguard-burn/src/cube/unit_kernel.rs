@@ -16,14 +16,14 @@
 //!   uncompensated running sum's error.)
 //! - the NaN count and the ±inf count.
 //!
-//! One pass takes the maximum and Σ x² unscaled; only a piece whose maximum lies outside
+//! One pass takes the maximum and Σ x² unscaled — in the *pair* form (two sequences of tensors
+//! of the same shapes, a and b: the weights before a step and after it) of a and of b − a
+//! together, each value of a and b read once — and only a piece whose maximum lies outside
 //! 1e-15..1e15 is read a second time for Σ (s·x)². (Scaling each value by the running maximum
 //! instead — LAPACK `nrm2`'s one-pass update — costs a division per value, and on llvmpipe,
 //! where Vulkan allows 2.5 ulp for a division, it left a unit of 5,000 values 1.2e-6 below the
-//! host's norm, every time.) The host
-//! combines a unit's pieces in f64: ‖x_u‖² = Σ_p sum_p / s_p². In the *pair* form the kernel
-//! reads two sequences of tensors of the same shapes, a and b, and writes the four numbers of a
-//! and then of b − a (the update bound: the weights before a step and the optimizer's update).
+//! host's norm, every time.) The host combines a unit's pieces in f64: ‖x_u‖² = Σ_p sum_p / s_p².
+//! The pair form writes the four numbers of a, then those of b − a.
 
 use cubecl::prelude::*;
 
@@ -61,30 +61,63 @@ fn value_at<F: Float>(
     value
 }
 
-/// Folds the `count` values of the piece ([`value_at`]) and writes their four statistics at
-/// `out[at..]`: the scale s, Σ (s·x)² over the finite values, the NaN count, the inf count.
+/// Folds one value into sequence `q`'s partials: its largest finite magnitude and non-finite
+/// counts in `counts[3q..3q + 3]` (m, NaN, inf), x² into lane `l` of `lanes[q·LANES..]`.
 #[cube]
-// `RangeInclusive::contains` and `div_ceil` do not exist in a kernel.
-#[allow(
-    clippy::too_many_arguments,
-    clippy::manual_range_contains,
-    clippy::manual_div_ceil
-)]
-fn fold_piece<F: Float>(
+fn take(
+    x: f32,
+    counts: &mut Array<f32>,
+    lanes: &mut Array<f32>,
+    #[comptime] l: usize,
+    #[comptime] q: usize,
+) {
+    let magnitude = f32::abs(x);
+    let c = comptime![3 * q];
+    if magnitude <= f32::MAX {
+        counts[c] = f32::max(counts[c], magnitude);
+        lanes[comptime![q * LANES + l]] += x * x;
+    } else if magnitude > f32::MAX {
+        counts[c + 2] += 1.0;
+    } else {
+        // Neither comparison holds for NaN.
+        counts[c + 1] += 1.0;
+    }
+}
+
+/// Folds value k of the piece (`a[first + k·stride]`, and with `pair` `b[…] − a[…]`) into lane
+/// `l`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn take_at<F: Float>(
+    a: &[F],
+    b: &[F],
+    at: usize,
+    counts: &mut Array<f32>,
+    lanes: &mut Array<f32>,
+    #[comptime] l: usize,
+    #[comptime] pair: bool,
+) {
+    let x = f32::cast_from(a[at]);
+    take(x, counts, lanes, l, 0usize);
+    if pair {
+        take(f32::cast_from(b[at]) - x, counts, lanes, l, 1usize);
+    }
+}
+
+/// Σ (s·x)² of the piece's values of sequence `difference` (b − a, else a) in LANES
+/// interleaved partial sums, added pairwise: the second pass of a piece whose largest
+/// magnitude lies outside `SAFE_MIN..SAFE_MAX`.
+#[cube]
+#[allow(clippy::manual_div_ceil)]
+fn scaled_sum<F: Float>(
     a: &[F],
     b: &[F],
     first: usize,
     stride: usize,
     count: usize,
-    out: &mut Tensor<f32>,
-    at: usize,
+    scale: f32,
     #[comptime] difference: bool,
-) {
-    // One pass: the largest finite magnitude, the non-finite values, and Σ x² unscaled in
-    // LANES interleaved partial sums.
-    let mut m = 0.0f32;
-    let mut nan = 0.0f32;
-    let mut inf = 0.0f32;
+) -> f32 {
     let mut lanes = Array::<f32>::new(LANES);
     #[unroll]
     for l in 0..LANES {
@@ -96,57 +129,100 @@ fn fold_piece<F: Float>(
         for l in 0..LANES {
             let k = r * LANES + l;
             if k < count {
-                let x = value_at::<F>(a, b, first, stride, k, difference);
-                let magnitude = f32::abs(x);
-                if magnitude <= f32::MAX {
-                    m = f32::max(m, magnitude);
+                let x = value_at::<F>(a, b, first, stride, k, difference) * scale;
+                if f32::abs(x) <= f32::MAX {
                     lanes[l] += x * x;
-                } else if magnitude > f32::MAX {
-                    inf += 1.0;
-                } else {
-                    // Neither comparison holds for NaN.
-                    nan += 1.0;
                 }
             }
         }
     }
-    // s = 1 where 4,096 squares can neither overflow nor underflow; else about 1/m, and a
-    // second pass sums Σ (s·x)² again.
-    let mut scale = 1.0f32;
-    if m > 0.0 && (m > SAFE_MAX || m < SAFE_MIN) {
-        // At most 1e30: 1/m of a subnormal m would overflow.
-        scale = 1.0 / f32::max(m, 1e-30);
-        #[unroll]
-        for l in 0..LANES {
-            lanes[l] = 0.0;
-        }
-        for r in 0..rounds {
-            #[unroll]
-            for l in 0..LANES {
-                let k = r * LANES + l;
-                if k < count {
-                    let x = value_at::<F>(a, b, first, stride, k, difference) * scale;
-                    if f32::abs(x) <= f32::MAX {
-                        lanes[l] += x * x;
-                    }
-                }
-            }
-        }
-    }
-    // 16 → 8 → 4 → 2 → 1.
+    pairwise(&lanes, 0usize)
+}
+
+/// The sum of `lanes[from..from + LANES]`, added pairwise (16 → 8 → 4 → 2 → 1).
+#[cube]
+fn pairwise(lanes: &Array<f32>, #[comptime] from: usize) -> f32 {
+    let mut half = Array::<f32>::new(8usize);
     #[unroll]
     for l in 0..8 {
-        lanes[l] += lanes[l + 8];
+        half[l] = lanes[from + l] + lanes[from + l + 8];
     }
     #[unroll]
     for l in 0..4 {
-        lanes[l] += lanes[l + 4];
+        half[l] += half[l + 4];
     }
-    let sum = (lanes[0] + lanes[2]) + (lanes[1] + lanes[3]);
-    out[at] = scale;
-    out[at + 1] = sum;
-    out[at + 2] = nan;
-    out[at + 3] = inf;
+    (half[0] + half[2]) + (half[1] + half[3])
+}
+
+/// Folds the `count` values of the piece — of a, and with `pair` of b − a — in one pass, and
+/// writes each sequence's four statistics at `out[at..]` (then `out[at + STATS..]`): the scale
+/// s, Σ (s·x)² over the finite values, the NaN count, the inf count.
+#[cube]
+// `RangeInclusive::contains` does not exist in a kernel.
+#[allow(clippy::too_many_arguments, clippy::manual_range_contains)]
+fn fold_piece<F: Float>(
+    a: &[F],
+    b: &[F],
+    first: usize,
+    stride: usize,
+    count: usize,
+    out: &mut Tensor<f32>,
+    at: usize,
+    #[comptime] pair: bool,
+) {
+    let sequences = comptime![if pair { 2usize } else { 1usize }];
+    let mut counts = Array::<f32>::new(6usize);
+    let mut lanes = Array::<f32>::new(comptime![2 * LANES]);
+    #[unroll]
+    for c in 0..6 {
+        counts[c] = 0.0;
+    }
+    #[unroll]
+    for l in 0..comptime![2 * LANES] {
+        lanes[l] = 0.0;
+    }
+    // Whole rounds of LANES values, then the rest.
+    let full = count / LANES;
+    for r in 0..full {
+        let base = first + r * LANES * stride;
+        #[unroll]
+        for l in 0..LANES {
+            take_at::<F>(a, b, base + l * stride, &mut counts, &mut lanes, l, pair);
+        }
+    }
+    let done = full * LANES;
+    #[unroll]
+    for l in 0..LANES {
+        if done + l < count {
+            take_at::<F>(
+                a,
+                b,
+                first + (done + l) * stride,
+                &mut counts,
+                &mut lanes,
+                l,
+                pair,
+            );
+        }
+    }
+    #[unroll]
+    for q in 0..sequences {
+        let m = counts[comptime![3 * q]];
+        // s = 1 where 4,096 squares can neither overflow nor underflow; else about 1/m, and a
+        // second pass sums Σ (s·x)² again.
+        let mut scale = 1.0f32;
+        let mut sum = pairwise(&lanes, comptime![q * LANES]);
+        if m > 0.0 && (m > SAFE_MAX || m < SAFE_MIN) {
+            // At most 1e30: 1/m of a subnormal m would overflow.
+            scale = 1.0 / f32::max(m, 1e-30);
+            sum = scaled_sum::<F>(a, b, first, stride, count, scale, comptime![q == 1]);
+        }
+        let o = at + q * STATS;
+        out[o] = scale;
+        out[o + 1] = sum;
+        out[o + 2] = counts[comptime![3 * q + 1]];
+        out[o + 3] = counts[comptime![3 * q + 2]];
+    }
 }
 
 /// The statistics of every piece of every unit of the inputs this launch covers. Input i's
@@ -190,13 +266,8 @@ pub fn unit_statistics<F: Float>(
             let stride = *value_stride.index(i) as usize;
             let first = unit * *unit_stride.index(i) as usize + from * stride;
             let x = a.index(i).as_slice();
-            if pair {
-                let y = b.index(i).as_slice();
-                fold_piece::<F>(x, y, first, stride, take, out, at, false);
-                fold_piece::<F>(x, y, first, stride, take, out, at + STATS, true);
-            } else {
-                fold_piece::<F>(x, x, first, stride, take, out, at, false);
-            }
+            let y = if pair { b.index(i).as_slice() } else { x };
+            fold_piece::<F>(x, y, first, stride, take, out, at, pair);
         }
     }
 }

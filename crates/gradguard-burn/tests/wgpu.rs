@@ -120,7 +120,7 @@ fn the_statistics_take_one_launch_per_group_of_tensors_and_one_read() {
 #[test]
 fn unit_norms_match_the_host_in_one_launch_per_group_of_tensors() {
     on_wgpu(|d| {
-        let group = gradguard_burn::tensors_per_launch(d).expect("wgpu is a CubeCL device");
+        let group = gradguard_burn::unit_tensors_per_launch(d).expect("wgpu is a CubeCL device");
         let few = common::unit_norms_match_the_host(d, PLACEMENT, 3, launches);
         let many = common::unit_norms_match_the_host(d, PLACEMENT, 30, launches);
         eprintln!("{group} tensors per launch: (tensors, launches) {few:?}, {many:?}");
@@ -138,16 +138,21 @@ fn unit_norms_match_the_host_in_one_launch_per_group_of_tensors() {
 fn clips_match_the_host_in_one_launch_per_group_of_tensors() {
     on_wgpu(|d| {
         let group = gradguard_burn::tensors_per_launch(d).expect("wgpu is a CubeCL device");
+        let unit_group =
+            gradguard_burn::unit_tensors_per_launch(d).expect("wgpu is a CubeCL device");
         let few = common::clips_match_the_host(d, PLACEMENT, 3, launches);
         let many = common::clips_match_the_host(d, PLACEMENT, 30, launches);
         eprintln!("{group} tensors per launch: (rule, tensors, launches) {few:?}, {many:?}");
-        // A clip is one rewrite launch and one statistics launch per group (AGC: two more, the
-        // unit norms of gradients and of parameters); a rewrite binds one buffer more than the
-        // statistics, so its groups may hold one tensor fewer. The tensor-op path copied every
-        // tensor into a padded buffer first, and AGC scaled each tensor's units on its own.
+        // A clip is one rewrite launch and one statistics launch per group (AGC: the unit norms
+        // of gradients and of parameters too, in the unit kernel's smaller groups); a rewrite
+        // binds one buffer more than the statistics, so its groups may hold one tensor fewer.
+        // The tensor-op path copied every tensor into a padded buffer first, and AGC scaled each
+        // tensor's units on its own.
         for (rule, tensors, launched) in few.into_iter().chain(many) {
-            let kernels = if rule == "agc" { 4 } else { 2 };
-            let bound = kernels * tensors.div_ceil(group - 1) as u64;
+            let mut bound = 2 * tensors.div_ceil(group - 1) as u64;
+            if rule == "agc" {
+                bound += 2 * tensors.div_ceil(unit_group) as u64;
+            }
             assert!(
                 launched <= bound,
                 "{rule}: {tensors} tensors, {launched} launches"

@@ -66,6 +66,13 @@ pub fn tensors_per_launch(device: &burn::tensor::Device) -> Option<usize> {
     Some(group_size(&probe(device)?.client, 1))
 }
 
+/// How many tensors one launch of the unit-norms kernel (AGC's and the update bound's per-unit
+/// norms) reads on `device`, or `None` when `device` is not a CubeCL device: at most
+/// [`units::UNIT_GROUP`].
+pub fn unit_tensors_per_launch(device: &burn::tensor::Device) -> Option<usize> {
+    Some(units::unit_group_size(&probe(device)?.client, 1))
+}
+
 /// A one-value CubeCL tensor on `device`, or `None` when it is not a CubeCL device.
 fn probe(device: &burn::tensor::Device) -> Option<CubeTensor> {
     resolve(&Tensor::<1>::zeros([1], &device.clone().inner()))

@@ -63,6 +63,20 @@ impl Plan {
     }
 }
 
+/// The most tensors (of each sequence) one launch of the unit kernel reads. Its per-input code
+/// is long (a piece of up to 4,096 values folded 16 at a time, twice in the pair form), and on
+/// llvmpipe a launch of 14 pairs of 256 × 256 weights took 18.5 ms where launches of 4 took 8.0
+/// in all (1: 9.4, 2: 9.2, 8: 12.2 ms; docs/measurements/2026-12-07-statistics-kernel.md). Why
+/// the larger groups cost more there was not found: the inputs a cube's lanes do not read are
+/// masked off, and neither making the choice of input uniform per cube nor zeroing those lanes'
+/// loop counts changed it.
+pub const UNIT_GROUP: usize = 4;
+
+/// Tensors per launch of the unit kernel on `client`'s device, for `sequences` sequences.
+pub(crate) fn unit_group_size(client: &cubecl::client::Client, sequences: usize) -> usize {
+    group_size(client, sequences).min(UNIT_GROUP)
+}
+
 /// The per-unit sums of every tensor of `a` split by `spans` — and with `b` (tensors of the same
 /// shapes), of `b − a` — measured on the device in one launch per group of tensors and one host
 /// read. Per tensor, per unit: `[sum of a]`, or `[sum of a, sum of b − a]` in the pair form.
@@ -98,7 +112,7 @@ pub(crate) fn unit_sums(
         .zip(&plan.pieces)
         .map(|(s, p)| s.units() * p)
         .collect();
-    for members in groups(a, &counts, group_size(&client, sequences)) {
+    for members in groups(a, &counts, unit_group_size(&client, sequences)) {
         launch(&client, a, b, spans, &plan, &members, &out);
     }
     let (host, _) = super::read(Some(&out), None);

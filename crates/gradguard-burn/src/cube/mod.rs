@@ -198,11 +198,11 @@ fn launch_group(
 }
 
 /// Units per cube of the statistics kernel on `client`'s device: one plane (the SIMD width:
-/// 8 on llvmpipe's AVX2, 32 on NVIDIA), at most [`MAX_UNITS`] where the device reports none.
-/// A cube of one plane makes its two barriers nearly free on a GPU, and on a CPU-emulated device
-/// such as llvmpipe — which runs a cube's planes as coroutines that switch at every barrier —
-/// keeps a barrier to one switch: 256-unit cubes read at 0.2–0.7 GB/s there, 8-unit ones at
-/// 2.4–2.6 (docs/measurements/2026-12-07-statistics-kernel.md).
+/// 8 on llvmpipe's AVX2, 32 on NVIDIA), at most [`MAX_UNITS`] (where the device reports none).
+/// On llvmpipe 256-unit cubes read at 0.3 GB/s and 8-unit ones at 1.6 with the same code — most
+/// likely because it runs a cube's lanes in groups of 8 that switch at each barrier
+/// (docs/measurements/2026-12-07-statistics-kernel.md); on a GPU a one-warp cube makes its two
+/// barriers as cheap.
 fn units_per_cube(client: &cubecl::client::Client) -> usize {
     (client.properties().hardware.plane_size_max as usize).clamp(1, MAX_UNITS)
 }

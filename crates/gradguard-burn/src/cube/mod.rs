@@ -67,8 +67,8 @@ pub fn tensors_per_launch(device: &burn::tensor::Device) -> Option<usize> {
 }
 
 /// How many tensors one launch of the unit-norms kernel (AGC's and the update bound's per-unit
-/// norms) reads on `device`, or `None` when `device` is not a CubeCL device: at most
-/// [`units::UNIT_GROUP`].
+/// norms) reads on `device`, or `None` when `device` is not a CubeCL device: at most 4, the
+/// fastest on llvmpipe (docs/measurements/2026-12-07-statistics-kernel.md).
 pub fn unit_tensors_per_launch(device: &burn::tensor::Device) -> Option<usize> {
     Some(units::unit_group_size(&probe(device)?.client, 1))
 }

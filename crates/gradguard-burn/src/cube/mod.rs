@@ -176,7 +176,11 @@ fn launch_group(
     let start_args: SequenceArg<_> = starts.into_iter().collect();
     let (x, y) = grid(blocks);
     let units = units_per_cube(client);
-    let vector = vector_size(members.iter().map(|&t| lens[t]));
+    let vector = vector_size(
+        client,
+        a[members[0]].dtype,
+        members.iter().map(|&t| lens[t]),
+    );
     // SAFETY: every index the kernel reads or writes is below its buffer's length.
     unsafe {
         kernel::block_statistics::launch_unchecked(
@@ -211,17 +215,25 @@ fn units_per_cube(client: &cubecl::client::Client) -> usize {
 /// 128 where it does not know it).
 const MAX_UNITS: usize = 64;
 
-/// The widest vector (4, 2 or 1 values) that divides every one of `lens`: each tensor is read
-/// in whole vectors.
-fn vector_size(lens: impl Iterator<Item = usize>) -> usize {
-    let mut size = 4;
-    for len in lens {
-        while len % size != 0 {
-            size /= 2;
-        }
-    }
-    size
+/// The widest vector of at most [`MAX_VECTOR`] values that `client`'s device reads well for
+/// `dtype` and that divides every one of `lens` (each tensor is read in whole vectors); 1 when
+/// none does.
+fn vector_size(
+    client: &cubecl::client::Client,
+    dtype: DType,
+    lens: impl Iterator<Item = usize> + Clone,
+) -> usize {
+    client
+        .io_optimized_vector_sizes(dtype.size())
+        .filter(|&v| (1..=MAX_VECTOR).contains(&v))
+        .filter(|&v| lens.clone().all(|len| len % v == 0))
+        .max()
+        .unwrap_or(1)
 }
+
+/// The widest vector the statistics kernel reads (4 values: 16 bytes of f32; wider was not
+/// measured).
+const MAX_VECTOR: usize = 4;
 
 /// A grid of at least `blocks` cubes within the 65,535 cubes per axis that every API allows.
 fn grid(blocks: usize) -> (u32, u32) {

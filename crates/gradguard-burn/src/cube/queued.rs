@@ -1,5 +1,6 @@
-//! The statistics kernel queued on Burn's fusion stream as one operation, so that reaching every
-//! gradient's buffer costs one trip to the stream's server rather than one per tensor.
+//! The statistics and unit-norms kernels queued on Burn's fusion stream as one operation each,
+//! so that reaching every tensor's buffer costs one trip to the stream's server rather than one
+//! per tensor.
 //!
 //! Resolving a tensor to its CubeCL buffer ([`super::resolve`]) is a blocking call into the
 //! fusion server's thread: about 22 µs each on two llvmpipe cores, 1.1 ms for the 51 tensors of
@@ -15,19 +16,30 @@ use burn_fusion::custom::{
     CustomOpIr, HandleContainer, Operation, OperationIr, OperationOutput, StreamId, TensorIr,
 };
 use burn_fusion::{ExecutionError, FusionRuntime, FusionTensor};
+use gradguard::UnitSpan;
 
 use super::kernel::{BLOCK, STATS};
 
 type Fused = FusionTensor<FusionCubeRuntime>;
 
-/// The queued operation: inputs a (and b, in the pair form), output the block statistics.
+/// Which kernel a queued operation runs.
 #[derive(Debug)]
-struct BlockStatistics {
-    desc: CustomOpIr,
-    pair: bool,
+enum Kernel {
+    /// [`super::block_statistics`].
+    Blocks,
+    /// [`super::units::unit_statistics`] with these spans.
+    Units(Vec<UnitSpan>),
 }
 
-impl Operation<FusionCubeRuntime> for BlockStatistics {
+/// The queued operation: inputs a (and b, in the pair form), one output.
+#[derive(Debug)]
+struct Queue {
+    desc: CustomOpIr,
+    pair: bool,
+    kernel: Kernel,
+}
+
+impl Operation<FusionCubeRuntime> for Queue {
     fn execute(
         &self,
         handles: &mut HandleContainer<<FusionCubeRuntime as FusionRuntime>::FusionHandle>,
@@ -46,9 +58,13 @@ impl Operation<FusionCubeRuntime> for BlockStatistics {
         } else {
             (&inputs[..], None)
         };
-        let Some(out) = super::block_statistics(a, b) else {
+        let out = match &self.kernel {
+            Kernel::Blocks => super::block_statistics(a, b),
+            Kernel::Units(spans) => super::units::unit_statistics(a, b, spans),
+        };
+        let Some(out) = out else {
             return Err(ExecutionError::generic(
-                "gradguard block statistics queued without a block to measure".to_string(),
+                "gradguard statistics queued with nothing to measure".to_string(),
             ));
         };
         handles.register_float_tensor::<CubeBackend>(&self.desc.outputs[0].id, out);
@@ -65,52 +81,72 @@ fn fused(t: &Tensor<1>) -> Option<Fused> {
 pub(crate) enum Queued {
     /// A tensor is not on a CubeCL device: the caller measures another way.
     Elsewhere,
-    /// Every tensor is empty: nothing to measure.
+    /// Nothing to measure (no tensor, or none with values or units).
     Empty,
     /// The statistics, in the layout of [`super::block_statistics`], computed when the stream
     /// runs (when they are resolved).
     Statistics(Fused),
 }
 
+/// Each tensor's fusion handle (a's, then b's), or `None` if one is not on a CubeCL device.
+fn fused_all(a: &[Tensor<1>], b: Option<&[Tensor<1>]>) -> Option<(Vec<Fused>, Vec<Fused>)> {
+    let fa = a.iter().map(fused).collect::<Option<Vec<_>>>()?;
+    let fb = match b {
+        Some(b) => b.iter().map(fused).collect::<Option<Vec<_>>>()?,
+        None => Vec::new(),
+    };
+    Some((fa, fb))
+}
+
+/// Queues `kernel` over `fa` (and `fb`) with an output of `len` f32 values on the current stream.
+fn queue(fa: Vec<Fused>, fb: Vec<Fused>, pair: bool, len: usize, kernel: Kernel) -> Queued {
+    let Some(client) = fa.first().map(|t| t.client.clone()) else {
+        return Queued::Empty;
+    };
+    if len == 0 {
+        return Queued::Empty;
+    }
+    let output = TensorIr::uninit(client.create_empty_handle(), Shape::from([len]), DType::F32);
+    let inputs: Vec<TensorIr> = fa.into_iter().chain(fb).map(Fused::into_ir).collect();
+    let desc = CustomOpIr::new("gradguard::statistics", &inputs, &[output]);
+    let [out] = client
+        .register(
+            StreamId::current(),
+            OperationIr::Custom(desc.clone()),
+            Queue { desc, pair, kernel },
+        )
+        .outputs();
+    Queued::Statistics(out)
+}
+
 /// Queues the block statistics of `a` (and of `b − a`) as one operation on the current stream.
 pub(crate) fn block_statistics(a: &[Tensor<1>], b: Option<&[Tensor<1>]>) -> Queued {
-    let Some(fa) = a.iter().map(fused).collect::<Option<Vec<_>>>() else {
+    let Some((fa, fb)) = fused_all(a, b) else {
         return Queued::Elsewhere;
-    };
-    let fb = match b {
-        Some(b) => match b.iter().map(fused).collect::<Option<Vec<_>>>() {
-            Some(fb) => fb,
-            None => return Queued::Elsewhere,
-        },
-        None => Vec::new(),
     };
     let blocks: usize = fa
         .iter()
         .map(|t| t.shape.num_elements().div_ceil(BLOCK))
         .sum();
-    let Some(client) = fa.first().map(|t| t.client.clone()) else {
-        return Queued::Empty;
-    };
-    if blocks == 0 {
-        return Queued::Empty;
-    }
     let pair = b.is_some();
     let per_block = if pair { 2 * STATS } else { STATS };
-    let output = TensorIr::uninit(
-        client.create_empty_handle(),
-        Shape::from([blocks * per_block]),
-        DType::F32,
-    );
-    let inputs: Vec<TensorIr> = fa.into_iter().chain(fb).map(Fused::into_ir).collect();
-    let desc = CustomOpIr::new("gradguard::block_statistics", &inputs, &[output]);
-    let [stats] = client
-        .register(
-            StreamId::current(),
-            OperationIr::Custom(desc.clone()),
-            BlockStatistics { desc, pair },
-        )
-        .outputs();
-    Queued::Statistics(stats)
+    queue(fa, fb, pair, blocks * per_block, Kernel::Blocks)
+}
+
+/// Queues the unit statistics of `a` split by `spans` (and of `b − a`) as one operation on the
+/// current stream; [`super::units::unit_sums_of`] decodes them.
+pub(crate) fn unit_statistics(
+    a: &[Tensor<1>],
+    b: Option<&[Tensor<1>]>,
+    spans: &[UnitSpan],
+) -> Queued {
+    let Some((fa, fb)) = fused_all(a, b) else {
+        return Queued::Elsewhere;
+    };
+    let lens: Vec<usize> = fa.iter().map(|t| t.shape.num_elements()).collect();
+    let pair = b.is_some();
+    let len = super::units::unit_statistics_len(spans, &lens, pair);
+    queue(fa, fb, pair, len, Kernel::Units(spans.to_vec()))
 }
 
 /// The CubeCL buffer of a queued result: runs the stream up to it.

@@ -77,34 +77,23 @@ pub(crate) fn unit_group_size(client: &cubecl::client::Client, sequences: usize)
     group_size(client, sequences).min(UNIT_GROUP)
 }
 
-/// The per-unit sums of every tensor of `a` split by `spans` — and with `b` (tensors of the same
-/// shapes), of `b − a` — measured on the device in one launch per group of tensors and one host
-/// read. Per tensor, per unit: `[sum of a]`, or `[sum of a, sum of b − a]` in the pair form.
-/// Tensors with no values or no units get no units' sums (an empty list for no units, zeros for
-/// units of an empty tensor).
-pub(crate) fn unit_sums(
+/// Launches the unit kernel over every tensor of `a` split by `spans` — and with `b` (tensors of
+/// the same shapes), over `b − a` — in one launch per group of tensors; `None` when there is no
+/// unit piece to measure. Its output is decoded by [`unit_sums_of`].
+pub(crate) fn unit_statistics(
     a: &[CubeTensor],
     b: Option<&[CubeTensor]>,
     spans: &[UnitSpan],
-) -> Vec<Vec<Vec<UnitSum>>> {
+) -> Option<CubeTensor> {
     let lens: Vec<usize> = a.iter().map(|t| t.meta.num_elements()).collect();
     let plan = Plan::new(spans, &lens);
     let sequences = if b.is_some() { 2 } else { 1 };
-    let zeros = || -> Vec<Vec<Vec<UnitSum>>> {
-        spans
-            .iter()
-            .map(|s| vec![vec![UnitSum::default(); sequences]; s.units()])
-            .collect()
-    };
-    let Some(head) = a.first().filter(|_| plan.items > 0) else {
-        return zeros();
-    };
+    let head = a.first().filter(|_| plan.items > 0)?;
     let client = head.client.clone();
-    let per_item = sequences * STATS;
     let out = burn_cubecl::ops::numeric::empty_device_dtype(
         client.clone(),
         head.device.clone(),
-        [plan.items * per_item].into(),
+        [plan.items * sequences * STATS].into(),
         DType::F32,
     );
     let counts: Vec<usize> = spans
@@ -115,9 +104,34 @@ pub(crate) fn unit_sums(
     for members in groups(a, &counts, unit_group_size(&client, sequences)) {
         launch(&client, a, b, spans, &plan, &members, &out);
     }
-    let (host, _) = super::read(Some(&out), None);
+    Some(out)
+}
 
-    let mut sums = zeros();
+/// The length of [`unit_statistics`]'s output for tensors of `lens` values split by `spans`.
+pub(crate) fn unit_statistics_len(spans: &[UnitSpan], lens: &[usize], pair: bool) -> usize {
+    Plan::new(spans, lens).items * if pair { 2 } else { 1 } * STATS
+}
+
+/// The per-unit sums from [`unit_statistics`]'s output `host` (empty when it had nothing to
+/// measure): per tensor, per unit, `[sum of a]` or `[sum of a, sum of b − a]` with `pair`.
+/// Tensors with no values or no units get no units' sums (an empty list for no units, zeros
+/// for units of an empty tensor).
+pub(crate) fn unit_sums_of(
+    host: &[f32],
+    spans: &[UnitSpan],
+    lens: &[usize],
+    pair: bool,
+) -> Vec<Vec<Vec<UnitSum>>> {
+    let plan = Plan::new(spans, lens);
+    let sequences = if pair { 2 } else { 1 };
+    let per_item = sequences * STATS;
+    let mut sums: Vec<Vec<Vec<UnitSum>>> = spans
+        .iter()
+        .map(|s| vec![vec![UnitSum::default(); sequences]; s.units()])
+        .collect();
+    if plan.items == 0 {
+        return sums;
+    }
     for (t, span) in spans.iter().enumerate() {
         let units = span.units();
         for piece in 0..plan.pieces[t] {

@@ -80,10 +80,15 @@ impl DeviceOps for CubeOps {
         after: Option<&[Tensor<1>]>,
         spans: &[UnitSpan],
     ) -> Vec<Vec<(f64, f64)>> {
-        let Some((a, b)) = resolved(tensors, after) else {
-            return TensorOps.unit_norms(tensors, after, spans);
+        let host = match cube::queued::unit_statistics(tensors, after, spans) {
+            cube::queued::Queued::Elsewhere => return TensorOps.unit_norms(tensors, after, spans),
+            cube::queued::Queued::Empty => Vec::new(),
+            cube::queued::Queued::Statistics(s) => {
+                cube::read(Some(&cube::queued::resolve(s)), None).0
+            }
         };
-        cube::units::unit_sums(&a, b.as_deref(), spans)
+        let lens: Vec<usize> = tensors.iter().map(|t| t.shape().num_elements()).collect();
+        cube::units::unit_sums_of(&host, spans, &lens, after.is_some())
             .into_iter()
             .map(|units| {
                 units

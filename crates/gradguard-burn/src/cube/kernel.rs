@@ -63,7 +63,8 @@ fn take(
 
 /// One pass over this unit's values of block `block` of whichever input holds it
 /// (`starts[i]` is the first block of input i, `starts[n]` one past the last block): with
-/// `pair`, also over b − a. Partials of a at `acc[0..]`, of b − a at `acc[width..]`.
+/// `pair`, also over b − a; the partials as [`take`] keeps them. `units` and `vector` are powers
+/// of two, so a block is a whole number of rounds.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn pass<F: Float, N: Size>(

@@ -208,7 +208,9 @@ fn launch_group(
 /// (docs/measurements/2026-12-07-statistics-kernel.md); on a GPU a one-warp cube makes its two
 /// barriers as cheap.
 fn units_per_cube(client: &cubecl::client::Client) -> usize {
-    (client.properties().hardware.plane_size_max as usize).clamp(1, MAX_UNITS)
+    let plane = (client.properties().hardware.plane_size_max as usize).clamp(1, MAX_UNITS);
+    // A power of two, so that a block is a whole number of rounds.
+    1 << plane.ilog2()
 }
 
 /// The most units one cube of the statistics kernel has (WebGPU reports its plane size as up to
@@ -225,7 +227,7 @@ fn vector_size(
 ) -> usize {
     client
         .io_optimized_vector_sizes(dtype.size())
-        .filter(|&v| (1..=MAX_VECTOR).contains(&v))
+        .filter(|&v| v.is_power_of_two() && v <= MAX_VECTOR)
         .filter(|&v| lens.clone().all(|len| len % v == 0))
         .max()
         .unwrap_or(1)

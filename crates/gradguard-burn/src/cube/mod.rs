@@ -14,7 +14,7 @@
 //! contiguous is made so first (one copy, by Burn's own kernel).
 //!
 //! Unit norms (AGC's, and the update bound's per neuron) have a kernel of their own
-//! ([`units`]), grouped and read back the same way.
+//! ([`units`]), queued and read back the same way, at most 4 tensors a launch.
 
 pub(crate) mod kernel;
 pub(crate) mod queued;

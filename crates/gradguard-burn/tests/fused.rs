@@ -315,6 +315,13 @@ fn a_fused_record_loads_into_burns_optimizer_and_back() {
         let mut fused = GuardedOptimizer::fused(rule, quiet_guard());
         let net = continue_fused(&mut fused, new_net(&device()), 0, 3, lr);
         let bytes = fused.fused_optimizer().unwrap().into_bytes().unwrap();
+        // The same state saved again from a copy loaded from the record: the same bytes.
+        let copy = FusedOptimizer::new(rule).from_bytes(bytes.clone()).unwrap();
+        assert_eq!(
+            copy.into_bytes().unwrap()[..],
+            bytes[..],
+            "{rule:?}: a state's record is the same bytes every time"
+        );
         let mut burn = rule.to_burn().from_bytes(bytes).unwrap();
         let by_burn = continue_burn(&mut burn, net.clone(), 3, 3, lr);
         let by_fused = continue_fused(&mut fused, net, 3, 3, lr);

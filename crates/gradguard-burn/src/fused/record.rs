@@ -28,7 +28,11 @@ impl FusedOptimizer {
         let mut tensors = Vec::new();
         let mut scalars = Vec::new();
         let mut paths = Vec::new();
-        for (id, state) in &self.states {
+        // In parameter-id order, so that two saves of one state are the same bytes (the states
+        // are kept in a hash map).
+        let mut states: Vec<_> = self.states.iter().collect();
+        states.sort_by_key(|(id, _)| id.val());
+        for (id, state) in states {
             let key = id.val().to_string();
             scalars.push((format!("{key}.{RANK}"), Scalar::from(state.dims.len())));
             paths.push((key.clone(), state.path.clone()));

@@ -48,11 +48,6 @@ pub(crate) fn resolve(t: &Tensor<1>) -> Option<CubeTensor> {
     Some(burn_cubecl::kernel::into_contiguous(cube))
 }
 
-/// Every tensor's CubeCL buffer, or `None` if any is not on a CubeCL device.
-pub(crate) fn resolve_all(ts: &[Tensor<1>]) -> Option<Vec<CubeTensor>> {
-    ts.iter().map(resolve).collect()
-}
-
 /// How many tensors of each of `sequences` sequences one launch reads on `client`'s device: all
 /// its bindings but the output's and the runtime's metadata buffer's, at most [`MAX_GROUP`].
 fn group_size(client: &cubecl::client::Client, sequences: usize) -> usize {

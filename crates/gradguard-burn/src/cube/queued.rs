@@ -1,4 +1,5 @@
-//! The statistics and unit-norms kernels queued on Burn's fusion stream as one operation each,
+//! The statistics and unit-norms kernels queued on Burn's fusion stream as one operation each
+//! (the rewrite kernel, in [`super::rewrite`], the same way),
 //! so that reaching every tensor's buffer costs one trip to the stream's server rather than one
 //! per tensor.
 //!
@@ -20,7 +21,8 @@ use gradguard::UnitSpan;
 
 use super::kernel::{BLOCK, STATS};
 
-type Fused = FusionTensor<FusionCubeRuntime>;
+/// A tensor behind Burn's fusion layer on a CubeCL device.
+pub(crate) type Fused = FusionTensor<FusionCubeRuntime>;
 
 /// Which kernel a queued operation runs.
 #[derive(Debug)]
@@ -73,7 +75,7 @@ impl Operation<FusionCubeRuntime> for Queue {
 }
 
 /// A tensor's fusion handle on a CubeCL device, or `None` elsewhere.
-fn fused(t: &Tensor<1>) -> Option<Fused> {
+pub(crate) fn fused(t: &Tensor<1>) -> Option<Fused> {
     t.clone().try_into_primitive::<Cube>().ok()
 }
 

@@ -2,54 +2,79 @@
 //! ([`super::rewrite_kernel`]) instead of tensor ops per tensor — a clip of the gradients
 //! (clamp, zero non-finite values, per-unit factors) or the update bound's scaling of the
 //! weights — and handing the results back to Burn as tensors that are views of one buffer per
-//! group (no copy).
+//! group (no copy). Like the statistics, the rewrite is queued on Burn's fusion stream as one
+//! operation ([`super::queued`]'s pattern): the values, the origin and the uploaded factors are
+//! its inputs, one result per value its outputs, and nothing blocks until a result is read.
 
-use burn::tensor::{Tensor, TensorData};
-use burn_cubecl::fusion::CubeFusionHandle;
+use burn::tensor::{DType, Shape, Tensor, TensorData};
+use burn_cubecl::CubeBackend;
+use burn_cubecl::fusion::FusionCubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
-use burn_cubecl::{Cube, CubeBackend};
-use burn_fusion::NoOp;
-use burn_fusion::custom::OperationOutput;
-use burn_fusion::stream::StreamId;
-use burn_ir::{InitOperationIr, OperationIr};
+use burn_fusion::custom::{
+    CustomOpIr, HandleContainer, Operation, OperationIr, StreamId, TensorIr,
+};
+use burn_fusion::{ExecutionError, FusionRuntime};
 use cubecl::prelude::*;
+use gradguard::UnitSpan;
 
 use super::kernel::BLOCK;
-use super::{MAX_GROUP, grid, groups, resolve};
+use super::queued::{Fused, fused};
+use super::{MAX_GROUP, grid, groups};
 use crate::device_ops::Rewrite;
 
-/// A CubeCL buffer as a Burn tensor on its device, registered with Burn's fusion layer the way
-/// Burn registers a tensor made from data (an `Init` operation over an existing handle).
-fn into_burn(t: CubeTensor) -> Tensor<1> {
-    let client = burn_fusion::get_client::<CubeBackend>(&t.device);
-    let shape = t.meta.shape.clone();
-    let dtype = t.dtype;
-    let handle: CubeFusionHandle = t.into();
-    let init = InitOperationIr::create(shape, dtype, || client.register_tensor_handle(handle));
-    let fused = client
-        .register(
-            StreamId::current(),
-            OperationIr::Init(init),
-            NoOp::<CubeBackend>::new(),
-        )
-        .output();
-    Tensor::from_primitive::<Cube>(fused)
+/// What a rewrite does, owned (it is carried by a queued operation): see [`Rewrite`].
+#[derive(Clone, Debug)]
+struct Spec {
+    zero_non_finite: bool,
+    limit: Option<f32>,
+    spans: Vec<UnitSpan>,
+    /// Where each tensor's factors start in the one factor buffer.
+    first_factor: Vec<usize>,
+    dtype: Option<DType>,
+}
+
+/// The queued rewrite: inputs the values, the origin (when it has one) and the factors; one
+/// output per value.
+#[derive(Debug)]
+struct Queued {
+    desc: CustomOpIr,
+    spec: Spec,
+    from_origin: bool,
+}
+
+impl Operation<FusionCubeRuntime> for Queued {
+    fn execute(
+        &self,
+        handles: &mut HandleContainer<<FusionCubeRuntime as FusionRuntime>::FusionHandle>,
+    ) -> Result<(), ExecutionError> {
+        let mut inputs: Vec<CubeTensor> = self
+            .desc
+            .inputs
+            .iter()
+            .map(|ir| {
+                burn_cubecl::kernel::into_contiguous(handles.get_float_tensor::<CubeBackend>(ir))
+            })
+            .collect();
+        let factors = inputs.pop().expect("the factors are the last input");
+        let n = self.desc.outputs.len();
+        let (values, origin) = inputs.split_at(n);
+        let origin = self.from_origin.then_some(origin);
+        let results = launch(values, origin, &factors, &self.spec);
+        for (ir, result) in self.desc.outputs.iter().zip(results) {
+            handles.register_float_tensor::<CubeBackend>(&ir.id, result);
+        }
+        Ok(())
+    }
 }
 
 /// `values` rewritten by `how` (see [`super::rewrite_kernel`] for the order), flat, relative to
-/// `origin` (the CubeCL buffers of `how.origin`) when it has one; the tensors live on `device`. `None` when a factor list
-/// does not match its span or the factors cannot be placed on the device.
-pub(crate) fn rewrite(
-    device: &burn::tensor::Device,
-    values: &[CubeTensor],
-    how: Rewrite<'_>,
-    origin: Option<&[CubeTensor]>,
-) -> Option<Vec<Tensor<1>>> {
-    let head = values.first()?;
+/// `how.origin` when it has one, queued on Burn's fusion stream as one operation (no blocking
+/// call per tensor). `None` when a tensor is not on a CubeCL device or a factor list does not
+/// match its span.
+pub(crate) fn rewrite(values: &[Tensor<1>], how: Rewrite<'_>) -> Option<Vec<Tensor<1>>> {
     let mismatched = how.spans.len() != values.len()
         || how.factors.len() != values.len()
-        || origin.is_some_and(|o| o.len() != values.len())
-        || how.origin.is_some() != origin.is_some()
+        || how.origin.is_some_and(|o| o.len() != values.len())
         || how
             .spans
             .iter()
@@ -58,30 +83,91 @@ pub(crate) fn rewrite(
     if mismatched {
         return None;
     }
-    let client = head.client.clone();
-    let lens: Vec<usize> = values.iter().map(|t| t.meta.num_elements()).collect();
+    let head = values.first()?;
+    let fv = values.iter().map(fused).collect::<Option<Vec<_>>>()?;
+    let fo = match how.origin {
+        Some(o) => o.iter().map(fused).collect::<Option<Vec<_>>>()?,
+        None => Vec::new(),
+    };
     let mut first_factor = Vec::with_capacity(how.factors.len());
     let mut all = Vec::new();
     for f in how.factors {
         first_factor.push(all.len());
         all.extend_from_slice(f);
     }
-    // One upload of every factor.
     let count = all.len();
-    let factors_on_device = resolve(&Tensor::<1>::from_data(
+    // One upload of every factor, itself queued.
+    let factors = fused(&Tensor::<1>::from_data(
         TensorData::new(all, [count]),
-        &device.clone().inner(),
+        &head.device().inner(),
     ))?;
+    let client = fv[0].client.clone();
+    let outputs: Vec<TensorIr> = fv
+        .iter()
+        .map(|t| {
+            let len = t.shape.num_elements();
+            let dtype = if len == 0 {
+                t.dtype
+            } else {
+                how.dtype.unwrap_or(t.dtype)
+            };
+            TensorIr::uninit(client.create_empty_handle(), Shape::from([len]), dtype)
+        })
+        .collect();
+    let inputs: Vec<TensorIr> = fv
+        .into_iter()
+        .chain(fo)
+        .chain([factors])
+        .map(Fused::into_ir)
+        .collect();
+    let desc = CustomOpIr::new("gradguard::rewrite", &inputs, &outputs);
+    let spec = Spec {
+        zero_non_finite: how.zero_non_finite,
+        limit: how.limit,
+        spans: how.spans.to_vec(),
+        first_factor,
+        dtype: how.dtype,
+    };
+    let out = client.register(
+        StreamId::current(),
+        OperationIr::Custom(desc.clone()),
+        Queued {
+            desc,
+            spec,
+            from_origin: how.origin.is_some(),
+        },
+    );
+    Some(
+        out.into_iter()
+            .map(Tensor::from_primitive::<burn_cubecl::Cube>)
+            .collect(),
+    )
+}
+
+/// `values` rewritten as `spec` says, relative to `origin` when given, with the factors in
+/// `factors`: one launch per group of tensors, each tensor's result a view of its group's
+/// buffer; an empty tensor's result is the tensor itself.
+fn launch(
+    values: &[CubeTensor],
+    origin: Option<&[CubeTensor]>,
+    factors: &CubeTensor,
+    spec: &Spec,
+) -> Vec<CubeTensor> {
+    let Some(head) = values.first() else {
+        return Vec::new();
+    };
+    let client = head.client.clone();
+    let lens: Vec<usize> = values.iter().map(|t| t.meta.num_elements()).collect();
     // Besides the sequences: the factors, the output and the runtime's metadata.
     let sequences = if origin.is_some() { 2 } else { 1 };
     let bindings = client.properties().hardware.max_bindings as usize;
     let group = (bindings.saturating_sub(3) / sequences).clamp(1, MAX_GROUP);
     let blocks: Vec<usize> = lens.iter().map(|l| l.div_ceil(BLOCK)).collect();
 
-    let mut results: Vec<Option<Tensor<1>>> = vec![None; values.len()];
+    let mut results: Vec<Option<CubeTensor>> = vec![None; values.len()];
     for members in groups(values, &blocks, group) {
         let dtype = values[members[0]].dtype;
-        let out_dtype = how.dtype.unwrap_or(dtype);
+        let out_dtype = spec.dtype.unwrap_or(dtype);
         // Each tensor starts at an offset the device can bind a buffer view at, so that its
         // result is a view of the group's buffer, not a copy (Burn's `narrow` copies a slice
         // whose ends are not both aligned).
@@ -120,16 +206,16 @@ pub(crate) fn rewrite(
             CubeDim::new_1d(super::rewrite_kernel::UNITS as u32),
             origin.map_or_else(SequenceArg::new, tensors),
             tensors(values),
-            factors_on_device.clone().into_tensor_arg(),
+            factors.clone().into_tensor_arg(),
             out.clone().into_tensor_arg(),
             starts.into_iter().collect(),
             offsets.iter().map(|&o| o as u32).collect(),
-            field(&|t| first_factor[t]),
-            field(&|t| how.spans[t].cols.max(1)),
-            field(&|t| usize::from(how.spans[t].units_are_columns)),
-            how.limit.unwrap_or(f32::INFINITY),
+            field(&|t| spec.first_factor[t]),
+            field(&|t| spec.spans[t].cols.max(1)),
+            field(&|t| usize::from(spec.spans[t].units_are_columns)),
+            spec.limit.unwrap_or(f32::INFINITY),
             origin.is_some(),
-            how.zero_non_finite,
+            spec.zero_non_finite,
             [storage(dtype), storage(out_dtype)],
         );
         let bytes = out_dtype.size() as u64;
@@ -139,21 +225,19 @@ pub(crate) fn rewrite(
                 .clone()
                 .offset_start(o as u64 * bytes)
                 .offset_end((total - o - lens[t]) as u64 * bytes);
-            results[t] = Some(into_burn(CubeTensor::new_contiguous(
+            results[t] = Some(CubeTensor::new_contiguous(
                 client.clone(),
                 head.device.clone(),
                 [lens[t]].into(),
                 handle,
                 out_dtype,
-            )));
+            ));
         }
     }
     // Empty tensors have no blocks: they stay as they are (nothing to change).
-    Some(
-        results
-            .into_iter()
-            .zip(values)
-            .map(|(r, v)| r.unwrap_or_else(|| into_burn(v.clone())))
-            .collect(),
-    )
+    results
+        .into_iter()
+        .zip(values)
+        .map(|(r, v)| r.unwrap_or_else(|| v.clone()))
+        .collect()
 }

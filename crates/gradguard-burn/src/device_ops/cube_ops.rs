@@ -2,7 +2,6 @@
 //! tensors are read where they lie, in one launch per group of tensors.
 
 use burn::tensor::Tensor;
-use burn_cubecl::tensor::CubeTensor;
 use gradguard::UnitSpan;
 
 use super::{BlockRead, DeviceOps, Rewrite, TensorOps};
@@ -13,19 +12,6 @@ use crate::padded::PER_BLOCK;
 /// when [`super::choose`] picked this for the step's device) is left to [`TensorOps`].
 #[derive(Debug)]
 pub(crate) struct CubeOps;
-
-/// Each tensor's CubeCL buffer, and `after`'s when given; `None` if any is elsewhere.
-fn resolved(
-    tensors: &[Tensor<1>],
-    after: Option<&[Tensor<1>]>,
-) -> Option<(Vec<CubeTensor>, Option<Vec<CubeTensor>>)> {
-    let a = cube::resolve_all(tensors)?;
-    let b = match after {
-        Some(after) => Some(cube::resolve_all(after)?),
-        None => None,
-    };
-    Some((a, b))
-}
 
 impl DeviceOps for CubeOps {
     fn block_statistics(
@@ -100,11 +86,6 @@ impl DeviceOps for CubeOps {
     }
 
     fn rewrite(&self, values: &[Tensor<1>], how: Rewrite<'_>) -> Vec<Tensor<1>> {
-        let Some(device) = values.first().map(Tensor::device) else {
-            return Vec::new();
-        };
-        let fused = resolved(values, how.origin)
-            .and_then(|(v, origin)| cube::rewrite::rewrite(&device, &v, how, origin.as_deref()));
-        fused.unwrap_or_else(|| TensorOps.rewrite(values, how))
+        cube::rewrite::rewrite(values, how).unwrap_or_else(|| TensorOps.rewrite(values, how))
     }
 }

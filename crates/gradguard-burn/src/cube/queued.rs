@@ -46,14 +46,7 @@ impl Operation<FusionCubeRuntime> for Queue {
         &self,
         handles: &mut HandleContainer<<FusionCubeRuntime as FusionRuntime>::FusionHandle>,
     ) -> Result<(), ExecutionError> {
-        let inputs: Vec<CubeTensor> = self
-            .desc
-            .inputs
-            .iter()
-            .map(|ir| {
-                burn_cubecl::kernel::into_contiguous(handles.get_float_tensor::<CubeBackend>(ir))
-            })
-            .collect();
+        let inputs = input_buffers(&self.desc, handles);
         let (a, b) = if self.pair {
             let (a, b) = inputs.split_at(inputs.len() / 2);
             (a, Some(b))
@@ -72,6 +65,18 @@ impl Operation<FusionCubeRuntime> for Queue {
         handles.register_float_tensor::<CubeBackend>(&self.desc.outputs[0].id, out);
         Ok(())
     }
+}
+
+/// The CubeCL buffers of a queued operation's inputs, each made contiguous (a copy by Burn's
+/// own kernel only where it is not).
+pub(crate) fn input_buffers(
+    desc: &CustomOpIr,
+    handles: &mut HandleContainer<<FusionCubeRuntime as FusionRuntime>::FusionHandle>,
+) -> Vec<CubeTensor> {
+    desc.inputs
+        .iter()
+        .map(|ir| burn_cubecl::kernel::into_contiguous(handles.get_float_tensor::<CubeBackend>(ir)))
+        .collect()
 }
 
 /// A tensor's fusion handle on a CubeCL device, or `None` elsewhere.

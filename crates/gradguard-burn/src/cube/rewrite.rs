@@ -47,14 +47,7 @@ impl Operation<FusionCubeRuntime> for Queued {
         &self,
         handles: &mut HandleContainer<<FusionCubeRuntime as FusionRuntime>::FusionHandle>,
     ) -> Result<(), ExecutionError> {
-        let mut inputs: Vec<CubeTensor> = self
-            .desc
-            .inputs
-            .iter()
-            .map(|ir| {
-                burn_cubecl::kernel::into_contiguous(handles.get_float_tensor::<CubeBackend>(ir))
-            })
-            .collect();
+        let mut inputs = super::queued::input_buffers(&self.desc, handles);
         let factors = inputs.pop().expect("the factors are the last input");
         let n = self.desc.outputs.len();
         let (values, origin) = inputs.split_at(n);

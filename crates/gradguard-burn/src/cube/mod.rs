@@ -198,10 +198,8 @@ fn launch_group(
 
 /// Units per cube of the statistics kernel on `client`'s device: one plane (the SIMD width:
 /// 8 on llvmpipe's AVX2, 32 on NVIDIA), at most [`MAX_UNITS`] (where the device reports none).
-/// On llvmpipe 256-unit cubes read at 0.3 GB/s and 8-unit ones at 1.6 with the same code — most
-/// likely because it runs a cube's lanes in groups of 8 that switch at each barrier
-/// (docs/measurements/2026-12-07-statistics-kernel.md); on a GPU a one-warp cube makes its two
-/// barriers as cheap.
+/// A cube of one plane keeps its two barriers cheap; on llvmpipe it reads about five times as
+/// fast as a 256-unit cube (docs/measurements/2026-12-07-statistics-kernel.md).
 fn units_per_cube(client: &cubecl::client::Client) -> usize {
     let plane = (client.properties().hardware.plane_size_max as usize).clamp(1, MAX_UNITS);
     // A power of two, so that a block is a whole number of rounds.

@@ -4,10 +4,10 @@
 //! per tensor.
 //!
 //! Resolving a tensor to its CubeCL buffer ([`super::resolve`]) is a blocking call into the
-//! fusion server's thread: about 22 µs each on two llvmpipe cores, 1.1 ms for the 51 tensors of
-//! a 24-layer MLP and its loss — a quarter of the statistics' time there. Queued as a custom
-//! operation whose inputs are every gradient, the kernel finds the buffers itself when the stream
-//! runs it, and only its one output (and the loss) is resolved to be read.
+//! fusion server's thread, one per tensor (a quarter of the statistics' time on llvmpipe:
+//! docs/measurements/2026-12-07-statistics-kernel.md). Queued as a custom operation whose inputs
+//! are every gradient, the kernel finds the buffers itself when the stream runs it, and only its
+//! one output (and the loss) is resolved to be read.
 
 use burn::tensor::{DType, Shape, Tensor};
 use burn_cubecl::fusion::FusionCubeRuntime;
@@ -35,13 +35,13 @@ enum Kernel {
 
 /// The queued operation: inputs a (and b, in the pair form), one output.
 #[derive(Debug)]
-struct Queue {
+struct QueuedStatistics {
     desc: CustomOpIr,
     pair: bool,
     kernel: Kernel,
 }
 
-impl Operation<FusionCubeRuntime> for Queue {
+impl Operation<FusionCubeRuntime> for QueuedStatistics {
     fn execute(
         &self,
         handles: &mut HandleContainer<<FusionCubeRuntime as FusionRuntime>::FusionHandle>,
@@ -120,7 +120,7 @@ fn queue(fa: Vec<Fused>, fb: Vec<Fused>, pair: bool, len: usize, kernel: Kernel)
         .register(
             StreamId::current(),
             OperationIr::Custom(desc.clone()),
-            Queue { desc, pair, kernel },
+            QueuedStatistics { desc, pair, kernel },
         )
         .outputs();
     Queued::Statistics(out)

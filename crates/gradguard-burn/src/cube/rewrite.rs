@@ -36,13 +36,13 @@ struct Spec {
 /// The queued rewrite: inputs the values, the origin (when it has one) and the factors; one
 /// output per value.
 #[derive(Debug)]
-struct Queued {
+struct QueuedRewrite {
     desc: CustomOpIr,
     spec: Spec,
     from_origin: bool,
 }
 
-impl Operation<FusionCubeRuntime> for Queued {
+impl Operation<FusionCubeRuntime> for QueuedRewrite {
     fn execute(
         &self,
         handles: &mut HandleContainer<<FusionCubeRuntime as FusionRuntime>::FusionHandle>,
@@ -124,7 +124,7 @@ pub(crate) fn rewrite(values: &[Tensor<1>], how: Rewrite<'_>) -> Option<Vec<Tens
     let out = client.register(
         StreamId::current(),
         OperationIr::Custom(desc.clone()),
-        Queued {
+        QueuedRewrite {
             desc,
             spec,
             from_origin: how.origin.is_some(),

@@ -10,19 +10,16 @@
 //!   1/m (at most 1e30) — so no finite f32 overflows when squared and no f64 is needed;
 //! - Σ (s·x)² over the finite values, in 16 interleaved partial sums of at most 256 terms each,
 //!   added pairwise — so the f32 error does not grow with a unit's length the way one running
-//!   sum's does. (Kahan compensation was tried first and is no remedy here: shader compilers
-//!   may reassociate floats not marked exact and so fold `(t − s) − y` to 0; with it the kernel
-//!   still missed the host's norm of a 5,000-value unit by 1.0e-6 on some runs, the size of an
-//!   uncompensated running sum's error.)
+//!   sum's does (Kahan compensation is no remedy: shader compilers may reassociate floats not
+//!   marked exact and fold `(t − s) − y` to 0).
 //! - the NaN count and the ±inf count.
 //!
 //! One pass takes the maximum and Σ x² unscaled — in the *pair* form (two sequences of tensors
 //! of the same shapes, a and b: the weights before a step and after it) of a and of b − a
 //! together, each value of a and b read once — and only a piece whose maximum lies outside
-//! 1e-15..1e15 is read a second time for Σ (s·x)². (Scaling each value by the running maximum
-//! instead — LAPACK `nrm2`'s one-pass update — costs a division per value, and on llvmpipe,
-//! where Vulkan allows 2.5 ulp for a division, it left a unit of 5,000 values 1.2e-6 below the
-//! host's norm, every time.) The host combines a unit's pieces in f64: ‖x_u‖² = Σ_p sum_p / s_p².
+//! 1e-15..1e15 is read a second time for Σ (s·x)² — no division per value, which Vulkan lets be
+//! 2.5 ulp off (the design history is in docs/measurements/2026-12-07-statistics-kernel.md).
+//! The host combines a unit's pieces in f64: ‖x_u‖² = Σ_p sum_p / s_p².
 //! The pair form writes the four numbers of a, then those of b − a.
 
 use cubecl::prelude::*;

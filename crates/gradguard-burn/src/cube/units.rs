@@ -63,13 +63,9 @@ impl Plan {
     }
 }
 
-/// The most tensors (of each sequence) one launch of the unit kernel reads. Its per-input code
-/// is long (a piece of up to 4,096 values folded 16 at a time, twice in the pair form), and on
-/// llvmpipe a launch of 14 pairs of 256 × 256 weights took 18.5 ms where launches of 4 took 8.0
-/// in all (1: 9.4, 2: 9.2, 8: 12.2 ms; docs/measurements/2026-12-07-statistics-kernel.md). Why
-/// the larger groups cost more there was not found: the inputs a cube's lanes do not read are
-/// masked off, and neither making the choice of input uniform per cube nor zeroing those lanes'
-/// loop counts changed it.
+/// The most tensors (of each sequence) one launch of the unit kernel reads: the group size that
+/// took least time on llvmpipe, less than half what 14 took
+/// (docs/measurements/2026-12-07-statistics-kernel.md).
 pub const UNIT_GROUP: usize = 4;
 
 /// Tensors per launch of the unit kernel on `client`'s device, for `sequences` sequences.

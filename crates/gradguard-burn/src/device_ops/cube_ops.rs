@@ -20,13 +20,7 @@ impl DeviceOps for CubeOps {
         after: Option<&[Tensor<1>]>,
         loss: Option<Tensor<1>>,
     ) -> BlockRead {
-        let stats = match cube::queued::block_statistics(tensors, after) {
-            cube::queued::Queued::Elsewhere => {
-                return TensorOps.block_statistics(tensors, after, loss);
-            }
-            cube::queued::Queued::Empty => None,
-            cube::queued::Queued::Statistics(s) => Some(s),
-        };
+        // The loss first: where it is not on a CubeCL device nothing is queued in vain.
         let cube_loss = match &loss {
             Some(l) => match cube::resolve(l) {
                 Some(l) => Some(l),
@@ -34,7 +28,13 @@ impl DeviceOps for CubeOps {
             },
             None => None,
         };
-        let stats = stats.map(cube::queued::resolve);
+        let stats = match cube::queued::block_statistics(tensors, after) {
+            cube::queued::Queued::Elsewhere => {
+                return TensorOps.block_statistics(tensors, after, loss);
+            }
+            cube::queued::Queued::Empty => None,
+            cube::queued::Queued::Statistics(s) => Some(cube::queued::resolve(s)),
+        };
         if stats.is_none() && cube_loss.is_none() {
             return BlockRead::default();
         }

@@ -61,6 +61,12 @@ pub struct RateCell {
     pub trial_change: Option<f64>,
     /// The probe's input-side over output-side gradient norm at initialization.
     pub input_to_output: Option<f64>,
+    /// The butterfly's mean log growth of the separation per step at `config.lr`.
+    #[serde(default)]
+    pub butterfly_exponent: Option<f64>,
+    /// The first step's ‖Δθ‖/‖θ‖ at `config.lr`.
+    #[serde(default)]
+    pub first_update_ratio: Option<f64>,
     /// Whole runs spent on this cell.
     pub runs: usize,
     /// Seconds the probe took.
@@ -216,6 +222,8 @@ pub fn rate_cell(
         outcome: own.outcome(),
         trial_change: probe.probe.at_rate.relative_change(),
         input_to_output: probe.probe.profile.input_to_output(),
+        butterfly_exponent: probe.probe.butterfly.exponent(),
+        first_update_ratio: probe.probe.at_rate.first_update_ratio(),
         runs: runs.len(),
         probe_seconds: probe.seconds,
     })

@@ -114,6 +114,8 @@ mod tests {
             outcome: Outcome::Learning,
             trial_change: None,
             input_to_output: None,
+            butterfly_exponent: None,
+            first_update_ratio: None,
             runs: 3,
             probe_seconds: 0.1,
         }

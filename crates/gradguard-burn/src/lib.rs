@@ -45,6 +45,7 @@ mod fused;
 mod launches;
 #[cfg(feature = "learner")]
 mod learner;
+mod non_blocking;
 mod on_device;
 mod padded;
 pub mod probe;
@@ -61,5 +62,6 @@ pub use fused::{AdamMoments, FusedOptimizer, FusedRule};
 pub use launches::count_launches;
 #[cfg(feature = "learner")]
 pub use learner::LearnerGuard;
+pub use non_blocking::{NonBlockingOptimizer, NonBlockingStep};
 pub use step::{GuardedOptimizer, GuardedStep, Stopped};
 pub use view::{BurnGradients, Placement};

@@ -120,6 +120,25 @@ impl DeviceGradients {
         }
     }
 
+    /// The block statistics of every tensor, queued on the device and not read (the
+    /// non-blocking step decides from them there and reads them a step later).
+    pub fn queued_stats(&self) -> Option<Tensor<1>> {
+        self.ops.queued_statistics(&self.tensors)
+    }
+
+    /// Takes the statistics from the block values of [`Self::queued_stats`], read later, and
+    /// locates the non-finite values (one more read, only where there are any).
+    pub fn set_read_stats(&mut self, host: &[f32]) {
+        let mut stats = Padded::combine_segments(&self.segments, host);
+        self.locate_non_finite(&mut stats, host);
+        self.cached = Some(stats);
+    }
+
+    /// The flat gradients, as collected.
+    pub fn tensors(&self) -> &[Tensor<1>] {
+        &self.tensors
+    }
+
     pub fn fresh_stats(&mut self) -> Vec<TensorStats> {
         let (stats, _) = self.read_stats(None);
         self.cached = Some(stats.clone());

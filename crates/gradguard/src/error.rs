@@ -76,6 +76,10 @@ pub enum GuardError {
     /// A configuration value is out of range or contradicts another.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+    /// A read back from an accelerator failed (the non-blocking step reads a step's statistics
+    /// one step late).
+    #[error("reading from the device failed: {0}")]
+    DeviceRead(String),
     /// A rule chain whose composition cannot work as written.
     #[error("inconsistent rule chain: {0}")]
     InconsistentChain(String),

@@ -56,9 +56,10 @@ pub use collective_gather::{all_reduce_max_by_sum, nan_max};
 pub use collective_local::ThreadCollective;
 pub use gradients::{Gradients, Source, UnitLayout, UnitSpan};
 pub use guard::{
-    Decision, Guard, GuardConfig, GuardCounters, GuardState, LrBackoff, NonFinitePolicy,
-    NormalizedLimits, OptimizerStep, SpikeAction, StepActions, StepReport, TensorReport,
-    UpdateBound, UpdateCheck, UpdateFamily, UpdateMeasure, UpdateNorms, UpdateSpread, check_update,
+    Decision, DevicePlan, DeviceRule, Guard, GuardConfig, GuardCounters, GuardState, LrBackoff,
+    NonFinitePolicy, NormalizedLimits, OptimizerStep, SpikeAction, StepActions, StepReport,
+    TensorReport, UpdateBound, UpdateCheck, UpdateFamily, UpdateMeasure, UpdateNorms, UpdateSpread,
+    check_update,
 };
 pub use host::{F64Gradients, F64Tensor, HostGradients, HostTensor, Values};
 pub use host_float::{HostFloat, f64_stats};

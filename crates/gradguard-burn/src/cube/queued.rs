@@ -156,6 +156,11 @@ pub(crate) fn unit_statistics(
     queue(fa, fb, pair, len, Kernel::Units(spans.to_vec()))
 }
 
+/// A queued result as a Burn tensor, still queued (for further tensor ops on the stream).
+pub(crate) fn into_tensor(t: Fused) -> Tensor<1> {
+    Tensor::from_primitive::<Cube>(t)
+}
+
 /// The CubeCL buffer of a queued result: runs the stream up to it.
 pub(crate) fn resolve(t: Fused) -> CubeTensor {
     let client = t.client.clone();

@@ -60,6 +60,14 @@ impl DeviceOps for CubeOps {
         }
     }
 
+    fn queued_statistics(&self, tensors: &[Tensor<1>]) -> Option<Tensor<1>> {
+        match cube::queued::block_statistics(tensors, None) {
+            cube::queued::Queued::Elsewhere => TensorOps.queued_statistics(tensors),
+            cube::queued::Queued::Empty => None,
+            cube::queued::Queued::Statistics(s) => Some(cube::queued::into_tensor(s)),
+        }
+    }
+
     fn unit_norms(
         &self,
         tensors: &[Tensor<1>],

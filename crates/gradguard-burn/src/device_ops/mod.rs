@@ -84,6 +84,12 @@ pub(crate) trait DeviceOps: Debug + Sync {
         loss: Option<Tensor<1>>,
     ) -> BlockRead;
 
+    /// The block statistics of `tensors`, queued and not read: [`crate::padded::PER_BLOCK`]
+    /// values per block, blocks laid out as [`crate::padded::Padded::segments_of`] (`None`: no
+    /// tensor has values). The non-blocking step decides from them on the device and reads them
+    /// a step later.
+    fn queued_statistics(&self, tensors: &[Tensor<1>]) -> Option<Tensor<1>>;
+
     /// Per tensor, per unit of `spans[t]`: (‖x_u‖, ‖after_u − x_u‖), the second 0 without
     /// `after`; NaN for a unit holding a NaN, inf for one holding an inf. One host read (none
     /// when no tensor has both values and units).

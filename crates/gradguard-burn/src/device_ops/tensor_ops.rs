@@ -45,6 +45,10 @@ impl DeviceOps for TensorOps {
         }
     }
 
+    fn queued_statistics(&self, tensors: &[Tensor<1>]) -> Option<Tensor<1>> {
+        Padded::new(tensors.to_vec()).0.statistics()
+    }
+
     fn unit_norms(
         &self,
         tensors: &[Tensor<1>],

@@ -99,9 +99,20 @@ impl HostValues {
 
 /// `w` with its values replaced by `values` (of its shape); its old buffer is released.
 pub(crate) fn replace_values<const D: usize>(w: Tensor<D>, values: TensorData) -> Tensor<D> {
+    map_values(w, |inner| {
+        let device = inner.device();
+        drop(inner);
+        Tensor::from_data(values, &device)
+    })
+}
+
+/// `w` with its values replaced by `next(values)`, computed off the autodiff graph, and left as
+/// Burn's optimizers leave a parameter (requiring a gradient, with its checkpointing strategy).
+pub(crate) fn map_values<const D: usize>(
+    w: Tensor<D>,
+    next: impl FnOnce(Tensor<D>) -> Tensor<D>,
+) -> Tensor<D> {
     let context = Context::capture(&w);
     let inner = if context.autodiff { w.inner() } else { w };
-    let device = inner.device();
-    drop(inner);
-    context.restore(Tensor::from_data(values, &device))
+    context.restore(next(inner))
 }

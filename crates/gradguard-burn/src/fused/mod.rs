@@ -23,6 +23,7 @@ use gradguard::{UnitLayout, UnitSpan, UpdateCheck, UpdateMeasure, UpdateNorms};
 
 pub use rule::{AdamMoments, FusedRule};
 
+pub(crate) use buffers::map_values;
 use buffers::{HostValues, Pool, replace_values};
 use rayon::prelude::*;
 
@@ -105,6 +106,21 @@ impl FusedOptimizer {
             states: HashMap::new(),
             pool: Pool::default(),
         }
+    }
+
+    /// An optimizer with `rule` and `states` (a record's, or a non-blocking optimizer's read
+    /// back).
+    pub(crate) fn with_states(rule: FusedRule, states: HashMap<ParamId, Moments>) -> Self {
+        FusedOptimizer {
+            rule,
+            states,
+            pool: Pool::default(),
+        }
+    }
+
+    /// The per-parameter states.
+    pub(crate) fn into_states(self) -> HashMap<ParamId, Moments> {
+        self.states
     }
 
     /// The update rule.

@@ -889,3 +889,125 @@ pub fn fused_matches_the_wrapped_optimizer(dev: &Device, placement: Placement) {
         }
     }
 }
+
+/// A guard the device can follow: a global-norm clip at `max_norm`, non-finite steps skipped
+/// under `policy`, no back-off of the rate (so that a skip changes nothing a step late).
+pub fn device_guard(max_norm: f64, policy: gradguard::NonFinitePolicy) -> Guard {
+    use gradguard::rules::{Chain, ClipByGlobalNorm};
+    use gradguard::{GuardConfig, LrBackoff};
+    let config = GuardConfig {
+        non_finite: policy,
+        update_bound: None,
+        loss_spike: None,
+        grad_spike: None,
+        lr: LrBackoff {
+            backoff: 1.0,
+            recover: 1.0,
+            ..LrBackoff::default()
+        },
+        ..GuardConfig::default()
+    };
+    let clip = Chain::new(vec![Box::new(ClipByGlobalNorm::new(max_norm).unwrap())]).unwrap();
+    Guard::new(config, clip).unwrap()
+}
+
+/// Batch `s` of a six-step run whose step 2 has a NaN target (its gradients and loss are NaN)
+/// and whose step 4 has large targets (the clip scales it).
+fn run_batch(dev: &Device, s: usize) -> (Tensor<2>, Tensor<2>) {
+    let (x, y) = batch(dev, 0.1 * s as f32);
+    match s {
+        2 => {
+            let mut values = y.to_data().try_to_vec::<f32>().unwrap();
+            values[3] = f32::NAN;
+            let y = Tensor::from_data(TensorData::new(values, [32, 1]), dev);
+            (x, y)
+        }
+        4 => (x, y.mul_scalar(50.0)),
+        _ => (x, y),
+    }
+}
+
+/// The non-blocking optimizer gives the weights of `GuardedOptimizer::fused` under the same
+/// guard, step for step (SGD with weight decay, Adam, AdamW), through a skipped NaN step and a
+/// clipped one, and its reports — one step late — take the same decisions; nothing is read
+/// before a step's optimizer is queued.
+pub fn non_blocking_matches_the_blocking_step(dev: &Device, placement: Placement) {
+    use gradguard::{Decision, NonFinitePolicy};
+    use gradguard_burn::{AdamMoments, FusedRule, NonBlockingOptimizer};
+    let rules = [
+        FusedRule::Sgd {
+            weight_decay: Some(0.01),
+        },
+        FusedRule::adam(),
+        FusedRule::AdamW {
+            moments: AdamMoments {
+                beta_2: 0.95,
+                ..AdamMoments::default()
+            },
+            weight_decay: 0.1,
+        },
+    ];
+    let close = |a: &[Vec<f32>], b: &[Vec<f32>]| {
+        a.iter().flatten().zip(b.iter().flatten()).all(|(x, y)| {
+            let tolerance = 2e-6 * (1.0 + x.abs());
+            (x - y).abs() <= tolerance
+        })
+    };
+    for rule in rules {
+        let guard = || device_guard(0.5, NonFinitePolicy::Skip);
+        let start = Mlp::new(2, 16, dev);
+        let lr = if matches!(rule, FusedRule::Sgd { .. }) {
+            0.05
+        } else {
+            1e-2
+        };
+        let mut blocking = GuardedOptimizer::fused(rule, guard()).with_placement(placement);
+        let mut non_blocking = NonBlockingOptimizer::new(rule, guard()).unwrap();
+        let (mut a, mut b) = (start.clone(), start);
+        let mut reports = Vec::new();
+        let mut late = Vec::new();
+        for s in 0..6 {
+            let (x, y) = run_batch(dev, s);
+            let loss = a.loss(x.clone(), y.clone());
+            let grads = GradientsParams::from_grads(loss.backward(), &a);
+            let step = blocking.step(lr, a, grads, Some(loss)).unwrap();
+            a = step.module;
+            reports.push(step.report);
+            let loss = b.loss(x, y);
+            let grads = GradientsParams::from_grads(loss.backward(), &b);
+            let step = non_blocking.step(lr, b, grads, Some(loss)).unwrap();
+            assert_eq!(step.reads_before_optimizer, 0);
+            assert_eq!(
+                step.report.is_some(),
+                s > 0,
+                "{rule:?}: a report a step late"
+            );
+            assert!(s == 0 || step.host_reads >= 1);
+            b = step.module;
+            late.extend(step.report);
+            assert!(
+                close(&weights(&a), &weights(&b)),
+                "{rule:?} on {placement:?}: weights differ after step {s}"
+            );
+        }
+        late.extend(non_blocking.finish().unwrap());
+        assert!(non_blocking.finish().unwrap().is_none());
+        assert_eq!(late.len(), reports.len());
+        for (r, l) in reports.iter().zip(&late) {
+            assert_eq!((r.step, r.decision), (l.step, l.decision), "{rule:?}");
+            let scale = |r: &gradguard::StepReport| r.rules.first().and_then(|o| o.scale);
+            let (x, y) = (scale(r).unwrap_or(1.0), scale(l).unwrap_or(1.0));
+            assert!(
+                (x - y).abs() <= 1e-5 * x,
+                "{rule:?} step {}: {x} {y}",
+                r.step
+            );
+        }
+        assert_eq!(late[2].decision, Decision::Skip, "{rule:?}: the NaN step");
+        assert!(
+            late[4].rules[0].scale.is_some_and(|s| s < 1.0),
+            "{rule:?}: the large step is clipped"
+        );
+        assert_eq!(non_blocking.guard().counters().skipped, 1);
+    }
+}

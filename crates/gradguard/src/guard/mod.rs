@@ -3,11 +3,13 @@
 mod config;
 mod deferred;
 mod judge;
+mod non_blocking;
 mod protocol;
 mod report;
 mod update_bound;
 
 pub use config::{GuardConfig, LrBackoff, NonFinitePolicy, SpikeAction};
+pub use non_blocking::{DevicePlan, DeviceRule};
 pub use protocol::{OptimizerStep, StepActions, UpdateMeasure};
 pub use report::{Decision, StepReport, TensorReport};
 pub use update_bound::{

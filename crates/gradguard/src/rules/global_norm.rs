@@ -154,4 +154,11 @@ impl Rule for ClipByGlobalNorm {
     fn global_norm_bound(&self) -> Option<(NormType, f64)> {
         Some((self.norm_type, self.max_norm))
     }
+
+    fn on_device(&self) -> Option<crate::guard::DeviceRule> {
+        Some(crate::guard::DeviceRule::ClipGlobalNorm {
+            max_norm: self.max_norm,
+            norm_type: self.norm_type,
+        })
+    }
 }

@@ -139,6 +139,13 @@ pub trait Rule: Send + std::fmt::Debug {
         None
     }
 
+    /// The rule as a device applies it from the step's block statistics alone, for a
+    /// non-blocking step ([`crate::Guard::device_plan`]); `None` for a rule that needs more (a
+    /// history, unit norms, the values themselves).
+    fn on_device(&self) -> Option<crate::guard::DeviceRule> {
+        None
+    }
+
     /// Whether two of this rule in one chain are a mistake (adaptive rules keep one history).
     fn unique_in_chain(&self) -> bool {
         false

@@ -55,4 +55,11 @@ impl Rule for SkipIfNormAbove {
     fn skip_limit(&self) -> Option<(NormType, f64)> {
         Some((self.norm_type, self.limit))
     }
+
+    fn on_device(&self) -> Option<crate::guard::DeviceRule> {
+        Some(crate::guard::DeviceRule::SkipAbove {
+            limit: self.limit,
+            norm_type: self.norm_type,
+        })
+    }
 }

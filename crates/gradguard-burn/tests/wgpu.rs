@@ -234,3 +234,8 @@ fn a_device_collective_is_refused_on_wgpu_before_burn_would_panic() {
 fn the_fused_optimizer_guards_as_the_wrapped_one() {
     on_wgpu(|d| common::fused_matches_the_wrapped_optimizer(d, PLACEMENT));
 }
+
+#[test]
+fn the_non_blocking_step_matches_the_blocking_one() {
+    on_wgpu(|d| common::non_blocking_matches_the_blocking_step(d, PLACEMENT));
+}

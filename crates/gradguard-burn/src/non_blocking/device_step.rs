@@ -4,8 +4,12 @@
 //! gradient of a skipped step reaches nothing). Burn queues it all; nothing is read.
 //!
 //! The arithmetic is [`FusedRule::step_into`]'s (Burn's `Sgd`, `Adam`, `AdamW`), with the step
-//! count t kept on the device (a skipped step does not count) and the bias corrections
-//! `1 − βᵗ` computed there.
+//! count t kept on the device (a skipped step does not count). The host knows t only up to the
+//! steps whose reports it has read, so t is the known count plus 0, 1 or 2; Adam's bias
+//! corrections for those three counts are computed on the host in f32 as Burn computes them
+//! (`βᵗ` by `powi`; with llvmpipe's `pow` Adam's weights were more than 2e-6 off after two
+//! steps) and the device
+//! picks one ([`Corrections`]).
 
 use burn::tensor::{DType, Tensor};
 
@@ -55,6 +59,60 @@ impl DeviceMoments {
     }
 }
 
+/// Adam's scalars for the step counts `known + j`, j = 0, 1, 2 (each `[3]`, f32): for Adam
+/// `(√(1−β₂ᵗ)/(1−β₁ᵗ), ε·√(1−β₂ᵗ))`, for AdamW `(1−β₁ᵗ, 1−β₂ᵗ)`.
+#[derive(Debug, Clone)]
+pub(crate) struct Corrections {
+    known: usize,
+    first: Tensor<1>,
+    second: Tensor<1>,
+}
+
+impl Corrections {
+    /// The table for `rule` from the known count `known`, on `device` (`None` for SGD).
+    pub fn new(rule: FusedRule, known: usize, device: &burn::tensor::Device) -> Option<Self> {
+        let (moments, adam) = match rule {
+            FusedRule::Sgd { .. } => return None,
+            FusedRule::Adam { moments, .. } => (moments, true),
+            FusedRule::AdamW { moments, .. } => (moments, false),
+        };
+        // t = 0 (a parameter whose steps were all skipped) is never applied: its entries stay
+        // 1, so the one-hot pick multiplies no NaN.
+        let (mut first, mut second) = ([1f32; 3], [1f32; 3]);
+        for j in (0..3).filter(|j| known + j > 0) {
+            let t = (known + j) as i32;
+            let c1 = 1.0 - moments.beta_1.powi(t);
+            let c2 = 1.0 - moments.beta_2.powi(t);
+            (first[j], second[j]) = if adam {
+                let bias_correction2_sqrt = c2.sqrt();
+                (
+                    bias_correction2_sqrt / c1,
+                    moments.epsilon * bias_correction2_sqrt,
+                )
+            } else {
+                (c1, c2)
+            };
+        }
+        Some(Corrections {
+            known,
+            first: Tensor::<1>::from_floats(first, device),
+            second: Tensor::<1>::from_floats(second, device),
+        })
+    }
+
+    /// The two scalars (`[1]` each) for the step count `time` (`[1]`, known + 0, 1 or 2).
+    fn pick(&self, time: &Tensor<1>) -> (Tensor<1>, Tensor<1>) {
+        let device = time.device();
+        let offsets = Tensor::<1, burn::tensor::Int>::arange(0..3, &device).float();
+        let index = time.clone().sub_scalar(self.known as f32).expand([3]);
+        let one_hot = offsets.equal(index).float();
+        (
+            (self.first.clone() * one_hot.clone()).sum(),
+            (self.second.clone() * one_hot).sum(),
+        )
+    }
+}
+
 /// The step's inputs shared by every parameter.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct StepInputs<'a> {
@@ -74,11 +132,13 @@ fn spread<const D: usize>(t: &Tensor<1>, dims: [usize; D]) -> Tensor<D> {
 impl StepInputs<'_> {
     /// The weights and state after one step of `w` with gradient `g` (its shape), from `state`
     /// (`None`: the parameter's first step).
+    /// `corrections` is Adam's table from the parameter's known step count (`None` for SGD).
     pub fn step<const D: usize>(
         &self,
         w: Tensor<D>,
         g: Tensor<D>,
         state: Option<&DeviceMoments>,
+        corrections: Option<&Corrections>,
         path: &str,
     ) -> (Tensor<D>, DeviceMoments) {
         let dims = w.dims();
@@ -111,11 +171,8 @@ impl StepInputs<'_> {
                     None => g,
                 };
                 let (m, v) = moments_after(moments, state, g, &shaped);
-                let c1 = correction(moments.beta_1, &time);
-                let c2 = correction(moments.beta_2, &time);
-                let bias_correction2_sqrt = c2.sqrt();
-                let combined = spread(&(bias_correction2_sqrt.clone() / c1), dims);
-                let eps = spread(&(bias_correction2_sqrt * moments.epsilon), dims);
+                let (combined, eps) = corrections.expect("Adam has corrections").pick(&time);
+                let (combined, eps) = (spread(&combined, dims), spread(&eps, dims));
                 let after = w.clone() - ((m.clone() * combined) / (v.clone().sqrt() + eps)) * lr;
                 (after, Some(m), Some(v))
             }
@@ -124,8 +181,8 @@ impl StepInputs<'_> {
                 weight_decay,
             } => {
                 let (m, v) = moments_after(moments, state, g, &shaped);
-                let c1 = spread(&correction(moments.beta_1, &time), dims);
-                let c2 = spread(&correction(moments.beta_2, &time), dims);
+                let (c1, c2) = corrections.expect("AdamW has corrections").pick(&time);
+                let (c1, c2) = (spread(&c1, dims), spread(&c2, dims));
                 let decay_rate = self.lr * f64::from(weight_decay);
                 let decayed = if decay_rate == 0.0 {
                     w.clone()
@@ -150,12 +207,6 @@ impl StepInputs<'_> {
         };
         (keep(after, w), next)
     }
-}
-
-/// `1 − βᵗ` for the step count `time` (`[1]`).
-fn correction(beta: f32, time: &Tensor<1>) -> Tensor<1> {
-    let beta = Tensor::<1>::full([1], beta, &time.device());
-    beta.powf(time.clone()).neg().add_scalar(1.0)
 }
 
 /// Adam's moments after a step with gradient `g`: `β·m + (1−β)·g` (and `·g²`), from zero on a

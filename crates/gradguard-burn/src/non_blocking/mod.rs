@@ -30,7 +30,7 @@ use crate::fused::{FusedOptimizer, FusedRule, Moments, map_values};
 use crate::on_device::DeviceGradients;
 use crate::step::Stopped;
 use decision::decide;
-use device_step::{DeviceMoments, StepInputs};
+use device_step::{Corrections, DeviceMoments, StepInputs};
 use read::PendingRead;
 use replay::Replay;
 
@@ -108,6 +108,9 @@ pub struct NonBlockingOptimizer {
     moments: HashMap<ParamId, DeviceMoments>,
     /// States loaded from a record, uploaded at each parameter's next step.
     loaded: HashMap<ParamId, Moments>,
+    /// Per parameter, the steps it took as far as the reports read say (its device count is
+    /// this plus the accepted steps not read yet).
+    known: HashMap<ParamId, usize>,
     pending: Option<PendingStep>,
 }
 
@@ -132,6 +135,7 @@ impl NonBlockingOptimizer {
             rule,
             moments: HashMap::new(),
             loaded: HashMap::new(),
+            known: HashMap::new(),
             pending: None,
         })
     }
@@ -186,6 +190,8 @@ impl NonBlockingOptimizer {
                         .collect(),
                     moments: &mut self.moments,
                     loaded: &mut self.loaded,
+                    known: &self.known,
+                    corrections: HashMap::new(),
                     inputs: StepInputs {
                         rule: self.rule,
                         lr: lr * self.guard.lr_multiplier(),
@@ -261,6 +267,11 @@ impl NonBlockingOptimizer {
             grads: &grads,
         };
         let report = self.guard.step(&mut replay, loss)?;
+        if report.decision == gradguard::Decision::Apply {
+            for e in &entries {
+                *self.known.entry(e.id).or_default() += 1;
+            }
+        }
         Ok((report, reads))
     }
 
@@ -280,6 +291,7 @@ impl NonBlockingOptimizer {
         self.loaded = FusedOptimizer::new(self.rule)
             .from_bytes(bytes)?
             .into_states();
+        self.known = self.loaded.iter().map(|(id, s)| (*id, s.time)).collect();
         self.moments.clear();
         Ok(())
     }
@@ -291,6 +303,10 @@ struct Stepper<'a> {
     grads: HashMap<ParamId, (String, Tensor<1>)>,
     moments: &'a mut HashMap<ParamId, DeviceMoments>,
     loaded: &'a mut HashMap<ParamId, Moments>,
+    known: &'a HashMap<ParamId, usize>,
+    /// Adam's tables by known step count, uploaded once per step for all parameters that
+    /// share one.
+    corrections: HashMap<usize, Option<Corrections>>,
     inputs: StepInputs<'a>,
 }
 
@@ -300,10 +316,15 @@ impl ModuleMapper for Stepper<'_> {
             return param;
         };
         let id = param.id;
+        let known = self.known.get(&id).copied().unwrap_or(0);
         let (moments, loaded, inputs) = (&mut *self.moments, &mut *self.loaded, self.inputs);
+        let corrections = &mut self.corrections;
         param.map(|w| {
             map_values(w, |w| {
                 let device = w.device();
+                let table = corrections
+                    .entry(known)
+                    .or_insert_with(|| Corrections::new(inputs.rule, known, &device));
                 let g = g.reshape(w.dims());
                 let state = moments.remove(&id).or_else(|| {
                     loaded
@@ -311,7 +332,7 @@ impl ModuleMapper for Stepper<'_> {
                         .filter(|s| s.time > 0)
                         .map(|s| DeviceMoments::upload(&s, &device))
                 });
-                let (after, next) = inputs.step(w, g, state.as_ref(), &path);
+                let (after, next) = inputs.step(w, g, state.as_ref(), table.as_ref(), &path);
                 moments.insert(id, next);
                 after
             })

@@ -12,7 +12,11 @@
 //! without its update bound, and with the fused guarded optimizer of the same rule and the
 //! default guard (interleaved, so a busy machine slows all alike): each guard's cost against a
 //! plain step — for `GuardedOptimizer::new` the bound's share is the pre-step clone and ‖w‖, ‖Δw‖
-//! of every parameter; the fused one measures them in its update pass.
+//! of every parameter; the fused one measures them in its update pass. Then, for a guard the
+//! device can follow (a global-norm clip at 1, non-finite steps skipped), steps run back to
+//! back as a training loop runs them (one device sync per eight steps): Burn's optimizer alone,
+//! the fused guarded optimizer (one blocking read per step) and `NonBlockingOptimizer` (none
+//! before the optimizer; the previous step's statistics read after it).
 //!
 //! Run: `cargo bench -p gradguard-burn --bench guard_overhead` (about a minute and a half, on
 //! flex).
@@ -36,7 +40,9 @@ use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Distribution, Tensor};
 use gradguard::rules::{Chain, ClipByGlobalNorm, Rule};
 use gradguard::{Guard, GuardConfig};
-use gradguard_burn::{AdamMoments, BurnGradients, FusedRule, GuardedOptimizer, Placement};
+use gradguard_burn::{
+    AdamMoments, BurnGradients, FusedRule, GuardedOptimizer, NonBlockingOptimizer, Placement,
+};
 use gradguard_report::{JsonlSink, MetricsRecord, Sink};
 
 #[derive(Module, Debug)]
@@ -477,6 +483,13 @@ fn whole_step_cost<M: Module + Clone>(
             }
         }
     }
+    pipelined_cost(
+        device,
+        what,
+        models[3].take().expect("put back"),
+        rule,
+        &loss,
+    );
     let [with, without, fused, alone] = times.map(|t| median(t).as_secs_f64() * 1e3);
     let share = |t: f64| 100.0 * (t - alone) / alone;
     println!(
@@ -486,5 +499,96 @@ fn whole_step_cost<M: Module + Clone>(
         share(with),
         share(without),
         share(fused),
+    );
+}
+
+/// A guard the device can follow: a global-norm clip at 1, non-finite steps skipped, nothing
+/// that needs the host.
+fn clip_guard() -> Guard {
+    let config = GuardConfig {
+        update_bound: None,
+        loss_spike: None,
+        grad_spike: None,
+        ..GuardConfig::default()
+    };
+    let clip: Vec<Box<dyn Rule>> = vec![Box::new(ClipByGlobalNorm::new(1.0).unwrap())];
+    Guard::new(config, Chain::new(clip).unwrap()).unwrap()
+}
+
+/// Steps run back to back, eight at a time with one device sync after them (as a training loop
+/// runs them, so that the host may queue a step while the device computes the last), three
+/// ways in turn: Burn's optimizer of `rule` alone, the fused guarded optimizer under
+/// [`clip_guard`] (a blocking read before each optimizer step) and the non-blocking optimizer
+/// under the same guard. Prints the median time per step over the rounds after the first.
+fn pipelined_cost<M: Module + Clone>(
+    device: &Device,
+    what: &str,
+    model: M,
+    rule: FusedRule,
+    loss: &impl Fn(&M) -> Tensor<1>,
+) {
+    const BURST: usize = 8;
+    let mut plain = rule.to_burn();
+    let mut blocking = GuardedOptimizer::fused(rule, clip_guard());
+    let mut non_blocking = NonBlockingOptimizer::new(rule, clip_guard()).expect("a device plan");
+    let mut models = [Some(model.clone()), Some(model.clone()), Some(model)];
+    let mut times = [Vec::new(), Vec::new(), Vec::new()];
+    let mut reads_before = 0;
+    for round in 0..7 {
+        for k in 0..3 {
+            let start = Instant::now();
+            let mut m = models[k].take().expect("each burst puts its model back");
+            for _ in 0..BURST {
+                let l = loss(&m);
+                let grads = GradientsParams::from_grads(l.backward(), &m);
+                m = match k {
+                    0 => plain.step(1e-3, m, grads),
+                    1 => blocking.step(1e-3, m, grads, Some(l)).unwrap().module,
+                    _ => {
+                        let step = non_blocking.step(1e-3, m, grads, Some(l)).unwrap();
+                        reads_before += step.reads_before_optimizer;
+                        step.module
+                    }
+                };
+            }
+            sync(device);
+            if round > 0 {
+                times[k].push(start.elapsed() / BURST as u32);
+            }
+            models[k] = Some(m);
+        }
+    }
+    // Kernel launches of one more step each (none counted on flex).
+    let mut counts = [0u64; 3];
+    for (k, count) in counts.iter_mut().enumerate() {
+        let m = models[k].take().expect("each burst puts its model back");
+        let l = loss(&m);
+        let grads = GradientsParams::from_grads(l.backward(), &m);
+        sync(device);
+        let (m, n) = launches(|| {
+            let m = match k {
+                0 => plain.step(1e-3, m, grads),
+                1 => blocking.step(1e-3, m, grads, Some(l)).unwrap().module,
+                _ => non_blocking.step(1e-3, m, grads, Some(l)).unwrap().module,
+            };
+            sync(device);
+            m
+        });
+        *count = n;
+        models[k] = Some(m);
+    }
+    non_blocking.finish().expect("the last report");
+    let [alone, blocking, non_blocking] = times.map(|t| median(t).as_secs_f64() * 1e3);
+    let share = |t: f64| 100.0 * (t - alone) / alone;
+    println!(
+        "steps back to back, {what}, clip guard (median of 6 bursts of {BURST}): plain \
+         {alone:.2} ms, fused guard {blocking:.2} ms ({:+.1}%), non-blocking {non_blocking:.2} ms \
+         ({:+.1}%, {reads_before} host reads before an optimizer step); kernel launches of a \
+         whole step (backward pass to optimizer): {} plain, {} fused guard, {} non-blocking",
+        share(blocking),
+        share(non_blocking),
+        counts[0],
+        counts[1],
+        counts[2],
     );
 }

@@ -23,17 +23,27 @@ pub(crate) struct Collector<'a> {
     path: Vec<String>,
     grads: &'a mut GradientsParams,
     with_values: bool,
+    /// Leave the gradients in `grads` (the flat ones are views of them).
+    keep: bool,
     pub entries: Vec<Entry>,
     pub flat_grads: Vec<Tensor<1>>,
     pub flat_values: Vec<Tensor<1>>,
 }
 
 impl<'a> Collector<'a> {
+    /// A collector that leaves the gradients in `grads` (the non-blocking step steps each
+    /// parameter with its gradient in its own shape).
+    pub fn keeping(mut self) -> Self {
+        self.keep = true;
+        self
+    }
+
     pub fn new(grads: &'a mut GradientsParams, with_values: bool) -> Self {
         Collector {
             path: Vec::new(),
             grads,
             with_values,
+            keep: false,
             entries: Vec::new(),
             flat_grads: Vec::new(),
             flat_values: Vec::new(),
@@ -56,7 +66,12 @@ impl ModuleVisitor for Collector<'_> {
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let Some(grad) = self.grads.remove::<D>(param.id) else {
+        let grad = if self.keep {
+            self.grads.get::<D>(param.id)
+        } else {
+            self.grads.remove::<D>(param.id)
+        };
+        let Some(grad) = grad else {
             return;
         };
         self.entries.push(Entry {

@@ -107,8 +107,11 @@ fn the_state_round_trips_through_the_record_format() {
     for s in 0..3 {
         model = step(&mut optim, model, s);
     }
+    // Before the last report is read, the step counts include the step queued last.
+    let early = optim.optimizer_bytes().unwrap();
     optim.finish().unwrap();
     let bytes = optim.optimizer_bytes().unwrap();
+    assert_eq!(early, bytes);
     let mut loaded = NonBlockingOptimizer::new(rule, guard()).unwrap();
     loaded.load_optimizer_bytes(bytes.clone()).unwrap();
     let a = step(&mut optim, model.clone(), 3);

@@ -3,23 +3,22 @@
 //! accepted the weights, the moments and the step count stay as they were (selected, so a NaN
 //! gradient of a skipped step reaches nothing). Burn queues it all; nothing is read.
 //!
-//! The arithmetic is [`FusedRule::step_into`]'s (Burn's `Sgd`, `Adam`, `AdamW`), with the step
-//! count t kept on the device (a skipped step does not count). The host knows t only up to the
-//! steps whose reports it has read, so t is the known count plus 0, 1 or 2; Adam's bias
-//! corrections for those three counts are computed on the host in f32 as Burn computes them
-//! (`βᵗ` by `powi`; with llvmpipe's `pow` Adam's weights were more than 2e-6 off after two
-//! steps) and the device
-//! picks one ([`Corrections`]).
+//! The arithmetic is [`FusedRule::step_into`]'s (Burn's `Sgd`, `Adam`, `AdamW`). The step count t
+//! of a parameter is the count the host has read (`known`) plus the accepted steps it has not:
+//! 0, 1 or 2 (the previous step's, whose report is read after this one is queued, and this
+//! one's). Adam's bias corrections for those three counts are computed on the host in f32 as
+//! Burn computes them (`βᵗ` by `powi`; with llvmpipe's `pow` Adam's weights were more than 2e-6
+//! off after two steps) and selected on the device ([`Corrections`]), once per step for all the
+//! parameters that share a count — so a parameter's step is one elementwise chain.
 
 use burn::tensor::{DType, Tensor};
 
 use crate::fused::{AdamMoments, FusedRule, Moments};
 
-/// One parameter's optimizer state on its device: the step count (`[1]` f32) and, for Adam and
-/// AdamW, the two moments (flat, f32).
+/// One parameter's optimizer state on its device: for Adam and AdamW its two moments (flat, in
+/// the parameter's dtype); its step count is kept on the host (see the module documentation).
 #[derive(Debug, Clone)]
 pub(crate) struct DeviceMoments {
-    pub time: Tensor<1>,
     pub m: Option<Tensor<1>>,
     pub v: Option<Tensor<1>>,
     pub dims: Vec<usize>,
@@ -27,15 +26,15 @@ pub(crate) struct DeviceMoments {
 }
 
 impl DeviceMoments {
-    /// The state read back to the host, in the fused optimizer's record form (blocking reads).
-    pub fn to_host(&self) -> Moments {
+    /// The state read back to the host with step count `time`, in the fused optimizer's record
+    /// form (blocking reads).
+    pub fn to_host(&self, time: usize) -> Moments {
         let read = |t: &Tensor<1>| -> Vec<f32> {
             t.to_data()
                 .convert_dtype(DType::F32)
                 .try_into_vec::<f32>()
                 .expect("f32 state")
         };
-        let time = read(&self.time)[0].round().max(0.0) as usize;
         Moments {
             time,
             m: self.m.as_ref().map(read).unwrap_or_default(),
@@ -50,7 +49,6 @@ impl DeviceMoments {
         let flat =
             |v: &Vec<f32>| (!v.is_empty()).then(|| Tensor::<1>::from_floats(v.as_slice(), device));
         DeviceMoments {
-            time: Tensor::<1>::from_floats([state.time as f32], device),
             m: flat(&state.m),
             v: flat(&state.v),
             dims: state.dims.clone(),
@@ -59,14 +57,16 @@ impl DeviceMoments {
     }
 }
 
-/// Adam's scalars for the step counts `known + j`, j = 0, 1, 2 (each `[3]`, f32): for Adam
-/// `(√(1−β₂ᵗ)/(1−β₁ᵗ), ε·√(1−β₂ᵗ))`, for AdamW `(1−β₁ᵗ, 1−β₂ᵗ)`.
+/// Adam's two scalars for the step counts `known + j`, j = 0, 1, 2 (`[1]` f32 tensors each): for
+/// Adam `(√(1−β₂ᵗ)/(1−β₁ᵗ), ε·√(1−β₂ᵗ))`, for AdamW `(1−β₁ᵗ, 1−β₂ᵗ)`.
 #[derive(Debug, Clone)]
 pub(crate) struct Corrections {
-    known: usize,
-    first: Tensor<1>,
-    second: Tensor<1>,
+    first: [Tensor<1>; 3],
+    second: [Tensor<1>; 3],
 }
+
+/// The two scalars of one step count, selected on the device.
+pub(crate) type Picked = (Tensor<1>, Tensor<1>);
 
 impl Corrections {
     /// The table for `rule` from the known count `known`, on `device` (`None` for SGD).
@@ -77,13 +77,15 @@ impl Corrections {
             FusedRule::AdamW { moments, .. } => (moments, false),
         };
         // t = 0 (a parameter whose steps were all skipped) is never applied: its entries stay
-        // 1, so the one-hot pick multiplies no NaN.
-        let (mut first, mut second) = ([1f32; 3], [1f32; 3]);
-        for j in (0..3).filter(|j| known + j > 0) {
+        // 1, so no NaN or inf is computed from them.
+        let value = |j: usize| -> (f32, f32) {
+            if known + j == 0 {
+                return (1.0, 1.0);
+            }
             let t = (known + j) as i32;
             let c1 = 1.0 - moments.beta_1.powi(t);
             let c2 = 1.0 - moments.beta_2.powi(t);
-            (first[j], second[j]) = if adam {
+            if adam {
                 let bias_correction2_sqrt = c2.sqrt();
                 (
                     bias_correction2_sqrt / c1,
@@ -91,25 +93,26 @@ impl Corrections {
                 )
             } else {
                 (c1, c2)
-            };
-        }
+            }
+        };
+        let scalar = |x: f32| Tensor::<1>::from_floats([x], device);
+        let values = [value(0), value(1), value(2)];
         Some(Corrections {
-            known,
-            first: Tensor::<1>::from_floats(first, device),
-            second: Tensor::<1>::from_floats(second, device),
+            first: values.map(|(a, _)| scalar(a)),
+            second: values.map(|(_, b)| scalar(b)),
         })
     }
 
-    /// The two scalars (`[1]` each) for the step count `time` (`[1]`, known + 0, 1 or 2).
-    fn pick(&self, time: &Tensor<1>) -> (Tensor<1>, Tensor<1>) {
-        let device = time.device();
-        let offsets = Tensor::<1, burn::tensor::Int>::arange(0..3, &device).float();
-        let index = time.clone().sub_scalar(self.known as f32).expand([3]);
-        let one_hot = offsets.equal(index).float();
-        (
-            (self.first.clone() * one_hot.clone()).sum(),
-            (self.second.clone() * one_hot).sum(),
-        )
+    /// The scalars for `known + offset`, `offset` (`[1]`) being 0, 1 or 2: selected, so each is
+    /// exactly the host's value.
+    pub fn pick(&self, offset: &Tensor<1>) -> Picked {
+        let select = |table: &[Tensor<1>; 3]| {
+            table[0]
+                .clone()
+                .mask_where(offset.clone().equal_elem(1.0), table[1].clone())
+                .mask_where(offset.clone().equal_elem(2.0), table[2].clone())
+        };
+        (select(&self.first), select(&self.second))
     }
 }
 
@@ -120,34 +123,34 @@ pub(crate) struct StepInputs<'a> {
     pub lr: f64,
     /// `[1]`: 1 to apply, 0 to skip.
     pub accept: &'a Tensor<1>,
+    /// `[1]`: `accept` is 0 (computed once a step, viewed in each parameter's rank).
+    pub skip: &'a Tensor<1, burn::tensor::Bool>,
     /// `[1]`: the gradients' factor.
     pub factor: &'a Tensor<1>,
 }
 
-/// A `[1]` tensor broadcast to `dims`.
-fn spread<const D: usize>(t: &Tensor<1>, dims: [usize; D]) -> Tensor<D> {
-    t.clone().reshape([1; D]).expand(dims)
+/// A `[1]` tensor as a rank-`D` tensor of one value, which Burn's elementwise operations
+/// broadcast (so a parameter's step stays one fused chain; an `expand` would be copied out).
+fn spread<const D: usize>(t: &Tensor<1>, _dims: [usize; D]) -> Tensor<D> {
+    t.clone().reshape([1; D])
 }
 
 impl StepInputs<'_> {
     /// The weights and state after one step of `w` with gradient `g` (its shape), from `state`
-    /// (`None`: the parameter's first step).
-    /// `corrections` is Adam's table from the parameter's known step count (`None` for SGD).
+    /// (`None`: the parameter's first step); `picked` is Adam's two scalars for the parameter's
+    /// step count (`None` for SGD).
     pub fn step<const D: usize>(
         &self,
         w: Tensor<D>,
         g: Tensor<D>,
         state: Option<&DeviceMoments>,
-        corrections: Option<&Corrections>,
+        picked: Option<&Picked>,
         path: &str,
     ) -> (Tensor<D>, DeviceMoments) {
         let dims = w.dims();
         let device = w.device();
-        let skip = spread(self.accept, dims).lower_elem(0.5);
+        let skip = self.skip.clone().reshape([1; D]);
         let g = g * spread(self.factor, dims);
-        let time_before =
-            state.map_or_else(|| Tensor::<1>::zeros([1], &device), |s| s.time.clone());
-        let time = time_before.clone() + self.accept.clone();
         let lr = self.lr as f32;
         let flat = |t: Tensor<D>| {
             let n = t.shape().num_elements();
@@ -171,7 +174,7 @@ impl StepInputs<'_> {
                     None => g,
                 };
                 let (m, v) = moments_after(moments, state, g, &shaped);
-                let (combined, eps) = corrections.expect("Adam has corrections").pick(&time);
+                let (combined, eps) = picked.cloned().expect("Adam's corrections");
                 let (combined, eps) = (spread(&combined, dims), spread(&eps, dims));
                 let after = w.clone() - ((m.clone() * combined) / (v.clone().sqrt() + eps)) * lr;
                 (after, Some(m), Some(v))
@@ -181,7 +184,7 @@ impl StepInputs<'_> {
                 weight_decay,
             } => {
                 let (m, v) = moments_after(moments, state, g, &shaped);
-                let (c1, c2) = corrections.expect("AdamW has corrections").pick(&time);
+                let (c1, c2) = picked.cloned().expect("AdamW's corrections");
                 let (c1, c2) = (spread(&c1, dims), spread(&c2, dims));
                 let decay_rate = self.lr * f64::from(weight_decay);
                 let decayed = if decay_rate == 0.0 {
@@ -199,7 +202,6 @@ impl StepInputs<'_> {
         let old_m = || state.and_then(|s| s.m.as_ref()).map_or_else(zeros, &shaped);
         let old_v = || state.and_then(|s| s.v.as_ref()).map_or_else(zeros, &shaped);
         let next = DeviceMoments {
-            time,
             m: m.map(|m| flat(keep(m, old_m()))),
             v: v.map(|v| flat(keep(v, old_v()))),
             dims: dims.to_vec(),

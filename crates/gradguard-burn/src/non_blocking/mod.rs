@@ -17,9 +17,9 @@ mod device_step;
 mod read;
 mod replay;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::store::RecordError;
 use burn::tensor::{Bytes, DType, Tensor};
@@ -30,7 +30,7 @@ use crate::fused::{FusedOptimizer, FusedRule, Moments, map_values};
 use crate::on_device::DeviceGradients;
 use crate::step::Stopped;
 use decision::decide;
-use device_step::{Corrections, DeviceMoments, StepInputs};
+use device_step::{Corrections, DeviceMoments, Picked, StepInputs};
 use read::PendingRead;
 use replay::Replay;
 
@@ -43,6 +43,9 @@ struct PendingStep {
     /// Values of the read that are block statistics (the loss follows when there is one).
     stats_len: usize,
     has_loss: bool,
+    /// The device's decision (`[1]`: 1 applied, 0 skipped), for the step counts of the
+    /// parameters it stepped.
+    accept: Option<Tensor<1>>,
 }
 
 /// One non-blocking step's result.
@@ -98,9 +101,12 @@ pub struct NonBlockingStep<M> {
 /// back-off take effect a step late — the step that stops was itself skipped on the device, and
 /// the [`Stopped`] module is the one after the next step; the first non-finite value is named a
 /// step late too, and to name it the step's gradients are kept until then (memory for one more
-/// set of gradients). The weights are those of [`crate::GuardedOptimizer::fused`] under the same
+/// set of gradients); it runs on one device (a parameter marked for Burn's distributed gradient
+/// sync stops the step with `InvalidConfig`). On the CPU backend there is nothing to wait for
+/// and the device-style step costs more than [`crate::GuardedOptimizer::fused`]'s host path
+/// (docs/measurements/2026-12-07-non-blocking-step.md). The weights are those of [`crate::GuardedOptimizer::fused`] under the same
 /// guard, step for step, as long as no back-off is pending (within f32 rounding: the step count's
-/// bias corrections are computed on the device).
+/// bias corrections are selected on the device from the host's values).
 pub struct NonBlockingOptimizer {
     guard: Guard,
     plan: DevicePlan,
@@ -160,11 +166,18 @@ impl NonBlockingOptimizer {
         mut grads: GradientsParams,
         loss: Option<Tensor<1>>,
     ) -> Result<NonBlockingStep<M>, Box<Stopped<M>>> {
-        let mut collector = Collector::new(&mut grads, false);
+        if let Some(path) = distributed_parameter(&module) {
+            let error = GuardError::InvalidConfig(format!(
+                "parameter '{path}' is distributed: the non-blocking step runs on one device \
+                 (guard after the gradient sync with GuardedOptimizer)"
+            ));
+            return Err(Box::new(Stopped { module, error }));
+        }
+        let mut collector = Collector::new(&mut grads, false).keeping();
         module.visit(&mut collector);
         let entries = collector.entries;
-        let grads = DeviceGradients::new(collector.flat_grads, Vec::new());
-        let device = grads
+        let flat = DeviceGradients::new(collector.flat_grads, Vec::new());
+        let device = flat
             .tensors()
             .first()
             .map(Tensor::device)
@@ -178,41 +191,49 @@ impl NonBlockingOptimizer {
                 l.cast(DType::F32)
             }
         });
-        let stats = grads.queued_stats();
+        let stats = flat.queued_stats();
+        let previous_accept = self.pending.as_ref().and_then(|p| {
+            let ids: HashSet<ParamId> = p.entries.iter().map(|e| e.id).collect();
+            p.accept.clone().map(|a| (a, ids))
+        });
+        let mut accept = None;
         let module = match &device {
             Some(device) => {
                 let decision = decide(&self.plan, stats.clone(), loss.clone(), device);
+                let skip = decision.accept.clone().lower_elem(0.5);
                 let mut stepper = Stepper {
-                    grads: entries
-                        .iter()
-                        .zip(grads.tensors())
-                        .map(|(e, g)| (e.id, (e.name.clone(), g.clone())))
-                        .collect(),
+                    grads: &mut grads,
+                    names: entries.iter().map(|e| (e.id, e.name.clone())).collect(),
                     moments: &mut self.moments,
                     loaded: &mut self.loaded,
                     known: &self.known,
-                    corrections: HashMap::new(),
+                    previous: previous_accept.as_ref(),
+                    picked: HashMap::new(),
                     inputs: StepInputs {
                         rule: self.rule,
                         lr: lr * self.guard.lr_multiplier(),
                         accept: &decision.accept,
+                        skip: &skip,
                         factor: &decision.factor,
                     },
                 };
-                module.map(&mut stepper)
+                let module = module.map(&mut stepper);
+                accept = Some(decision.accept);
+                module
             }
             None => module,
         };
-        let reads_before_optimizer = grads.host_reads.get();
+        let reads_before_optimizer = flat.host_reads.get();
         let stats_len = stats.as_ref().map_or(0, |s| s.dims()[0]);
         let has_loss = loss.is_some();
         let read = PendingRead::start(stats.into_iter().chain(loss).collect());
         let previous = self.pending.replace(PendingStep {
             entries,
-            grads,
+            grads: flat,
             read,
             stats_len,
             has_loss,
+            accept,
         });
         let Some(previous) = previous else {
             return Ok(NonBlockingStep {
@@ -251,6 +272,7 @@ impl NonBlockingOptimizer {
             read,
             stats_len,
             has_loss,
+            ..
         } = step;
         let values = read
             .map(PendingRead::finish)
@@ -279,8 +301,18 @@ impl NonBlockingOptimizer {
     /// [`crate::FusedOptimizer::into_bytes`] writes; read from the device). Call
     /// [`NonBlockingOptimizer::finish`] first for a state every report agrees with.
     pub fn optimizer_bytes(&self) -> Result<Bytes, RecordError> {
+        // The step queued last, not read yet, counts for the parameters it stepped if the
+        // device applied it (one small read).
+        let unread = self.pending.as_ref().and_then(|p| {
+            let applied = p.accept.clone()?.into_scalar::<f32>() > 0.5;
+            applied.then(|| p.entries.iter().map(|e| e.id).collect::<HashSet<_>>())
+        });
         let mut states = self.loaded.clone();
-        states.extend(self.moments.iter().map(|(id, m)| (*id, m.to_host())));
+        states.extend(self.moments.iter().map(|(id, m)| {
+            let time = self.known.get(id).copied().unwrap_or(0)
+                + usize::from(unread.as_ref().is_some_and(|ids| ids.contains(id)));
+            (*id, m.to_host(time))
+        }));
         FusedOptimizer::with_states(self.rule, states).into_bytes()
     }
 
@@ -299,43 +331,87 @@ impl NonBlockingOptimizer {
 
 /// Steps every parameter that has a gradient on its device.
 struct Stepper<'a> {
-    /// Path name and flat gradient by parameter.
-    grads: HashMap<ParamId, (String, Tensor<1>)>,
+    /// The gradients, in their parameters' shapes.
+    grads: &'a mut GradientsParams,
+    /// Path names by parameter.
+    names: HashMap<ParamId, String>,
     moments: &'a mut HashMap<ParamId, DeviceMoments>,
     loaded: &'a mut HashMap<ParamId, Moments>,
     known: &'a HashMap<ParamId, usize>,
-    /// Adam's tables by known step count, uploaded once per step for all parameters that
-    /// share one.
-    corrections: HashMap<usize, Option<Corrections>>,
+    /// The previous step's decision and the parameters it stepped (its report is not read).
+    previous: Option<&'a (Tensor<1>, HashSet<ParamId>)>,
+    /// Adam's scalars per (known count, stepped by the previous step), selected once per step
+    /// for every parameter that shares them.
+    picked: HashMap<(usize, bool), Option<Picked>>,
     inputs: StepInputs<'a>,
 }
 
 impl ModuleMapper for Stepper<'_> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let Some((path, g)) = self.grads.remove(&param.id) else {
+        let Some(g) = self.grads.remove::<D>(param.id) else {
             return param;
         };
+        let g = g.inner();
+        let path = self.names.get(&param.id).cloned().unwrap_or_default();
         let id = param.id;
         let known = self.known.get(&id).copied().unwrap_or(0);
+        let previous = self
+            .previous
+            .filter(|(_, ids)| ids.contains(&id))
+            .map(|(accept, _)| accept);
         let (moments, loaded, inputs) = (&mut *self.moments, &mut *self.loaded, self.inputs);
-        let corrections = &mut self.corrections;
+        let picked = self
+            .picked
+            .entry((known, previous.is_some()))
+            .or_insert_with(|| {
+                let table = Corrections::new(inputs.rule, known, &g.device())?;
+                // The steps not read yet: this one's and, if it stepped this parameter, the last.
+                let offset = match previous {
+                    Some(last) => inputs.accept.clone() + last.clone(),
+                    None => inputs.accept.clone(),
+                };
+                Some(table.pick(&offset))
+            });
         param.map(|w| {
             map_values(w, |w| {
                 let device = w.device();
-                let table = corrections
-                    .entry(known)
-                    .or_insert_with(|| Corrections::new(inputs.rule, known, &device));
-                let g = g.reshape(w.dims());
                 let state = moments.remove(&id).or_else(|| {
                     loaded
                         .remove(&id)
-                        .filter(|s| s.time > 0)
+                        .filter(|s| !s.m.is_empty())
                         .map(|s| DeviceMoments::upload(&s, &device))
                 });
-                let (after, next) = inputs.step(w, g, state.as_ref(), table.as_ref(), &path);
+                let (after, next) = inputs.step(w, g, state.as_ref(), picked.as_ref(), &path);
                 moments.insert(id, next);
                 after
             })
         })
     }
+}
+
+/// The module path of the first parameter marked for Burn's distributed gradient sync, if any.
+fn distributed_parameter<M: Module>(module: &M) -> Option<String> {
+    struct Find {
+        path: Vec<String>,
+        found: Option<String>,
+    }
+    impl ModuleVisitor for Find {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if self.found.is_none() && param.val().is_distributed() {
+                self.found = Some(self.path.join("."));
+            }
+        }
+    }
+    let mut find = Find {
+        path: Vec::new(),
+        found: None,
+    };
+    module.visit(&mut find);
+    find.found
 }

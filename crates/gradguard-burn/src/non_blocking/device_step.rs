@@ -11,30 +11,84 @@
 //! off after two steps) and selected on the device ([`Corrections`]), once per step for all the
 //! parameters that share a count — so a parameter's step is one elementwise chain.
 
-use burn::tensor::{DType, Tensor};
+use std::any::Any;
+
+use burn::tensor::{DType, Tensor, TensorData};
 
 use crate::fused::{AdamMoments, FusedRule, Moments};
 
-/// One parameter's optimizer state on its device: for Adam and AdamW its two moments (flat, in
-/// the parameter's dtype); its step count is kept on the host (see the module documentation).
+/// A moment in its parameter's shape, whatever the rank: kept as the step made it, so that the
+/// next step reads it without a reshape (a reshape between steps cost Burn's fusion one more
+/// kernel per parameter).
+pub(crate) struct Shaped(Box<dyn ShapedTensor>);
+
+/// A tensor of some rank behind [`Shaped`].
+trait ShapedTensor: Send + Sync {
+    fn any(&self) -> &dyn Any;
+    fn read(&self) -> Vec<f32>;
+    fn boxed(&self) -> Box<dyn ShapedTensor>;
+}
+
+impl<const D: usize> ShapedTensor for Tensor<D> {
+    fn any(&self) -> &dyn Any {
+        self
+    }
+
+    fn read(&self) -> Vec<f32> {
+        self.to_data()
+            .convert_dtype(DType::F32)
+            .try_into_vec::<f32>()
+            .expect("f32 state")
+    }
+
+    fn boxed(&self) -> Box<dyn ShapedTensor> {
+        Box::new(self.clone())
+    }
+}
+
+impl Shaped {
+    fn of<const D: usize>(t: Tensor<D>) -> Self {
+        Shaped(Box::new(t))
+    }
+
+    /// The tensor, of the rank it was stepped at.
+    fn get<const D: usize>(&self) -> Tensor<D> {
+        self.0
+            .any()
+            .downcast_ref::<Tensor<D>>()
+            .expect("a parameter keeps its rank")
+            .clone()
+    }
+}
+
+impl Clone for Shaped {
+    fn clone(&self) -> Self {
+        Shaped(self.0.boxed())
+    }
+}
+
+impl std::fmt::Debug for Shaped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shaped")
+    }
+}
+
+/// One parameter's optimizer state on its device: for Adam and AdamW its two moments (in the
+/// parameter's shape and dtype); its step count is kept on the host (see the module
+/// documentation).
 #[derive(Debug, Clone)]
 pub(crate) struct DeviceMoments {
-    pub m: Option<Tensor<1>>,
-    pub v: Option<Tensor<1>>,
-    pub dims: Vec<usize>,
-    pub path: String,
+    m: Option<Shaped>,
+    v: Option<Shaped>,
+    dims: Vec<usize>,
+    path: String,
 }
 
 impl DeviceMoments {
     /// The state read back to the host with step count `time`, in the fused optimizer's record
     /// form (blocking reads).
     pub fn to_host(&self, time: usize) -> Moments {
-        let read = |t: &Tensor<1>| -> Vec<f32> {
-            t.to_data()
-                .convert_dtype(DType::F32)
-                .try_into_vec::<f32>()
-                .expect("f32 state")
-        };
+        let read = |t: &Shaped| t.0.read();
         Moments {
             time,
             m: self.m.as_ref().map(read).unwrap_or_default(),
@@ -44,14 +98,24 @@ impl DeviceMoments {
         }
     }
 
-    /// A host state uploaded to `device`.
-    pub fn upload(state: &Moments, device: &burn::tensor::Device) -> Self {
-        let flat =
-            |v: &Vec<f32>| (!v.is_empty()).then(|| Tensor::<1>::from_floats(v.as_slice(), device));
+    /// A host state uploaded to `device` as moments of shape `dims`.
+    pub fn upload<const D: usize>(
+        state: &Moments,
+        dims: [usize; D],
+        device: &burn::tensor::Device,
+    ) -> Self {
+        let shaped = |v: &Vec<f32>| {
+            (!v.is_empty()).then(|| {
+                Shaped::of(Tensor::<D>::from_data(
+                    TensorData::new(v.clone(), dims),
+                    device,
+                ))
+            })
+        };
         DeviceMoments {
-            m: flat(&state.m),
-            v: flat(&state.v),
-            dims: state.dims.clone(),
+            m: shaped(&state.m),
+            v: shaped(&state.v),
+            dims: dims.to_vec(),
             path: state.path.clone(),
         }
     }
@@ -152,11 +216,7 @@ impl StepInputs<'_> {
         let skip = self.skip.clone().reshape([1; D]);
         let g = g * spread(self.factor, dims);
         let lr = self.lr as f32;
-        let flat = |t: Tensor<D>| {
-            let n = t.shape().num_elements();
-            t.reshape([n])
-        };
-        let shaped = |t: &Tensor<1>| t.clone().reshape(dims);
+        let shaped = |t: &Shaped| t.get::<D>();
         let (after, m, v) = match self.rule {
             FusedRule::Sgd { weight_decay } => {
                 let g = match weight_decay {
@@ -202,8 +262,8 @@ impl StepInputs<'_> {
         let old_m = || state.and_then(|s| s.m.as_ref()).map_or_else(zeros, &shaped);
         let old_v = || state.and_then(|s| s.v.as_ref()).map_or_else(zeros, &shaped);
         let next = DeviceMoments {
-            m: m.map(|m| flat(keep(m, old_m()))),
-            v: v.map(|v| flat(keep(v, old_v()))),
+            m: m.map(|m| Shaped::of(keep(m, old_m()))),
+            v: v.map(|v| Shaped::of(keep(v, old_v()))),
             dims: dims.to_vec(),
             path: path.to_string(),
         };
@@ -217,7 +277,7 @@ fn moments_after<const D: usize>(
     settings: AdamMoments,
     state: Option<&DeviceMoments>,
     g: Tensor<D>,
-    shaped: &impl Fn(&Tensor<1>) -> Tensor<D>,
+    shaped: &impl Fn(&Shaped) -> Tensor<D>,
 ) -> (Tensor<D>, Tensor<D>) {
     let (f1, f2) = (1.0 - settings.beta_1, 1.0 - settings.beta_2);
     let squared = g.clone() * g.clone();

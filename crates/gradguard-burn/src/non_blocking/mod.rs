@@ -378,8 +378,8 @@ impl ModuleMapper for Stepper<'_> {
                 let state = moments.remove(&id).or_else(|| {
                     loaded
                         .remove(&id)
-                        .filter(|s| !s.m.is_empty())
-                        .map(|s| DeviceMoments::upload(&s, &device))
+                        .filter(|s| !s.m.is_empty() && s.dims == w.dims())
+                        .map(|s| DeviceMoments::upload(&s, w.dims(), &device))
                 });
                 let (after, next) = inputs.step(w, g, state.as_ref(), picked.as_ref(), &path);
                 moments.insert(id, next);

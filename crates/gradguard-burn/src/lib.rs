@@ -3,7 +3,8 @@
 //! gradguard for [Burn](https://burn.dev) 0.22: the core [`gradguard::Gradients`] view over Burn's
 //! `GradientsParams` ([`BurnGradients`]), [`GuardedOptimizer`] — one call that runs the guard and
 //! steps any Burn optimizer, or does not; for SGD, Adam and AdamW [`GuardedOptimizer::fused`]
-//! measures the update bound in the optimizer's own pass ([`FusedOptimizer`]) —
+//! measures the update bound in the optimizer's own pass ([`FusedOptimizer`]), and
+//! [`NonBlockingOptimizer`] decides each step on the device and reads its report a step late —
 //! [`probe::probe_model`], which says before training
 //! whether a model will explode at a rate and which rate is safe, and, with the `learner`
 //! feature, `LearnerGuard` for burn-train's `Learner`.

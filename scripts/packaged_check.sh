@@ -62,6 +62,11 @@ for crate in "${crates[@]}"; do
   members+="\"$crate-$version\", "
   patches+="$crate = { path = \"$crate-$version\" }"$'\n'
 done
+# Cargo names a path package's build units by its path relative to the workspace, the same in
+# every run, and judges them fresh by file times: the unpacked files keep their packing times,
+# which can be older than the last run's build, whose units would then be reused with the old
+# sources. Newly unpacked files are new.
+find "$dir" -type f -exec touch {} +
 # The README's paths point into a checkout (../gradguard/crates/NAME): here, to the packages.
 for crate in "${crates[@]}"; do
   deps="${deps//..\/gradguard\/crates\/$crate\"/$crate-$version\"}"

@@ -18,7 +18,7 @@
 //! the fused guarded optimizer (one blocking read per step) and `NonBlockingOptimizer` (none
 //! before the optimizer; the previous step's statistics read after it).
 //!
-//! Run: `cargo bench -p gradguard-burn --bench guard_overhead` (about a minute and a half, on
+//! Run: `cargo bench -p gradguard-burn --bench guard_overhead` (about two and a half minutes, on
 //! flex).
 //! On a GPU through wgpu: `GRADGUARD_BENCH_DEVICE=wgpu cargo bench -p gradguard-burn --features
 //! wgpu --bench guard_overhead`; there each phase ends with a device sync (so the times are the

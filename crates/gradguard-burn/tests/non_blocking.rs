@@ -2,6 +2,7 @@
 //! backend: the same weights as the blocking fused step, reports a step late, a stop a step
 //! late that still names the tensor, and its state in Burn's optimizer record format.
 
+use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use gradguard::{GuardError, NonFinitePolicy};
@@ -120,4 +121,88 @@ fn the_state_round_trips_through_the_record_format() {
     let mut fused = GuardedOptimizer::<Mlp>::fused(rule, guard());
     fused.load_optimizer_bytes(bytes).unwrap();
     assert!(fused.fused_optimizer().is_some_and(|f| f.has_state()));
+}
+
+/// A guard of `rules` the device can follow, no back-off.
+fn guard_of(rules: Vec<Box<dyn gradguard::rules::Rule>>) -> gradguard::Guard {
+    use gradguard::{GuardConfig, LrBackoff};
+    let config = GuardConfig {
+        update_bound: None,
+        loss_spike: None,
+        lr: LrBackoff {
+            backoff: 1.0,
+            recover: 1.0,
+            ..LrBackoff::default()
+        },
+        ..GuardConfig::default()
+    };
+    gradguard::Guard::new(config, gradguard::rules::Chain::new(rules).unwrap()).unwrap()
+}
+
+/// The L1 and max-norm clips and a skip rule decide on the device as the host decides: the same
+/// weights as the blocking fused step and the same decisions, step for step.
+#[test]
+fn every_norm_the_device_follows_decides_as_the_host() {
+    use gradguard::NormType;
+    use gradguard::rules::{ClipByGlobalNorm, Rule, SkipIfNormAbove};
+    let dev = device();
+    let chains: Vec<fn() -> Vec<Box<dyn Rule>>> = vec![
+        || {
+            vec![Box::new(
+                ClipByGlobalNorm::with_norm(3.0, NormType::L1).unwrap(),
+            )]
+        },
+        || {
+            vec![Box::new(
+                ClipByGlobalNorm::with_norm(0.5, NormType::Inf).unwrap(),
+            )]
+        },
+        // The first steps' norms are above 0.3, later ones below: some skipped, some not.
+        || vec![Box::new(SkipIfNormAbove::new(0.3, NormType::L2).unwrap())],
+    ];
+    for chain in chains {
+        let rule = FusedRule::adam();
+        let mut blocking = GuardedOptimizer::fused(rule, guard_of(chain()));
+        let mut non_blocking = NonBlockingOptimizer::new(rule, guard_of(chain())).unwrap();
+        let (mut a, mut b) = (Mlp::new(1, 8, &dev), Mlp::new(1, 8, &dev));
+        b = b.load_record(a.clone().into_record());
+        let (mut decisions, mut late) = (Vec::new(), Vec::new());
+        for s in 0..8 {
+            let (x, y) = batch(&dev, s, false);
+            let y = y.mul_scalar(if s % 3 == 0 { 3.0 } else { 0.2 });
+            let loss = a.loss(x.clone(), y.clone());
+            let grads = GradientsParams::from_grads(loss.backward(), &a);
+            let step = blocking.step(1e-2, a, grads, Some(loss)).unwrap();
+            decisions.push((step.report.decision, step.report.rules[0].scale));
+            a = step.module;
+            let loss = b.loss(x, y);
+            let grads = GradientsParams::from_grads(loss.backward(), &b);
+            let step = non_blocking.step(1e-2, b, grads, Some(loss)).unwrap();
+            late.extend(step.report.map(|r| (r.decision, r.rules[0].scale)));
+            b = step.module;
+            for (x, y) in weights(&a)
+                .iter()
+                .flatten()
+                .zip(weights(&b).iter().flatten())
+            {
+                assert!((x - y).abs() <= 2e-6 * (1.0 + x.abs()), "step {s}: {x} {y}");
+            }
+        }
+        late.extend(
+            non_blocking
+                .finish()
+                .unwrap()
+                .map(|r| (r.decision, r.rules[0].scale)),
+        );
+        for (d, l) in decisions.iter().zip(&late) {
+            assert_eq!(d.0, l.0);
+            let (x, y) = (d.1.unwrap_or(1.0), l.1.unwrap_or(1.0));
+            assert!((x - y).abs() <= 1e-5 * x);
+        }
+        let changed = decisions
+            .iter()
+            .filter(|d| d.0 != gradguard::Decision::Apply || d.1.is_some_and(|s| s < 1.0))
+            .count();
+        assert!(changed > 0 && changed < decisions.len(), "{decisions:?}");
+    }
 }

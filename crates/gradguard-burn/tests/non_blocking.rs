@@ -146,7 +146,8 @@ fn every_norm_the_device_follows_decides_as_the_host() {
     use gradguard::NormType;
     use gradguard::rules::{ClipByGlobalNorm, Rule, SkipIfNormAbove};
     let dev = device();
-    let chains: Vec<fn() -> Vec<Box<dyn Rule>>> = vec![
+    type Rules = fn() -> Vec<Box<dyn Rule>>;
+    let chains: Vec<Rules> = vec![
         || {
             vec![Box::new(
                 ClipByGlobalNorm::with_norm(3.0, NormType::L1).unwrap(),

@@ -108,8 +108,14 @@ pub(crate) trait DeviceOps: Debug + Sync {
 /// The implementation for `tensors` (all on one device): the fused kernels when it is a CubeCL
 /// device, Burn's tensor ops otherwise.
 pub(crate) fn choose(tensors: &[Tensor<1>]) -> &'static dyn DeviceOps {
+    // A type check of the first tensor's handle: nothing is run or waited for (resolving it
+    // would flush the backward pass's queued work to learn the same).
     #[cfg(feature = "cube")]
-    if tensors.first().and_then(crate::cube::resolve).is_some() {
+    if tensors
+        .first()
+        .and_then(crate::cube::queued::fused)
+        .is_some()
+    {
         return &CubeOps;
     }
     let _ = tensors;

@@ -1,7 +1,7 @@
 //! The fused rules' step on a parameter's device by Burn's tensor ops, taking its decision from
 //! device values: the gradient is multiplied by the step's factor, and where the step is not
-//! accepted the weights, the moments and the step count stay as they were (selected, so a NaN
-//! gradient of a skipped step reaches nothing). Burn queues it all; nothing is read.
+//! accepted the weights and the moments stay as they were (selected, so a NaN gradient of a
+//! skipped step reaches nothing). Burn queues it all; nothing is read.
 //!
 //! The arithmetic is [`FusedRule::step_into`]'s (Burn's `Sgd`, `Adam`, `AdamW`). The step count t
 //! of a parameter is the count the host has read (`known`) plus the accepted steps it has not:
@@ -194,8 +194,8 @@ pub(crate) struct StepInputs<'a> {
 }
 
 /// A `[1]` tensor as a rank-`D` tensor of one value, which Burn's elementwise operations
-/// broadcast (so a parameter's step stays one fused chain; an `expand` would be copied out).
-fn spread<const D: usize>(t: &Tensor<1>, _dims: [usize; D]) -> Tensor<D> {
+/// broadcast.
+fn spread<const D: usize>(t: &Tensor<1>) -> Tensor<D> {
     t.clone().reshape([1; D])
 }
 
@@ -214,7 +214,7 @@ impl StepInputs<'_> {
         let dims = w.dims();
         let device = w.device();
         let skip = self.skip.clone().reshape([1; D]);
-        let g = g * spread(self.factor, dims);
+        let g = g * spread(self.factor);
         let lr = self.lr as f32;
         let shaped = |t: &Shaped| t.get::<D>();
         let (after, m, v) = match self.rule {
@@ -235,7 +235,7 @@ impl StepInputs<'_> {
                 };
                 let (m, v) = moments_after(moments, state, g, &shaped);
                 let (combined, eps) = picked.cloned().expect("Adam's corrections");
-                let (combined, eps) = (spread(&combined, dims), spread(&eps, dims));
+                let (combined, eps) = (spread(&combined), spread(&eps));
                 let after = w.clone() - ((m.clone() * combined) / (v.clone().sqrt() + eps)) * lr;
                 (after, Some(m), Some(v))
             }
@@ -245,7 +245,7 @@ impl StepInputs<'_> {
             } => {
                 let (m, v) = moments_after(moments, state, g, &shaped);
                 let (c1, c2) = picked.cloned().expect("AdamW's corrections");
-                let (c1, c2) = (spread(&c1, dims), spread(&c2, dims));
+                let (c1, c2) = (spread(&c1), spread(&c2));
                 let decay_rate = self.lr * f64::from(weight_decay);
                 let decayed = if decay_rate == 0.0 {
                     w.clone()

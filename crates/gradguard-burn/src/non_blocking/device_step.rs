@@ -12,8 +12,9 @@
 //! parameters that share a count — so a parameter's step is one elementwise chain.
 
 use std::any::Any;
+use std::collections::HashMap;
 
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Tensor, TensorData};
 
 use crate::fused::{AdamMoments, FusedRule, Moments};
 
@@ -193,28 +194,65 @@ pub(crate) struct StepInputs<'a> {
     pub factor: &'a Tensor<1>,
 }
 
-/// A `[1]` tensor as a rank-`D` tensor of one value, which Burn's elementwise operations
-/// broadcast.
-fn spread<const D: usize>(t: &Tensor<1>) -> Tensor<D> {
-    t.clone().reshape([1; D])
+/// The step's `[1]` scalars as rank-`D` tensors of one value (which Burn's elementwise
+/// operations broadcast), each reshaped once a step per rank: a reshape queued between two
+/// parameters' chains ends Burn's fusion block there, one more kernel per parameter.
+#[derive(Default)]
+pub(crate) struct Views {
+    cache: HashMap<(usize, usize), Box<dyn Any + Send + Sync>>,
 }
+
+impl Views {
+    /// `t` (the step's scalar number `key`) at rank `D`.
+    fn float<const D: usize>(&mut self, key: usize, t: &Tensor<1>) -> Tensor<D> {
+        self.cache
+            .entry((D, key))
+            .or_insert_with(|| Box::new(t.clone().reshape([1; D])))
+            .downcast_ref::<Tensor<D>>()
+            .expect("one rank per key")
+            .clone()
+    }
+
+    /// The boolean `t` (number `key`) at rank `D`.
+    fn boolean<const D: usize>(&mut self, key: usize, t: &Tensor<1, Bool>) -> Tensor<D, Bool> {
+        self.cache
+            .entry((D, key))
+            .or_insert_with(|| Box::new(t.clone().reshape([1; D])))
+            .downcast_ref::<Tensor<D, Bool>>()
+            .expect("one rank per key")
+            .clone()
+    }
+}
+
+/// [`Views`] keys: the factor, the skip mask, then two per class of Adam's corrections.
+const FACTOR: usize = 0;
+const SKIP: usize = 1;
+const PICKED: usize = 2;
 
 impl StepInputs<'_> {
     /// The weights and state after one step of `w` with gradient `g` (its shape), from `state`
     /// (`None`: the parameter's first step); `picked` is Adam's two scalars for the parameter's
-    /// step count (`None` for SGD).
+    /// step count and the number of their class (`None` for SGD).
     pub fn step<const D: usize>(
         &self,
         w: Tensor<D>,
         g: Tensor<D>,
         state: Option<&DeviceMoments>,
-        picked: Option<&Picked>,
+        picked: Option<(&Picked, usize)>,
+        views: &mut Views,
         path: &str,
     ) -> (Tensor<D>, DeviceMoments) {
         let dims = w.dims();
         let device = w.device();
-        let skip = self.skip.clone().reshape([1; D]);
-        let g = g * spread(self.factor);
+        let skip = views.boolean::<D>(SKIP, self.skip);
+        let g = g * views.float::<D>(FACTOR, self.factor);
+        let picked = |views: &mut Views| -> (Tensor<D>, Tensor<D>) {
+            let ((a, b), class) = picked.expect("Adam's corrections");
+            (
+                views.float::<D>(PICKED + 2 * class, a),
+                views.float::<D>(PICKED + 2 * class + 1, b),
+            )
+        };
         let lr = self.lr as f32;
         let shaped = |t: &Shaped| t.get::<D>();
         let (after, m, v) = match self.rule {
@@ -234,8 +272,7 @@ impl StepInputs<'_> {
                     None => g,
                 };
                 let (m, v) = moments_after(moments, state, g, &shaped);
-                let (combined, eps) = picked.cloned().expect("Adam's corrections");
-                let (combined, eps) = (spread(&combined), spread(&eps));
+                let (combined, eps) = picked(views);
                 let after = w.clone() - ((m.clone() * combined) / (v.clone().sqrt() + eps)) * lr;
                 (after, Some(m), Some(v))
             }
@@ -244,8 +281,7 @@ impl StepInputs<'_> {
                 weight_decay,
             } => {
                 let (m, v) = moments_after(moments, state, g, &shaped);
-                let (c1, c2) = picked.cloned().expect("AdamW's corrections");
-                let (c1, c2) = (spread(&c1), spread(&c2));
+                let (c1, c2) = picked(views);
                 let decay_rate = self.lr * f64::from(weight_decay);
                 let decayed = if decay_rate == 0.0 {
                     w.clone()

@@ -30,7 +30,7 @@ use crate::fused::{FusedOptimizer, FusedRule, Moments, map_values};
 use crate::on_device::DeviceGradients;
 use crate::step::Stopped;
 use decision::decide;
-use device_step::{Corrections, DeviceMoments, Picked, StepInputs};
+use device_step::{Corrections, DeviceMoments, Picked, StepInputs, Views};
 use read::PendingRead;
 use replay::Replay;
 
@@ -209,6 +209,7 @@ impl NonBlockingOptimizer {
                     known: &self.known,
                     previous: previous_accept.as_ref(),
                     picked: HashMap::new(),
+                    views: Views::default(),
                     inputs: StepInputs {
                         rule: self.rule,
                         lr: lr * self.guard.lr_multiplier(),
@@ -342,7 +343,8 @@ struct Stepper<'a> {
     previous: Option<&'a (Tensor<1>, HashSet<ParamId>)>,
     /// Adam's scalars per (known count, stepped by the previous step), selected once per step
     /// for every parameter that shares them.
-    picked: HashMap<(usize, bool), Option<Picked>>,
+    picked: HashMap<(usize, bool), Option<(Picked, usize)>>,
+    views: Views,
     inputs: StepInputs<'a>,
 }
 
@@ -360,6 +362,7 @@ impl ModuleMapper for Stepper<'_> {
             .filter(|(_, ids)| ids.contains(&id))
             .map(|(accept, _)| accept);
         let (moments, loaded, inputs) = (&mut *self.moments, &mut *self.loaded, self.inputs);
+        let classes = self.picked.len();
         let picked = self
             .picked
             .entry((known, previous.is_some()))
@@ -370,8 +373,9 @@ impl ModuleMapper for Stepper<'_> {
                     Some(last) => inputs.accept.clone() + last.clone(),
                     None => inputs.accept.clone(),
                 };
-                Some(table.pick(&offset))
+                Some((table.pick(&offset), classes))
             });
+        let views = &mut self.views;
         param.map(|w| {
             map_values(w, |w| {
                 let device = w.device();
@@ -381,7 +385,8 @@ impl ModuleMapper for Stepper<'_> {
                         .filter(|s| !s.m.is_empty() && s.dims == w.dims())
                         .map(|s| DeviceMoments::upload(&s, w.dims(), &device))
                 });
-                let (after, next) = inputs.step(w, g, state.as_ref(), picked.as_ref(), &path);
+                let picked = picked.as_ref().map(|(p, class)| (p, *class));
+                let (after, next) = inputs.step(w, g, state.as_ref(), picked, views, &path);
                 moments.insert(id, next);
                 after
             })

@@ -104,9 +104,10 @@ pub struct NonBlockingStep<M> {
 /// set of gradients); it runs on one device (a parameter marked for Burn's distributed gradient
 /// sync stops the step with `InvalidConfig`). On the CPU backend there is nothing to wait for
 /// and the device-style step costs more than [`crate::GuardedOptimizer::fused`]'s host path
-/// (docs/measurements/2026-12-07-non-blocking-step.md). The weights are those of [`crate::GuardedOptimizer::fused`] under the same
-/// guard, step for step, as long as no back-off is pending (within f32 rounding: the step count's
-/// bias corrections are selected on the device from the host's values).
+/// (docs/measurements/2026-12-07-non-blocking-step.md). The weights are those of
+/// [`crate::GuardedOptimizer::fused`] under the same guard, step for step, as long as no
+/// back-off is pending — within f32 rounding (tested to 2·10⁻⁶): the device computes the clip
+/// factor in f32 where the host computes it in f64.
 pub struct NonBlockingOptimizer {
     guard: Guard,
     plan: DevicePlan,

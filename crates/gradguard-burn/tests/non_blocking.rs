@@ -10,7 +10,7 @@ use gradguard_burn::{FusedRule, GuardedOptimizer, NonBlockingOptimizer, Placemen
 
 mod common;
 
-use common::{Mlp, device_guard, weights};
+use common::{Mlp, device_guard, device_guard_of, weights};
 
 fn device() -> Device {
     Device::flex().autodiff()
@@ -123,22 +123,6 @@ fn the_state_round_trips_through_the_record_format() {
     assert!(fused.fused_optimizer().is_some_and(|f| f.has_state()));
 }
 
-/// A guard of `rules` the device can follow, no back-off.
-fn guard_of(rules: Vec<Box<dyn gradguard::rules::Rule>>) -> gradguard::Guard {
-    use gradguard::{GuardConfig, LrBackoff};
-    let config = GuardConfig {
-        update_bound: None,
-        loss_spike: None,
-        lr: LrBackoff {
-            backoff: 1.0,
-            recover: 1.0,
-            ..LrBackoff::default()
-        },
-        ..GuardConfig::default()
-    };
-    gradguard::Guard::new(config, gradguard::rules::Chain::new(rules).unwrap()).unwrap()
-}
-
 /// The L1 and max-norm clips and a skip rule decide on the device as the host decides: the same
 /// weights as the blocking fused step and the same decisions, step for step.
 #[test]
@@ -162,8 +146,11 @@ fn every_norm_the_device_follows_decides_as_the_host() {
     ];
     for chain in chains {
         let rule = FusedRule::adam();
-        let mut blocking = GuardedOptimizer::fused(rule, guard_of(chain()));
-        let mut non_blocking = NonBlockingOptimizer::new(rule, guard_of(chain())).unwrap();
+        let mut blocking =
+            GuardedOptimizer::fused(rule, device_guard_of(chain(), NonFinitePolicy::Skip));
+        let mut non_blocking =
+            NonBlockingOptimizer::new(rule, device_guard_of(chain(), NonFinitePolicy::Skip))
+                .unwrap();
         let (mut a, mut b) = (Mlp::new(1, 8, &dev), Mlp::new(1, 8, &dev));
         b = b.load_record(a.clone().into_record());
         let (mut decisions, mut late) = (Vec::new(), Vec::new());

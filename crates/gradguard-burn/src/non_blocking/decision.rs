@@ -23,43 +23,54 @@ pub(crate) struct Decision {
     pub factor: Tensor<1>,
 }
 
-/// The step's three norms, from its block statistics.
+/// A step's block statistics, read as the rules ask: each norm computed once, and only if a rule
+/// uses it (every operation queued is a kernel launch).
 struct Norms {
-    l1: Tensor<1>,
-    l2: Tensor<1>,
-    inf: Tensor<1>,
-    non_finite: Tensor<1>,
+    m: Tensor<1>,
+    s2: Tensor<1>,
+    s1: Tensor<1>,
+    computed: Vec<(NormType, Tensor<1>)>,
 }
 
 impl Norms {
-    fn of(stats: Tensor<1>) -> Self {
+    fn of(stats: &Tensor<1>) -> Self {
         let blocks = stats.dims()[0] / PER_BLOCK;
-        let stats = stats.reshape([blocks, PER_BLOCK]);
+        let stats = stats.clone().reshape([blocks, PER_BLOCK]);
         let column = |k: usize| stats.clone().slice([0..blocks, k..k + 1]).reshape([blocks]);
-        let (m, s2, s1, count) = (column(0), column(1), column(2), column(3));
-        let unit = m.clone().clamp_min(f32::MIN_POSITIVE);
-        let top = unit.clone().max();
-        let relative = unit / top.clone();
         Norms {
-            l2: (relative.clone().square() * s2).sum().sqrt() * top.clone(),
-            l1: (relative * s1).sum() * top,
-            inf: m.max(),
-            non_finite: count.sum(),
+            m: column(0),
+            s2: column(1),
+            s1: column(2),
+            computed: Vec::new(),
         }
     }
 
-    fn get(&self, norm_type: NormType) -> Tensor<1> {
-        match norm_type {
-            NormType::L1 => self.l1.clone(),
-            NormType::Inf => self.inf.clone(),
-            // The plan holds only p ∈ {1, 2, ∞} (`DeviceRule::norm_on_device`).
-            _ => self.l2.clone(),
+    /// The count of non-finite values.
+    fn non_finite(stats: &Tensor<1>) -> Tensor<1> {
+        let blocks = stats.dims()[0] / PER_BLOCK;
+        let stats = stats.clone().reshape([blocks, PER_BLOCK]);
+        stats.slice([0..blocks, 3..4]).sum()
+    }
+
+    /// ‖g‖ for p = 1, 2 or ∞ (the plan holds no other: `DeviceRule::norm_on_device`).
+    fn get(&mut self, norm_type: NormType) -> Tensor<1> {
+        if let Some((_, n)) = self.computed.iter().find(|(t, _)| *t == norm_type) {
+            return n.clone();
         }
+        let unit = || self.m.clone().clamp_min(f32::MIN_POSITIVE);
+        let top = || unit().max();
+        let norm = match norm_type {
+            NormType::Inf => self.m.clone().max(),
+            NormType::L1 => (unit() / top() * self.s1.clone()).sum() * top(),
+            _ => ((unit() / top()).square() * self.s2.clone()).sum().sqrt() * top(),
+        };
+        self.computed.push((norm_type, norm.clone()));
+        norm
     }
 }
 
 /// The decision of `plan` for a step with block statistics `stats` (`None`: no gradient has
-/// values) and `loss`, on `device`.
+/// values) and `loss` (`[1]`, f32), on `device`.
 pub(crate) fn decide(
     plan: &DevicePlan,
     stats: Option<Tensor<1>>,
@@ -70,8 +81,8 @@ pub(crate) fn decide(
     let mut accept = ones();
     let mut factor = ones();
     if let Some(stats) = stats {
-        let norms = Norms::of(stats);
-        accept = accept * norms.non_finite.clone().equal_elem(0.0).float();
+        accept = accept * Norms::non_finite(&stats).equal_elem(0.0).float();
+        let mut norms = Norms::of(&stats);
         for rule in &plan.rules {
             // The norm as the rules before this one left the gradients.
             let norm = norms.get(rule.norm_type()) * factor.clone();
@@ -94,12 +105,6 @@ pub(crate) fn decide(
         }
     }
     if let Some(loss) = loss {
-        let loss = loss.reshape([1]);
-        let loss = if loss.dtype() == burn::tensor::DType::F32 {
-            loss
-        } else {
-            loss.cast(burn::tensor::DType::F32)
-        };
         accept = accept * loss.is_finite().float();
     }
     Decision { accept, factor }

@@ -7,8 +7,8 @@
 //! of a parameter is the count the host has read (`known`) plus the accepted steps it has not:
 //! 0, 1 or 2 (the previous step's, whose report is read after this one is queued, and this
 //! one's). Adam's bias corrections for those three counts are computed on the host in f32 as
-//! Burn computes them (`βᵗ` by `powi`; with llvmpipe's `pow` Adam's weights were more than 2e-6
-//! off after two steps) and selected on the device ([`Corrections`]), once per step for all the
+//! Burn computes them (`βᵗ` by `powi`; a device's `pow` is not exact enough:
+//! docs/measurements/2026-12-07-non-blocking-step.md) and selected on the device ([`Corrections`]), once per step for all the
 //! parameters that share a count — so a parameter's step is one elementwise chain.
 
 use std::any::Any;
@@ -19,8 +19,7 @@ use burn::tensor::{Bool, DType, Tensor, TensorData};
 use crate::fused::{AdamMoments, FusedRule, Moments};
 
 /// A moment in its parameter's shape, whatever the rank: kept as the step made it, so that the
-/// next step reads it without a reshape (a reshape between steps cost Burn's fusion one more
-/// kernel per parameter).
+/// next step reads it without a reshape (which would end Burn's fusion block).
 pub(crate) struct Shaped(Box<dyn ShapedTensor>);
 
 /// A tensor of some rank behind [`Shaped`].

@@ -22,12 +22,13 @@ use std::collections::{HashMap, HashSet};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::store::RecordError;
-use burn::tensor::{Bytes, DType, Tensor};
+use burn::tensor::{Bytes, Tensor};
 use gradguard::{DevicePlan, Guard, GuardError, StepReport};
 
 use crate::collect::{Collector, Entry};
 use crate::fused::{FusedOptimizer, FusedRule, Moments, map_values};
 use crate::on_device::DeviceGradients;
+use crate::padded::f32_of;
 use crate::step::Stopped;
 use decision::decide;
 use device_step::{Corrections, DeviceMoments, Picked, StepInputs, Views};
@@ -184,14 +185,7 @@ impl NonBlockingOptimizer {
             .map(Tensor::device)
             .or_else(|| loss.as_ref().map(Tensor::device))
             .or_else(|| module.devices().into_iter().next());
-        let loss = loss.map(|l| {
-            let l = l.inner().reshape([1]);
-            if l.dtype() == DType::F32 {
-                l
-            } else {
-                l.cast(DType::F32)
-            }
-        });
+        let loss = loss.map(|l| f32_of(l.inner().reshape([1])));
         let stats = flat.queued_stats();
         let previous_accept = self.pending.as_ref().and_then(|p| {
             let ids: HashSet<ParamId> = p.entries.iter().map(|e| e.id).collect();

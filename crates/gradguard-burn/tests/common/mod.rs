@@ -893,7 +893,20 @@ pub fn fused_matches_the_wrapped_optimizer(dev: &Device, placement: Placement) {
 /// A guard the device can follow: a global-norm clip at `max_norm`, non-finite steps skipped
 /// under `policy`, no back-off of the rate (so that a skip changes nothing a step late).
 pub fn device_guard(max_norm: f64, policy: gradguard::NonFinitePolicy) -> Guard {
-    use gradguard::rules::{Chain, ClipByGlobalNorm};
+    use gradguard::rules::ClipByGlobalNorm;
+    device_guard_of(
+        vec![Box::new(ClipByGlobalNorm::new(max_norm).unwrap())],
+        policy,
+    )
+}
+
+/// A guard of `rules` with non-finite steps under `policy`, no update bound, spike detector or
+/// back-off of the rate.
+pub fn device_guard_of(
+    rules: Vec<Box<dyn gradguard::rules::Rule>>,
+    policy: gradguard::NonFinitePolicy,
+) -> Guard {
+    use gradguard::rules::Chain;
     use gradguard::{GuardConfig, LrBackoff};
     let config = GuardConfig {
         non_finite: policy,
@@ -907,8 +920,7 @@ pub fn device_guard(max_norm: f64, policy: gradguard::NonFinitePolicy) -> Guard 
         },
         ..GuardConfig::default()
     };
-    let clip = Chain::new(vec![Box::new(ClipByGlobalNorm::new(max_norm).unwrap())]).unwrap();
-    Guard::new(config, clip).unwrap()
+    Guard::new(config, Chain::new(rules).unwrap()).unwrap()
 }
 
 /// Batch `s` of a six-step run whose step 2 has a NaN target (its gradients and loss are NaN)

@@ -315,6 +315,11 @@ impl DeviceGradients {
             .collect())
     }
 
+    /// The gradients as they are now, flattened (f32 once rewritten).
+    pub fn grads(&self) -> &[Tensor<1>] {
+        &self.tensors
+    }
+
     /// The gradients, flattened, each in its own dtype.
     pub fn into_grads(self) -> Vec<Tensor<1>> {
         self.tensors

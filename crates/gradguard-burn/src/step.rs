@@ -11,7 +11,7 @@ use gradguard::{
 };
 
 use crate::device_ops::Engine;
-use crate::fused::{FusedOptimizer, FusedRule, Pending};
+use crate::fused::{DevicePending, FusedOptimizer, FusedRule, Pending};
 use crate::update::Updates;
 use crate::view::{BurnGradients, Placement};
 
@@ -115,6 +115,7 @@ impl<M: Module + Clone> GuardCore<M> {
             optimizer,
             fused,
             pending: None,
+            device_pending: None,
             snapshot: &mut self.snapshot,
             lr: Some(lr),
             module: Some(module),
@@ -145,6 +146,8 @@ struct BurnStep<'a, M> {
     fused: Option<&'a mut FusedOptimizer>,
     /// The fused optimizer's step, prepared and measured, not yet in the module.
     pending: Option<Pending>,
+    /// The fused optimizer's device step: in the module, its state not yet in the optimizer.
+    device_pending: Option<DevicePending>,
     snapshot: &'a mut Option<Snapshot<M>>,
     /// The caller's rates, taken by the optimizer's step.
     lr: Option<ModuleLearningRate>,
@@ -169,6 +172,11 @@ impl<M: Module + Clone> BurnStep<'_, M> {
             let module = self.module.take().expect("every action leaves a module");
             self.module = Some(fused.commit(module, pending));
         }
+        if let (Some(pending), Some(fused)) =
+            (self.device_pending.take(), self.fused.as_deref_mut())
+        {
+            fused.commit_device(pending);
+        }
     }
 
     /// The fused optimizer's step on the host path: prepared and measured, committed at once
@@ -189,6 +197,52 @@ impl<M: Module + Clone> BurnStep<'_, M> {
             self.commit_pending();
         }
         Some(norms)
+    }
+
+    /// The fused optimizer's step on a CubeCL device: queued as one kernel into new buffers, the
+    /// module before it kept while the update is measured (as for any optimizer, but with no copy
+    /// of the optimizer state). `None` where it cannot run: nothing is done then.
+    fn step_fused_device(
+        &mut self,
+        view: &BurnGradients,
+        step: OptimizerStep,
+        engine: Engine,
+    ) -> Option<Vec<UpdateNorms>> {
+        let fused = self.fused.as_deref_mut()?;
+        let grads = view.device_grads()?;
+        let module = self.module.as_ref().expect("every action leaves a module");
+        let (stepped, pending) = fused.step_device(module, &grads, step.lr)?;
+        self.device_pending = Some(pending);
+        let units = match step.measure {
+            UpdateMeasure::Nothing => {
+                self.module = Some(stepped);
+                self.commit_pending();
+                return Some(Vec::new());
+            }
+            UpdateMeasure::Tensors => None,
+            UpdateMeasure::Units(layout) => Some(layout),
+        };
+        let old = self.take_module();
+        Some(self.measure_update(old, stepped, engine, units, step.recognize))
+    }
+
+    /// Measures the step from `old` to `stepped` and keeps both (and the optimizer) for the
+    /// bound's decision; the module is `stepped` until then.
+    fn measure_update(
+        &mut self,
+        old: M,
+        stepped: M,
+        engine: Engine,
+        units: Option<UnitLayout>,
+        recognize: bool,
+    ) -> Vec<UpdateNorms> {
+        let updates = Updates::measure(&old, &stepped, engine, units, recognize);
+        let device_reads = if units.is_some() && recognize { 2 } else { 1 };
+        self.host_reads += u32::from(matches!(engine, Engine::Device(_))) * device_reads;
+        let norms = updates.norms.clone();
+        self.before = Some((updates, old, self.optimizer.clone()));
+        self.module = Some(stepped);
+        norms
     }
 }
 
@@ -216,6 +270,9 @@ impl<M: Module + Clone> StepActions for BurnStep<'_, M> {
         if let Some(norms) = self.step_fused(&mut view, step) {
             return Ok(norms);
         }
+        if let Some(norms) = self.step_fused_device(&view, step, engine) {
+            return Ok(norms);
+        }
         let module = self.take_module();
         let grads = view.into_gradients_params(&module);
         // With one rate for all parameters the multiplier scales it; per-group rates are passed
@@ -236,20 +293,15 @@ impl<M: Module + Clone> StepActions for BurnStep<'_, M> {
         };
         let (old, old_optimizer) = (module.clone(), self.optimizer.clone());
         let stepped = self.optimizer.step(lr, module, grads);
-        let updates = Updates::measure(&old, &stepped, engine, units, step.recognize);
-        let device_reads = if units.is_some() && step.recognize {
-            2
-        } else {
-            1
-        };
-        self.host_reads += u32::from(matches!(engine, Engine::Device(_))) * device_reads;
-        let norms = updates.norms.clone();
-        self.before = Some((updates, old, old_optimizer));
-        self.module = Some(stepped);
+        let norms = self.measure_update(old, stepped, engine, units, step.recognize);
+        if let Some((_, _, kept)) = self.before.as_mut() {
+            *kept = old_optimizer;
+        }
         Ok(norms)
     }
 
     fn undo_step(&mut self) -> Result<(), GuardError> {
+        self.device_pending = None;
         if let (Some(pending), Some(fused)) = (self.pending.take(), self.fused.as_deref_mut()) {
             fused.discard(pending);
             return Ok(());
@@ -288,6 +340,7 @@ impl<M: Module + Clone> StepActions for BurnStep<'_, M> {
             .snapshot
             .clone()
             .expect("the guard checked for a snapshot");
+        self.device_pending = None;
         *self.optimizer = snapshot.optimizer;
         if let (Some(fused), Some(kept)) = (self.fused.as_deref_mut(), snapshot.fused) {
             *fused = kept;

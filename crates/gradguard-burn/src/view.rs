@@ -208,6 +208,24 @@ impl BurnGradients {
         )
     }
 
+    /// On the device path, when every gradient is f32: each parameter's (possibly clipped)
+    /// gradient by id, flat (handles; the view keeps its own).
+    pub(crate) fn device_grads(&self) -> Option<HashMap<ParamId, Tensor<1>>> {
+        let Storage::Device(d) = &self.storage else {
+            return None;
+        };
+        if self.entries.iter().any(|e| e.dtype != DType::F32) {
+            return None;
+        }
+        Some(
+            self.entries
+                .iter()
+                .zip(d.grads())
+                .map(|(e, g)| (e.id, g.clone()))
+                .collect(),
+        )
+    }
+
     /// Takes the host buffers out by parameter id (empty on the device path); the view holds no
     /// gradients afterwards.
     pub(crate) fn take_host_buffers(&mut self) -> HashMap<ParamId, TensorData> {

@@ -128,6 +128,16 @@ fn a_device_collective_is_refused_on_the_cpu_backend_naming_the_device() {
 #[test]
 fn the_fused_optimizer_guards_as_the_wrapped_one_on_both_placements() {
     for placement in PLACEMENTS {
-        common::fused_matches_the_wrapped_optimizer(&device(), placement);
+        let path = if placement == Placement::Device {
+            common::FusedPath::Wrapped
+        } else {
+            common::FusedPath::Host
+        };
+        common::fused_matches_the_wrapped_optimizer(&device(), placement, path);
     }
+}
+
+#[test]
+fn the_fused_step_undoes_rolls_back_and_saves_as_burns_optimizer() {
+    common::fused_keeps_the_guards_contract(&device(), true);
 }

@@ -232,10 +232,17 @@ fn a_device_collective_is_refused_on_wgpu_before_burn_would_panic() {
 
 #[test]
 fn the_fused_optimizer_guards_as_the_wrapped_one() {
-    on_wgpu(|d| common::fused_matches_the_wrapped_optimizer(d, PLACEMENT));
+    on_wgpu(|d| {
+        common::fused_matches_the_wrapped_optimizer(d, PLACEMENT, common::FusedPath::Kernel)
+    });
 }
 
 #[test]
 fn the_non_blocking_step_matches_the_blocking_one() {
     on_wgpu(|d| common::non_blocking_matches_the_blocking_step(d, PLACEMENT));
+}
+
+#[test]
+fn the_fused_kernel_undoes_rolls_back_and_saves_as_burns_optimizer() {
+    on_wgpu(|d| common::fused_keeps_the_guards_contract(d, false));
 }

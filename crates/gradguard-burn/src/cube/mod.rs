@@ -20,6 +20,8 @@ pub(crate) mod kernel;
 pub(crate) mod queued;
 pub(crate) mod rewrite;
 mod rewrite_kernel;
+pub(crate) mod step;
+mod step_kernel;
 mod unit_kernel;
 pub(crate) mod units;
 

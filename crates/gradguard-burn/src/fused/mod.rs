@@ -11,6 +11,7 @@
 //! ([`FusedRule::to_burn`]) and measures its update as it does for any optimizer.
 
 mod buffers;
+mod device;
 mod record;
 mod rule;
 
@@ -25,6 +26,7 @@ pub use rule::{AdamMoments, FusedRule};
 
 pub(crate) use buffers::map_values;
 use buffers::{HostValues, Pool, replace_values};
+pub(crate) use device::DevicePending;
 use rayon::prelude::*;
 
 /// One parameter's optimizer state: the step count and Adam's two moments (empty for SGD), with
@@ -48,7 +50,10 @@ pub(crate) struct Moments {
 #[derive(Debug)]
 pub struct FusedOptimizer {
     rule: FusedRule,
+    /// States on the host (the CPU backend's steps, or a loaded record not stepped since).
     states: HashMap<ParamId, Moments>,
+    /// States on a CubeCL device (its steps).
+    device: HashMap<ParamId, device::DeviceState>,
     /// Moment buffers of finished steps, reused by the next (no allocation per step).
     pool: Pool,
 }
@@ -59,6 +64,7 @@ impl Clone for FusedOptimizer {
         FusedOptimizer {
             rule: self.rule,
             states: self.states.clone(),
+            device: self.device.clone(),
             pool: Pool::default(),
         }
     }
@@ -104,6 +110,7 @@ impl FusedOptimizer {
         FusedOptimizer {
             rule,
             states: HashMap::new(),
+            device: HashMap::new(),
             pool: Pool::default(),
         }
     }
@@ -114,13 +121,14 @@ impl FusedOptimizer {
         FusedOptimizer {
             rule,
             states,
+            device: HashMap::new(),
             pool: Pool::default(),
         }
     }
 
-    /// The per-parameter states.
+    /// The per-parameter states (a device's read back).
     pub(crate) fn into_states(self) -> HashMap<ParamId, Moments> {
-        self.states
+        self.host_states()
     }
 
     /// The update rule.
@@ -130,7 +138,7 @@ impl FusedOptimizer {
 
     /// Whether any parameter has stepped (or a record was loaded).
     pub fn has_state(&self) -> bool {
-        !self.states.is_empty()
+        !self.states.is_empty() || !self.device.is_empty()
     }
 
     /// Computes the step of every parameter of `module` that has a gradient in `grads` at rate

@@ -30,7 +30,8 @@ impl FusedOptimizer {
         let mut paths = Vec::new();
         // In parameter-id order, so that two saves of one state are the same bytes (the states
         // are kept in a hash map).
-        let mut states: Vec<_> = self.states.iter().collect();
+        let states = self.host_states();
+        let mut states: Vec<_> = states.iter().collect();
         states.sort_by_key(|(id, _)| id.val());
         for (id, state) in states {
             let key = id.val().to_string();
@@ -139,6 +140,7 @@ impl FusedOptimizer {
             states.insert(ParamId::from(id), state);
         }
         self.states = states;
+        self.device.clear();
         Ok(self)
     }
 }

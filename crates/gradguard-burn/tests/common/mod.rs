@@ -834,13 +834,28 @@ pub fn clips_match_the_host(
     measured
 }
 
+/// Which step `GuardedOptimizer::fused` takes in [`fused_matches_the_wrapped_optimizer`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FusedPath {
+    /// The host step (flex, host placement): bit for bit Burn's.
+    Host,
+    /// The fused kernel on a CubeCL device: within 1e-6 relative to max(1, |w|) (the device's
+    /// division and square root need not round as Burn's kernels do).
+    Kernel,
+    /// Burn's optimizer behind it (flex with the device placement): bit for bit, and the fused
+    /// optimizer keeps no state.
+    Wrapped,
+}
+
 /// `GuardedOptimizer::fused` gives the weights `GuardedOptimizer::new` over Burn's optimizer of
 /// the same rule gives, step for step, with the default guard — healthy steps and one whose
-/// update the bound scales: the fused step where it runs (flex, host placement), Burn's
-/// optimizer behind it elsewhere.
-pub fn fused_matches_the_wrapped_optimizer(dev: &Device, placement: Placement) {
+/// update the bound scales — taking the step `path` says.
+pub fn fused_matches_the_wrapped_optimizer(dev: &Device, placement: Placement, path: FusedPath) {
     use gradguard_burn::{AdamMoments, FusedRule};
     let rules = [
+        FusedRule::Sgd {
+            weight_decay: Some(0.01),
+        },
         FusedRule::Adam {
             moments: AdamMoments::default(),
             weight_decay: None,
@@ -878,15 +893,157 @@ pub fn fused_matches_the_wrapped_optimizer(dev: &Device, placement: Placement) {
                 let bounded = step.report.update.as_ref().map_or(0, |u| u.bounded);
                 run.push((weights(&model), bounded));
             }
+            if let Some(fused) = optim.fused_optimizer() {
+                let stepped = path != FusedPath::Wrapped;
+                assert_eq!(fused.has_state(), stepped, "{rule:?}: which step ran");
+            }
             runs.push(run);
         }
         assert!(
             runs[0].iter().any(|(_, bounded)| *bounded > 0),
             "{rule:?}: nothing bounded"
         );
-        for (k, (a, b)) in runs[0].iter().zip(&runs[1]).enumerate() {
-            assert_eq!(a, b, "{rule:?} on {placement:?}: step {k}");
+        for (k, ((a, bounded_a), (b, bounded_b))) in runs[0].iter().zip(&runs[1]).enumerate() {
+            assert_eq!(bounded_a, bounded_b, "{rule:?} on {placement:?}: step {k}");
+            if path != FusedPath::Kernel {
+                assert_eq!(a, b, "{rule:?} on {placement:?}: step {k}");
+                continue;
+            }
+            for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+                assert!(
+                    (x - y).abs() <= 1e-6 * y.abs().max(1.0),
+                    "{rule:?} on {placement:?}: step {k}: {x} vs {y}"
+                );
+            }
         }
+    }
+}
+
+/// Weights of two runs agree: bit for bit (`exact`) or within 1e-6 relative to max(1, |w|).
+fn assert_close(a: &[Vec<f32>], b: &[Vec<f32>], exact: bool, what: &str) {
+    if exact {
+        assert_eq!(a, b, "{what}");
+        return;
+    }
+    for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+        assert!(
+            (x - y).abs() <= 1e-6 * y.abs().max(1.0),
+            "{what}: {x} vs {y}"
+        );
+    }
+}
+
+/// A guarded run's weights and decision after each step.
+type Trace = Vec<(Vec<Vec<f32>>, Decision)>;
+
+/// A run of `optim` from `start` over batches of target scales `scales` at rate `lr`: the
+/// weights and decision after each step (batches a rollback skips are skipped).
+fn scaled_run(
+    mut optim: GuardedOptimizer<Mlp>,
+    start: &Mlp,
+    dev: &Device,
+    scales: &[f32],
+) -> (GuardedOptimizer<Mlp>, Mlp, Trace) {
+    let mut model = start.clone();
+    let mut run = Vec::new();
+    for (s, &scale) in scales.iter().enumerate() {
+        if optim.skip_batch() {
+            continue;
+        }
+        let (x, y) = batch(dev, 0.1 * s as f32);
+        let loss = model.loss(x, y.mul_scalar(scale));
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let step = optim.step(1e-3, model, grads, Some(loss)).unwrap();
+        model = step.module;
+        run.push((weights(&model), step.report.decision));
+    }
+    (optim, model, run)
+}
+
+/// `GuardedOptimizer::fused` keeps the guard's contract as `GuardedOptimizer::new` over Burn's
+/// optimizer of the same rule does, on any device (`exact`: bit for bit, else within 1e-6): an
+/// update that is not finite (NaN gradients let through) is dropped with the moments it would
+/// have made; a rollback restores the fused state of the snapshot; and the fused state's record
+/// continues in Burn's optimizer as the fused optimizer continues.
+pub fn fused_keeps_the_guards_contract(dev: &Device, exact: bool) {
+    use gradguard_burn::{AdamMoments, FusedOptimizer, FusedRule};
+    let rules = [
+        FusedRule::Sgd {
+            weight_decay: Some(0.01),
+        },
+        FusedRule::adam(),
+        FusedRule::AdamW {
+            moments: AdamMoments {
+                beta_2: 0.95,
+                ..AdamMoments::default()
+            },
+            weight_decay: 0.1,
+        },
+    ];
+    let let_nan_through = GuardConfig {
+        non_finite: NonFinitePolicy::Apply,
+        ..GuardConfig::default()
+    };
+    let snapshots = GuardConfig {
+        snapshot_every: 4,
+        ..GuardConfig::default()
+    };
+    let mut spiked = vec![1.0f32; 40];
+    spiked[30] = 1e4;
+    let cases = [
+        (
+            "NaN let through",
+            let_nan_through,
+            vec![1.0, 1.0, f32::NAN, 1.0, 1.0],
+        ),
+        ("rollback", snapshots, spiked),
+    ];
+    for rule in rules {
+        let start = Mlp::new(2, 16, dev);
+        for (case, config, scales) in &cases {
+            let plain = GuardedOptimizer::new(rule.to_burn(), guard(config.clone(), Vec::new()));
+            let plain = scaled_run(plain, &start, dev, scales).2;
+            let fused = GuardedOptimizer::fused(rule, guard(config.clone(), Vec::new()));
+            let fused = scaled_run(fused, &start, dev, scales).2;
+            let what = format!("{rule:?}, {case}");
+            assert_eq!(plain.len(), fused.len(), "{what}");
+            for (k, ((a, da), (b, db))) in plain.iter().zip(&fused).enumerate() {
+                assert_eq!(da, db, "{what}: step {k}");
+                assert_close(b, a, exact, &format!("{what}: step {k}"));
+            }
+            let acted = plain
+                .iter()
+                .any(|(_, d)| matches!(d, Decision::Skip | Decision::Rollback { .. }));
+            assert!(acted, "{what}: the guard never acted");
+        }
+        // Three fused steps; then Burn's optimizer from the fused record against fused on.
+        let quiet = || {
+            guard(
+                GuardConfig {
+                    update_bound: None,
+                    ..GuardConfig::default()
+                },
+                Vec::new(),
+            )
+        };
+        let (fused, model, _) = scaled_run(
+            GuardedOptimizer::fused(rule, quiet()),
+            &start,
+            dev,
+            &[1.0; 3],
+        );
+        let bytes = fused.fused_optimizer().unwrap().into_bytes().unwrap();
+        let loaded = FusedOptimizer::new(rule).from_bytes(bytes.clone()).unwrap();
+        let mut burn = GuardedOptimizer::new(rule.to_burn(), quiet());
+        burn.load_optimizer_bytes(bytes).unwrap();
+        let mut again = GuardedOptimizer::fused(rule, quiet());
+        again.set_fused_optimizer(loaded);
+        let by_burn = scaled_run(burn, &model, dev, &[1.0; 3]).1;
+        let by_fused = scaled_run(fused, &model, dev, &[1.0; 3]).1;
+        let by_loaded = scaled_run(again, &model, dev, &[1.0; 3]).1;
+        let what = format!("{rule:?}, record");
+        assert_close(&weights(&by_fused), &weights(&by_burn), exact, &what);
+        assert_eq!(weights(&by_loaded), weights(&by_fused), "{what}: loaded");
     }
 }
 

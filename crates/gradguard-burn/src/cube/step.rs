@@ -1,0 +1,343 @@
+//! The fused optimizer's step on a CubeCL device ([`super::step_kernel`]), queued on Burn's fusion
+//! stream as one operation (the pattern of [`super::queued`]): every parameter's weights,
+//! gradient and moments are its inputs, the new weights and moments its outputs — views of one
+//! buffer per group of parameters, one launch per group — and nothing blocks.
+
+use burn::tensor::{DType, Shape, Tensor, TensorData};
+use burn_cubecl::CubeBackend;
+use burn_cubecl::fusion::FusionCubeRuntime;
+use burn_cubecl::tensor::CubeTensor;
+use burn_fusion::custom::{
+    CustomOpIr, HandleContainer, Operation, OperationIr, StreamId, TensorIr,
+};
+use burn_fusion::{ExecutionError, FusionRuntime};
+use cubecl::prelude::*;
+
+use super::kernel::BLOCK;
+use super::queued::{Fused, fused};
+use super::step_kernel::{ADAM, ADAMW, SGD};
+use super::{MAX_GROUP, grid, groups};
+use crate::fused::FusedRule;
+
+/// The scalars of one step, as the kernel takes them (see [`super::step_kernel::fused_step`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StepSettings {
+    rule: u32,
+    decay: bool,
+    lr: f32,
+    beta_1: f32,
+    beta_2: f32,
+    one_minus_beta_1: f32,
+    one_minus_beta_2: f32,
+    penalty: f32,
+    keep: f32,
+    epsilon: f32,
+}
+
+impl StepSettings {
+    /// `rule`'s settings at rate `lr`, in the f32 (and, for AdamW's `1 − ηλ`, f64) arithmetic of
+    /// [`FusedRule::step_into`].
+    pub fn new(rule: FusedRule, lr: f64) -> Self {
+        let mut s = StepSettings {
+            rule: SGD,
+            decay: false,
+            lr: lr as f32,
+            beta_1: 0.0,
+            beta_2: 0.0,
+            one_minus_beta_1: 0.0,
+            one_minus_beta_2: 0.0,
+            penalty: 0.0,
+            keep: 1.0,
+            epsilon: 0.0,
+        };
+        let moments = |m: crate::AdamMoments, s: &mut StepSettings| {
+            s.beta_1 = m.beta_1;
+            s.beta_2 = m.beta_2;
+            s.one_minus_beta_1 = 1.0 - m.beta_1;
+            s.one_minus_beta_2 = 1.0 - m.beta_2;
+            s.epsilon = m.epsilon;
+        };
+        match rule {
+            FusedRule::Sgd { weight_decay } => {
+                s.decay = weight_decay.is_some();
+                s.penalty = weight_decay.unwrap_or(0.0);
+            }
+            FusedRule::Adam {
+                moments: m,
+                weight_decay,
+            } => {
+                s.rule = ADAM;
+                moments(m, &mut s);
+                s.decay = weight_decay.is_some();
+                s.penalty = weight_decay.unwrap_or(0.0);
+            }
+            FusedRule::AdamW {
+                moments: m,
+                weight_decay,
+            } => {
+                s.rule = ADAMW;
+                moments(m, &mut s);
+                let decay_rate = lr * f64::from(weight_decay);
+                s.decay = decay_rate != 0.0;
+                s.keep = (1.0 - decay_rate) as f32;
+            }
+        }
+        s
+    }
+
+    /// Whether the rule keeps moments.
+    fn has_moments(&self) -> bool {
+        self.rule != SGD
+    }
+}
+
+/// A parameter's two per-step corrections at its step count `time` (see
+/// [`super::step_kernel`]): Adam `(√(1−β₂ᵗ)/(1−β₁ᵗ), ε√(1−β₂ᵗ))`, AdamW `(1−β₁ᵗ, 1−β₂ᵗ)`, SGD
+/// none (zeros).
+pub(crate) fn corrections(rule: FusedRule, time: usize) -> [f32; 2] {
+    let t = time as i32;
+    match rule {
+        FusedRule::Sgd { .. } => [0.0, 0.0],
+        FusedRule::Adam { moments, .. } => {
+            let bias_correction2_sqrt = (1.0 - moments.beta_2.powi(t)).sqrt();
+            let combined = bias_correction2_sqrt / (1.0 - moments.beta_1.powi(t));
+            [combined, moments.epsilon * bias_correction2_sqrt]
+        }
+        FusedRule::AdamW { moments, .. } => {
+            [1f32 - moments.beta_1.powi(t), 1f32 - moments.beta_2.powi(t)]
+        }
+    }
+}
+
+/// What one step of the kernel gives back, per parameter in the order given: the new weights
+/// and (Adam, AdamW) the new moments, flat.
+pub(crate) struct Stepped {
+    pub weights: Vec<Tensor<1>>,
+    pub m: Vec<Tensor<1>>,
+    pub v: Vec<Tensor<1>>,
+}
+
+/// One parameter's inputs: its weights, gradient, moments before the step (Adam, AdamW; zeros
+/// on the first step) and corrections, all flat f32 tensors on one CubeCL device.
+pub(crate) struct StepInput {
+    pub w: Tensor<1>,
+    pub g: Tensor<1>,
+    pub moments: Option<(Tensor<1>, Tensor<1>)>,
+    pub corrections: [f32; 2],
+}
+
+/// Queues the step of every parameter in `inputs` as one operation. `None` (nothing queued) when
+/// a tensor is not an f32 tensor of a CubeCL device, lengths differ, or a rule with moments
+/// lacks them.
+pub(crate) fn fused_step(inputs: Vec<StepInput>, settings: StepSettings) -> Option<Stepped> {
+    let head = inputs.first()?;
+    let device = head.w.device();
+    let moments = settings.has_moments();
+    let mut table = Vec::with_capacity(2 * inputs.len());
+    let (mut fw, mut fg, mut fm, mut fv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for input in &inputs {
+        let len = input.w.shape().num_elements();
+        let f32_of = |t: &Tensor<1>| {
+            fused(t).filter(|f| f.dtype == DType::F32 && f.shape.num_elements() == len)
+        };
+        fw.push(f32_of(&input.w)?);
+        fg.push(f32_of(&input.g)?);
+        if moments {
+            let (m, v) = input.moments.as_ref()?;
+            fm.push(f32_of(m)?);
+            fv.push(f32_of(v)?);
+        }
+        table.extend_from_slice(&input.corrections);
+    }
+    let count = table.len();
+    let table = fused(&Tensor::<1>::from_data(
+        TensorData::new(table, [count]),
+        &device,
+    ))?;
+    let client = fw[0].client.clone();
+    let per_output = if moments { 3 } else { 1 };
+    let outputs: Vec<TensorIr> = (0..per_output)
+        .flat_map(|_| fw.iter())
+        .map(|t| {
+            TensorIr::uninit(
+                client.create_empty_handle(),
+                Shape::from([t.shape.num_elements()]),
+                DType::F32,
+            )
+        })
+        .collect();
+    let n = fw.len();
+    let ins: Vec<TensorIr> = fw
+        .into_iter()
+        .chain(fg)
+        .chain(fm)
+        .chain(fv)
+        .chain([table])
+        .map(Fused::into_ir)
+        .collect();
+    let desc = CustomOpIr::new("gradguard::fused_step", &ins, &outputs);
+    let out = client.register(
+        StreamId::current(),
+        OperationIr::Custom(desc.clone()),
+        QueuedStep { desc, settings },
+    );
+    let mut out: Vec<Tensor<1>> = out
+        .into_iter()
+        .map(Tensor::from_primitive::<burn_cubecl::Cube>)
+        .collect();
+    let (v, m) = if moments {
+        let v = out.split_off(2 * n);
+        (v, out.split_off(n))
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    Some(Stepped { weights: out, m, v })
+}
+
+/// The queued step: inputs the weights, gradients, moments (Adam, AdamW) and the corrections;
+/// outputs the new weights, then the new moments.
+#[derive(Debug)]
+struct QueuedStep {
+    desc: CustomOpIr,
+    settings: StepSettings,
+}
+
+impl Operation<FusionCubeRuntime> for QueuedStep {
+    fn execute(
+        &self,
+        handles: &mut HandleContainer<<FusionCubeRuntime as FusionRuntime>::FusionHandle>,
+    ) -> Result<(), ExecutionError> {
+        let mut inputs = super::queued::input_buffers(&self.desc, handles);
+        let table = inputs.pop().expect("the corrections are the last input");
+        let sequences = if self.settings.has_moments() { 4 } else { 2 };
+        let n = inputs.len() / sequences;
+        let (w, rest) = inputs.split_at(n);
+        let (g, rest) = rest.split_at(n);
+        let (m, v) = rest.split_at(rest.len() / 2);
+        let results = launch(w, g, m, v, &table, &self.settings);
+        for (ir, result) in self.desc.outputs.iter().zip(results) {
+            handles.register_float_tensor::<CubeBackend>(&ir.id, result);
+        }
+        Ok(())
+    }
+}
+
+/// The step over `w`, `g`, `m`, `v` (the moments empty for SGD): one launch per group of
+/// parameters; the results (new weights, then new moments) are views of the groups' buffers.
+fn launch(
+    w: &[CubeTensor],
+    g: &[CubeTensor],
+    m: &[CubeTensor],
+    v: &[CubeTensor],
+    table: &CubeTensor,
+    s: &StepSettings,
+) -> Vec<CubeTensor> {
+    let Some(head) = w.first() else {
+        return Vec::new();
+    };
+    let client = head.client.clone();
+    let moments = s.has_moments();
+    let lens: Vec<usize> = w.iter().map(|t| t.meta.num_elements()).collect();
+    // Bindings besides the sequences: the corrections, three outputs, the runtime's metadata.
+    let sequences = if moments { 4 } else { 2 };
+    let bindings = client.properties().hardware.max_bindings as usize;
+    let group = (bindings.saturating_sub(5) / sequences).clamp(1, MAX_GROUP);
+    let blocks: Vec<usize> = lens.iter().map(|l| l.div_ceil(BLOCK)).collect();
+    let mut results: Vec<Option<CubeTensor>> = vec![None; w.len() * if moments { 3 } else { 1 }];
+    let empty = |len: usize| {
+        burn_cubecl::ops::numeric::empty_device_dtype(
+            client.clone(),
+            head.device.clone(),
+            [len].into(),
+            DType::F32,
+        )
+    };
+    for members in groups(w, &blocks, group) {
+        let align = (client.properties().memory.alignment as usize / 4).max(1);
+        let mut starts = Vec::with_capacity(members.len() + 1);
+        let mut offsets = Vec::with_capacity(members.len());
+        let (mut block, mut offset) = (0u32, 0usize);
+        for &t in &members {
+            starts.push(block);
+            offsets.push(offset);
+            block += blocks[t] as u32;
+            offset = (offset + lens[t]).div_ceil(align) * align;
+        }
+        starts.push(block);
+        let total = offset;
+        let out_w = empty(total);
+        // SGD writes no moments: one-value placeholders fill their bindings.
+        let moment_len = if moments { total } else { 1 };
+        let (out_m, out_v) = (empty(moment_len), empty(moment_len));
+        let tensors = |ts: &[CubeTensor]| -> SequenceArg<_> {
+            if ts.is_empty() {
+                return SequenceArg::new();
+            }
+            members
+                .iter()
+                .map(|&t| ts[t].clone().into_tensor_arg())
+                .collect()
+        };
+        let (x, y) = grid(block as usize);
+        super::step_kernel::fused_step::launch(
+            &client,
+            CubeCount::Static(x, y, 1),
+            CubeDim::new_1d(super::step_kernel::UNITS as u32),
+            tensors(w),
+            tensors(g),
+            tensors(m),
+            tensors(v),
+            table.clone().into_tensor_arg(),
+            out_w.clone().into_tensor_arg(),
+            out_m.clone().into_tensor_arg(),
+            out_v.clone().into_tensor_arg(),
+            starts.into_iter().collect(),
+            offsets.iter().map(|&o| o as u32).collect(),
+            s.lr,
+            s.beta_1,
+            s.beta_2,
+            s.one_minus_beta_1,
+            s.one_minus_beta_2,
+            s.penalty,
+            s.keep,
+            s.epsilon,
+            s.rule,
+            s.decay,
+        );
+        let view = |buffer: &CubeTensor, t: usize, o: usize| {
+            let handle = buffer
+                .handle
+                .clone()
+                .offset_start(o as u64 * 4)
+                .offset_end((total - o - lens[t]) as u64 * 4);
+            CubeTensor::new_contiguous(
+                client.clone(),
+                head.device.clone(),
+                [lens[t]].into(),
+                handle,
+                DType::F32,
+            )
+        };
+        let n = w.len();
+        for (&t, &o) in members.iter().zip(&offsets) {
+            results[t] = Some(view(&out_w, t, o));
+            if moments {
+                results[n + t] = Some(view(&out_m, t, o));
+                results[2 * n + t] = Some(view(&out_v, t, o));
+            }
+        }
+    }
+    // An empty parameter has no blocks: its results are its (empty) inputs.
+    let n = w.len();
+    results
+        .into_iter()
+        .enumerate()
+        .map(|(k, r)| {
+            r.unwrap_or_else(|| match k / n {
+                0 => w[k].clone(),
+                1 => m[k - n].clone(),
+                _ => v[k - 2 * n].clone(),
+            })
+        })
+        .collect()
+}

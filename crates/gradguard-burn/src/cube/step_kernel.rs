@@ -1,0 +1,119 @@
+//! The fused optimizer's step as one kernel over many parameters: SGD, Adam or AdamW with the
+//! arithmetic of [`crate::FusedRule::step_into`] (Burn 0.22's `Sgd`, `Adam`, `AdamW`, the same f32
+//! operations in the same order), each parameter's new weights and moments written into its
+//! group's output buffers — the weights and moments read stay as they were, so a step the guard
+//! reverts is dropped and one it scales is measured against the weights it kept.
+//!
+//! Per value, with w the weight, g the gradient, m and v the moments before the step (zeros on a
+//! parameter's first step: `β·0 + x = x`), λ the weight decay:
+//! - SGD: `w' = w − (g + λw)·η`;
+//! - Adam: `g ← λw + g`, `m' = β₁m + (1−β₁)g`, `v' = β₂v + (1−β₂)g²`,
+//!   `w' = w − ((m'·c)/(√v' + e))·η` with `c = √(1−β₂ᵗ)/(1−β₁ᵗ)`, `e = ε√(1−β₂ᵗ)`;
+//! - AdamW: the moments as Adam's (no λ in g), `w' = w·(1−ηλ) − ((m'/c₁)/(√(v'/c₂) + ε))·η` with
+//!   `c₁ = 1−β₁ᵗ`, `c₂ = 1−β₂ᵗ`.
+//!
+//! t is each parameter's own step count, so its two corrections come per tensor, computed on the
+//! host in f32 as Burn computes them (`powi`), from `corrections[2i]` and `corrections[2i + 1]`.
+//! A cube writes one block of [`BLOCK`] values of one tensor, each of its [`UNITS`] threads
+//! [`PER_UNIT`] values strided so that neighbouring threads touch neighbouring values.
+
+use cubecl::prelude::*;
+
+use super::kernel::BLOCK;
+
+/// Units per cube.
+pub const UNITS: usize = 256;
+/// Values each unit steps.
+pub const PER_UNIT: usize = BLOCK / UNITS;
+
+/// [`fused_step`]'s rule: SGD.
+pub const SGD: u32 = 0;
+/// [`fused_step`]'s rule: Adam (weight decay coupled).
+pub const ADAM: u32 = 1;
+/// [`fused_step`]'s rule: AdamW (weight decay decoupled).
+pub const ADAMW: u32 = 2;
+
+/// Input i's blocks are `starts[i] .. starts[i + 1]`; its results go to `out_w`, `out_m`, `out_v`
+/// at `offsets[i]`. `m` and `v` (and the moment outputs) are read and written only by Adam and
+/// AdamW (SGD's may be empty). `decay`: λ (`penalty`) is applied (SGD, Adam) or `keep` = 1 − ηλ,
+/// computed in f64 as Burn does, is (AdamW). `one_minus_beta_*` are 1 − β as Burn computes them
+/// in f32.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+pub fn fused_step(
+    w: &Sequence<OwnedTensor<f32>>,
+    g: &Sequence<OwnedTensor<f32>>,
+    m: &Sequence<OwnedTensor<f32>>,
+    v: &Sequence<OwnedTensor<f32>>,
+    corrections: &Tensor<f32>,
+    out_w: &mut Tensor<f32>,
+    out_m: &mut Tensor<f32>,
+    out_v: &mut Tensor<f32>,
+    starts: &Sequence<u32>,
+    offsets: &Sequence<u32>,
+    lr: f32,
+    beta_1: f32,
+    beta_2: f32,
+    one_minus_beta_1: f32,
+    one_minus_beta_2: f32,
+    penalty: f32,
+    keep: f32,
+    epsilon: f32,
+    #[comptime] rule: u32,
+    #[comptime] decay: bool,
+) {
+    let n = comptime![w.len()];
+    let block = CUBE_POS as u32;
+    if block >= *starts.index(n) {
+        terminate!();
+    }
+    let unit = UNIT_POS_X as usize;
+    #[unroll]
+    for i in 0..n {
+        let start = *starts.index(i);
+        let end = *starts.index(comptime![i + 1]);
+        if block >= start && block < end {
+            let tw = w.index(i).as_slice();
+            let tg = g.index(i).as_slice();
+            let len = tw.len();
+            let base = (block - start) as usize * BLOCK;
+            let offset = *offsets.index(i) as usize;
+            let first = corrections[2 * i];
+            let second = corrections[2 * i + 1];
+            for j in 0..PER_UNIT {
+                let at = base + j * UNITS + unit;
+                if at < len {
+                    let x = tw[at];
+                    let mut grad = tg[at];
+                    if comptime![rule == SGD] {
+                        if decay {
+                            grad += x * penalty;
+                        }
+                        out_w[offset + at] = x - grad * lr;
+                    } else {
+                        if comptime![rule == ADAM] && decay {
+                            grad += x * penalty;
+                        }
+                        let m1 = m.index(i).as_slice()[at] * beta_1 + grad * one_minus_beta_1;
+                        let v1 =
+                            v.index(i).as_slice()[at] * beta_2 + (grad * grad) * one_minus_beta_2;
+                        out_m[offset + at] = m1;
+                        out_v[offset + at] = v1;
+                        if comptime![rule == ADAM] {
+                            // first = √(1−β₂ᵗ)/(1−β₁ᵗ), second = ε√(1−β₂ᵗ).
+                            out_w[offset + at] = x - ((m1 * first) / (f32::sqrt(v1) + second)) * lr;
+                        } else {
+                            // first = 1−β₁ᵗ, second = 1−β₂ᵗ.
+                            let mut kept = x;
+                            if decay {
+                                kept = x * keep;
+                            }
+                            out_w[offset + at] =
+                                kept - ((m1 / first) / (f32::sqrt(v1 / second) + epsilon)) * lr;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

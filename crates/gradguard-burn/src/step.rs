@@ -211,11 +211,11 @@ impl<M: Module + Clone> BurnStep<'_, M> {
         let fused = self.fused.as_deref_mut()?;
         let grads = view.device_grads()?;
         let module = self.module.as_ref().expect("every action leaves a module");
-        let (stepped, pending) = fused.step_device(module, &grads, step.lr)?;
-        self.device_pending = Some(pending);
+        let done = fused.step_device(module, &grads, step.lr)?;
+        self.device_pending = Some(done.pending);
         let units = match step.measure {
             UpdateMeasure::Nothing => {
-                self.module = Some(stepped);
+                self.module = Some(done.module);
                 self.commit_pending();
                 return Some(Vec::new());
             }
@@ -223,7 +223,25 @@ impl<M: Module + Clone> BurnStep<'_, M> {
             UpdateMeasure::Units(layout) => Some(layout),
         };
         let old = self.take_module();
-        Some(self.measure_update(old, stepped, engine, units, step.recognize))
+        // The kernel measured the weights and the update as it stepped: one read.
+        let measured = match (units, done.statistics) {
+            (None, Some(statistics)) => {
+                let pairs = statistics
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .unwrap_or_default();
+                Updates::from_pair_statistics(&old, &pairs, engine, step.recognize)
+            }
+            _ => None,
+        };
+        if let Some(updates) = measured {
+            self.host_reads += 1;
+            let norms = updates.norms.clone();
+            self.before = Some((updates, old, self.optimizer.clone()));
+            self.module = Some(done.module);
+            return Some(norms);
+        }
+        Some(self.measure_update(old, done.module, engine, units, step.recognize))
     }
 
     /// Measures the step from `old` to `stepped` and keeps both (and the optimizer) for the

@@ -18,7 +18,7 @@ use burn::tensor::{Tensor, TensorData};
 use gradguard::{UnitLayout, UnitSpan, UpdateNorms, UpdateSpread};
 
 use crate::device_ops::{DeviceOps, Engine, Rewrite};
-use crate::padded::Padded;
+use crate::padded::{PER_BLOCK, Padded, Segment};
 
 /// A parameter's position in `norms`, its value before the step, and its units when measured.
 type Kept = (usize, Tensor<1>, Option<UnitSpan>);
@@ -136,8 +136,18 @@ fn device_norms(
 ) -> (Vec<(f64, f64)>, Vec<UpdateSpread>) {
     let segments = Padded::segments_of(olds.iter().map(|t| t.shape().num_elements()));
     let read = ops.block_statistics(olds, Some(news), None);
-    let weights = Padded::norms_of(&segments, &read.values);
-    let deltas = Padded::combine_segments(&segments, &read.deltas);
+    pair_norms(&segments, &read.values, &read.deltas)
+}
+
+/// (‖before‖, ‖after − before‖) and the spread of `after − before` of every tensor of
+/// `segments`, from the block statistics of the weights (`values`) and of the update (`deltas`).
+fn pair_norms(
+    segments: &[Segment],
+    values: &[f32],
+    deltas: &[f32],
+) -> (Vec<(f64, f64)>, Vec<UpdateSpread>) {
+    let weights = Padded::norms_of(segments, values);
+    let deltas = Padded::combine_segments(segments, deltas);
     let updates = deltas.iter().map(|s| {
         if s.is_finite() {
             s.sum_squares.sqrt()
@@ -156,6 +166,25 @@ fn device_norms(
         })
         .collect();
     (weights.into_iter().zip(updates).collect(), spreads)
+}
+
+/// Every float parameter in module order: its id, path name and weights, flat.
+struct Ordered {
+    path: Vec<String>,
+    params: Vec<(ParamId, String, Tensor<1>)>,
+}
+
+impl ModuleVisitor for Ordered {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.params
+            .push((param.id, self.path.join("."), flat(param.val().inner())));
+    }
 }
 
 impl Updates {
@@ -245,6 +274,64 @@ impl Updates {
             before: a.kept,
             engine,
         }
+    }
+
+    /// The measurements of a step whose kernel took them: `pairs` are the pair block statistics
+    /// (per block, those of the weights, then those of the update; the layout of
+    /// [`DeviceOps::block_statistics`]'s pair form) of every float parameter of `before`, in
+    /// module order. With `spread`, every update's ℓ1 and ℓ∞ norms too. `None` when `pairs` does
+    /// not hold every parameter's blocks.
+    pub fn from_pair_statistics<M: Module>(
+        before: &M,
+        pairs: &[f32],
+        engine: Engine,
+        spread: bool,
+    ) -> Option<Self> {
+        let mut ordered = Ordered {
+            path: Vec::new(),
+            params: Vec::new(),
+        };
+        before.visit(&mut ordered);
+        let lens: Vec<usize> = ordered
+            .params
+            .iter()
+            .map(|(_, _, t)| t.shape().num_elements())
+            .collect();
+        let segments = Padded::segments_of(lens.iter().copied());
+        let blocks: usize = lens.iter().map(|l| l.div_ceil(crate::padded::BLOCK)).sum();
+        if pairs.len() != blocks * 2 * PER_BLOCK {
+            return None;
+        }
+        let (mut values, mut deltas) = (Vec::new(), Vec::new());
+        for block in pairs.chunks_exact(2 * PER_BLOCK) {
+            values.extend_from_slice(&block[..PER_BLOCK]);
+            deltas.extend_from_slice(&block[PER_BLOCK..]);
+        }
+        let (sums, spreads) = pair_norms(&segments, &values, &deltas);
+        let mut kept = HashMap::with_capacity(ordered.params.len());
+        let mut norms = Vec::with_capacity(ordered.params.len());
+        for (index, (((id, name, old), (weight, update)), spreads)) in ordered
+            .params
+            .into_iter()
+            .zip(sums)
+            .zip(spreads)
+            .enumerate()
+        {
+            norms.push(UpdateNorms {
+                name,
+                len: lens[index],
+                weight,
+                update,
+                units: Vec::new(),
+                spread: spread.then_some(spreads),
+            });
+            kept.insert(id, (index, old, None));
+        }
+        Some(Updates {
+            norms,
+            before: kept,
+            engine,
+        })
     }
 
     /// `after` with each parameter's update multiplied by its factor in `scales` (in the order of

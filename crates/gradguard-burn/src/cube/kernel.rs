@@ -36,7 +36,7 @@ pub const STATS: usize = 4;
 /// largest finite magnitude into `largest[q]` and Σ x², Σ |x| and the non-finite count into
 /// `sums[3q..3q + 3]`; scaled, Σ r² and Σ r with r = |x|·`inv` into `sums[3q..3q + 2]`.
 #[cube]
-fn take(
+pub(super) fn take(
     x: f32,
     inv: f32,
     largest: &mut Array<f32>,
@@ -258,18 +258,8 @@ pub fn block_statistics<F: Float, N: Size>(
         pair,
         false,
     );
-    cube_sums(&mut sums, comptime![3 * sequences], units);
     let mut m = Array::<f32>::new(2usize);
-    let mut rescan = false;
-    #[unroll]
-    for q in 0..sequences {
-        m[q] = cube_max(largest[q], units);
-        inv[q] = reciprocal_unit(m[q]);
-        rescan = rescan || m[q] < DIRECT_MIN || m[q] > DIRECT_MAX;
-        sums[3 * q] *= inv[q] * inv[q];
-        sums[3 * q + 1] *= inv[q];
-    }
-    if rescan {
+    if close_block(&largest, &mut sums, &mut m, &mut inv, sequences, units) {
         // A block whose largest magnitude lies outside [2⁻⁴⁰, 2⁴⁰]: Σ x² may have overflowed or
         // lost its small terms, so the sums are taken again relative to u.
         let mut scaled = Array::<f32>::new(6usize);
@@ -290,23 +280,74 @@ pub fn block_statistics<F: Float, N: Size>(
             pair,
             true,
         );
-        cube_sums(&mut scaled, comptime![3 * sequences], units);
+        take_rescan(&mut scaled, &mut sums, sequences, units);
+    }
+    write_block(out, first_block + block, &m, &sums, sequences);
+}
+
+/// Closes a block's first pass: each of the `sequences`' largest magnitude over the cube into
+/// `top`, its reciprocal unit into `inv`, and the sums (in unit 0) relative to it:
+/// `Σ r² = Σ x²/u²`, `Σ r = Σ |x|/u`. Whether a largest magnitude lies outside
+/// [[`DIRECT_MIN`], [`DIRECT_MAX`]], where the sums are to be taken again, scaled
+/// ([`take_rescan`]).
+#[cube]
+pub(super) fn close_block(
+    largest: &Array<f32>,
+    sums: &mut Array<f32>,
+    top: &mut Array<f32>,
+    inv: &mut Array<f32>,
+    #[comptime] sequences: usize,
+    #[comptime] units: usize,
+) -> bool {
+    cube_sums(sums, comptime![3 * sequences], units);
+    let mut rescan = false;
+    #[unroll]
+    for q in 0..sequences {
+        top[q] = cube_max(largest[q], units);
+        inv[q] = reciprocal_unit(top[q]);
+        rescan = rescan || top[q] < DIRECT_MIN || top[q] > DIRECT_MAX;
+        sums[3 * q] *= inv[q] * inv[q];
+        sums[3 * q + 1] *= inv[q];
+    }
+    rescan
+}
+
+/// The sums of a block's second, scaled pass (`scaled`, per unit) over the cube, as its Σ r² and
+/// Σ r in `sums` (unit 0).
+#[cube]
+pub(super) fn take_rescan(
+    scaled: &mut Array<f32>,
+    sums: &mut Array<f32>,
+    #[comptime] sequences: usize,
+    #[comptime] units: usize,
+) {
+    cube_sums(scaled, comptime![3 * sequences], units);
+    #[unroll]
+    for q in 0..sequences {
+        sums[3 * q] = scaled[3 * q];
+        sums[3 * q + 1] = scaled[3 * q + 1];
+    }
+}
+
+/// Unit 0 writes block `index`'s statistics of each of the `sequences` to `out`: max |x|,
+/// Σ r², Σ r, the non-finite count.
+#[cube]
+pub(super) fn write_block(
+    out: &mut Tensor<f32>,
+    index: u32,
+    top: &Array<f32>,
+    sums: &Array<f32>,
+    #[comptime] sequences: usize,
+) {
+    if UNIT_POS_X == 0 {
+        let at = index as usize * comptime![sequences * STATS];
         #[unroll]
         for q in 0..sequences {
-            sums[3 * q] = scaled[3 * q];
-            sums[3 * q + 1] = scaled[3 * q + 1];
-        }
-    }
-
-    if UNIT_POS_X == 0 {
-        let at = (first_block + block) as usize * comptime![sequences * STATS];
-        #[unroll]
-        for s in 0..sequences {
-            let o = at + s * STATS;
-            out[o] = m[s];
-            out[o + 1] = sums[3 * s];
-            out[o + 2] = sums[3 * s + 1];
-            out[o + 3] = sums[3 * s + 2];
+            let o = at + q * STATS;
+            out[o] = top[q];
+            out[o + 1] = sums[3 * q];
+            out[o + 2] = sums[3 * q + 1];
+            out[o + 3] = sums[3 * q + 2];
         }
     }
 }

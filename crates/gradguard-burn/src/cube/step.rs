@@ -1,7 +1,8 @@
 //! The fused optimizer's step on a CubeCL device ([`super::step_kernel`]), queued on Burn's fusion
 //! stream as one operation (the pattern of [`super::queued`]): every parameter's weights,
 //! gradient and moments are its inputs, the new weights and moments its outputs — views of one
-//! buffer per group of parameters, one launch per group — and nothing blocks.
+//! buffer per group of parameters, one launch per group — with the pair block statistics of the
+//! weights and the update (what the update bound reads), and nothing blocks.
 
 use burn::tensor::{DType, Shape, Tensor, TensorData};
 use burn_cubecl::CubeBackend;
@@ -13,7 +14,7 @@ use burn_fusion::custom::{
 use burn_fusion::{ExecutionError, FusionRuntime};
 use cubecl::prelude::*;
 
-use super::kernel::BLOCK;
+use super::kernel::{BLOCK, STATS};
 use super::queued::{Fused, fused};
 use super::step_kernel::{ADAM, ADAMW, SGD};
 use super::{MAX_GROUP, grid, groups};
@@ -110,11 +111,14 @@ pub(crate) fn corrections(rule: FusedRule, time: usize) -> [f32; 2] {
 }
 
 /// What one step of the kernel gives back, per parameter in the order given: the new weights
-/// and (Adam, AdamW) the new moments, flat.
+/// and (Adam, AdamW) the new moments, flat; and the pair block statistics of the weights and
+/// the update over every block of every parameter in that order (the layout of
+/// [`super::block_statistics`]'s pair form), `None` when no parameter has a value.
 pub(crate) struct Stepped {
     pub weights: Vec<Tensor<1>>,
     pub m: Vec<Tensor<1>>,
     pub v: Vec<Tensor<1>>,
+    pub stats: Option<Tensor<1>>,
 }
 
 /// One parameter's inputs: its weights, gradient, moments before the step (Adam, AdamW; zeros
@@ -156,16 +160,19 @@ pub(crate) fn fused_step(inputs: Vec<StepInput>, settings: StepSettings) -> Opti
     ))?;
     let client = fw[0].client.clone();
     let per_output = if moments { 3 } else { 1 };
-    let outputs: Vec<TensorIr> = (0..per_output)
+    let blocks: usize = fw
+        .iter()
+        .map(|t| t.shape.num_elements().div_ceil(BLOCK))
+        .sum();
+    let uninit =
+        |len: usize| TensorIr::uninit(client.create_empty_handle(), Shape::from([len]), DType::F32);
+    let mut outputs: Vec<TensorIr> = (0..per_output)
         .flat_map(|_| fw.iter())
-        .map(|t| {
-            TensorIr::uninit(
-                client.create_empty_handle(),
-                Shape::from([t.shape.num_elements()]),
-                DType::F32,
-            )
-        })
+        .map(|t| uninit(t.shape.num_elements()))
         .collect();
+    if blocks > 0 {
+        outputs.push(uninit(blocks * 2 * STATS));
+    }
     let n = fw.len();
     let ins: Vec<TensorIr> = fw
         .into_iter()
@@ -185,13 +192,19 @@ pub(crate) fn fused_step(inputs: Vec<StepInput>, settings: StepSettings) -> Opti
         .into_iter()
         .map(Tensor::from_primitive::<burn_cubecl::Cube>)
         .collect();
+    let stats = (blocks > 0).then(|| out.pop().expect("the statistics are the last output"));
     let (v, m) = if moments {
         let v = out.split_off(2 * n);
         (v, out.split_off(n))
     } else {
         (Vec::new(), Vec::new())
     };
-    Some(Stepped { weights: out, m, v })
+    Some(Stepped {
+        weights: out,
+        m,
+        v,
+        stats,
+    })
 }
 
 /// The queued step: inputs the weights, gradients, moments (Adam, AdamW) and the corrections;
@@ -214,8 +227,13 @@ impl Operation<FusionCubeRuntime> for QueuedStep {
         let (w, rest) = inputs.split_at(n);
         let (g, rest) = rest.split_at(n);
         let (m, v) = rest.split_at(rest.len() / 2);
-        let results = launch(w, g, m, v, &table, &self.settings);
-        for (ir, result) in self.desc.outputs.iter().zip(results) {
+        let (results, stats) = launch(w, g, m, v, &table, &self.settings);
+        for (ir, result) in self
+            .desc
+            .outputs
+            .iter()
+            .zip(results.into_iter().chain(stats))
+        {
             handles.register_float_tensor::<CubeBackend>(&ir.id, result);
         }
         Ok(())
@@ -223,7 +241,8 @@ impl Operation<FusionCubeRuntime> for QueuedStep {
 }
 
 /// The step over `w`, `g`, `m`, `v` (the moments empty for SGD): one launch per group of
-/// parameters; the results (new weights, then new moments) are views of the groups' buffers.
+/// parameters; the results (new weights, then new moments) are views of the groups' buffers,
+/// and the statistics of every block one buffer (`None` when there is no block).
 fn launch(
     w: &[CubeTensor],
     g: &[CubeTensor],
@@ -231,18 +250,19 @@ fn launch(
     v: &[CubeTensor],
     table: &CubeTensor,
     s: &StepSettings,
-) -> Vec<CubeTensor> {
+) -> (Vec<CubeTensor>, Option<CubeTensor>) {
     let Some(head) = w.first() else {
-        return Vec::new();
+        return (Vec::new(), None);
     };
     let client = head.client.clone();
     let moments = s.has_moments();
     let lens: Vec<usize> = w.iter().map(|t| t.meta.num_elements()).collect();
-    // Bindings besides the sequences: the corrections, three outputs, the runtime's metadata.
+    // Bindings besides the sequences: the corrections, four outputs, the runtime's metadata.
     let sequences = if moments { 4 } else { 2 };
     let bindings = client.properties().hardware.max_bindings as usize;
-    let group = (bindings.saturating_sub(5) / sequences).clamp(1, MAX_GROUP);
+    let group = (bindings.saturating_sub(6) / sequences).clamp(1, MAX_GROUP);
     let blocks: Vec<usize> = lens.iter().map(|l| l.div_ceil(BLOCK)).collect();
+    let all_blocks: usize = blocks.iter().sum();
     let mut results: Vec<Option<CubeTensor>> = vec![None; w.len() * if moments { 3 } else { 1 }];
     let empty = |len: usize| {
         burn_cubecl::ops::numeric::empty_device_dtype(
@@ -252,6 +272,17 @@ fn launch(
             DType::F32,
         )
     };
+    let stats = (all_blocks > 0).then(|| empty(all_blocks * 2 * STATS));
+    let units = super::units_per_cube(&client);
+    // Each tensor's first block in the whole set (the statistics' layout).
+    let firsts: Vec<usize> = blocks
+        .iter()
+        .scan(0, |next, &b| {
+            let first = *next;
+            *next += b;
+            Some(first)
+        })
+        .collect();
     for members in groups(w, &blocks, group) {
         let align = (client.properties().memory.alignment as usize / 4).max(1);
         let mut starts = Vec::with_capacity(members.len() + 1);
@@ -279,10 +310,11 @@ fn launch(
                 .collect()
         };
         let (x, y) = grid(block as usize);
+        let stats = stats.as_ref().expect("a group has blocks");
         super::step_kernel::fused_step::launch(
             &client,
             CubeCount::Static(x, y, 1),
-            CubeDim::new_1d(super::step_kernel::UNITS as u32),
+            CubeDim::new_1d(units as u32),
             tensors(w),
             tensors(g),
             tensors(m),
@@ -291,8 +323,10 @@ fn launch(
             out_w.clone().into_tensor_arg(),
             out_m.clone().into_tensor_arg(),
             out_v.clone().into_tensor_arg(),
+            stats.clone().into_tensor_arg(),
             starts.into_iter().collect(),
             offsets.iter().map(|&o| o as u32).collect(),
+            firsts[members[0]] as u32,
             s.lr,
             s.beta_1,
             s.beta_2,
@@ -303,6 +337,7 @@ fn launch(
             s.epsilon,
             s.rule,
             s.decay,
+            units,
         );
         let view = |buffer: &CubeTensor, t: usize, o: usize| {
             let handle = buffer
@@ -329,7 +364,7 @@ fn launch(
     }
     // An empty parameter has no blocks: its results are its (empty) inputs.
     let n = w.len();
-    results
+    let results = results
         .into_iter()
         .enumerate()
         .map(|(k, r)| {
@@ -339,5 +374,6 @@ fn launch(
                 _ => v[k - 2 * n].clone(),
             })
         })
-        .collect()
+        .collect();
+    (results, stats)
 }

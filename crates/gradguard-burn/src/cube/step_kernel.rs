@@ -14,17 +14,18 @@
 //!
 //! t is each parameter's own step count, so its two corrections come per tensor, computed on the
 //! host in f32 as Burn computes them (`powi`), from `corrections[2i]` and `corrections[2i + 1]`.
-//! A cube writes one block of [`BLOCK`] values of one tensor, each of its [`UNITS`] threads
-//! [`PER_UNIT`] values strided so that neighbouring threads touch neighbouring values.
+//!
+//! In the same pass the kernel takes the update bound's measurements: the block statistics of the
+//! weights before the step and of the update `w' − w`, in the layout and with the numerics of the
+//! statistics kernel's pair form ([`super::kernel`]: per block max |x|, Σ r², Σ r relative to it,
+//! the non-finite count; a block whose largest magnitude lies outside [2⁻⁴⁰, 2⁴⁰] is summed again,
+//! scaled, from the weights and the new weights the unit itself wrote). A cube of `units` units
+//! (one plane, as the statistics kernel's) steps one block of [`BLOCK`] values of one tensor,
+//! unit k the values k, k + units, …
 
 use cubecl::prelude::*;
 
-use super::kernel::BLOCK;
-
-/// Units per cube.
-pub const UNITS: usize = 256;
-/// Values each unit steps.
-pub const PER_UNIT: usize = BLOCK / UNITS;
+use super::kernel::{BLOCK, close_block, take, take_rescan, write_block};
 
 /// [`fused_step`]'s rule: SGD.
 pub const SGD: u32 = 0;
@@ -34,12 +35,12 @@ pub const ADAM: u32 = 1;
 pub const ADAMW: u32 = 2;
 
 /// Input i's blocks are `starts[i] .. starts[i + 1]`; its results go to `out_w`, `out_m`, `out_v`
-/// at `offsets[i]`. `m` and `v` (and the moment outputs) are read and written only by Adam and
-/// AdamW (SGD's may be empty). `decay`: λ (`penalty`) is applied (SGD, Adam) or `keep` = 1 − ηλ,
-/// computed in f64 as Burn does, is (AdamW). `one_minus_beta_*` are 1 − β as Burn computes them
-/// in f32.
+/// at `offsets[i]`, its blocks' statistics to `stats` from block `first_block + starts[i]` on.
+/// `m` and `v` (and the moment outputs) are read and written only by Adam and AdamW (SGD's may
+/// be empty). `decay`: λ (`penalty`) is applied (SGD, Adam) or `keep` = 1 − ηλ, computed in f64
+/// as Burn does, is (AdamW). `one_minus_beta_*` are 1 − β as Burn computes them in f32.
 #[cube(launch)]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, unused_assignments)]
 pub fn fused_step(
     w: &Sequence<OwnedTensor<f32>>,
     g: &Sequence<OwnedTensor<f32>>,
@@ -49,8 +50,10 @@ pub fn fused_step(
     out_w: &mut Tensor<f32>,
     out_m: &mut Tensor<f32>,
     out_v: &mut Tensor<f32>,
+    stats: &mut Tensor<f32>,
     starts: &Sequence<u32>,
     offsets: &Sequence<u32>,
+    first_block: u32,
     lr: f32,
     beta_1: f32,
     beta_2: f32,
@@ -61,6 +64,7 @@ pub fn fused_step(
     epsilon: f32,
     #[comptime] rule: u32,
     #[comptime] decay: bool,
+    #[comptime] units: usize,
 ) {
     let n = comptime![w.len()];
     let block = CUBE_POS as u32;
@@ -68,6 +72,18 @@ pub fn fused_step(
         terminate!();
     }
     let unit = UNIT_POS_X as usize;
+    let mut inv = Array::<f32>::new(2usize);
+    let mut largest = Array::<f32>::new(2usize);
+    let mut sums = Array::<f32>::new(6usize);
+    #[unroll]
+    for q in 0..2usize {
+        inv[q] = 0.0;
+        largest[q] = 0.0;
+    }
+    #[unroll]
+    for k in 0..6usize {
+        sums[k] = 0.0;
+    }
     #[unroll]
     for i in 0..n {
         let start = *starts.index(i);
@@ -77,43 +93,89 @@ pub fn fused_step(
             let tg = g.index(i).as_slice();
             let len = tw.len();
             let base = (block - start) as usize * BLOCK;
+            let mut stop = base + BLOCK;
+            if stop > len {
+                stop = len;
+            }
             let offset = *offsets.index(i) as usize;
             let first = corrections[2 * i];
             let second = corrections[2 * i + 1];
-            for j in 0..PER_UNIT {
-                let at = base + j * UNITS + unit;
-                if at < len {
-                    let x = tw[at];
-                    let mut grad = tg[at];
-                    if comptime![rule == SGD] {
-                        if decay {
-                            grad += x * penalty;
-                        }
-                        out_w[offset + at] = x - grad * lr;
+            let mut at = base + unit;
+            while at < stop {
+                let x = tw[at];
+                let mut grad = tg[at];
+                let mut next = x;
+                if comptime![rule == SGD] {
+                    if decay {
+                        grad += x * penalty;
+                    }
+                    next = x - grad * lr;
+                } else {
+                    if comptime![rule == ADAM] && decay {
+                        grad += x * penalty;
+                    }
+                    let m1 = m.index(i).as_slice()[at] * beta_1 + grad * one_minus_beta_1;
+                    let v1 = v.index(i).as_slice()[at] * beta_2 + (grad * grad) * one_minus_beta_2;
+                    out_m[offset + at] = m1;
+                    out_v[offset + at] = v1;
+                    if comptime![rule == ADAM] {
+                        // first = √(1−β₂ᵗ)/(1−β₁ᵗ), second = ε√(1−β₂ᵗ).
+                        next = x - ((m1 * first) / (f32::sqrt(v1) + second)) * lr;
                     } else {
-                        if comptime![rule == ADAM] && decay {
-                            grad += x * penalty;
+                        // first = 1−β₁ᵗ, second = 1−β₂ᵗ.
+                        let mut kept = x;
+                        if decay {
+                            kept = x * keep;
                         }
-                        let m1 = m.index(i).as_slice()[at] * beta_1 + grad * one_minus_beta_1;
-                        let v1 =
-                            v.index(i).as_slice()[at] * beta_2 + (grad * grad) * one_minus_beta_2;
-                        out_m[offset + at] = m1;
-                        out_v[offset + at] = v1;
-                        if comptime![rule == ADAM] {
-                            // first = √(1−β₂ᵗ)/(1−β₁ᵗ), second = ε√(1−β₂ᵗ).
-                            out_w[offset + at] = x - ((m1 * first) / (f32::sqrt(v1) + second)) * lr;
-                        } else {
-                            // first = 1−β₁ᵗ, second = 1−β₂ᵗ.
-                            let mut kept = x;
-                            if decay {
-                                kept = x * keep;
-                            }
-                            out_w[offset + at] =
-                                kept - ((m1 / first) / (f32::sqrt(v1 / second) + epsilon)) * lr;
-                        }
+                        next = kept - ((m1 / first) / (f32::sqrt(v1 / second) + epsilon)) * lr;
                     }
                 }
+                out_w[offset + at] = next;
+                take(x, 0.0, &mut largest, &mut sums, 0usize, false);
+                take(next - x, 0.0, &mut largest, &mut sums, 1usize, false);
+                at += units;
             }
         }
     }
+    let mut top = Array::<f32>::new(2usize);
+    if close_block(&largest, &mut sums, &mut top, &mut inv, 2usize, units) {
+        // Summed again relative to each block's largest magnitude, from the weights and the new
+        // weights this unit wrote (its own writes: no barrier needed to read them).
+        let mut scaled = Array::<f32>::new(6usize);
+        #[unroll]
+        for k in 0..6usize {
+            scaled[k] = 0.0;
+        }
+        #[unroll]
+        for i in 0..n {
+            let start = *starts.index(i);
+            let end = *starts.index(comptime![i + 1]);
+            if block >= start && block < end {
+                let tw = w.index(i).as_slice();
+                let len = tw.len();
+                let base = (block - start) as usize * BLOCK;
+                let mut stop = base + BLOCK;
+                if stop > len {
+                    stop = len;
+                }
+                let offset = *offsets.index(i) as usize;
+                let mut at = base + unit;
+                while at < stop {
+                    let x = tw[at];
+                    take(x, inv[0], &mut largest, &mut scaled, 0usize, true);
+                    take(
+                        out_w[offset + at] - x,
+                        inv[1],
+                        &mut largest,
+                        &mut scaled,
+                        1usize,
+                        true,
+                    );
+                    at += units;
+                }
+            }
+        }
+        take_rescan(&mut scaled, &mut sums, 2usize, units);
+    }
+    write_block(stats, first_block + block, &top, &sums, 2usize);
 }

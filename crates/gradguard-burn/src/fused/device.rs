@@ -56,23 +56,37 @@ impl DeviceState {
 #[derive(Debug)]
 pub(crate) struct DevicePending(HashMap<ParamId, DeviceState>);
 
+/// What [`FusedOptimizer::step_device`] queued.
+pub(crate) struct DeviceStep<M> {
+    /// The module with its new weights.
+    pub module: M,
+    /// The optimizer state to commit if the step stands.
+    pub pending: DevicePending,
+    /// The pair block statistics of every float parameter's weights and update, when every one
+    /// was stepped.
+    pub statistics: Option<Tensor<1>>,
+}
+
 #[cfg(feature = "cube")]
 impl FusedOptimizer {
     /// Queues the step of every parameter of `module` with a gradient in `grads` (flat f32
     /// tensors on a CubeCL device) at rate `lr`: the module stepped (its parameters' new values,
-    /// the module given left as it was) and the state to commit. `None`, with nothing queued,
-    /// where the kernel cannot run (a parameter or gradient not f32 on a CubeCL device, a
+    /// the module given left as it was), the state to commit, and — when every float parameter
+    /// had a gradient — the pair block statistics of the weights and the update the kernel took
+    /// (see [`crate::update::Updates::from_pair_statistics`]), queued. `None`, with nothing
+    /// queued, where the kernel cannot run (a parameter or gradient not f32 on a CubeCL device, a
     /// distributed parameter).
     pub(crate) fn step_device<M: Module>(
         &mut self,
         module: &M,
         grads: &HashMap<ParamId, Tensor<1>>,
         lr: f64,
-    ) -> Option<(M, DevicePending)> {
+    ) -> Option<DeviceStep<M>> {
         let mut inputs = Inputs {
             path: Vec::new(),
             grads,
             found: Vec::new(),
+            without_gradient: 0,
             refused: false,
         };
         module.visit(&mut inputs);
@@ -83,7 +97,7 @@ impl FusedOptimizer {
         if inputs.refused || !on_cube {
             return None;
         }
-        let rule = self.rule;
+        let (rule, every) = (self.rule, inputs.without_gradient == 0);
         let mut steps = Vec::with_capacity(inputs.found.len());
         let mut ids = Vec::with_capacity(inputs.found.len());
         for found in inputs.found {
@@ -131,7 +145,11 @@ impl FusedOptimizer {
             );
         }
         let module = module.clone().map(&mut Afters(afters));
-        Some((module, DevicePending(pending)))
+        Some(DeviceStep {
+            module,
+            pending: DevicePending(pending),
+            statistics: stepped.stats.filter(|_| every),
+        })
     }
 }
 
@@ -144,7 +162,7 @@ impl FusedOptimizer {
         _module: &M,
         _grads: &HashMap<ParamId, Tensor<1>>,
         _lr: f64,
-    ) -> Option<(M, DevicePending)> {
+    ) -> Option<DeviceStep<M>> {
         None
     }
 }
@@ -196,6 +214,8 @@ struct Inputs<'a> {
     path: Vec<String>,
     grads: &'a HashMap<ParamId, Tensor<1>>,
     found: Vec<Found>,
+    /// Float parameters without a gradient.
+    without_gradient: usize,
     /// A parameter the kernel does not step (distributed: Burn's optimizer's to step).
     refused: bool,
 }
@@ -210,6 +230,7 @@ impl ModuleVisitor for Inputs<'_> {
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let Some(g) = self.grads.get(&param.id) else {
+            self.without_gradient += 1;
             return;
         };
         let w = param.val();

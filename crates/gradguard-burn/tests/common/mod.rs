@@ -890,8 +890,10 @@ pub fn fused_matches_the_wrapped_optimizer(dev: &Device, placement: Placement, p
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                 let step = optim.step(lr, model, grads, Some(loss)).unwrap();
                 model = step.module;
-                let bounded = step.report.update.as_ref().map_or(0, |u| u.bounded);
-                run.push((weights(&model), bounded));
+                let update = step.report.update.as_ref();
+                let bounded = update.map_or(0, |u| u.bounded);
+                let ratio = update.map_or(0.0, |u| u.largest_ratio);
+                run.push((weights(&model), bounded, ratio));
             }
             if let Some(fused) = optim.fused_optimizer() {
                 let stepped = path != FusedPath::Wrapped;
@@ -900,11 +902,18 @@ pub fn fused_matches_the_wrapped_optimizer(dev: &Device, placement: Placement, p
             runs.push(run);
         }
         assert!(
-            runs[0].iter().any(|(_, bounded)| *bounded > 0),
+            runs[0].iter().any(|(_, bounded, _)| *bounded > 0),
             "{rule:?}: nothing bounded"
         );
-        for (k, ((a, bounded_a), (b, bounded_b))) in runs[0].iter().zip(&runs[1]).enumerate() {
+        for (k, ((a, bounded_a, ratio_a), (b, bounded_b, ratio_b))) in
+            runs[0].iter().zip(&runs[1]).enumerate()
+        {
             assert_eq!(bounded_a, bounded_b, "{rule:?} on {placement:?}: step {k}");
+            // The bound's reading of the step: the kernel measures it as it steps.
+            assert!(
+                (ratio_a - ratio_b).abs() <= 1e-5 * ratio_b.abs(),
+                "{rule:?} on {placement:?}: step {k}: largest ratio {ratio_a} vs {ratio_b}"
+            );
             if path != FusedPath::Kernel {
                 assert_eq!(a, b, "{rule:?} on {placement:?}: step {k}");
                 continue;

@@ -182,6 +182,17 @@ impl UpdateFamily {
     /// The update is normalized when at least 90% of the values that moved lie in tensors at the
     /// rate. Gradient descent moves each value by η times its gradient, whose magnitudes spread.
     ///
+    /// It is normalized too when every tensor's spread was measured, no value anywhere moved by
+    /// more than 1.5 η, and of the values in tensors whose largest change reached 0.8 η, at least
+    /// half lie in tensors of at least 64 values at the rate by their spread. That is Adam where
+    /// its ε outweighs the gradient of whole layers: in a deep net with vanishing gradients
+    /// (Burn's ε = 1e-5, gradients of 1e-7 in the first layers) each value moves by
+    /// `η·|g|/(|g| + ε)`, under η and spread, in most layers — no evidence either way, as
+    /// gradient descent with small gradients moves by less than η too — while the last layers
+    /// move alike by η. Gradient descent's changes spread (the uniformity of a Gaussian
+    /// gradient is about 0.35), so a tensor of its that reaches η does so by one large value,
+    /// not by all of them; a tensor of a few values says nothing about spread.
+    ///
     /// Why two readings, each guarded: the unit reading alone misses a ReLU network (where a
     /// dead input feeds every unit of a layer, no unit has all its values moved, so every unit's
     /// step per value falls below η), and either reading alone can be met by a gradient under
@@ -206,6 +217,10 @@ impl UpdateFamily {
             }
         };
         let (mut moved, mut at_rate) = (0usize, 0usize);
+        // Values in tensors whose largest change reached 0.8 η, and in those of them (of at
+        // least 64 values) whose values moved alike.
+        let (mut reached, mut alike_at_rate) = (0usize, 0usize);
+        let (mut every_spread, mut none_beyond_anywhere) = (true, true);
         for n in norms {
             let step = unit_step(n);
             let largest = n.spread.map_or(0.0, |s| s.max_abs);
@@ -221,16 +236,29 @@ impl UpdateFamily {
                 if (near_rate(step) && none_beyond) || alike {
                     at_rate += n.len;
                 }
+                if largest >= 0.8 * lr {
+                    reached += n.len;
+                }
+                if alike && n.len >= 64 {
+                    alike_at_rate += n.len;
+                }
+                every_spread &= n.spread.is_some();
+                none_beyond_anywhere &= none_beyond;
             }
         }
         if moved == 0 {
             return None;
         }
-        Some(if at_rate as f64 >= 0.9 * moved as f64 {
-            UpdateFamily::Normalized
-        } else {
-            UpdateFamily::Proportional
-        })
+        let saturating = every_spread && none_beyond_anywhere;
+        Some(
+            if at_rate as f64 >= 0.9 * moved as f64
+                || (saturating && alike_at_rate > 0 && 2 * alike_at_rate >= reached)
+            {
+                UpdateFamily::Normalized
+            } else {
+                UpdateFamily::Proportional
+            },
+        )
     }
 }
 
@@ -796,6 +824,72 @@ mod tests {
             UpdateFamily::recognize(&without_spread, lr),
             Some(UpdateFamily::Normalized),
             "the unit reading alone is fooled"
+        );
+        // Adam on a deep tanh net with vanishing gradients: where ε outweighs the gradient a
+        // layer moves by η·|g|/(|g| + ε), well under η and spread (7 layers of 10 here), while
+        // the last 3 layers move alike by η.
+        let vanishing = |last: f64| -> Vec<UpdateNorms> {
+            (0..10)
+                .map(|i| {
+                    let (largest, uniformity) = if i < 7 {
+                        (0.05 * (i + 1) as f64, 0.3)
+                    } else {
+                        (last, 0.95)
+                    };
+                    let n = moving(&format!("layer{i}"), 64, 64, |u| {
+                        lr * largest * (0.4 + 0.6 * (u % 2) as f64)
+                    });
+                    UpdateNorms {
+                        spread: Some(UpdateSpread {
+                            sum_abs: n.update * n.update / (uniformity * largest * lr),
+                            max_abs: largest * lr,
+                        }),
+                        ..n
+                    }
+                })
+                .collect()
+        };
+        assert_eq!(
+            UpdateFamily::recognize(&vanishing(1.0), lr),
+            Some(UpdateFamily::Normalized)
+        );
+        // The same shape with the last layers' values moving by 1.6 η: gradient descent.
+        assert_eq!(
+            UpdateFamily::recognize(&vanishing(1.6), lr),
+            Some(UpdateFamily::Proportional)
+        );
+        // Gradient descent with small gradients everywhere and one small tensor whose values all
+        // moved by η (a bias of 16 values): too few values to say normalized.
+        let mut small = vanishing(0.3);
+        small.push(UpdateNorms {
+            spread: Some(UpdateSpread {
+                sum_abs: lr * 16.0,
+                max_abs: lr,
+            }),
+            ..moving("bias", 1, 16, |_| lr)
+        });
+        // Gradient descent whose gradients reach 1 in several layers, spread in all but one.
+        let mut reaching = vanishing(1.0);
+        for n in &mut reaching[5..9] {
+            n.spread = n.spread.map(|_| UpdateSpread {
+                sum_abs: n.update * n.update / (0.3 * lr),
+                max_abs: lr,
+            });
+        }
+        assert_eq!(
+            UpdateFamily::recognize(&reaching, lr),
+            Some(UpdateFamily::Proportional)
+        );
+        assert_eq!(
+            UpdateFamily::recognize(&small, lr),
+            Some(UpdateFamily::Proportional)
+        );
+        // Without every tensor's spread the second rule does not apply.
+        let mut unmeasured = vanishing(1.0);
+        unmeasured[0].spread = None;
+        assert_eq!(
+            UpdateFamily::recognize(&unmeasured, lr),
+            Some(UpdateFamily::Proportional)
         );
         // Nothing to recognize: no rate, nothing moved, a non-finite update.
         assert_eq!(UpdateFamily::recognize(&adam, 0.0), None);

@@ -382,8 +382,8 @@ fn clip_launches(device: &Device) {
             (true, _) => "global-norm clip scaling every tensor".to_string(),
             (false, false) => "no clip, no update bound".to_string(),
             (false, true) => format!(
-                "the default update bound (units and tensors measured; at most {bounded} units \
-                 bounded a step)"
+                "the default update bound (units measured on the step that recognizes the \
+                 optimizer, tensors on every step; at most {bounded} units bounded a step)"
             ),
         };
         println!("guarded Adam step on 50 tensors, {what}: {fewest} kernel launches");

@@ -6,9 +6,13 @@
 //! bounded one is rescaled in its buffers, and an accepted one is committed by handing the
 //! buffers over (the new weights become the parameters' tensors, the new moments the state).
 //!
-//! This is the host path (Burn's `flex` CPU backend, f32 parameters): weights and gradients are
-//! read where they lie. Elsewhere [`crate::GuardedOptimizer`] steps the equivalent Burn optimizer
-//! ([`FusedRule::to_burn`]) and measures its update as it does for any optimizer.
+//! On the host (Burn's `flex` CPU backend, f32 parameters) weights and gradients are read where
+//! they lie. On a CubeCL device (wgpu, CUDA, ROCm; f32 parameters) the rule is one queued kernel
+//! (`device.rs`, [`crate::cube`]) that writes new weights and moments into new buffers and takes
+//! the block statistics of the weights and of the update in the same pass. Elsewhere (f16 or
+//! bf16 parameters, a distributed parameter, the device placement on the CPU backend)
+//! [`crate::GuardedOptimizer`] steps the equivalent Burn optimizer ([`FusedRule::to_burn`]) and
+//! measures its update as it does for any optimizer.
 
 mod buffers;
 mod device;

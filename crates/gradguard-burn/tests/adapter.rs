@@ -141,3 +141,8 @@ fn the_fused_optimizer_guards_as_the_wrapped_one_on_both_placements() {
 fn the_fused_step_undoes_rolls_back_and_saves_as_burns_optimizer() {
     common::fused_keeps_the_guards_contract(&device(), true);
 }
+
+#[test]
+fn the_fused_step_measures_weights_of_any_magnitude() {
+    common::fused_measures_weights_of_any_magnitude(&device());
+}

@@ -238,6 +238,11 @@ fn the_fused_optimizer_guards_as_the_wrapped_one() {
 }
 
 #[test]
+fn the_fused_kernel_measures_weights_of_any_magnitude() {
+    on_wgpu(common::fused_measures_weights_of_any_magnitude);
+}
+
+#[test]
 fn the_non_blocking_step_matches_the_blocking_one() {
     on_wgpu(|d| common::non_blocking_matches_the_blocking_step(d, PLACEMENT));
 }

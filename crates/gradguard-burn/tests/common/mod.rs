@@ -928,6 +928,54 @@ pub fn fused_matches_the_wrapped_optimizer(dev: &Device, placement: Placement, p
     }
 }
 
+/// The fused step (the host kernels, or the CubeCL kernel) measures steps of weights far outside
+/// [2⁻⁴⁰, 2⁴⁰] (where the device's statistics are summed again, scaled) as the bound measures
+/// Burn's Adam step: the same largest ratio within
+/// 1e-5 and the same weights within 1e-6·max(1, |w|), over three steps at each scale.
+pub fn fused_measures_weights_of_any_magnitude(dev: &Device) {
+    use burn::module::ModuleMapper;
+    use gradguard_burn::FusedRule;
+    struct Times(f32);
+    impl ModuleMapper for Times {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let s = self.0;
+            param.map(|t| t.mul_scalar(s).detach().require_grad())
+        }
+    }
+    for (scale, lr) in [(1e-15f32, 1e-17), (1e15, 1e10)] {
+        let start = Mlp::new(2, 16, dev).map(&mut Times(scale));
+        let mut runs = Vec::new();
+        for mut optim in [
+            GuardedOptimizer::new(FusedRule::adam().to_burn(), Guard::default()),
+            GuardedOptimizer::fused(FusedRule::adam(), Guard::default()),
+        ] {
+            let mut model = start.clone();
+            let mut run = Vec::new();
+            for s in 0..3 {
+                let (x, y) = batch(dev, 0.1 * s as f32);
+                let loss = model.loss(x, y);
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                let step = optim.step(lr, model, grads, Some(loss)).unwrap();
+                model = step.module;
+                let ratio = step.report.update.as_ref().map(|u| u.largest_ratio);
+                run.push((weights(&model), ratio));
+            }
+            if let Some(fused) = optim.fused_optimizer() {
+                assert!(fused.has_state(), "scale {scale}: the kernel stepped");
+            }
+            runs.push(run);
+        }
+        for (k, ((a, ratio_a), (b, ratio_b))) in runs[0].iter().zip(&runs[1]).enumerate() {
+            let (ra, rb) = (ratio_a.unwrap(), ratio_b.unwrap());
+            assert!(
+                ra > 0.0 && (ra - rb).abs() <= 1e-5 * rb,
+                "scale {scale}, step {k}: largest ratio {ra} vs {rb}"
+            );
+            assert_close(a, b, false, &format!("scale {scale}, step {k}"));
+        }
+    }
+}
+
 /// Weights of two runs agree: bit for bit (`exact`) or within 1e-6 relative to max(1, |w|).
 fn assert_close(a: &[Vec<f32>], b: &[Vec<f32>], exact: bool, what: &str) {
     if exact {

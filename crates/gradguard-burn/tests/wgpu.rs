@@ -118,6 +118,25 @@ fn the_statistics_take_one_launch_per_group_of_tensors_and_one_read() {
 }
 
 #[test]
+fn the_non_blocking_state_round_trips_through_the_record_format() {
+    on_wgpu(|d| common::non_blocking_state_round_trips(d, false));
+}
+
+#[test]
+fn the_non_blocking_step_is_a_few_launches_whatever_the_parameter_count() {
+    on_wgpu(|d| {
+        let few = common::non_blocking_step_launches(d, 2, launches);
+        let many = common::non_blocking_step_launches(d, 12, launches);
+        eprintln!("(parameters, launches): {few:?}, {many:?}");
+        // The step kernel steps every parameter in one launch per group of parameters;
+        // Burn's tensor ops took about 1.3 launches per parameter (26 more for these 20). What
+        // does not grow with the model — the statistics, the decision, Adam's corrections, the
+        // previous step's read — is the rest.
+        assert!(many.1.saturating_sub(few.1) <= 6, "{few:?} {many:?}");
+    });
+}
+
+#[test]
 fn unit_norms_match_the_host_in_one_launch_per_group_of_tensors() {
     on_wgpu(|d| {
         let group = gradguard_burn::unit_tensors_per_launch(d).expect("wgpu is a CubeCL device");

@@ -121,23 +121,46 @@ pub(crate) struct Stepped {
     pub stats: Option<Tensor<1>>,
 }
 
-/// One parameter's inputs: its weights, gradient, moments before the step (Adam, AdamW; zeros
-/// on the first step) and corrections, all flat f32 tensors on one CubeCL device.
+/// One parameter's inputs: its weights, gradient and moments before the step (Adam, AdamW;
+/// zeros on the first step), all flat f32 tensors on one CubeCL device.
 pub(crate) struct StepInput {
     pub w: Tensor<1>,
     pub g: Tensor<1>,
     pub moments: Option<(Tensor<1>, Tensor<1>)>,
-    pub corrections: [f32; 2],
+}
+
+/// Who decides the step, and where its corrections come from.
+pub(crate) enum Control {
+    /// The host: each input's two corrections (see [`corrections`]), in the order of the
+    /// inputs; the step is applied as computed and measured (the statistics of [`Stepped`]).
+    Host(Vec<[f32; 2]>),
+    /// The device (the non-blocking step): nothing is measured.
+    Device(Box<DeviceDecision>),
+}
+
+/// A step decided on the device, and its corrections there.
+pub(crate) struct DeviceDecision {
+    /// The corrections of each class of step counts, `[2·classes]` f32 on the device (any f32
+    /// device tensor for SGD, which reads none).
+    pub table: Tensor<1>,
+    /// Each input's class.
+    pub classes: Vec<u32>,
+    /// `[factor, accept]`: the gradients' factor, and 0 to keep the weights and moments as they
+    /// were.
+    pub control: Tensor<1>,
 }
 
 /// Queues the step of every parameter in `inputs` as one operation. `None` (nothing queued) when
-/// a tensor is not an f32 tensor of a CubeCL device, lengths differ, or a rule with moments
-/// lacks them.
-pub(crate) fn fused_step(inputs: Vec<StepInput>, settings: StepSettings) -> Option<Stepped> {
+/// a tensor is not an f32 tensor of a CubeCL device, lengths differ, a rule with moments lacks
+/// them, or `control` does not cover every input.
+pub(crate) fn fused_step(
+    inputs: Vec<StepInput>,
+    settings: StepSettings,
+    control: Control,
+) -> Option<Stepped> {
     let head = inputs.first()?;
     let device = head.w.device();
     let moments = settings.has_moments();
-    let mut table = Vec::with_capacity(2 * inputs.len());
     let (mut fw, mut fg, mut fm, mut fv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for input in &inputs {
         let len = input.w.shape().num_elements();
@@ -151,13 +174,33 @@ pub(crate) fn fused_step(inputs: Vec<StepInput>, settings: StepSettings) -> Opti
             fm.push(f32_of(m)?);
             fv.push(f32_of(v)?);
         }
-        table.extend_from_slice(&input.corrections);
     }
-    let count = table.len();
-    let table = fused(&Tensor::<1>::from_data(
-        TensorData::new(table, [count]),
-        &device,
-    ))?;
+    let n = fw.len();
+    let f32_on_device = |t: &Tensor<1>| fused(t).filter(|f| f.dtype == DType::F32);
+    let (table, decision, classes) = match control {
+        Control::Host(corrections) => {
+            if corrections.len() != n {
+                return None;
+            }
+            let table: Vec<f32> = corrections.into_iter().flatten().collect();
+            let count = table.len();
+            let table = Tensor::<1>::from_data(TensorData::new(table, [count]), &device);
+            (f32_on_device(&table)?, None, (0..n as u32).collect())
+        }
+        Control::Device(decision) => {
+            let DeviceDecision {
+                table,
+                classes,
+                control,
+            } = *decision;
+            let control = f32_on_device(&control).filter(|c| c.shape.num_elements() == 2)?;
+            if classes.len() != n {
+                return None;
+            }
+            (f32_on_device(&table)?, Some(control), classes)
+        }
+    };
+    let decided = decision.is_some();
     let client = fw[0].client.clone();
     let per_output = if moments { 3 } else { 1 };
     let blocks: usize = fw
@@ -170,29 +213,35 @@ pub(crate) fn fused_step(inputs: Vec<StepInput>, settings: StepSettings) -> Opti
         .flat_map(|_| fw.iter())
         .map(|t| uninit(t.shape.num_elements()))
         .collect();
-    if blocks > 0 {
+    let measured = !decided && blocks > 0;
+    if measured {
         outputs.push(uninit(blocks * 2 * STATS));
     }
-    let n = fw.len();
     let ins: Vec<TensorIr> = fw
         .into_iter()
         .chain(fg)
         .chain(fm)
         .chain(fv)
         .chain([table])
+        .chain(decision)
         .map(Fused::into_ir)
         .collect();
     let desc = CustomOpIr::new("gradguard::fused_step", &ins, &outputs);
     let out = client.register(
         StreamId::current(),
         OperationIr::Custom(desc.clone()),
-        QueuedStep { desc, settings },
+        QueuedStep {
+            desc,
+            settings,
+            classes,
+            decided,
+        },
     );
     let mut out: Vec<Tensor<1>> = out
         .into_iter()
         .map(Tensor::from_primitive::<burn_cubecl::Cube>)
         .collect();
-    let stats = (blocks > 0).then(|| out.pop().expect("the statistics are the last output"));
+    let stats = measured.then(|| out.pop().expect("the statistics are the last output"));
     let (v, m) = if moments {
         let v = out.split_off(2 * n);
         (v, out.split_off(n))
@@ -207,12 +256,15 @@ pub(crate) fn fused_step(inputs: Vec<StepInput>, settings: StepSettings) -> Opti
     })
 }
 
-/// The queued step: inputs the weights, gradients, moments (Adam, AdamW) and the corrections;
-/// outputs the new weights, then the new moments.
+/// The queued step: inputs the weights, gradients, moments (Adam, AdamW), the corrections and
+/// (`decided`) the control; outputs the new weights, then the new moments, then (not
+/// `decided`) the statistics.
 #[derive(Debug)]
 struct QueuedStep {
     desc: CustomOpIr,
     settings: StepSettings,
+    classes: Vec<u32>,
+    decided: bool,
 }
 
 impl Operation<FusionCubeRuntime> for QueuedStep {
@@ -221,13 +273,19 @@ impl Operation<FusionCubeRuntime> for QueuedStep {
         handles: &mut HandleContainer<<FusionCubeRuntime as FusionRuntime>::FusionHandle>,
     ) -> Result<(), ExecutionError> {
         let mut inputs = super::queued::input_buffers(&self.desc, handles);
-        let table = inputs.pop().expect("the corrections are the last input");
+        let control = if self.decided { inputs.pop() } else { None };
+        let table = inputs.pop().expect("the corrections follow the moments");
         let sequences = if self.settings.has_moments() { 4 } else { 2 };
         let n = inputs.len() / sequences;
         let (w, rest) = inputs.split_at(n);
         let (g, rest) = rest.split_at(n);
         let (m, v) = rest.split_at(rest.len() / 2);
-        let (results, stats) = launch(w, g, m, v, &table, &self.settings);
+        let decision = Decision {
+            table: &table,
+            control: control.as_ref(),
+            classes: &self.classes,
+        };
+        let (results, stats) = launch(w, g, m, v, decision, &self.settings);
         for (ir, result) in self
             .desc
             .outputs
@@ -240,15 +298,23 @@ impl Operation<FusionCubeRuntime> for QueuedStep {
     }
 }
 
+/// The corrections and, when the device decides, the control of a launch.
+struct Decision<'a> {
+    table: &'a CubeTensor,
+    control: Option<&'a CubeTensor>,
+    classes: &'a [u32],
+}
+
 /// The step over `w`, `g`, `m`, `v` (the moments empty for SGD): one launch per group of
 /// parameters; the results (new weights, then new moments) are views of the groups' buffers,
-/// and the statistics of every block one buffer (`None` when there is no block).
+/// and the statistics of every block one buffer (`None` when there is no block or the device
+/// decides).
 fn launch(
     w: &[CubeTensor],
     g: &[CubeTensor],
     m: &[CubeTensor],
     v: &[CubeTensor],
-    table: &CubeTensor,
+    decision: Decision,
     s: &StepSettings,
 ) -> (Vec<CubeTensor>, Option<CubeTensor>) {
     let Some(head) = w.first() else {
@@ -257,10 +323,11 @@ fn launch(
     let client = head.client.clone();
     let moments = s.has_moments();
     let lens: Vec<usize> = w.iter().map(|t| t.meta.num_elements()).collect();
-    // Bindings besides the sequences: the corrections, four outputs, the runtime's metadata.
+    // Bindings besides the sequences: the corrections, the control, four outputs, the
+    // runtime's metadata.
     let sequences = if moments { 4 } else { 2 };
     let bindings = client.properties().hardware.max_bindings as usize;
-    let group = (bindings.saturating_sub(6) / sequences).clamp(1, MAX_GROUP);
+    let group = (bindings.saturating_sub(7) / sequences).clamp(1, MAX_GROUP);
     let blocks: Vec<usize> = lens.iter().map(|l| l.div_ceil(BLOCK)).collect();
     let all_blocks: usize = blocks.iter().sum();
     let mut results: Vec<Option<CubeTensor>> = vec![None; w.len() * if moments { 3 } else { 1 }];
@@ -272,7 +339,8 @@ fn launch(
             DType::F32,
         )
     };
-    let stats = (all_blocks > 0).then(|| empty(all_blocks * 2 * STATS));
+    let measure = decision.control.is_none();
+    let stats = (all_blocks > 0).then(|| empty(if measure { all_blocks * 2 * STATS } else { 1 }));
     let units = super::units_per_cube(&client);
     // Each tensor's first block in the whole set (the statistics' layout).
     let firsts: Vec<usize> = blocks
@@ -319,13 +387,19 @@ fn launch(
             tensors(g),
             tensors(m),
             tensors(v),
-            table.clone().into_tensor_arg(),
+            decision.table.clone().into_tensor_arg(),
+            decision
+                .control
+                .unwrap_or(decision.table)
+                .clone()
+                .into_tensor_arg(),
             out_w.clone().into_tensor_arg(),
             out_m.clone().into_tensor_arg(),
             out_v.clone().into_tensor_arg(),
             stats.clone().into_tensor_arg(),
             starts.into_iter().collect(),
             offsets.iter().map(|&o| o as u32).collect(),
+            members.iter().map(|&t| decision.classes[t]).collect(),
             firsts[members[0]] as u32,
             s.lr,
             s.beta_1,
@@ -337,6 +411,8 @@ fn launch(
             s.epsilon,
             s.rule,
             s.decay,
+            !measure,
+            measure,
             units,
         );
         let view = |buffer: &CubeTensor, t: usize, o: usize| {
@@ -375,5 +451,5 @@ fn launch(
             })
         })
         .collect();
-    (results, stats)
+    (results, stats.filter(|_| measure))
 }

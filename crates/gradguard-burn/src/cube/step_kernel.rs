@@ -38,7 +38,13 @@ pub const ADAMW: u32 = 2;
 /// at `offsets[i]`, its blocks' statistics to `stats` from block `first_block + starts[i]` on.
 /// `m` and `v` (and the moment outputs) are read and written only by Adam and AdamW (SGD's may
 /// be empty). `decay`: λ (`penalty`) is applied (SGD, Adam) or `keep` = 1 − ηλ, computed in f64
-/// as Burn does, is (AdamW). `one_minus_beta_*` are 1 − β as Burn computes them in f32.
+/// as Burn does, is (AdamW). `one_minus_beta_*` are 1 − β as Burn computes them in f32. Input
+/// i's corrections are `corrections[2·classes[i]]` and `[2·classes[i] + 1]`.
+///
+/// With `decided` the step's decision comes from the device, `control = [factor, accept]`: each
+/// gradient is multiplied by `factor` first, and where `accept` is 0 the outputs are the inputs
+/// (the weights and moments as they were: a NaN gradient of a skipped step reaches nothing).
+/// Without `measure` no statistics are taken (`stats` is not written).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments, unused_assignments)]
 pub fn fused_step(
@@ -47,12 +53,14 @@ pub fn fused_step(
     m: &Sequence<OwnedTensor<f32>>,
     v: &Sequence<OwnedTensor<f32>>,
     corrections: &Tensor<f32>,
+    control: &Tensor<f32>,
     out_w: &mut Tensor<f32>,
     out_m: &mut Tensor<f32>,
     out_v: &mut Tensor<f32>,
     stats: &mut Tensor<f32>,
     starts: &Sequence<u32>,
     offsets: &Sequence<u32>,
+    classes: &Sequence<u32>,
     first_block: u32,
     lr: f32,
     beta_1: f32,
@@ -64,6 +72,8 @@ pub fn fused_step(
     epsilon: f32,
     #[comptime] rule: u32,
     #[comptime] decay: bool,
+    #[comptime] decided: bool,
+    #[comptime] measure: bool,
     #[comptime] units: usize,
 ) {
     let n = comptime![w.len()];
@@ -84,6 +94,12 @@ pub fn fused_step(
     for k in 0..6usize {
         sums[k] = 0.0;
     }
+    let mut factor = 1.0f32;
+    let mut skip = false;
+    if decided {
+        factor = control[0];
+        skip = control[1] == 0.0;
+    }
     #[unroll]
     for i in 0..n {
         let start = *starts.index(i);
@@ -98,12 +114,16 @@ pub fn fused_step(
                 stop = len;
             }
             let offset = *offsets.index(i) as usize;
-            let first = corrections[2 * i];
-            let second = corrections[2 * i + 1];
+            let class = *classes.index(i) as usize;
+            let first = corrections[2 * class];
+            let second = corrections[2 * class + 1];
             let mut at = base + unit;
             while at < stop {
                 let x = tw[at];
                 let mut grad = tg[at];
+                if decided {
+                    grad *= factor;
+                }
                 let mut next = x;
                 if comptime![rule == SGD] {
                     if decay {
@@ -114,10 +134,17 @@ pub fn fused_step(
                     if comptime![rule == ADAM] && decay {
                         grad += x * penalty;
                     }
-                    let m1 = m.index(i).as_slice()[at] * beta_1 + grad * one_minus_beta_1;
-                    let v1 = v.index(i).as_slice()[at] * beta_2 + (grad * grad) * one_minus_beta_2;
-                    out_m[offset + at] = m1;
-                    out_v[offset + at] = v1;
+                    let m0 = m.index(i).as_slice()[at];
+                    let v0 = v.index(i).as_slice()[at];
+                    let m1 = m0 * beta_1 + grad * one_minus_beta_1;
+                    let v1 = v0 * beta_2 + (grad * grad) * one_minus_beta_2;
+                    if skip {
+                        out_m[offset + at] = m0;
+                        out_v[offset + at] = v0;
+                    } else {
+                        out_m[offset + at] = m1;
+                        out_v[offset + at] = v1;
+                    }
                     if comptime![rule == ADAM] {
                         // first = √(1−β₂ᵗ)/(1−β₁ᵗ), second = ε√(1−β₂ᵗ).
                         next = x - ((m1 * first) / (f32::sqrt(v1) + second)) * lr;
@@ -130,12 +157,20 @@ pub fn fused_step(
                         next = kept - ((m1 / first) / (f32::sqrt(v1 / second) + epsilon)) * lr;
                     }
                 }
+                if skip {
+                    next = x;
+                }
                 out_w[offset + at] = next;
-                take(x, 0.0, &mut largest, &mut sums, 0usize, false);
-                take(next - x, 0.0, &mut largest, &mut sums, 1usize, false);
+                if measure {
+                    take(x, 0.0, &mut largest, &mut sums, 0usize, false);
+                    take(next - x, 0.0, &mut largest, &mut sums, 1usize, false);
+                }
                 at += units;
             }
         }
+    }
+    if !measure {
+        terminate!();
     }
     let mut top = Array::<f32>::new(2usize);
     if close_block(&largest, &mut sums, &mut top, &mut inv, 2usize, units) {

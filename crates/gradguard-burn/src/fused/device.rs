@@ -12,7 +12,7 @@ use burn::tensor::Tensor;
 #[cfg(feature = "cube")]
 use {
     super::buffers::map_values,
-    crate::cube::step::{StepInput, StepSettings, corrections, fused_step},
+    crate::cube::step::{Control, StepInput, StepSettings, corrections, fused_step},
     burn::module::{Module, ModuleMapper, ModuleVisitor, Param},
     burn::tensor::TensorData,
 };
@@ -82,21 +82,7 @@ impl FusedOptimizer {
         grads: &HashMap<ParamId, Tensor<1>>,
         lr: f64,
     ) -> Option<DeviceStep<M>> {
-        let mut inputs = Inputs {
-            path: Vec::new(),
-            grads,
-            found: Vec::new(),
-            without_gradient: 0,
-            refused: false,
-        };
-        module.visit(&mut inputs);
-        let on_cube = inputs
-            .found
-            .first()
-            .is_some_and(|f| crate::cube::queued::fused(&f.g).is_some());
-        if inputs.refused || !on_cube {
-            return None;
-        }
+        let inputs = cube_inputs(module, grads)?;
         let (rule, every) = (self.rule, inputs.without_gradient == 0);
         let mut steps = Vec::with_capacity(inputs.found.len());
         let mut ids = Vec::with_capacity(inputs.found.len());
@@ -117,11 +103,14 @@ impl FusedOptimizer {
                 w: found.w,
                 g: found.g,
                 moments,
-                corrections: corrections(rule, time),
             });
             ids.push((found.id, time, found.dims, found.path));
         }
-        let stepped = fused_step(steps, StepSettings::new(rule, lr))?;
+        let table = ids
+            .iter()
+            .map(|(_, time, ..)| corrections(rule, *time))
+            .collect();
+        let stepped = fused_step(steps, StepSettings::new(rule, lr), Control::Host(table))?;
         let mut afters = HashMap::with_capacity(ids.len());
         let mut pending = HashMap::with_capacity(ids.len());
         let mut m = stepped.m.into_iter();
@@ -200,24 +189,46 @@ fn upload(host: &Moments, device: &burn::tensor::Device) -> DeviceState {
 
 #[cfg(feature = "cube")]
 /// A parameter to step: its weights and gradient, flat.
-struct Found {
-    id: ParamId,
-    w: Tensor<1>,
-    g: Tensor<1>,
-    dims: Vec<usize>,
-    path: String,
+pub(crate) struct Found {
+    pub id: ParamId,
+    pub w: Tensor<1>,
+    pub g: Tensor<1>,
+    pub dims: Vec<usize>,
+    pub path: String,
 }
 
 #[cfg(feature = "cube")]
 /// Collects the parameters with a gradient, in module order.
-struct Inputs<'a> {
+pub(crate) struct Inputs<'a> {
     path: Vec<String>,
     grads: &'a HashMap<ParamId, Tensor<1>>,
-    found: Vec<Found>,
+    pub found: Vec<Found>,
     /// Float parameters without a gradient.
-    without_gradient: usize,
+    pub without_gradient: usize,
     /// A parameter the kernel does not step (distributed: Burn's optimizer's to step).
     refused: bool,
+}
+
+#[cfg(feature = "cube")]
+/// The parameters of `module` with a gradient in `grads` (flat), in module order, for the step
+/// kernel: `None` where it cannot step them (a distributed parameter, not a CubeCL device).
+pub(crate) fn cube_inputs<'a, M: Module>(
+    module: &M,
+    grads: &'a HashMap<ParamId, Tensor<1>>,
+) -> Option<Inputs<'a>> {
+    let mut inputs = Inputs {
+        path: Vec::new(),
+        grads,
+        found: Vec::new(),
+        without_gradient: 0,
+        refused: false,
+    };
+    module.visit(&mut inputs);
+    let on_cube = inputs
+        .found
+        .first()
+        .is_some_and(|f| crate::cube::queued::fused(&f.g).is_some());
+    (!inputs.refused && on_cube).then_some(inputs)
 }
 
 #[cfg(feature = "cube")]
@@ -252,7 +263,7 @@ impl ModuleVisitor for Inputs<'_> {
 
 #[cfg(feature = "cube")]
 /// Puts each stepped parameter's new values (flat) into the module, in its shape.
-struct Afters(HashMap<ParamId, Tensor<1>>);
+pub(crate) struct Afters(pub HashMap<ParamId, Tensor<1>>);
 
 #[cfg(feature = "cube")]
 impl ModuleMapper for Afters {

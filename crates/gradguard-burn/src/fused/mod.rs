@@ -31,6 +31,8 @@ pub use rule::{AdamMoments, FusedRule};
 pub(crate) use buffers::map_values;
 use buffers::{HostValues, Pool, replace_values};
 pub(crate) use device::DevicePending;
+#[cfg(feature = "cube")]
+pub(crate) use device::{Afters, cube_inputs};
 use rayon::prelude::*;
 
 /// One parameter's optimizer state: the step count and Adam's two moments (empty for SGD), with

@@ -18,14 +18,23 @@ use burn::tensor::{Bool, DType, Tensor, TensorData};
 
 use crate::fused::{AdamMoments, FusedRule, Moments};
 
-/// A moment in its parameter's shape, whatever the rank: kept as the step made it, so that the
-/// next step reads it without a reshape (which would end Burn's fusion block).
-pub(crate) struct Shaped(Box<dyn ShapedTensor>);
+/// A moment as the step that made it left it: in its parameter's shape, whatever the rank (Burn's
+/// tensor ops: the next step reads it without a reshape, which would end Burn's fusion block),
+/// or flat (the step kernel's output: the next kernel reads it as it is).
+pub(crate) enum Shaped {
+    /// In the parameter's shape.
+    Ranked(Box<dyn ShapedTensor>),
+    /// Flat, with the parameter's shape.
+    #[cfg_attr(not(feature = "cube"), allow(dead_code))]
+    Flat(Box<Tensor<1>>, Vec<usize>),
+}
 
 /// A tensor of some rank behind [`Shaped`].
-trait ShapedTensor: Send + Sync {
+pub(crate) trait ShapedTensor: Send + Sync {
     fn any(&self) -> &dyn Any;
     fn read(&self) -> Vec<f32>;
+    #[cfg_attr(not(feature = "cube"), allow(dead_code))]
+    fn flat(&self) -> Tensor<1>;
     fn boxed(&self) -> Box<dyn ShapedTensor>;
 }
 
@@ -41,6 +50,10 @@ impl<const D: usize> ShapedTensor for Tensor<D> {
             .expect("f32 state")
     }
 
+    fn flat(&self) -> Tensor<1> {
+        self.clone().reshape([self.shape().num_elements()])
+    }
+
     fn boxed(&self) -> Box<dyn ShapedTensor> {
         Box::new(self.clone())
     }
@@ -48,22 +61,50 @@ impl<const D: usize> ShapedTensor for Tensor<D> {
 
 impl Shaped {
     fn of<const D: usize>(t: Tensor<D>) -> Self {
-        Shaped(Box::new(t))
+        Shaped::Ranked(Box::new(t))
     }
 
-    /// The tensor, of the rank it was stepped at.
+    /// The tensor in its parameter's shape, of rank `D`.
     fn get<const D: usize>(&self) -> Tensor<D> {
-        self.0
-            .any()
-            .downcast_ref::<Tensor<D>>()
-            .expect("a parameter keeps its rank")
-            .clone()
+        match self {
+            Shaped::Ranked(t) => t
+                .any()
+                .downcast_ref::<Tensor<D>>()
+                .expect("a parameter keeps its rank")
+                .clone(),
+            Shaped::Flat(t, dims) => {
+                let dims: [usize; D] = dims
+                    .as_slice()
+                    .try_into()
+                    .expect("a parameter keeps its rank");
+                (**t).clone().reshape(dims)
+            }
+        }
+    }
+
+    /// The tensor, flat.
+    #[cfg_attr(not(feature = "cube"), allow(dead_code))]
+    pub fn flat(&self) -> Tensor<1> {
+        match self {
+            Shaped::Ranked(t) => t.flat(),
+            Shaped::Flat(t, _) => (**t).clone(),
+        }
+    }
+
+    fn read(&self) -> Vec<f32> {
+        match self {
+            Shaped::Ranked(t) => t.read(),
+            Shaped::Flat(t, _) => t.as_ref().read(),
+        }
     }
 }
 
 impl Clone for Shaped {
     fn clone(&self) -> Self {
-        Shaped(self.0.boxed())
+        match self {
+            Shaped::Ranked(t) => Shaped::Ranked(t.boxed()),
+            Shaped::Flat(t, dims) => Shaped::Flat(t.clone(), dims.clone()),
+        }
     }
 }
 
@@ -88,7 +129,7 @@ impl DeviceMoments {
     /// The state read back to the host with step count `time`, in the fused optimizer's record
     /// form (blocking reads).
     pub fn to_host(&self, time: usize) -> Moments {
-        let read = |t: &Shaped| t.0.read();
+        let read = |t: &Shaped| t.read();
         Moments {
             time,
             m: self.m.as_ref().map(read).unwrap_or_default(),
@@ -96,6 +137,25 @@ impl DeviceMoments {
             dims: self.dims.clone(),
             path: self.path.clone(),
         }
+    }
+
+    /// The state the step kernel made: flat moments (Adam, AdamW) of a parameter of shape `dims`.
+    #[cfg_attr(not(feature = "cube"), allow(dead_code))]
+    pub fn flat(moments: Option<(Tensor<1>, Tensor<1>)>, dims: Vec<usize>, path: String) -> Self {
+        let (m, v) = match moments {
+            Some((m, v)) => (
+                Some(Shaped::Flat(Box::new(m), dims.clone())),
+                Some(Shaped::Flat(Box::new(v), dims.clone())),
+            ),
+            None => (None, None),
+        };
+        DeviceMoments { m, v, dims, path }
+    }
+
+    /// The two moments, flat, where the rule keeps them.
+    #[cfg_attr(not(feature = "cube"), allow(dead_code))]
+    pub fn flat_moments(&self) -> Option<(Tensor<1>, Tensor<1>)> {
+        Some((self.m.as_ref()?.flat(), self.v.as_ref()?.flat()))
     }
 
     /// A host state uploaded to `device` as moments of shape `dims`.

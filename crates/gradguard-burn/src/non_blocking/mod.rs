@@ -14,6 +14,8 @@
 
 mod decision;
 mod device_step;
+#[cfg(feature = "cube")]
+mod kernel_step;
 mod read;
 mod replay;
 
@@ -196,24 +198,42 @@ impl NonBlockingOptimizer {
             Some(device) => {
                 let decision = decide(&self.plan, stats.clone(), loss.clone(), device);
                 let skip = decision.accept.clone().lower_elem(0.5);
-                let mut stepper = Stepper {
-                    grads: &mut grads,
-                    names: entries.iter().map(|e| (e.id, e.name.clone())).collect(),
-                    moments: &mut self.moments,
-                    loaded: &mut self.loaded,
-                    known: &self.known,
-                    previous: previous_accept.as_ref(),
-                    picked: HashMap::new(),
-                    views: Views::default(),
-                    inputs: StepInputs {
-                        rule: self.rule,
-                        lr: lr * self.guard.lr_multiplier(),
-                        accept: &decision.accept,
-                        skip: &skip,
-                        factor: &decision.factor,
-                    },
+                let inputs = StepInputs {
+                    rule: self.rule,
+                    lr: lr * self.guard.lr_multiplier(),
+                    accept: &decision.accept,
+                    skip: &skip,
+                    factor: &decision.factor,
                 };
-                let module = module.map(&mut stepper);
+                #[cfg(feature = "cube")]
+                let by_kernel = kernel_step::step_by_kernel(
+                    &module,
+                    &entries,
+                    &flat,
+                    kernel_step::KernelState {
+                        moments: &mut self.moments,
+                        loaded: &mut self.loaded,
+                        known: &self.known,
+                        previous: previous_accept.as_ref(),
+                    },
+                    inputs,
+                );
+                #[cfg(not(feature = "cube"))]
+                let by_kernel: Option<M> = None;
+                let module = match by_kernel {
+                    Some(stepped) => stepped,
+                    None => module.map(&mut Stepper {
+                        grads: &mut grads,
+                        names: entries.iter().map(|e| (e.id, e.name.clone())).collect(),
+                        moments: &mut self.moments,
+                        loaded: &mut self.loaded,
+                        known: &self.known,
+                        previous: previous_accept.as_ref(),
+                        picked: HashMap::new(),
+                        views: Views::default(),
+                        inputs,
+                    }),
+                };
                 accept = Some(decision.accept);
                 module
             }

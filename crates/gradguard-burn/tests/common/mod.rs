@@ -506,6 +506,74 @@ pub fn statistics_launches(
     measured.expect("measured twice")
 }
 
+/// The non-blocking optimizer's state (flat moments from the step kernel on a device) saves in
+/// Burn's record format: loaded into a fresh optimizer it continues as the original does,
+/// within 1e-6·max(1, |w|) (bit for bit on the host).
+pub fn non_blocking_state_round_trips(dev: &Device, exact: bool) {
+    use gradguard::NonFinitePolicy;
+    use gradguard_burn::{FusedRule, NonBlockingOptimizer};
+    let rule = FusedRule::adamw(0.1);
+    let guard = || device_guard(1.0, NonFinitePolicy::Skip);
+    let step = |optim: &mut NonBlockingOptimizer, model: Mlp, s: usize| {
+        let (x, y) = run_batch(dev, s % 2);
+        let loss = model.loss(x, y);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        optim.step(1e-2, model, grads, Some(loss)).unwrap().module
+    };
+    let mut optim = NonBlockingOptimizer::new(rule, guard()).unwrap();
+    let mut model = Mlp::new(2, 8, dev);
+    for s in 0..3 {
+        model = step(&mut optim, model, s);
+    }
+    optim.finish().unwrap();
+    let bytes = optim.optimizer_bytes().unwrap();
+    let mut loaded = NonBlockingOptimizer::new(rule, guard()).unwrap();
+    loaded.load_optimizer_bytes(bytes).unwrap();
+    let (mut a, mut b) = (model.clone(), model);
+    for s in 3..5 {
+        a = step(&mut optim, a, s);
+        b = step(&mut loaded, b, s);
+        assert_close(&weights(&a), &weights(&b), exact, &format!("step {s}"));
+    }
+}
+
+/// Kernel launches of the fewest of four non-blocking AdamW steps (from the step to the device
+/// sync) of an MLP of `depth` layers, and its parameter count: (parameters, launches).
+pub fn non_blocking_step_launches(
+    dev: &Device,
+    depth: usize,
+    count: fn(&mut dyn FnMut()) -> u64,
+) -> (usize, u64) {
+    use gradguard::NonFinitePolicy;
+    use gradguard_burn::{FusedRule, NonBlockingOptimizer};
+    let mut model = Mlp::new(depth, 16, dev);
+    let params = 2 * depth + 2;
+    let mut optim = NonBlockingOptimizer::new(
+        FusedRule::adamw(0.1),
+        device_guard(0.5, NonFinitePolicy::Skip),
+    )
+    .unwrap();
+    let mut fewest = u64::MAX;
+    for s in 0..4 {
+        let (x, y) = run_batch(dev, s % 2);
+        let loss = model.loss(x, y);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        dev.sync().unwrap();
+        let mut slot = Some((model, grads, loss));
+        let mut next = None;
+        let launched = count(&mut || {
+            let (m, g, l) = slot.take().expect("one step");
+            next = Some(optim.step(1e-3, m, g, Some(l)).unwrap().module);
+            dev.sync().unwrap();
+        });
+        model = next.expect("stepped");
+        if s > 0 {
+            fewest = fewest.min(launched);
+        }
+    }
+    (params, fewest)
+}
+
 /// Gradients below f32's smallest normal number give the host's statistics, not inf or NaN.
 pub fn tiny_gradients_keep_their_statistics(dev: &Device, placement: Placement) {
     let mlp = Mlp::new(2, 8, dev);

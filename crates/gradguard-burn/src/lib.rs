@@ -57,7 +57,7 @@ mod view;
 pub use collect::parameter_names;
 pub use collective::DeviceCollective;
 #[cfg(feature = "cube")]
-pub use cube::{tensors_per_launch, unit_tensors_per_launch};
+pub use cube::{step_tensors_per_launch, tensors_per_launch, unit_tensors_per_launch};
 pub use fused::{AdamMoments, FusedOptimizer, FusedRule};
 #[cfg(feature = "cube")]
 pub use launches::count_launches;

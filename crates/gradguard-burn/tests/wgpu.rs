@@ -125,14 +125,20 @@ fn the_non_blocking_state_round_trips_through_the_record_format() {
 #[test]
 fn the_non_blocking_step_is_a_few_launches_whatever_the_parameter_count() {
     on_wgpu(|d| {
+        let rule = gradguard_burn::FusedRule::adamw(0.1);
+        let group = gradguard_burn::step_tensors_per_launch(d, rule).expect("a CubeCL device");
         let few = common::non_blocking_step_launches(d, 2, launches);
         let many = common::non_blocking_step_launches(d, 12, launches);
-        eprintln!("(parameters, launches): {few:?}, {many:?}");
+        eprintln!("{group} parameters per launch; (parameters, launches): {few:?}, {many:?}");
         // The step kernel steps every parameter in one launch per group of parameters;
-        // Burn's tensor ops took about 1.3 launches per parameter (26 more for these 20). What
-        // does not grow with the model — the statistics, the decision, Adam's corrections, the
-        // previous step's read — is the rest.
-        assert!(many.1.saturating_sub(few.1) <= 6, "{few:?} {many:?}");
+        // Burn's tensor ops took about 1.7 launches per parameter (34 more for these 20 on
+        // llvmpipe). What does not grow with the model — the statistics, the decision, Adam's
+        // corrections, the previous step's read — is the rest, but for the statistics kernel's
+        // own groups.
+        let statistics = gradguard_burn::tensors_per_launch(d).expect("a CubeCL device");
+        let more = |per: usize| (many.0.div_ceil(per) - few.0.div_ceil(per)) as u64;
+        let allowed = more(group) + more(statistics) + 1;
+        assert!(many.1.saturating_sub(few.1) <= allowed, "{few:?} {many:?}");
     });
 }
 

@@ -70,6 +70,19 @@ pub fn unit_tensors_per_launch(device: &burn::tensor::Device) -> Option<usize> {
     Some(units::unit_group_size(&probe(device)?.client, 1))
 }
 
+/// How many parameters one launch of the fused optimizer's step kernel (`GuardedOptimizer::fused`
+/// and `NonBlockingOptimizer` on a CubeCL device) steps on `device` under `rule`, or `None` when
+/// `device` is not a CubeCL device.
+pub fn step_tensors_per_launch(
+    device: &burn::tensor::Device,
+    rule: crate::FusedRule,
+) -> Option<usize> {
+    Some(step::step_group_size(
+        &probe(device)?.client,
+        rule.has_moments(),
+    ))
+}
+
 /// A one-value CubeCL tensor on `device`, or `None` when it is not a CubeCL device.
 fn probe(device: &burn::tensor::Device) -> Option<CubeTensor> {
     resolve(&Tensor::<1>::zeros([1], &device.clone().inner()))

@@ -298,6 +298,16 @@ impl Operation<FusionCubeRuntime> for QueuedStep {
     }
 }
 
+/// Parameters one launch of the step kernel steps on `client`: its bindings but the
+/// corrections', the control's, the four outputs' and the runtime's metadata buffer's, over the
+/// sequences each parameter takes (weights, gradient and, with `moments`, m and v), at most
+/// [`MAX_GROUP`].
+pub(crate) fn step_group_size(client: &cubecl::client::Client, moments: bool) -> usize {
+    let sequences = if moments { 4 } else { 2 };
+    let bindings = client.properties().hardware.max_bindings as usize;
+    (bindings.saturating_sub(7) / sequences).clamp(1, MAX_GROUP)
+}
+
 /// The corrections and, when the device decides, the control of a launch.
 struct Decision<'a> {
     table: &'a CubeTensor,
@@ -323,11 +333,7 @@ fn launch(
     let client = head.client.clone();
     let moments = s.has_moments();
     let lens: Vec<usize> = w.iter().map(|t| t.meta.num_elements()).collect();
-    // Bindings besides the sequences: the corrections, the control, four outputs, the
-    // runtime's metadata.
-    let sequences = if moments { 4 } else { 2 };
-    let bindings = client.properties().hardware.max_bindings as usize;
-    let group = (bindings.saturating_sub(7) / sequences).clamp(1, MAX_GROUP);
+    let group = step_group_size(&client, moments);
     let blocks: Vec<usize> = lens.iter().map(|l| l.div_ceil(BLOCK)).collect();
     let all_blocks: usize = blocks.iter().sum();
     let mut results: Vec<Option<CubeTensor>> = vec![None; w.len() * if moments { 3 } else { 1 }];

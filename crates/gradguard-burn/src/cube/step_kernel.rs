@@ -107,12 +107,8 @@ pub fn fused_step(
         if block >= start && block < end {
             let tw = w.index(i).as_slice();
             let tg = g.index(i).as_slice();
-            let len = tw.len();
             let base = (block - start) as usize * BLOCK;
-            let mut stop = base + BLOCK;
-            if stop > len {
-                stop = len;
-            }
+            let stop = block_end(base, tw.len());
             let offset = *offsets.index(i) as usize;
             let class = *classes.index(i) as usize;
             let first = corrections[2 * class];
@@ -187,12 +183,8 @@ pub fn fused_step(
             let end = *starts.index(comptime![i + 1]);
             if block >= start && block < end {
                 let tw = w.index(i).as_slice();
-                let len = tw.len();
                 let base = (block - start) as usize * BLOCK;
-                let mut stop = base + BLOCK;
-                if stop > len {
-                    stop = len;
-                }
+                let stop = block_end(base, tw.len());
                 let offset = *offsets.index(i) as usize;
                 let mut at = base + unit;
                 while at < stop {
@@ -213,4 +205,14 @@ pub fn fused_step(
         take_rescan(&mut scaled, &mut sums, 2usize, units);
     }
     write_block(stats, first_block + block, &top, &sums, 2usize);
+}
+
+/// The end of the block that starts at value `base` of a tensor of `len` values.
+#[cube]
+fn block_end(base: usize, len: usize) -> usize {
+    let mut stop = base + BLOCK;
+    if stop > len {
+        stop = len;
+    }
+    stop
 }

@@ -59,9 +59,12 @@ pub(super) fn step_by_kernel<M: Module>(
             .previous
             .filter(|(_, ids)| ids.contains(&f.id))
             .map(|(accept, _)| accept);
+        // SGD reads no corrections: every parameter is of class 0 (of a table it never reads).
         let next = classes.len() as u32;
-        let class = *classes.entry((known, last.is_some())).or_insert_with(|| {
-            if let Some(corrections) = Corrections::new(rule, known, &device) {
+        let class = if rule.has_moments() {
+            *classes.entry((known, last.is_some())).or_insert_with(|| {
+                let corrections =
+                    Corrections::new(rule, known, &device).expect("a rule with moments");
                 // The steps not read yet: this one's and, if it stepped this parameter, the last.
                 let offset = match last {
                     Some(last) => inputs.accept.clone() + last.clone(),
@@ -69,9 +72,11 @@ pub(super) fn step_by_kernel<M: Module>(
                 };
                 let (first, second) = corrections.pick(&offset);
                 table.extend([first, second]);
-            }
-            next
-        });
+                next
+            })
+        } else {
+            0
+        };
         class_of.push(class);
         let moments = rule.has_moments().then(|| {
             state

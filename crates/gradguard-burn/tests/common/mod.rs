@@ -1262,13 +1262,21 @@ pub fn non_blocking_matches_the_blocking_step(dev: &Device, placement: Placement
         let mut late = Vec::new();
         for s in 0..6 {
             let (x, y) = run_batch(dev, s);
+            // Step 1 leaves the head's weight without a gradient: from then on its step count
+            // lags the others' (Adam's corrections of two step counts in one step).
+            let without_head = |mut grads: GradientsParams, m: &Mlp| {
+                if s == 1 {
+                    grads.remove::<2>(m.head.weight.id);
+                }
+                grads
+            };
             let loss = a.loss(x.clone(), y.clone());
-            let grads = GradientsParams::from_grads(loss.backward(), &a);
+            let grads = without_head(GradientsParams::from_grads(loss.backward(), &a), &a);
             let step = blocking.step(lr, a, grads, Some(loss)).unwrap();
             a = step.module;
             reports.push(step.report);
             let loss = b.loss(x, y);
-            let grads = GradientsParams::from_grads(loss.backward(), &b);
+            let grads = without_head(GradientsParams::from_grads(loss.backward(), &b), &b);
             let step = non_blocking.step(lr, b, grads, Some(loss)).unwrap();
             assert_eq!(step.reads_before_optimizer, 0);
             assert_eq!(

@@ -118,6 +118,11 @@ fn the_statistics_take_one_launch_per_group_of_tensors_and_one_read() {
 }
 
 #[test]
+fn every_norm_the_device_follows_decides_on_wgpu_as_the_host() {
+    on_wgpu(common::non_blocking_norms_decide_as_the_host);
+}
+
+#[test]
 fn the_non_blocking_state_round_trips_through_the_record_format() {
     on_wgpu(|d| common::non_blocking_state_round_trips(d, false));
 }

@@ -158,7 +158,7 @@ fn take_at<F: Float, N: Size>(
 
 /// The largest of every unit's `value`, known to every unit.
 #[cube]
-fn cube_max(value: f32, #[comptime] units: usize) -> f32 {
+pub(super) fn cube_max(value: f32, #[comptime] units: usize) -> f32 {
     let mut shared = Shared::<[f32]>::new_slice(units);
     shared[UNIT_POS_X as usize] = value;
     sync_cube();
@@ -172,7 +172,7 @@ fn cube_max(value: f32, #[comptime] units: usize) -> f32 {
 
 /// The sum over the cube's units of each of `acc[0..count]`, in unit 0.
 #[cube]
-fn cube_sums(acc: &mut Array<f32>, #[comptime] count: usize, #[comptime] units: usize) {
+pub(super) fn cube_sums(acc: &mut Array<f32>, #[comptime] count: usize, #[comptime] units: usize) {
     let mut shared = Shared::<[f32]>::new_slice(comptime![count * units]);
     let unit = UNIT_POS_X as usize;
     #[unroll]

@@ -16,6 +16,8 @@
 //! Unit norms (AGC's, and the update bound's per neuron) have a kernel of their own
 //! ([`units`]), queued and read back the same way, at most 4 tensors a launch.
 
+pub(crate) mod decide;
+mod decide_kernel;
 pub(crate) mod kernel;
 pub(crate) mod queued;
 pub(crate) mod rewrite;

@@ -21,6 +21,8 @@ pub(crate) struct Decision {
     pub accept: Tensor<1>,
     /// The factor every gradient is multiplied by.
     pub factor: Tensor<1>,
+    /// `[factor, accept]` as one `[2]` tensor, where the decision kernel made them so.
+    pub control: Option<Tensor<1>>,
 }
 
 /// A step's block statistics, read as the rules ask: each norm computed once, and only if a rule
@@ -77,6 +79,18 @@ pub(crate) fn decide(
     loss: Option<Tensor<1>>,
     device: &Device,
 ) -> Decision {
+    // On a CubeCL device one kernel decides (`cube::decide`), instead of a launch per operation.
+    #[cfg(feature = "cube")]
+    if let Some(control) = stats
+        .as_ref()
+        .and_then(|s| crate::cube::decide::decide(plan, s, loss.as_ref()))
+    {
+        return Decision {
+            factor: control.clone().slice(0..1),
+            accept: control.clone().slice(1..2),
+            control: Some(control),
+        };
+    }
     let ones = || Tensor::<1>::ones([1], device);
     let mut accept = ones();
     let mut factor = ones();
@@ -107,5 +121,9 @@ pub(crate) fn decide(
     if let Some(loss) = loss {
         accept = accept * loss.is_finite().float();
     }
-    Decision { accept, factor }
+    Decision {
+        accept,
+        factor,
+        control: None,
+    }
 }

@@ -251,6 +251,9 @@ pub(crate) struct StepInputs<'a> {
     pub skip: &'a Tensor<1, burn::tensor::Bool>,
     /// `[1]`: the gradients' factor.
     pub factor: &'a Tensor<1>,
+    /// `[factor, accept]` in one tensor, where the decision kernel made them so.
+    #[cfg_attr(not(feature = "cube"), allow(dead_code))]
+    pub control: Option<&'a Tensor<1>>,
 }
 
 /// The step's `[1]` scalars as rank-`D` tensors of one value (which Burn's elementwise

@@ -100,7 +100,10 @@ pub(super) fn step_by_kernel<M: Module>(
             moments,
         });
     }
-    let control = Tensor::cat(vec![inputs.factor.clone(), inputs.accept.clone()], 0);
+    let control = match inputs.control {
+        Some(control) => control.clone(),
+        None => Tensor::cat(vec![inputs.factor.clone(), inputs.accept.clone()], 0),
+    };
     let table = if table.is_empty() {
         control.clone()
     } else {

@@ -205,6 +205,7 @@ impl NonBlockingOptimizer {
                     accept: &decision.accept,
                     skip: &skip,
                     factor: &decision.factor,
+                    control: decision.control.as_ref(),
                 };
                 #[cfg(feature = "cube")]
                 let by_kernel = kernel_step::step_by_kernel(

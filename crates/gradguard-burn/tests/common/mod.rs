@@ -537,6 +537,96 @@ pub fn non_blocking_state_round_trips(dev: &Device, exact: bool) {
     }
 }
 
+/// A batch of 16 deterministic rows (sines and cosines of the step `s`); with `poison`, one
+/// target is infinite.
+pub fn sine_batch(dev: &Device, s: usize, poison: bool) -> (Tensor<2>, Tensor<2>) {
+    let x: Vec<f32> = (0..16 * 8)
+        .map(|i| (i as f32 * 0.3 + s as f32).sin())
+        .collect();
+    let mut y: Vec<f32> = (0..16).map(|i| (i as f32 * 0.2 + s as f32).cos()).collect();
+    if poison {
+        y[0] = f32::INFINITY;
+    }
+    (
+        Tensor::from_data(TensorData::new(x, [16, 8]), dev),
+        Tensor::from_data(TensorData::new(y, [16, 1]), dev),
+    )
+}
+
+/// The L1 and max-norm clips and a skip rule decide on the device as the host decides: the same
+/// weights as the blocking fused step and the same decisions, step for step.
+pub fn non_blocking_norms_decide_as_the_host(dev: &Device) {
+    use gradguard::NonFinitePolicy;
+    use gradguard::NormType;
+    use gradguard::rules::{ClipByGlobalNorm, Rule, SkipIfNormAbove};
+    use gradguard_burn::{FusedRule, NonBlockingOptimizer};
+    type Rules = fn() -> Vec<Box<dyn Rule>>;
+    let chains: Vec<Rules> = vec![
+        || {
+            vec![Box::new(
+                ClipByGlobalNorm::with_norm(100.0, NormType::L1).unwrap(),
+            )]
+        },
+        || {
+            vec![Box::new(
+                ClipByGlobalNorm::with_norm(10.0, NormType::Inf).unwrap(),
+            )]
+        },
+        || vec![Box::new(SkipIfNormAbove::new(30.0, NormType::L2).unwrap())],
+    ];
+    for chain in chains {
+        let rule = FusedRule::adam();
+        let mut blocking =
+            GuardedOptimizer::fused(rule, device_guard_of(chain(), NonFinitePolicy::Skip));
+        let mut non_blocking =
+            NonBlockingOptimizer::new(rule, device_guard_of(chain(), NonFinitePolicy::Skip))
+                .unwrap();
+        let (mut a, mut b) = (Mlp::new(1, 8, dev), Mlp::new(1, 8, dev));
+        b = b.load_record(a.clone().into_record());
+        let (mut decisions, mut late) = (Vec::new(), Vec::new());
+        for s in 0..8 {
+            let (x, y) = sine_batch(dev, s, false);
+            // Every third step's targets are 1,000 times larger: its norms are hundreds of times
+            // those of the others (of order 1 whatever the random initialization), on the far
+            // side of every limit above.
+            let y = y.mul_scalar(if s % 3 == 0 { 1000.0 } else { 0.1 });
+            let loss = a.loss(x.clone(), y.clone());
+            let grads = GradientsParams::from_grads(loss.backward(), &a);
+            let step = blocking.step(1e-2, a, grads, Some(loss)).unwrap();
+            decisions.push((step.report.decision, step.report.rules[0].scale));
+            a = step.module;
+            let loss = b.loss(x, y);
+            let grads = GradientsParams::from_grads(loss.backward(), &b);
+            let step = non_blocking.step(1e-2, b, grads, Some(loss)).unwrap();
+            late.extend(step.report.map(|r| (r.decision, r.rules[0].scale)));
+            b = step.module;
+            for (x, y) in weights(&a)
+                .iter()
+                .flatten()
+                .zip(weights(&b).iter().flatten())
+            {
+                assert!((x - y).abs() <= 2e-6 * (1.0 + x.abs()), "step {s}: {x} {y}");
+            }
+        }
+        late.extend(
+            non_blocking
+                .finish()
+                .unwrap()
+                .map(|r| (r.decision, r.rules[0].scale)),
+        );
+        for (d, l) in decisions.iter().zip(&late) {
+            assert_eq!(d.0, l.0);
+            let (x, y) = (d.1.unwrap_or(1.0), l.1.unwrap_or(1.0));
+            assert!((x - y).abs() <= 1e-5 * x);
+        }
+        let changed = decisions
+            .iter()
+            .filter(|d| d.0 != gradguard::Decision::Apply || d.1.is_some_and(|s| s < 1.0))
+            .count();
+        assert!(changed > 0 && changed < decisions.len(), "{decisions:?}");
+    }
+}
+
 /// Kernel launches of the fewest of four non-blocking AdamW steps (from the step to the device
 /// sync) of an MLP of `depth` layers, and its parameter count: (parameters, launches).
 pub fn non_blocking_step_launches(
@@ -1270,14 +1360,16 @@ pub fn non_blocking_matches_the_blocking_step(dev: &Device, placement: Placement
                 }
                 grads
             };
+            // The NaN step (2) goes without its loss: its gradients alone must skip it.
+            let given = |loss: Tensor<1>| (s != 2).then_some(loss);
             let loss = a.loss(x.clone(), y.clone());
             let grads = without_head(GradientsParams::from_grads(loss.backward(), &a), &a);
-            let step = blocking.step(lr, a, grads, Some(loss)).unwrap();
+            let step = blocking.step(lr, a, grads, given(loss)).unwrap();
             a = step.module;
             reports.push(step.report);
             let loss = b.loss(x, y);
             let grads = without_head(GradientsParams::from_grads(loss.backward(), &b), &b);
-            let step = non_blocking.step(lr, b, grads, Some(loss)).unwrap();
+            let step = non_blocking.step(lr, b, grads, given(loss)).unwrap();
             assert_eq!(step.reads_before_optimizer, 0);
             assert_eq!(
                 step.report.is_some(),

@@ -1,5 +1,6 @@
-//! A step's decision computed on its device from the queued block statistics, by Burn's tensor
-//! ops: nothing is read.
+//! A step's decision computed on its device from the queued block statistics: nothing is read.
+//! On a CubeCL device one kernel computes it (`cube::decide`, the arithmetic below); elsewhere
+//! Burn's tensor ops do, one launch per operation where they launch kernels.
 //!
 //! From block b's largest magnitude m_b, Σr² and Σr (r = |x|/u_b, u_b = max(m_b, f32's smallest
 //! normal)) and non-finite count c_b ([`crate::padded`]), with U = max_b u_b:

@@ -4,7 +4,7 @@
 //! [`NonBlockingOptimizer`] queues, in order and without reading anything: the block statistics
 //! of every gradient (the fused kernel on a CubeCL device, Burn's tensor ops elsewhere), the
 //! decision from them and the loss (`decision`: skip on a non-finite value or loss, or on a
-//! skip rule; the clips' factor), and the fused rule's step over every parameter, which takes
+//! skip rule; the clips' factor; one kernel on a CubeCL device), and the fused rule's step over every parameter, which takes
 //! that factor and keeps weights, moments and step count where the step is skipped (the fused
 //! optimizer's step kernel on a CubeCL device with f32 parameters, `kernel_step`; Burn's tensor
 //! ops elsewhere, `device_step`). Then it reads the *previous* step's statistics and loss, whose copy was

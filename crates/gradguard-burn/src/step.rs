@@ -211,7 +211,9 @@ impl<M: Module + Clone> BurnStep<'_, M> {
         let fused = self.fused.as_deref_mut()?;
         let grads = view.device_grads()?;
         let module = self.module.as_ref().expect("every action leaves a module");
-        let done = fused.step_device(module, &grads, step.lr)?;
+        // The kernel measures the step where the bound reads whole tensors only.
+        let measure = step.measure == UpdateMeasure::Tensors;
+        let done = fused.step_device(module, &grads, step.lr, measure)?;
         self.device_pending = Some(done.pending);
         let units = match step.measure {
             UpdateMeasure::Nothing => {

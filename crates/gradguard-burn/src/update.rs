@@ -39,9 +39,21 @@ fn f32s(t: Tensor<1>) -> TensorData {
     t.into_data().convert::<f32>()
 }
 
+/// Every float parameter of a module in module order: its id, path name and weights, flat.
 struct Before {
     path: Vec<String>,
-    values: HashMap<ParamId, (String, Tensor<1>)>,
+    values: Vec<(ParamId, String, Tensor<1>)>,
+}
+
+impl Before {
+    fn of<M: Module>(module: &M) -> Vec<(ParamId, String, Tensor<1>)> {
+        let mut b = Before {
+            path: Vec::new(),
+            values: Vec::new(),
+        };
+        module.visit(&mut b);
+        b.values
+    }
 }
 
 impl ModuleVisitor for Before {
@@ -53,7 +65,7 @@ impl ModuleVisitor for Before {
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         self.values
-            .insert(param.id, (self.path.join("."), flat(param.val().inner())));
+            .push((param.id, self.path.join("."), flat(param.val().inner())));
     }
 }
 
@@ -168,25 +180,6 @@ fn pair_norms(
     (weights.into_iter().zip(updates).collect(), spreads)
 }
 
-/// Every float parameter in module order: its id, path name and weights, flat.
-struct Ordered {
-    path: Vec<String>,
-    params: Vec<(ParamId, String, Tensor<1>)>,
-}
-
-impl ModuleVisitor for Ordered {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        self.params
-            .push((param.id, self.path.join("."), flat(param.val().inner())));
-    }
-}
-
 impl Updates {
     /// Measures every float parameter's ‖w‖ in `before` and ‖Δw‖ from `before` to `after`: on
     /// the host by [`Engine::Host`] (a CPU backend, no host read at all), else by the device
@@ -202,13 +195,11 @@ impl Updates {
         units: Option<UnitLayout>,
         spread: bool,
     ) -> Self {
-        let mut b = Before {
-            path: Vec::new(),
-            values: HashMap::new(),
-        };
-        before.visit(&mut b);
         let mut a = After {
-            before: b.values,
+            before: Before::of(before)
+                .into_iter()
+                .map(|(id, name, t)| (id, (name, t)))
+                .collect(),
             engine,
             layout: units,
             spans: Vec::new(),
@@ -287,13 +278,8 @@ impl Updates {
         engine: Engine,
         spread: bool,
     ) -> Option<Self> {
-        let mut ordered = Ordered {
-            path: Vec::new(),
-            params: Vec::new(),
-        };
-        before.visit(&mut ordered);
-        let lens: Vec<usize> = ordered
-            .params
+        let params = Before::of(before);
+        let lens: Vec<usize> = params
             .iter()
             .map(|(_, _, t)| t.shape().num_elements())
             .collect();
@@ -308,14 +294,10 @@ impl Updates {
             deltas.extend_from_slice(&block[PER_BLOCK..]);
         }
         let (sums, spreads) = pair_norms(&segments, &values, &deltas);
-        let mut kept = HashMap::with_capacity(ordered.params.len());
-        let mut norms = Vec::with_capacity(ordered.params.len());
-        for (index, (((id, name, old), (weight, update)), spreads)) in ordered
-            .params
-            .into_iter()
-            .zip(sums)
-            .zip(spreads)
-            .enumerate()
+        let mut kept = HashMap::with_capacity(params.len());
+        let mut norms = Vec::with_capacity(params.len());
+        for (index, (((id, name, old), (weight, update)), spreads)) in
+            params.into_iter().zip(sums).zip(spreads).enumerate()
         {
             norms.push(UpdateNorms {
                 name,

@@ -131,9 +131,13 @@ pub(crate) struct StepInput {
 
 /// Who decides the step, and where its corrections come from.
 pub(crate) enum Control {
-    /// The host: each input's two corrections (see [`corrections`]), in the order of the
-    /// inputs; the step is applied as computed and measured (the statistics of [`Stepped`]).
-    Host(Vec<[f32; 2]>),
+    /// The host: the step is applied as computed.
+    Host {
+        /// Each input's two corrections (see [`corrections`]), in the order of the inputs.
+        corrections: Vec<[f32; 2]>,
+        /// Whether the kernel measures the step (the statistics of [`Stepped`]).
+        measure: bool,
+    },
     /// The device (the non-blocking step): nothing is measured.
     Device(Box<DeviceDecision>),
 }
@@ -177,15 +181,23 @@ pub(crate) fn fused_step(
     }
     let n = fw.len();
     let f32_on_device = |t: &Tensor<1>| fused(t).filter(|f| f.dtype == DType::F32);
-    let (table, decision, classes) = match control {
-        Control::Host(corrections) => {
+    let (table, decision, classes, measure) = match control {
+        Control::Host {
+            corrections,
+            measure,
+        } => {
             if corrections.len() != n {
                 return None;
             }
             let table: Vec<f32> = corrections.into_iter().flatten().collect();
             let count = table.len();
             let table = Tensor::<1>::from_data(TensorData::new(table, [count]), &device);
-            (f32_on_device(&table)?, None, (0..n as u32).collect())
+            (
+                f32_on_device(&table)?,
+                None,
+                (0..n as u32).collect(),
+                measure,
+            )
         }
         Control::Device(decision) => {
             let DeviceDecision {
@@ -197,7 +209,7 @@ pub(crate) fn fused_step(
             if classes.len() != n {
                 return None;
             }
-            (f32_on_device(&table)?, Some(control), classes)
+            (f32_on_device(&table)?, Some(control), classes, false)
         }
     };
     let decided = decision.is_some();
@@ -213,7 +225,7 @@ pub(crate) fn fused_step(
         .flat_map(|_| fw.iter())
         .map(|t| uninit(t.shape.num_elements()))
         .collect();
-    let measured = !decided && blocks > 0;
+    let measured = measure && blocks > 0;
     if measured {
         outputs.push(uninit(blocks * 2 * STATS));
     }
@@ -235,6 +247,7 @@ pub(crate) fn fused_step(
             settings,
             classes,
             decided,
+            measured,
         },
     );
     let mut out: Vec<Tensor<1>> = out
@@ -257,14 +270,15 @@ pub(crate) fn fused_step(
 }
 
 /// The queued step: inputs the weights, gradients, moments (Adam, AdamW), the corrections and
-/// (`decided`) the control; outputs the new weights, then the new moments, then (not
-/// `decided`) the statistics.
+/// (`decided`) the control; outputs the new weights, then the new moments, then (`measured`)
+/// the statistics.
 #[derive(Debug)]
 struct QueuedStep {
     desc: CustomOpIr,
     settings: StepSettings,
     classes: Vec<u32>,
     decided: bool,
+    measured: bool,
 }
 
 impl Operation<FusionCubeRuntime> for QueuedStep {
@@ -284,6 +298,7 @@ impl Operation<FusionCubeRuntime> for QueuedStep {
             table: &table,
             control: control.as_ref(),
             classes: &self.classes,
+            measure: self.measured,
         };
         let (results, stats) = launch(w, g, m, v, decision, &self.settings);
         for (ir, result) in self
@@ -308,11 +323,12 @@ pub(crate) fn step_group_size(client: &cubecl::client::Client, moments: bool) ->
     (bindings.saturating_sub(7) / sequences).clamp(1, MAX_GROUP)
 }
 
-/// The corrections and, when the device decides, the control of a launch.
+/// The corrections and, when the device decides, the control of a launch; whether it measures.
 struct Decision<'a> {
     table: &'a CubeTensor,
     control: Option<&'a CubeTensor>,
     classes: &'a [u32],
+    measure: bool,
 }
 
 /// The step over `w`, `g`, `m`, `v` (the moments empty for SGD): one launch per group of
@@ -345,7 +361,7 @@ fn launch(
             DType::F32,
         )
     };
-    let measure = decision.control.is_none();
+    let measure = decision.measure;
     let stats = (all_blocks > 0).then(|| empty(if measure { all_blocks * 2 * STATS } else { 1 }));
     let units = super::units_per_cube(&client);
     // Each tensor's first block in the whole set (the statistics' layout).
@@ -417,7 +433,7 @@ fn launch(
             s.epsilon,
             s.rule,
             s.decay,
-            !measure,
+            decision.control.is_some(),
             measure,
             units,
         );

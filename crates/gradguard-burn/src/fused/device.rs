@@ -71,9 +71,9 @@ pub(crate) struct DeviceStep<M> {
 impl FusedOptimizer {
     /// Queues the step of every parameter of `module` with a gradient in `grads` (flat f32
     /// tensors on a CubeCL device) at rate `lr`: the module stepped (its parameters' new values,
-    /// the module given left as it was), the state to commit, and — when every float parameter
-    /// had a gradient — the pair block statistics of the weights and the update the kernel took
-    /// (see [`crate::update::Updates::from_pair_statistics`]), queued. `None`, with nothing
+    /// the module given left as it was), the state to commit, and — with `measure`, when every
+    /// float parameter had a gradient — the pair block statistics of the weights and the update
+    /// the kernel took (see [`crate::update::Updates::from_pair_statistics`]), queued. `None`, with nothing
     /// queued, where the kernel cannot run (a parameter or gradient not f32 on a CubeCL device, a
     /// distributed parameter).
     pub(crate) fn step_device<M: Module>(
@@ -81,6 +81,7 @@ impl FusedOptimizer {
         module: &M,
         grads: &HashMap<ParamId, Tensor<1>>,
         lr: f64,
+        measure: bool,
     ) -> Option<DeviceStep<M>> {
         let inputs = cube_inputs(module, grads)?;
         let (rule, every) = (self.rule, inputs.without_gradient == 0);
@@ -110,7 +111,11 @@ impl FusedOptimizer {
             .iter()
             .map(|(_, time, ..)| corrections(rule, *time))
             .collect();
-        let stepped = fused_step(steps, StepSettings::new(rule, lr), Control::Host(table))?;
+        let control = Control::Host {
+            corrections: table,
+            measure: measure && every,
+        };
+        let stepped = fused_step(steps, StepSettings::new(rule, lr), control)?;
         let mut afters = HashMap::with_capacity(ids.len());
         let mut pending = HashMap::with_capacity(ids.len());
         let mut m = stepped.m.into_iter();
@@ -137,7 +142,7 @@ impl FusedOptimizer {
         Some(DeviceStep {
             module,
             pending: DevicePending(pending),
-            statistics: stepped.stats.filter(|_| every),
+            statistics: stepped.stats,
         })
     }
 }
@@ -151,6 +156,7 @@ impl FusedOptimizer {
         _module: &M,
         _grads: &HashMap<ParamId, Tensor<1>>,
         _lr: f64,
+        _measure: bool,
     ) -> Option<DeviceStep<M>> {
         None
     }

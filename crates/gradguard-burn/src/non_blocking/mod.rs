@@ -4,13 +4,13 @@
 //! [`NonBlockingOptimizer`] queues, in order and without reading anything: the block statistics
 //! of every gradient (the fused kernel on a CubeCL device, Burn's tensor ops elsewhere), the
 //! decision from them and the loss (`decision`: skip on a non-finite value or loss, or on a
-//! skip rule; the clips' factor; one kernel on a CubeCL device), and the fused rule's step over every parameter, which takes
-//! that factor and keeps weights, moments and step count where the step is skipped (the fused
-//! optimizer's step kernel on a CubeCL device with f32 parameters, `kernel_step`; Burn's tensor
-//! ops elsewhere, `device_step`). Then it reads the *previous* step's statistics and loss, whose copy was
-//! queued behind that step's kernels, and runs the guard's own judgement on them (`replay`) for
-//! the report and the guard's counters — the same decision the device took from the same
-//! numbers. The design is OLMo-core's skip step (a 0/1 step factor on the device) for the rules
+//! skip rule; the clips' factor; one kernel on a CubeCL device), and the fused rule's step over
+//! every parameter, which takes that factor and keeps weights, moments and step count where the
+//! step is skipped (the fused optimizer's step kernel on a CubeCL device with f32 parameters,
+//! `kernel_step`; Burn's tensor ops elsewhere, `device_step`). Then it reads the *previous*
+//! step's statistics and loss, whose copy was queued behind that step's kernels, and runs the
+//! guard's own judgement on them (`replay`) for the report and the guard's counters — the same
+//! decision the device took from the same numbers. The design is OLMo-core's skip step (a 0/1 step factor on the device) for the rules
 //! whose decision is a function of the step's own statistics ([`Guard::device_plan`]).
 
 mod decision;

@@ -8,18 +8,17 @@
 //! and handing the gradients back. Prints medians, the overhead as a percentage of the step, the
 //! phases, and the host reads per step, for both placements. Last, whole training steps of this
 //! MLP under Adam and of a 4-layer pre-norm transformer stack under AdamW, each with Burn's
-//! optimizer alone, with `GuardedOptimizer` over it and the default guard, with the default guard
-//! without its update bound, and with the fused guarded optimizer of the same rule and the
-//! default guard (interleaved, so a busy machine slows all alike): each guard's cost against a
-//! plain step — for `GuardedOptimizer::new` the bound's share is the pre-step clone and ‖w‖, ‖Δw‖
+//! optimizer alone, and with `GuardedOptimizer` over it and the fused guarded optimizer of the
+//! same rule, each with the default guard and without its update bound (interleaved, each round
+//! starting with another, so a busy machine slows all alike): each guard's cost, the median of
+//! its steps' ratios to the plain step of the same round — for `GuardedOptimizer::new` the bound's share is the pre-step clone and ‖w‖, ‖Δw‖
 //! of every parameter; the fused one measures them in its update pass. Then, for a guard the
 //! device can follow (a global-norm clip at 1, non-finite steps skipped), steps run back to
 //! back as a training loop runs them (one device sync per eight steps): Burn's optimizer alone,
 //! the fused guarded optimizer (one blocking read per step) and `NonBlockingOptimizer` (none
 //! before the optimizer; the previous step's statistics read after it).
 //!
-//! Run: `cargo bench -p gradguard-burn --bench guard_overhead` (about two and a half minutes, on
-//! flex).
+//! Run: `cargo bench -p gradguard-burn --bench guard_overhead` (about three minutes, on flex).
 //! On a GPU through wgpu: `GRADGUARD_BENCH_DEVICE=wgpu cargo bench -p gradguard-burn --features
 //! wgpu --bench guard_overhead`; there each phase ends with a device sync (so the times are the
 //! device's, not the queueing's), and the kernel launches of the guard's part are counted
@@ -64,6 +63,18 @@ impl Mlp {
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
+}
+
+/// The median over rounds of `a[i] / b[i]`: each round's two timings share the machine's state
+/// at that moment, so their ratio drifts less than a ratio of medians.
+fn paired_ratio(a: &[Duration], b: &[Duration]) -> f64 {
+    let mut ratios: Vec<f64> = a
+        .iter()
+        .zip(b)
+        .map(|(a, b)| a.as_secs_f64() / b.as_secs_f64())
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios[ratios.len() / 2]
 }
 
 /// The device named by `GRADGUARD_BENCH_DEVICE` (`flex`, the default, or `wgpu`).
@@ -161,6 +172,11 @@ fn main() {
         let mut guard = Guard::new(GuardConfig::default(), Chain::new(rules).unwrap()).unwrap();
         let (mut steps, mut guards, mut reads, mut launched) = (Vec::new(), Vec::new(), 0u32, 0u64);
         let mut phases = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+        // Burn's own sum over as many f32 values as the gradients hold, read back, timed in the
+        // same rounds as the collect phase (wgpu, first run): the statistics' bandwidth reference.
+        let reference = (!on_flex && !clip)
+            .then(|| Tensor::<1>::random([params], Distribution::Default, &device.clone().inner()));
+        let mut sums = Vec::new();
         let mut log =
             JsonlSink::create(dir.path().join(format!("{placement:?}-{clip}.jsonl"))).unwrap();
         for i in 0..25 {
@@ -198,6 +214,13 @@ fn main() {
             }
             model = optim.step(1e-3 * report.lr_multiplier, model, grads);
             sync(&device);
+            if let Some(values) = &reference {
+                let start = Instant::now();
+                let _ = values.clone().sum().into_scalar::<f32>();
+                if i >= 5 {
+                    sums.push(start.elapsed());
+                }
+            }
             let step_time = start.elapsed();
             if i >= 5 {
                 steps.push(step_time - guard_time);
@@ -222,17 +245,19 @@ fn main() {
             100.0 * g.as_secs_f64() / s.as_secs_f64(),
             f64::from(reads) / 20.0,
         );
-        let [collect, rules, telemetry, restore] = phases.map(|p| median(p).as_secs_f64() * 1e3);
+        let [collect, rules, telemetry, restore] =
+            phases.clone().map(|p| median(p).as_secs_f64() * 1e3);
         println!(
             "  collect {collect:.3} ms, guard and rules {rules:.3} ms, telemetry {telemetry:.3} ms, hand back {restore:.3} ms"
         );
-        if !on_flex && !clip {
+        if !sums.is_empty() {
             // Collecting is the statistics pass and its one read: the gradients' bytes over its
-            // time, against Burn's own sum over as many f32 values, timed here the same way.
+            // time, against Burn's own sum over as many f32 values, timed in the same rounds.
             let bytes = 4.0 * params as f64;
-            let reference = reference_read_ms(&device, params);
+            let paired = paired_ratio(&sums, &phases[0]);
+            let reference = median(sums).as_secs_f64() * 1e3;
             println!(
-                "  statistics read the gradients at {:.2} GB/s; Burn's sum over the same bytes: {:.2} GB/s (ratio {:.2})",
+                "  statistics read the gradients at {:.2} GB/s; Burn's sum over the same bytes: {:.2} GB/s (ratio {:.2}; median of the rounds' ratios {paired:.2})",
                 bytes / collect * 1e-6,
                 bytes / reference * 1e-6,
                 reference / collect
@@ -284,23 +309,6 @@ fn main() {
         },
         |m: &Stack| m.loss(sx.clone(), sy.clone()),
     );
-}
-
-/// Median milliseconds of Burn's `sum` over `n` f32 values on `device`, read back: a reference
-/// for one pass over the same bytes with one host read.
-fn reference_read_ms(device: &Device, n: usize) -> f64 {
-    let inner = device.clone().inner();
-    let values = Tensor::<1>::random([n], Distribution::Default, &inner);
-    let mut times = Vec::new();
-    for i in 0..15 {
-        sync(&inner);
-        let start = Instant::now();
-        let _ = values.clone().sum().into_scalar::<f32>();
-        if i >= 5 {
-            times.push(start.elapsed());
-        }
-    }
-    median(times).as_secs_f64() * 1e3
 }
 
 /// Kernel launches of collecting the gradients and reading their statistics, for models of
@@ -426,12 +434,12 @@ impl Stack {
     }
 }
 
-/// Whole training steps of the same model and data, four ways, interleaved step by step (a busy
+/// Whole training steps of the same model and data, five ways, interleaved step by step (a busy
 /// machine slows all alike): Burn's optimizer of `rule` alone, `GuardedOptimizer` over it with
-/// the default guard, the same without its update bound, and the fused guarded optimizer of the
-/// same rule with the default guard. Each step takes its model out, so that no other handle
-/// makes the optimizer copy its weights. Prints the medians and what each guard costs against the
-/// plain step.
+/// the default guard and the same without its update bound, and the fused guarded optimizer of
+/// the same rule with both guards. Each step takes its model out, so that no other handle makes
+/// the optimizer copy its weights. Prints the medians and what each guard costs against the
+/// plain step of the same round.
 fn whole_step_cost<M: Module + Clone>(
     device: &Device,
     what: &str,
@@ -439,8 +447,7 @@ fn whole_step_cost<M: Module + Clone>(
     rule: FusedRule,
     loss: impl Fn(&M) -> Tensor<1>,
 ) {
-    let optimizer = || rule.to_burn();
-    let guarded = |bound: bool| {
+    let guard = |bound: bool| {
         let config = GuardConfig {
             update_bound: if bound {
                 GuardConfig::default().update_bound
@@ -449,29 +456,25 @@ fn whole_step_cost<M: Module + Clone>(
             },
             ..GuardConfig::default()
         };
-        let guard = Guard::new(config, Chain::new(Vec::new()).unwrap()).unwrap();
-        GuardedOptimizer::new(optimizer(), guard)
+        Guard::new(config, Chain::new(Vec::new()).unwrap()).unwrap()
     };
-    let mut plain = optimizer();
+    let mut plain = rule.to_burn();
     let mut optims = [
-        guarded(true),
-        guarded(false),
-        GuardedOptimizer::fused(rule, Guard::default()),
+        GuardedOptimizer::new(rule.to_burn(), guard(true)),
+        GuardedOptimizer::new(rule.to_burn(), guard(false)),
+        GuardedOptimizer::fused(rule, guard(true)),
+        GuardedOptimizer::fused(rule, guard(false)),
     ];
-    let mut models = [
-        Some(model.clone()),
-        Some(model.clone()),
-        Some(model.clone()),
-        Some(model),
-    ];
-    let mut times = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
-    for i in 0..40 {
-        for k in 0..4 {
+    let mut models: [Option<M>; 5] = std::array::from_fn(|_| Some(model.clone()));
+    let mut times: [Vec<Duration>; 5] = Default::default();
+    for i in 0..ROUNDS {
+        // Each round starts with another variant, so none always follows the same one.
+        for k in (0..5).map(|j| (i + j) % 5) {
             let start = Instant::now();
             let m = models[k].take().expect("each step puts its model back");
             let l = loss(&m);
             let grads = GradientsParams::from_grads(l.backward(), &m);
-            models[k] = Some(if k == 3 {
+            models[k] = Some(if k == 4 {
                 plain.step(1e-3, m, grads)
             } else {
                 optims[k].step(1e-3, m, grads, Some(l)).unwrap().module
@@ -486,21 +489,30 @@ fn whole_step_cost<M: Module + Clone>(
     pipelined_cost(
         device,
         what,
-        models[3].take().expect("put back"),
+        models[4].take().expect("put back"),
         rule,
         &loss,
     );
-    let [with, without, fused, alone] = times.map(|t| median(t).as_secs_f64() * 1e3);
-    let share = |t: f64| 100.0 * (t - alone) / alone;
+    // Each guard's cost: the median over rounds of its step against the plain step of the same
+    // round.
+    let share = |k: usize| 100.0 * (paired_ratio(&times[k], &times[4]) - 1.0);
+    let shares = [share(0), share(1), share(2), share(3)];
+    let [with, without, fused, fused_without, alone] = times.map(|t| median(t).as_secs_f64() * 1e3);
     println!(
-        "whole steps, {what} (median of 35, interleaved): plain {alone:.2} ms, default guard \
-         {with:.2} ms ({:+.1}%), default guard without its update bound {without:.2} ms \
-         ({:+.1}%), fused default guard {fused:.2} ms ({:+.1}%)",
-        share(with),
-        share(without),
-        share(fused),
+        "whole steps, {what} (medians of {} rounds, interleaved; cost: median of the rounds' \
+         ratios to the plain step): plain {alone:.2} ms; `new`: default guard {with:.2} ms \
+         ({:+.1}%), without its update bound {without:.2} ms ({:+.1}%); `fused`: default guard \
+         {fused:.2} ms ({:+.1}%), without its update bound {fused_without:.2} ms ({:+.1}%)",
+        ROUNDS - 5,
+        shares[0],
+        shares[1],
+        shares[2],
+        shares[3],
     );
 }
+
+/// Rounds of [`whole_step_cost`], the first five not counted (autotune's trial launches).
+const ROUNDS: usize = 45;
 
 /// A guard the device can follow: a global-norm clip at 1, non-finite steps skipped, nothing
 /// that needs the host.

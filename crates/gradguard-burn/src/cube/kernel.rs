@@ -90,10 +90,7 @@ fn pass<F: Float, N: Size>(
             let len = ta.len();
             let per_block = comptime![BLOCK / vector];
             let base = (block - start) as usize * per_block;
-            let mut stop = base + per_block;
-            if stop > len {
-                stop = len;
-            }
+            let stop = block_end(base, per_block, len);
             let unit = UNIT_POS_X as usize;
             let tb = if pair { b.index(i).as_slice() } else { ta };
             if stop - base == per_block {
@@ -119,6 +116,17 @@ fn pass<F: Float, N: Size>(
             }
         }
     }
+}
+
+/// The end of the block that starts at `base` of a tensor of `len` items, `per_block` items a
+/// block.
+#[cube]
+pub(super) fn block_end(base: usize, #[comptime] per_block: usize, len: usize) -> usize {
+    let mut stop = base + per_block;
+    if stop > len {
+        stop = len;
+    }
+    stop
 }
 
 /// Folds the value at `at` of `a` (and of b − a, with `pair`) into this unit's partials.

@@ -214,23 +214,40 @@ fn launch_group(
 }
 
 /// Units per cube of the statistics kernel on `client`'s device: one plane (the SIMD width:
-/// 8 on llvmpipe's AVX2, 32 on NVIDIA), at most [`MAX_UNITS`] (where the device reports none).
-/// A cube of one plane keeps its two barriers cheap; on llvmpipe it reads about five times as
-/// fast as a 256-unit cube (docs/measurements/2026-12-07-statistics-kernel.md).
+/// 8 on llvmpipe's AVX2, 32 on NVIDIA), at most [`MAX_UNITS`]; [`UNKNOWN_PLANE_UNITS`] where the
+/// device does not know its plane size (WebGPU and OpenGL report a range up to 128). A cube of
+/// one plane keeps its two barriers cheap; on llvmpipe it reads about five times as fast as a
+/// 256-unit cube (docs/measurements/2026-12-07-statistics-kernel.md), and through OpenGL, where
+/// the range is reported, 8 units read 3–8× as fast as 64
+/// (docs/measurements/2026-12-07-vector-step-kernel.md).
 fn units_per_cube(client: &cubecl::client::Client) -> usize {
-    let plane = (client.properties().hardware.plane_size_max as usize).clamp(1, MAX_UNITS);
+    let hardware = &client.properties().hardware;
+    cube_units(hardware.plane_size_min, hardware.plane_size_max)
+}
+
+/// [`units_per_cube`] for a device that reports plane sizes `min..=max`.
+fn cube_units(min: u32, max: u32) -> usize {
+    let plane = max as usize;
+    let plane = if plane > MAX_UNITS && min != max {
+        UNKNOWN_PLANE_UNITS
+    } else {
+        plane.clamp(1, MAX_UNITS)
+    };
     // A power of two, so that a block is a whole number of rounds.
     1 << plane.ilog2()
 }
 
-/// The most units one cube of the statistics kernel has (WebGPU reports its plane size as up to
-/// 128 where it does not know it).
+/// The most units one cube of the statistics kernel has.
 const MAX_UNITS: usize = 64;
+
+/// Units per cube where the device reports a range of plane sizes reaching past [`MAX_UNITS`]
+/// (it does not know its own): the narrowest SIMD width a GPU or llvmpipe runs a plane on.
+const UNKNOWN_PLANE_UNITS: usize = 8;
 
 /// The widest vector of at most [`MAX_VECTOR`] values that `client`'s device reads well for
 /// `dtype` and that divides every one of `lens` (each tensor is read in whole vectors); 1 when
 /// none does.
-fn vector_size(
+pub(super) fn vector_size(
     client: &cubecl::client::Client,
     dtype: DType,
     lens: impl Iterator<Item = usize> + Clone,
@@ -281,4 +298,23 @@ pub(crate) fn read(
     let stats_values = stats.map(|t| floats(parts.next().expect("one part per handle"), t));
     let loss_value = loss.map(|t| floats(parts.next().expect("one part per handle"), t)[0]);
     (stats_values.unwrap_or_default(), loss_value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cube_units;
+
+    #[test]
+    fn a_cube_is_one_plane_and_eight_units_where_the_plane_is_unknown() {
+        // llvmpipe on Vulkan, NVIDIA, AMD's range, a device wider than a cube may be.
+        assert_eq!(cube_units(8, 8), 8);
+        assert_eq!(cube_units(32, 32), 32);
+        assert_eq!(cube_units(32, 64), 64);
+        assert_eq!(cube_units(128, 128), 64);
+        // OpenGL and WebGPU, which do not know theirs.
+        assert_eq!(cube_units(4, 128), 8);
+        // A plane size that is not a power of two rounds down; none reported is one unit.
+        assert_eq!(cube_units(24, 24), 16);
+        assert_eq!(cube_units(0, 0), 1);
+    }
 }

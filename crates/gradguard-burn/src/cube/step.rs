@@ -206,10 +206,14 @@ pub(crate) fn fused_step(
                 control,
             } = *decision;
             let control = f32_on_device(&control).filter(|c| c.shape.num_elements() == 2)?;
-            if classes.len() != n {
+            let table = f32_on_device(&table)?;
+            // Every class's corrections lie in the table (the kernel reads them unchecked; SGD
+            // reads none).
+            let rows = table.shape.num_elements() / 2;
+            if classes.len() != n || (moments && classes.iter().any(|&c| c as usize >= rows)) {
                 return None;
             }
-            (f32_on_device(&table)?, Some(control), classes, false)
+            (table, Some(control), classes, false)
         }
     };
     let decided = decision.is_some();
@@ -373,8 +377,12 @@ fn launch(
             Some(first)
         })
         .collect();
+    let align = (client.properties().memory.alignment as usize / 4).max(1);
     for members in groups(w, &blocks, group) {
-        let align = (client.properties().memory.alignment as usize / 4).max(1);
+        // Whole vectors of every member, each starting on a vector of the outputs.
+        let vector =
+            super::vector_size(&client, DType::F32, members.iter().map(|&t| lens[t])).min(align);
+        let align = align.div_ceil(vector) * vector;
         let mut starts = Vec::with_capacity(members.len() + 1);
         let mut offsets = Vec::with_capacity(members.len());
         let (mut block, mut offset) = (0u32, 0usize);
@@ -387,8 +395,8 @@ fn launch(
         starts.push(block);
         let total = offset;
         let out_w = empty(total);
-        // SGD writes no moments: one-value placeholders fill their bindings.
-        let moment_len = if moments { total } else { 1 };
+        // SGD writes no moments: one-vector placeholders fill their bindings.
+        let moment_len = if moments { total } else { vector };
         let (out_m, out_v) = (empty(moment_len), empty(moment_len));
         let tensors = |ts: &[CubeTensor]| -> SequenceArg<_> {
             if ts.is_empty() {
@@ -401,42 +409,50 @@ fn launch(
         };
         let (x, y) = grid(block as usize);
         let stats = stats.as_ref().expect("a group has blocks");
-        super::step_kernel::fused_step::launch(
-            &client,
-            CubeCount::Static(x, y, 1),
-            CubeDim::new_1d(units as u32),
-            tensors(w),
-            tensors(g),
-            tensors(m),
-            tensors(v),
-            decision.table.clone().into_tensor_arg(),
-            decision
-                .control
-                .unwrap_or(decision.table)
-                .clone()
-                .into_tensor_arg(),
-            out_w.clone().into_tensor_arg(),
-            out_m.clone().into_tensor_arg(),
-            out_v.clone().into_tensor_arg(),
-            stats.clone().into_tensor_arg(),
-            starts.into_iter().collect(),
-            offsets.iter().map(|&o| o as u32).collect(),
-            members.iter().map(|&t| decision.classes[t]).collect(),
-            firsts[members[0]] as u32,
-            s.lr,
-            s.beta_1,
-            s.beta_2,
-            s.one_minus_beta_1,
-            s.one_minus_beta_2,
-            s.penalty,
-            s.keep,
-            s.epsilon,
-            s.rule,
-            s.decay,
-            decision.control.is_some(),
-            measure,
-            units,
-        );
+        // SAFETY: every index the kernel reads or writes is below its buffer's length: a unit
+        // reads its tensor's vectors below the tensor's length and writes them at its offset in
+        // buffers of `total` values, the statistics at its block of `stats` (every block of every
+        // parameter), the corrections at classes checked against the table.
+        unsafe {
+            super::step_kernel::fused_step::launch_unchecked(
+                &client,
+                CubeCount::Static(x, y, 1),
+                CubeDim::new_1d(units as u32),
+                vector,
+                tensors(w),
+                tensors(g),
+                tensors(m),
+                tensors(v),
+                decision.table.clone().into_tensor_arg(),
+                decision
+                    .control
+                    .unwrap_or(decision.table)
+                    .clone()
+                    .into_tensor_arg(),
+                out_w.clone().into_tensor_arg(),
+                out_m.clone().into_tensor_arg(),
+                out_v.clone().into_tensor_arg(),
+                stats.clone().into_tensor_arg(),
+                starts.into_iter().collect(),
+                offsets.iter().map(|&o| (o / vector) as u32).collect(),
+                members.iter().map(|&t| decision.classes[t]).collect(),
+                firsts[members[0]] as u32,
+                s.lr,
+                s.beta_1,
+                s.beta_2,
+                s.one_minus_beta_1,
+                s.one_minus_beta_2,
+                s.penalty,
+                s.keep,
+                s.epsilon,
+                s.rule,
+                s.decay,
+                decision.control.is_some(),
+                measure,
+                units,
+                vector,
+            )
+        };
         let view = |buffer: &CubeTensor, t: usize, o: usize| {
             let handle = buffer
                 .handle

@@ -21,11 +21,13 @@
 //! the non-finite count; a block whose largest magnitude lies outside [2⁻⁴⁰, 2⁴⁰] is summed again,
 //! scaled, from the weights and the new weights the unit itself wrote). A cube of `units` units
 //! (one plane, as the statistics kernel's) steps one block of [`BLOCK`] values of one tensor,
-//! unit k the values k, k + units, …
+//! unit k the vectors k, k + units, … of `vector` values each (4, 2 or 1: the widest that divides
+//! every tensor of the launch, so neighbouring units read and write neighbouring bytes); a whole
+//! block runs a loop whose trip count is known when the kernel is compiled.
 
 use cubecl::prelude::*;
 
-use super::kernel::{BLOCK, close_block, take, take_rescan, write_block};
+use super::kernel::{BLOCK, block_end, close_block, take, take_rescan, write_block};
 
 /// [`fused_step`]'s rule: SGD.
 pub const SGD: u32 = 0;
@@ -35,8 +37,8 @@ pub const ADAM: u32 = 1;
 pub const ADAMW: u32 = 2;
 
 /// Input i's blocks are `starts[i] .. starts[i + 1]`; its results go to `out_w`, `out_m`, `out_v`
-/// at `offsets[i]`, its blocks' statistics to `stats` from block `first_block + starts[i]` on.
-/// `m` and `v` (and the moment outputs) are read and written only by Adam and AdamW (SGD's may
+/// at vector `offsets[i]`, its blocks' statistics to `stats` from block `first_block + starts[i]`
+/// on. `m` and `v` (and the moment outputs) are read and written only by Adam and AdamW (SGD's may
 /// be empty). `decay`: λ (`penalty`) is applied (SGD, Adam) or `keep` = 1 − ηλ, computed in f64
 /// as Burn does, is (AdamW). `one_minus_beta_*` are 1 − β as Burn computes them in f32. Input
 /// i's corrections are `corrections[2·classes[i]]` and `[2·classes[i] + 1]`.
@@ -45,18 +47,18 @@ pub const ADAMW: u32 = 2;
 /// gradient is multiplied by `factor` first, and where `accept` is 0 the outputs are the inputs
 /// (the weights and moments as they were: a NaN gradient of a skipped step reaches nothing).
 /// Without `measure` no statistics are taken (`stats` is not written).
-#[cube(launch)]
+#[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments, unused_assignments)]
-pub fn fused_step(
-    w: &Sequence<OwnedTensor<f32>>,
-    g: &Sequence<OwnedTensor<f32>>,
-    m: &Sequence<OwnedTensor<f32>>,
-    v: &Sequence<OwnedTensor<f32>>,
+pub fn fused_step<N: Size>(
+    w: &Sequence<OwnedTensor<Vector<f32, N>>>,
+    g: &Sequence<OwnedTensor<Vector<f32, N>>>,
+    m: &Sequence<OwnedTensor<Vector<f32, N>>>,
+    v: &Sequence<OwnedTensor<Vector<f32, N>>>,
     corrections: &Tensor<f32>,
     control: &Tensor<f32>,
-    out_w: &mut Tensor<f32>,
-    out_m: &mut Tensor<f32>,
-    out_v: &mut Tensor<f32>,
+    out_w: &mut Tensor<Vector<f32, N>>,
+    out_m: &mut Tensor<Vector<f32, N>>,
+    out_v: &mut Tensor<Vector<f32, N>>,
     stats: &mut Tensor<f32>,
     starts: &Sequence<u32>,
     offsets: &Sequence<u32>,
@@ -75,6 +77,7 @@ pub fn fused_step(
     #[comptime] decided: bool,
     #[comptime] measure: bool,
     #[comptime] units: usize,
+    #[comptime] vector: usize,
 ) {
     let n = comptime![w.len()];
     let block = CUBE_POS as u32;
@@ -94,12 +97,25 @@ pub fn fused_step(
     for k in 0..6usize {
         sums[k] = 0.0;
     }
-    let mut factor = 1.0f32;
+    // [lr, β₁, β₂, 1 − β₁, 1 − β₂, λ, 1 − ηλ, ε, the factor, the two corrections]
+    let mut scalars = Array::<f32>::new(11usize);
+    scalars[0] = lr;
+    scalars[1] = beta_1;
+    scalars[2] = beta_2;
+    scalars[3] = one_minus_beta_1;
+    scalars[4] = one_minus_beta_2;
+    scalars[5] = penalty;
+    scalars[6] = keep;
+    scalars[7] = epsilon;
+    scalars[8] = 1.0;
+    scalars[9] = 0.0;
+    scalars[10] = 0.0;
     let mut skip = false;
     if decided {
-        factor = control[0];
+        scalars[8] = control[0];
         skip = control[1] == 0.0;
     }
+    let per_block = comptime![BLOCK / vector];
     #[unroll]
     for i in 0..n {
         let start = *starts.index(i);
@@ -107,61 +123,66 @@ pub fn fused_step(
         if block >= start && block < end {
             let tw = w.index(i).as_slice();
             let tg = g.index(i).as_slice();
-            let base = (block - start) as usize * BLOCK;
-            let stop = block_end(base, tw.len());
+            let (tm, tv) = if comptime![rule == SGD] {
+                (tw, tw)
+            } else {
+                (m.index(i).as_slice(), v.index(i).as_slice())
+            };
+            let base = (block - start) as usize * per_block;
+            let stop = block_end(base, per_block, tw.len());
             let offset = *offsets.index(i) as usize;
-            let class = *classes.index(i) as usize;
-            let first = corrections[2 * class];
-            let second = corrections[2 * class + 1];
-            let mut at = base + unit;
-            while at < stop {
-                let x = tw[at];
-                let mut grad = tg[at];
-                if decided {
-                    grad *= factor;
+            if comptime![rule != SGD] {
+                let class = *classes.index(i) as usize;
+                scalars[9] = corrections[2 * class];
+                scalars[10] = corrections[2 * class + 1];
+            }
+            if stop - base == per_block {
+                // A whole block: a trip count known when the kernel is compiled.
+                for j in 0..comptime![BLOCK / vector / units] {
+                    step_at::<N>(
+                        tw,
+                        tg,
+                        tm,
+                        tv,
+                        out_w,
+                        out_m,
+                        out_v,
+                        offset,
+                        base + j * units + unit,
+                        &scalars,
+                        skip,
+                        &mut largest,
+                        &mut sums,
+                        rule,
+                        decay,
+                        decided,
+                        measure,
+                    );
                 }
-                let mut next = x;
-                if comptime![rule == SGD] {
-                    if decay {
-                        grad += x * penalty;
-                    }
-                    next = x - grad * lr;
-                } else {
-                    if comptime![rule == ADAM] && decay {
-                        grad += x * penalty;
-                    }
-                    let m0 = m.index(i).as_slice()[at];
-                    let v0 = v.index(i).as_slice()[at];
-                    let m1 = m0 * beta_1 + grad * one_minus_beta_1;
-                    let v1 = v0 * beta_2 + (grad * grad) * one_minus_beta_2;
-                    if skip {
-                        out_m[offset + at] = m0;
-                        out_v[offset + at] = v0;
-                    } else {
-                        out_m[offset + at] = m1;
-                        out_v[offset + at] = v1;
-                    }
-                    if comptime![rule == ADAM] {
-                        // first = √(1−β₂ᵗ)/(1−β₁ᵗ), second = ε√(1−β₂ᵗ).
-                        next = x - ((m1 * first) / (f32::sqrt(v1) + second)) * lr;
-                    } else {
-                        // first = 1−β₁ᵗ, second = 1−β₂ᵗ.
-                        let mut kept = x;
-                        if decay {
-                            kept = x * keep;
-                        }
-                        next = kept - ((m1 / first) / (f32::sqrt(v1 / second) + epsilon)) * lr;
-                    }
+            } else {
+                let mut at = base + unit;
+                while at < stop {
+                    step_at::<N>(
+                        tw,
+                        tg,
+                        tm,
+                        tv,
+                        out_w,
+                        out_m,
+                        out_v,
+                        offset,
+                        at,
+                        &scalars,
+                        skip,
+                        &mut largest,
+                        &mut sums,
+                        rule,
+                        decay,
+                        decided,
+                        measure,
+                    );
+                    at += units;
                 }
-                if skip {
-                    next = x;
-                }
-                out_w[offset + at] = next;
-                if measure {
-                    take(x, 0.0, &mut largest, &mut sums, 0usize, false);
-                    take(next - x, 0.0, &mut largest, &mut sums, 1usize, false);
-                }
-                at += units;
             }
         }
     }
@@ -183,21 +204,26 @@ pub fn fused_step(
             let end = *starts.index(comptime![i + 1]);
             if block >= start && block < end {
                 let tw = w.index(i).as_slice();
-                let base = (block - start) as usize * BLOCK;
-                let stop = block_end(base, tw.len());
+                let base = (block - start) as usize * per_block;
+                let stop = block_end(base, per_block, tw.len());
                 let offset = *offsets.index(i) as usize;
                 let mut at = base + unit;
                 while at < stop {
                     let x = tw[at];
-                    take(x, inv[0], &mut largest, &mut scaled, 0usize, true);
-                    take(
-                        out_w[offset + at] - x,
-                        inv[1],
-                        &mut largest,
-                        &mut scaled,
-                        1usize,
-                        true,
-                    );
+                    let next = out_w[offset + at];
+                    #[unroll]
+                    for l in 0..N::value() {
+                        let xl = x.extract(l);
+                        take(xl, inv[0], &mut largest, &mut scaled, 0usize, true);
+                        take(
+                            next.extract(l) - xl,
+                            inv[1],
+                            &mut largest,
+                            &mut scaled,
+                            1usize,
+                            true,
+                        );
+                    }
                     at += units;
                 }
             }
@@ -207,12 +233,82 @@ pub fn fused_step(
     write_block(stats, first_block + block, &top, &sums, 2usize);
 }
 
-/// The end of the block that starts at value `base` of a tensor of `len` values.
+/// Steps the vector at `at` of one parameter (weights `tw`, gradient `tg`, moments `tm`, `tv`),
+/// writing its results at `offset + at`; with `measure`, folds the weights and the update into
+/// this unit's partials. `scalars` as [`fused_step`] lays them out.
 #[cube]
-fn block_end(base: usize, len: usize) -> usize {
-    let mut stop = base + BLOCK;
-    if stop > len {
-        stop = len;
+#[allow(clippy::too_many_arguments, unused_assignments)]
+fn step_at<N: Size>(
+    tw: &[Vector<f32, N>],
+    tg: &[Vector<f32, N>],
+    tm: &[Vector<f32, N>],
+    tv: &[Vector<f32, N>],
+    out_w: &mut Tensor<Vector<f32, N>>,
+    out_m: &mut Tensor<Vector<f32, N>>,
+    out_v: &mut Tensor<Vector<f32, N>>,
+    offset: usize,
+    at: usize,
+    scalars: &Array<f32>,
+    skip: bool,
+    largest: &mut Array<f32>,
+    sums: &mut Array<f32>,
+    #[comptime] rule: u32,
+    #[comptime] decay: bool,
+    #[comptime] decided: bool,
+    #[comptime] measure: bool,
+) {
+    let x = tw[at];
+    let mut grad = tg[at];
+    if decided {
+        grad *= Vector::new(scalars[8]);
     }
-    stop
+    let lr = Vector::new(scalars[0]);
+    let mut next = x;
+    if comptime![rule == SGD] {
+        if decay {
+            grad += x * Vector::new(scalars[5]);
+        }
+        next = x - grad * lr;
+    } else {
+        if comptime![rule == ADAM] && decay {
+            grad += x * Vector::new(scalars[5]);
+        }
+        let m0 = tm[at];
+        let v0 = tv[at];
+        let m1 = m0 * Vector::new(scalars[1]) + grad * Vector::new(scalars[3]);
+        let v1 = v0 * Vector::new(scalars[2]) + (grad * grad) * Vector::new(scalars[4]);
+        if skip {
+            out_m[offset + at] = m0;
+            out_v[offset + at] = v0;
+        } else {
+            out_m[offset + at] = m1;
+            out_v[offset + at] = v1;
+        }
+        let first = Vector::new(scalars[9]);
+        let second = Vector::new(scalars[10]);
+        if comptime![rule == ADAM] {
+            // first = √(1−β₂ᵗ)/(1−β₁ᵗ), second = ε√(1−β₂ᵗ).
+            next = x - ((m1 * first) / (Vector::sqrt(v1) + second)) * lr;
+        } else {
+            // first = 1−β₁ᵗ, second = 1−β₂ᵗ.
+            let mut kept = x;
+            if decay {
+                kept = x * Vector::new(scalars[6]);
+            }
+            next =
+                kept - ((m1 / first) / (Vector::sqrt(v1 / second) + Vector::new(scalars[7]))) * lr;
+        }
+    }
+    if skip {
+        next = x;
+    }
+    out_w[offset + at] = next;
+    if measure {
+        #[unroll]
+        for l in 0..N::value() {
+            let xl = x.extract(l);
+            take(xl, 0.0, largest, sums, 0usize, false);
+            take(next.extract(l) - xl, 0.0, largest, sums, 1usize, false);
+        }
+    }
 }

@@ -1027,7 +1027,9 @@ pub fn fused_matches_the_wrapped_optimizer(dev: &Device, placement: Placement, p
         },
     ];
     for rule in rules {
-        let start = Mlp::new(3, 16, dev);
+        // 72 × 72 weights: one whole block of the kernel and part of another, read four values
+        // at a time; the head's one bias one at a time.
+        let start = Mlp::new(3, 72, dev);
         let mut runs = Vec::new();
         for mut optim in [
             GuardedOptimizer::new(rule.to_burn(), Guard::default()),
@@ -1101,7 +1103,7 @@ pub fn fused_measures_weights_of_any_magnitude(dev: &Device) {
         }
     }
     for (scale, lr) in [(1e-15f32, 1e-17), (1e15, 1e10)] {
-        let start = Mlp::new(2, 16, dev).map(&mut Times(scale));
+        let start = Mlp::new(2, 72, dev).map(&mut Times(scale));
         let mut runs = Vec::new();
         for mut optim in [
             GuardedOptimizer::new(FusedRule::adam().to_burn(), Guard::default()),

@@ -213,7 +213,7 @@ fn launch_group(
     };
 }
 
-/// Units per cube of the statistics kernel on `client`'s device: one plane (the SIMD width:
+/// Units per cube of the statistics, step and decision kernels on `client`'s device: one plane (the SIMD width:
 /// 8 on llvmpipe's AVX2, 32 on NVIDIA), at most [`MAX_UNITS`]; [`UNKNOWN_PLANE_UNITS`] where the
 /// device does not know its plane size (WebGPU and OpenGL report a range up to 128). A cube of
 /// one plane keeps its two barriers cheap; on llvmpipe it reads about five times as fast as a

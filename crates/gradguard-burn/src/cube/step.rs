@@ -379,10 +379,10 @@ fn launch(
         .collect();
     let align = (client.properties().memory.alignment as usize / 4).max(1);
     for members in groups(w, &blocks, group) {
-        // Whole vectors of every member, each starting on a vector of the outputs.
+        // Whole vectors of every member, each starting on a vector of the outputs (the vector
+        // and the alignment are powers of two, so an aligned offset starts a vector).
         let vector =
             super::vector_size(&client, DType::F32, members.iter().map(|&t| lens[t])).min(align);
-        let align = align.div_ceil(vector) * vector;
         let mut starts = Vec::with_capacity(members.len() + 1);
         let mut offsets = Vec::with_capacity(members.len());
         let (mut block, mut offset) = (0u32, 0usize);

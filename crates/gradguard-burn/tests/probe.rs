@@ -54,6 +54,9 @@ fn a_small_rate_is_healthy_a_large_one_explodes_and_the_safe_rate_lies_between()
         assert_eq!(t.diverged(), t.rate >= diverging, "trial at {}", t.rate);
     }
     assert_eq!(calm.profile.profile.layers.len(), 4);
+    let after = calm.after_trial.as_ref().expect("measured after the trial");
+    assert_eq!(after.profile.layers.len(), 4);
+    assert!(after.input_to_output().is_some_and(|r| r >= 0.01));
     assert_eq!(calm.first_step.len(), 8);
     assert!(calm.first_step.iter().all(|t| t.ratio().is_some()));
     assert_eq!(calm.butterfly.separation.len(), 11);

@@ -30,7 +30,7 @@
 use candle_core::{DType, Tensor, Var};
 use candle_nn::{Optimizer, VarMap};
 use gradguard::Gradients;
-use gradguard::detect::depth_profile;
+use gradguard::detect::{DepthProfile, depth_profile};
 use gradguard::probe::{
     ModelProbe, ProbeSettings, TensorUpdate, TrialRun, TrialStep, relative_update, run_probe,
 };
@@ -66,14 +66,7 @@ where
     let vars = named_vars(varmap);
     let mut profiles = Vec::with_capacity(settings.profile_batches);
     for batch in 0..settings.profile_batches {
-        let grads = loss(batch)?.backward()?;
-        let view = CandleGradients::collect(&grads, &vars, false)?;
-        let names: Vec<&str> = (0..view.tensor_count()).map(|i| view.name(i)).collect();
-        profiles.push(depth_profile(
-            &names,
-            &view.stats(),
-            settings.growth_tolerance,
-        ));
+        profiles.push(gradient_profile(&vars, &loss(batch)?, settings)?);
     }
     let start = copy_weights(&vars)?;
     run_probe(
@@ -94,6 +87,22 @@ where
             run
         },
     )
+}
+
+/// The gradient depth profile of the vars' current values on one loss (one backward pass).
+fn gradient_profile(
+    vars: &Vars,
+    loss: &Tensor,
+    settings: &ProbeSettings,
+) -> Result<DepthProfile, CandleGuardError> {
+    let grads = loss.backward()?;
+    let view = CandleGradients::collect(&grads, vars, false)?;
+    let names: Vec<&str> = (0..view.tensor_count()).map(|i| view.name(i)).collect();
+    Ok(depth_profile(
+        &names,
+        &view.stats(),
+        settings.growth_tolerance,
+    ))
 }
 
 /// ‖a‖ (`weight_norm`) and ‖b − a‖ (`update_norm`) per var, in f32, read in one transfer.
@@ -224,13 +233,21 @@ where
         }
         before = after;
     }
-    let end_loss = if broke { None } else { value(&loss(0)?)? };
-    Ok(TrialRun::from_steps(
+    let profile_end = twin.is_some();
+    let end = if broke { None } else { Some(loss(0)?) };
+    let end_loss = end.as_ref().map(value).transpose()?.flatten();
+    let run = TrialRun::from_steps(
         rate,
         steps,
         end_loss,
         first_step,
         settings.butterfly_epsilon,
         separation,
-    ))
+    );
+    // The trial at the user's rate (the one with a twin) also measures where the gradient
+    // reaches after its steps; the vars hold the trial's own copy here.
+    Ok(match end.filter(|_| profile_end && end_loss.is_some()) {
+        Some(end) => run.with_end_profile(gradient_profile(vars, &end, settings)?),
+        None => run,
+    })
 }

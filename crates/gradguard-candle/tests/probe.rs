@@ -85,6 +85,9 @@ fn a_small_rate_is_healthy_a_large_one_explodes_and_the_model_is_unchanged() {
         "three hidden layers and the head"
     );
     assert_eq!(calm.first_step.len(), 8, "a weight and a bias per layer");
+    let after = calm.after_trial.as_ref().expect("measured after the trial");
+    assert_eq!(after.profile.layers.len(), 4);
+    assert!(after.input_to_output().is_some_and(|r| r >= 0.01));
     assert!(calm.butterfly.exponent().is_some());
     assert_eq!(values(&varmap), weights, "the vars moved");
 

@@ -75,3 +75,29 @@ fn a_vanilla_rnn_and_the_lm_transformer_are_probed_with_their_optimizers() {
             .collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn a_rate_that_saturates_the_first_layers_vanishes_after_its_trial() {
+    // 24 tanh layers at gain 1.8 under SGD 0.1: healthy by the gradient at initialization
+    // (the input side gets more than the output side), but ten steps at the rate saturate the
+    // first layers and their gradient falls to ~1e-3 of the head's — the unprotected run at
+    // this rate neither diverges nor learns (docs/measurements/2026-12-07-probe-after-trial.md).
+    let config = RunConfig {
+        depth: 24,
+        init_gain: 1.8,
+        activation: gradguard_lab::models::Activation::Tanh,
+        ..RunConfig::for_task(Task::Mlp)
+    };
+    let p = probe_task(&config, ProbeSettings::at_rate(config.lr)).unwrap();
+    check(&p, config.lr);
+    assert!(p.probe.profile.input_to_output().unwrap() > 1.0);
+    assert_eq!(p.probe.verdict.health, Health::Vanishes, "{}", p.text());
+    assert!(
+        p.probe
+            .verdict
+            .reason
+            .starts_with("after 10 steps at rate 1.000e-1, 'Mlp.layers.0'"),
+        "{}",
+        p.probe.verdict.reason
+    );
+}

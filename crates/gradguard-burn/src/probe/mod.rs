@@ -39,15 +39,13 @@ mod trial;
 mod weights;
 
 use burn::module::Module;
-use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::optim::ModuleOptimizer;
 use burn::tensor::Tensor;
-use gradguard::detect::depth_profile;
+use gradguard::GuardError;
 use gradguard::probe::run_probe;
 pub use gradguard::probe::{ModelProbe, ProbeSettings, TensorUpdate};
-use gradguard::{Gradients, GuardError};
 
-use crate::view::BurnGradients;
-use trial::run_trial;
+use trial::{gradient_profile, run_trial};
 
 /// Probes `model` (on an autodiff device) for training with `optimizer` at `settings.rate`;
 /// `loss(model, i)` returns the loss of batch `i` (draw it from a fixed seed, so every trial
@@ -68,13 +66,7 @@ where
 {
     settings.validate()?;
     let profiles: Vec<_> = (0..settings.profile_batches)
-        .map(|batch| {
-            let value = loss(model, batch);
-            let mut grads = GradientsParams::from_grads(value.backward(), model);
-            let view = BurnGradients::collect(model, &mut grads, None, false);
-            let names: Vec<&str> = (0..view.tensor_count()).map(|i| view.name(i)).collect();
-            depth_profile(&names, &view.stats(), settings.growth_tolerance)
-        })
+        .map(|batch| gradient_profile(model, loss(model, batch), settings))
         .collect();
     run_probe(settings, &profiles, |rate, twin| {
         Ok::<_, GuardError>(run_trial(model, optimizer, settings, rate, &mut loss, twin))

@@ -4,7 +4,11 @@
 use burn::module::Module;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
+use gradguard::Gradients;
+use gradguard::detect::{DepthProfile, depth_profile};
 use gradguard::probe::{ProbeSettings, TrialRun, TrialStep, relative_update};
+
+use crate::view::BurnGradients;
 
 use super::weights::{pair_norms, perturbed};
 
@@ -35,6 +39,7 @@ where
         let copy = perturbed(model.clone(), settings.butterfly_epsilon, settings.seed);
         (copy, optimizer.clone())
     });
+    let profile_end = twin.is_some();
     let mut separation = Vec::new();
     if let Some((t, _)) = &twin {
         separation.push(relative_update(&pair_norms(&m, t)));
@@ -70,13 +75,30 @@ where
             twin = Some((t, t_opt));
         }
     }
-    let end_loss = if broke { None } else { value(loss(&m, 0)) };
-    TrialRun::from_steps(
+    let end = (!broke).then(|| loss(&m, 0));
+    let end_loss = end.clone().and_then(value);
+    let run = TrialRun::from_steps(
         rate,
         steps,
         end_loss,
         first_step,
         settings.butterfly_epsilon,
         separation,
-    )
+    );
+    match end.filter(|_| profile_end && end_loss.is_some()) {
+        Some(end) => run.with_end_profile(gradient_profile(&m, end, settings)),
+        None => run,
+    }
+}
+
+/// The gradient depth profile of `model` on one loss (one backward pass).
+pub(super) fn gradient_profile<M: Module>(
+    model: &M,
+    loss: Tensor<1>,
+    settings: &ProbeSettings,
+) -> DepthProfile {
+    let mut grads = GradientsParams::from_grads(loss.backward(), model);
+    let view = BurnGradients::collect(model, &mut grads, None, false);
+    let names: Vec<&str> = (0..view.tensor_count()).map(|i| view.name(i)).collect();
+    depth_profile(&names, &view.stats(), settings.growth_tolerance)
 }

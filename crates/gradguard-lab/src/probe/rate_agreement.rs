@@ -67,6 +67,9 @@ pub struct RateCell {
     /// The first step's ‖Δθ‖/‖θ‖ at `config.lr`.
     #[serde(default)]
     pub first_update_ratio: Option<f64>,
+    /// The input-side over output-side gradient norm after the trial at `config.lr`.
+    #[serde(default)]
+    pub after_trial_input_to_output: Option<f64>,
     /// Whole runs spent on this cell.
     pub runs: usize,
     /// Seconds the probe took.
@@ -224,6 +227,11 @@ pub fn rate_cell(
         input_to_output: probe.probe.profile.input_to_output(),
         butterfly_exponent: probe.probe.butterfly.exponent(),
         first_update_ratio: probe.probe.at_rate.first_update_ratio(),
+        after_trial_input_to_output: probe
+            .probe
+            .after_trial
+            .as_ref()
+            .and_then(|p| p.input_to_output()),
         runs: runs.len(),
         probe_seconds: probe.seconds,
     })

@@ -116,6 +116,7 @@ mod tests {
             input_to_output: None,
             butterfly_exponent: None,
             first_update_ratio: None,
+            after_trial_input_to_output: None,
             runs: 3,
             probe_seconds: 0.1,
         }

@@ -118,6 +118,9 @@ impl TaskProbe {
             out += &format!(" {loss}/{ratio}");
         }
         out += "\n";
+        if let Some(r) = p.after_trial.as_ref().and_then(|a| a.input_to_output()) {
+            out += &format!("  after them, input-side over output-side layer: {r:.3e}\n");
+        }
         match p.butterfly.exponent() {
             Some(e) => {
                 out += &format!(

@@ -113,6 +113,9 @@ pub struct TrialRun {
     pub first_step: Vec<TensorUpdate>,
     /// With a twin: how the two copies separated.
     pub butterfly: Option<Butterfly>,
+    /// The gradient depth profile of the copy after the trial, on the reference batch (`None`:
+    /// not measured — adapters measure it on the trial at the user's rate).
+    pub end_profile: Option<DepthProfile>,
 }
 
 impl TrialRun {
@@ -141,7 +144,14 @@ impl TrialRun {
             },
             first_step,
             butterfly,
+            end_profile: None,
         }
+    }
+
+    /// The same trial with the gradient depth profile its copy had after the last step.
+    pub fn with_end_profile(mut self, profile: DepthProfile) -> TrialRun {
+        self.end_profile = Some(profile);
+        self
     }
 }
 
@@ -158,6 +168,10 @@ pub struct ModelProbe {
     pub at_rate: RateTrial,
     /// The butterfly at the probed rate.
     pub butterfly: Butterfly,
+    /// The gradient depth profile after the trial at the probed rate, on the reference batch
+    /// (`None` where the trial stopped at a non-finite loss or the adapter does not measure it).
+    #[serde(default)]
+    pub after_trial: Option<ProfileSummary>,
     /// The largest safe rate and every trial that found it.
     pub safe_rate: SafeRate,
     /// The verdict at the probed rate.
@@ -199,13 +213,23 @@ pub fn run_probe<E: From<GuardError>>(
     if let Some(e) = failure {
         return Err(e);
     }
-    let verdict = verdict(settings.rate, &profile, &at_rate, &safe_rate);
+    let after_trial = walked
+        .end_profile
+        .map(|p| ProfileSummary::combine(&[p], settings.growth_tolerance));
+    let verdict = verdict(
+        settings.rate,
+        &profile,
+        &at_rate,
+        after_trial.as_ref(),
+        &safe_rate,
+    );
     Ok(ModelProbe {
         settings: *settings,
         profile,
         first_step: walked.first_step,
         at_rate,
         butterfly,
+        after_trial,
         safe_rate,
         verdict,
     })
@@ -241,6 +265,7 @@ mod tests {
                     epsilon: 1e-4,
                     separation: vec![Some(1e-4), Some(2e-4)],
                 }),
+                end_profile: None,
             })
         }
     }

@@ -65,13 +65,14 @@ impl ProfileSummary {
     }
 
     /// The input-side layer's gradient norm over the output-side layer's: above 1 the gradient
-    /// grows on its way back to the input, below 1 it fades (`None` with fewer than two layers
-    /// or a norm that is zero or not finite).
+    /// grows on its way back to the input, below 1 it fades; 0 where no gradient reaches the
+    /// input side at all (`None` with fewer than two layers, an output-side norm of zero, or a
+    /// norm that is not finite).
     pub fn input_to_output(&self) -> Option<f64> {
         let layers = &self.profile.layers;
         let (first, last) = (layers.first()?, layers.last()?);
         let ratio = first.norm / last.norm;
-        (layers.len() > 1 && ratio.is_finite() && ratio > 0.0).then_some(ratio)
+        (layers.len() > 1 && ratio.is_finite() && ratio >= 0.0).then_some(ratio)
     }
 
     /// The layer where growth toward the input starts, if it does.

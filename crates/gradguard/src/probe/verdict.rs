@@ -65,12 +65,19 @@ fn safe_text(safe: &SafeRate) -> String {
 }
 
 /// Decides, in this order: not-finite gradients at initialization or a diverging trial at
-/// `rate` (`at_rate`) explode; an input-to-output gradient ratio below [`STALLING_RATIO`]
-/// vanishes; anything else is healthy.
+/// `rate` (`at_rate`) explode; an input-to-output gradient ratio below [`STALLING_RATIO`] at
+/// initialization (`profile`) or after the trial at the rate (`after_trial`, on the trial's
+/// reference batch) vanishes; anything else is healthy.
+///
+/// The second reading catches what the rate itself does to the gradient's path: a few steps
+/// too large for the network kill ReLUs or saturate tanh units in the first layers, and the
+/// input side stops getting a gradient although it got one at initialization — a run that then
+/// neither diverges nor learns (docs/measurements/2026-12-07-probe-after-trial.md).
 pub fn verdict(
     rate: f64,
     profile: &ProfileSummary,
     at_rate: &RateTrial,
+    after_trial: Option<&ProfileSummary>,
     safe: &SafeRate,
 ) -> ModelVerdict {
     let explodes = |reason| ModelVerdict {
@@ -91,16 +98,29 @@ pub fn verdict(
             safe_text(safe)
         ));
     }
-    if let Some(ratio) = profile.input_to_output().filter(|r| *r < STALLING_RATIO) {
-        let layers = &profile.profile.layers;
-        return ModelVerdict {
-            health: Health::Vanishes,
-            reason: format!(
-                "'{}' gets {ratio:.1e} of the gradient norm of '{}' (below {STALLING_RATIO})",
-                layers[0].layer,
-                layers[layers.len() - 1].layer
-            ),
-        };
+    let starved = |p: &ProfileSummary| {
+        let ratio = p.input_to_output().filter(|r| *r < STALLING_RATIO)?;
+        let layers = &p.profile.layers;
+        Some(format!(
+            "'{}' gets {ratio:.1e} of the gradient norm of '{}' (below {STALLING_RATIO})",
+            layers[0].layer,
+            layers[layers.len() - 1].layer
+        ))
+    };
+    let vanishes = |reason| ModelVerdict {
+        health: Health::Vanishes,
+        reason,
+    };
+    if let Some(reason) = starved(profile) {
+        return vanishes(reason);
+    }
+    if let Some(reason) = after_trial.and_then(starved) {
+        let at_init = profile
+            .input_to_output()
+            .map_or("no reading".into(), |r| format!("{r:.1e}"));
+        return vanishes(format!(
+            "after {steps} steps at rate {rate:.3e}, {reason}; {at_init} at initialization"
+        ));
     }
     ModelVerdict {
         health: Health::Healthy,
@@ -148,7 +168,13 @@ mod tests {
 
     #[test]
     fn a_diverging_trial_explodes_and_names_the_safe_rate() {
-        let v = verdict(0.1, &summary(&[1.0, 1.0]), &trial(0.1, Some(9.0)), &safe());
+        let v = verdict(
+            0.1,
+            &summary(&[1.0, 1.0]),
+            &trial(0.1, Some(9.0)),
+            None,
+            &safe(),
+        );
         assert_eq!(v.health, Health::Explodes);
         assert!(
             v.reason.contains("2.000 to 9.000 in 5 steps"),
@@ -164,6 +190,7 @@ mod tests {
             1e-3,
             &summary(&[1e-4, 1.0, 1.0]),
             &trial(1e-3, Some(1.9)),
+            None,
             &safe(),
         );
         assert_eq!(v.health, Health::Vanishes);
@@ -176,6 +203,7 @@ mod tests {
             1e-3,
             &summary(&[1.0, 1.0]),
             &trial(1e-3, Some(1.9)),
+            None,
             &safe(),
         );
         assert_eq!(v.health, Health::Healthy);
@@ -188,9 +216,57 @@ mod tests {
             1e-3,
             &summary(&[f64::NAN, 1.0]),
             &trial(1e-3, Some(1.9)),
+            None,
             &safe(),
         );
         assert_eq!(v.health, Health::Explodes);
         assert!(v.reason.contains("'layers.0'"), "{}", v.reason);
+    }
+
+    #[test]
+    fn a_trial_that_starves_the_input_side_vanishes() {
+        // Healthy at initialization; after the trial the first layer gets no gradient at all
+        // (every ReLU it feeds is dead) or 0.5% of the last one's.
+        let calm = summary(&[1.0, 1.0]);
+        for (after, shown) in [(0.0, "0.0e0"), (5e-3, "5.0e-3")] {
+            let v = verdict(
+                0.1,
+                &calm,
+                &trial(0.1, Some(1.9)),
+                Some(&summary(&[after, 1.0])),
+                &safe(),
+            );
+            assert_eq!(v.health, Health::Vanishes, "{after}");
+            assert!(
+                v.reason.starts_with(&format!(
+                    "after 5 steps at rate 1.000e-1, 'layers.0' gets {shown} of the gradient norm"
+                )),
+                "{}",
+                v.reason
+            );
+            assert!(
+                v.reason.ends_with("1.0e0 at initialization"),
+                "{}",
+                v.reason
+            );
+        }
+        // A first layer at 2% of the last after the trial is still healthy, and a diverging
+        // trial explodes whatever the profile after it says.
+        let v = verdict(
+            0.1,
+            &calm,
+            &trial(0.1, Some(1.9)),
+            Some(&summary(&[0.02, 1.0])),
+            &safe(),
+        );
+        assert_eq!(v.health, Health::Healthy);
+        let v = verdict(
+            0.1,
+            &calm,
+            &trial(0.1, Some(9.0)),
+            Some(&summary(&[0.0, 1.0])),
+            &safe(),
+        );
+        assert_eq!(v.health, Health::Explodes);
     }
 }

@@ -203,7 +203,8 @@ where
     if let Some((values, _)) = &twin {
         separation.push(relative_update(&pair_norms(vars, start, values)?));
     }
-    let (mut steps, mut first_step, mut broke) = (Vec::new(), Vec::new(), false);
+    let (mut steps, mut broke) = (Vec::new(), false);
+    let (mut first_step, mut last_step) = (Vec::new(), Vec::new());
     // The vars' values before each step: `start`, then where the last step left them.
     let mut before = start.to_vec();
     for batch in 0..settings.trial_steps {
@@ -222,8 +223,9 @@ where
             update_ratio: relative_update(&moved),
         });
         if batch == 0 {
-            first_step = moved;
+            first_step = moved.clone();
         }
+        last_step = moved;
         if let Some((values, t_opt)) = &mut twin {
             restore(vars, values)?;
             step(t_opt, batch, loss)?;
@@ -247,7 +249,7 @@ where
     // The trial at the user's rate (the one with a twin) also measures where the gradient
     // reaches after its steps; the vars hold the trial's own copy here.
     Ok(match end.filter(|_| profile_end && end_loss.is_some()) {
-        Some(end) => run.with_end_profile(gradient_profile(vars, &end, settings)?),
+        Some(end) => run.with_end(gradient_profile(vars, &end, settings)?, last_step),
         None => run,
     })
 }

@@ -45,7 +45,7 @@ where
         separation.push(relative_update(&pair_norms(&m, t)));
     }
     let mut steps = Vec::with_capacity(settings.trial_steps);
-    let mut first_step = Vec::new();
+    let (mut first_step, mut last_step) = (Vec::new(), Vec::new());
     let mut broke = false;
     for batch in 0..settings.trial_steps {
         let l = loss(&m, batch);
@@ -66,8 +66,9 @@ where
             update_ratio: relative_update(&moved),
         });
         if batch == 0 {
-            first_step = moved;
+            first_step = moved.clone();
         }
+        last_step = moved;
         if let Some((t, mut t_opt)) = twin.take() {
             let grads = GradientsParams::from_grads(loss(&t, batch).backward(), &t);
             let t = t_opt.step(rate, t, grads);
@@ -86,7 +87,7 @@ where
         separation,
     );
     match end.filter(|_| profile_end && end_loss.is_some()) {
-        Some(end) => run.with_end_profile(gradient_profile(&m, end, settings)),
+        Some(end) => run.with_end(gradient_profile(&m, end, settings), last_step),
         None => run,
     }
 }

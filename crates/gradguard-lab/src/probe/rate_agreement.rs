@@ -70,6 +70,9 @@ pub struct RateCell {
     /// The input-side over output-side gradient norm after the trial at `config.lr`.
     #[serde(default)]
     pub after_trial_input_to_output: Option<f64>,
+    /// The input-side over output-side layer's relative step in the trial's last step.
+    #[serde(default)]
+    pub last_step_input_to_output: Option<f64>,
     /// Whole runs spent on this cell.
     pub runs: usize,
     /// Seconds the probe took.
@@ -232,6 +235,7 @@ pub fn rate_cell(
             .after_trial
             .as_ref()
             .and_then(|p| p.input_to_output()),
+        last_step_input_to_output: gradguard::probe::input_to_output_update(&probe.probe.last_step),
         runs: runs.len(),
         probe_seconds: probe.seconds,
     })

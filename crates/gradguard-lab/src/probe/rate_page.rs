@@ -117,6 +117,7 @@ mod tests {
             butterfly_exponent: None,
             first_update_ratio: None,
             after_trial_input_to_output: None,
+            last_step_input_to_output: None,
             runs: 3,
             probe_seconds: 0.1,
         }

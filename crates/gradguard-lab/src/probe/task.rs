@@ -119,7 +119,12 @@ impl TaskProbe {
         }
         out += "\n";
         if let Some(r) = p.after_trial.as_ref().and_then(|a| a.input_to_output()) {
-            out += &format!("  after them, input-side over output-side layer: {r:.3e}\n");
+            out += &format!("  after them, input-side over output-side layer: {r:.3e}");
+            if let Some(m) = gradguard::probe::input_to_output_update(&p.last_step) {
+                out +=
+                    &format!(" (its last step moved it {m:.3e} as much, relative to its weights)");
+            }
+            out += "\n";
         }
         match p.butterfly.exponent() {
             Some(e) => {

@@ -26,8 +26,11 @@ mod trial;
 mod verdict;
 
 pub use butterfly::Butterfly;
-pub use model::{ModelProbe, ProbeSettings, TensorUpdate, TrialRun, relative_update, run_probe};
+pub use model::{
+    ModelProbe, ProbeSettings, TensorUpdate, TrialRun, input_to_output_update, relative_update,
+    run_probe,
+};
 pub use profile::ProfileSummary;
 pub use search::{RateSearch, SafeRate, search_safe_rate};
 pub use trial::{DIVERGENCE_RISE, RateTrial, TrialStep};
-pub use verdict::{Health, ModelVerdict, STALLING_RATIO, verdict};
+pub use verdict::{AfterTrial, Health, ModelVerdict, STALLING_RATIO, verdict};

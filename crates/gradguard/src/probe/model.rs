@@ -7,7 +7,7 @@ use super::butterfly::Butterfly;
 use super::profile::ProfileSummary;
 use super::search::{RateSearch, SafeRate, search_safe_rate};
 use super::trial::{RateTrial, TrialStep};
-use super::verdict::{ModelVerdict, verdict};
+use super::verdict::{AfterTrial, ModelVerdict, verdict};
 use crate::detect::DepthProfile;
 use crate::error::GuardError;
 
@@ -104,6 +104,27 @@ pub fn relative_update(tensors: &[TensorUpdate]) -> Option<f64> {
     r.is_finite().then_some(r)
 }
 
+/// The input-side layer's relative step over the output-side layer's, ‖Δw‖/‖w‖ of each layer
+/// (its tensors together, grouped by [`crate::detect::layer_of`] as the depth profile groups
+/// them): how much the optimizer still moves the first layer, relative to the last (`None` with
+/// fewer than two layers, or a ratio that is not finite).
+pub fn input_to_output_update(tensors: &[TensorUpdate]) -> Option<f64> {
+    let mut layers: Vec<(&str, f64, f64)> = Vec::new();
+    for t in tensors {
+        let layer = crate::detect::layer_of(&t.name);
+        match layers.iter_mut().find(|(l, _, _)| *l == layer) {
+            Some(entry) => {
+                entry.1 += t.weight_norm.powi(2);
+                entry.2 += t.update_norm.powi(2);
+            }
+            None => layers.push((layer, t.weight_norm.powi(2), t.update_norm.powi(2))),
+        }
+    }
+    let relative = |&(_, w, u): &(&str, f64, f64)| (u / w).sqrt();
+    let ratio = relative(layers.first()?) / relative(layers.last()?);
+    (layers.len() > 1 && ratio.is_finite()).then_some(ratio)
+}
+
 /// One trial as an adapter ran it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrialRun {
@@ -116,6 +137,9 @@ pub struct TrialRun {
     /// The gradient depth profile of the copy after the trial, on the reference batch (`None`:
     /// not measured — adapters measure it on the trial at the user's rate).
     pub end_profile: Option<DepthProfile>,
+    /// Each tensor's last step of the trial (empty: not measured — adapters keep it for the
+    /// trial at the user's rate).
+    pub last_step: Vec<TensorUpdate>,
 }
 
 impl TrialRun {
@@ -145,12 +169,15 @@ impl TrialRun {
             first_step,
             butterfly,
             end_profile: None,
+            last_step: Vec::new(),
         }
     }
 
-    /// The same trial with the gradient depth profile its copy had after the last step.
-    pub fn with_end_profile(mut self, profile: DepthProfile) -> TrialRun {
+    /// The same trial with what its copy looked like at the end: the gradient depth profile
+    /// after the last step, and each tensor's last step.
+    pub fn with_end(mut self, profile: DepthProfile, last_step: Vec<TensorUpdate>) -> TrialRun {
         self.end_profile = Some(profile);
+        self.last_step = last_step;
         self
     }
 }
@@ -172,6 +199,10 @@ pub struct ModelProbe {
     /// (`None` where the trial stopped at a non-finite loss or the adapter does not measure it).
     #[serde(default)]
     pub after_trial: Option<ProfileSummary>,
+    /// Each tensor's last step of the trial at the probed rate, in model order (empty where not
+    /// measured).
+    #[serde(default)]
+    pub last_step: Vec<TensorUpdate>,
     /// The largest safe rate and every trial that found it.
     pub safe_rate: SafeRate,
     /// The verdict at the probed rate.
@@ -216,13 +247,11 @@ pub fn run_probe<E: From<GuardError>>(
     let after_trial = walked
         .end_profile
         .map(|p| ProfileSummary::combine(&[p], settings.growth_tolerance));
-    let verdict = verdict(
-        settings.rate,
-        &profile,
-        &at_rate,
-        after_trial.as_ref(),
-        &safe_rate,
-    );
+    let after = after_trial.as_ref().map(|profile| AfterTrial {
+        profile,
+        last_step: &walked.last_step,
+    });
+    let verdict = verdict(settings.rate, &profile, &at_rate, after, &safe_rate);
     Ok(ModelProbe {
         settings: *settings,
         profile,
@@ -230,6 +259,7 @@ pub fn run_probe<E: From<GuardError>>(
         at_rate,
         butterfly,
         after_trial,
+        last_step: walked.last_step,
         safe_rate,
         verdict,
     })
@@ -266,6 +296,7 @@ mod tests {
                     separation: vec![Some(1e-4), Some(2e-4)],
                 }),
                 end_profile: None,
+                last_step: Vec::new(),
             })
         }
     }
@@ -302,6 +333,31 @@ mod tests {
         assert!(err.to_string().contains("device went away"), "{err}");
         let err = run_probe(&ProbeSettings::at_rate(0.0), &profiles, toy(0.3)).unwrap_err();
         assert!(err.to_string().contains("rate must be positive"), "{err}");
+    }
+
+    #[test]
+    fn the_layer_update_ratio_groups_tensors_by_layer() {
+        let t = |name: &str, w: f64, u: f64| TensorUpdate {
+            name: name.into(),
+            weight_norm: w,
+            update_norm: u,
+        };
+        // layers.0 moves by 0.5/5 = 0.1 of itself (weight 3-4-5, update 0.3-0.4-0.5), the head
+        // by 1: the first layer moves a tenth as much.
+        let steps = [
+            t("layers.0.weight", 3.0, 0.3),
+            t("layers.0.bias", 4.0, 0.4),
+            t("head.weight", 2.0, 2.0),
+        ];
+        let r = input_to_output_update(&steps).unwrap();
+        assert!((r - 0.1).abs() < 1e-12, "{r}");
+        assert_eq!(input_to_output_update(&steps[..2]), None, "one layer");
+        assert_eq!(input_to_output_update(&[]), None);
+        // A head that did not move: no ratio.
+        assert_eq!(
+            input_to_output_update(&[t("a.w", 1.0, 1.0), t("b.w", 1.0, 0.0)]),
+            None
+        );
     }
 
     #[test]

@@ -467,6 +467,8 @@ fn whole_step_cost<M: Module + Clone>(
     ];
     let mut models: [Option<M>; 5] = std::array::from_fn(|_| Some(model.clone()));
     let mut times: [Vec<Duration>; 5] = Default::default();
+    // Each guarded variant's host reads in its last step.
+    let mut reads = [0u32; 4];
     for i in 0..ROUNDS {
         // Each round starts with another variant, so none always follows the same one.
         for k in (0..5).map(|j| (i + j) % 5) {
@@ -477,7 +479,9 @@ fn whole_step_cost<M: Module + Clone>(
             models[k] = Some(if k == 4 {
                 plain.step(1e-3, m, grads)
             } else {
-                optims[k].step(1e-3, m, grads, Some(l)).unwrap().module
+                let step = optims[k].step(1e-3, m, grads, Some(l)).unwrap();
+                reads[k] = step.host_reads;
+                step.module
             });
             // On an accelerator the step ends when its kernels have run, not when they are queued.
             sync(device);
@@ -502,12 +506,17 @@ fn whole_step_cost<M: Module + Clone>(
         "whole steps, {what} (medians of {} rounds, interleaved; cost: median of the rounds' \
          ratios to the plain step): plain {alone:.2} ms; `new`: default guard {with:.2} ms \
          ({:+.1}%), without its update bound {without:.2} ms ({:+.1}%); `fused`: default guard \
-         {fused:.2} ms ({:+.1}%), without its update bound {fused_without:.2} ms ({:+.1}%)",
+         {fused:.2} ms ({:+.1}%), without its update bound {fused_without:.2} ms ({:+.1}%); \
+         host reads per step: {} and {}, {} and {}",
         ROUNDS - 5,
         shares[0],
         shares[1],
         shares[2],
         shares[3],
+        reads[0],
+        reads[1],
+        reads[2],
+        reads[3],
     );
 }
 

@@ -28,6 +28,8 @@ pub(crate) struct DeviceGradients {
     ops: &'static dyn DeviceOps,
     pub cached: Option<Vec<TensorStats>>,
     pub host_reads: Cell<u32>,
+    /// A rule rewrote the gradients (they are not the backward pass's any more).
+    rewritten: bool,
 }
 
 impl DeviceGradients {
@@ -46,6 +48,7 @@ impl DeviceGradients {
             values,
             cached: None,
             host_reads: Cell::new(0),
+            rewritten: false,
         }
     }
 
@@ -61,15 +64,31 @@ impl DeviceGradients {
     /// The statistics of every tensor, and the loss, in one read (plus one more only for tensors
     /// holding non-finite values, to locate the first).
     pub fn read_stats(&self, loss: Option<Tensor<1>>) -> (Vec<TensorStats>, Option<f64>) {
+        let (stats, loss, _) = self.read_stats_with(loss, None);
+        (stats, loss)
+    }
+
+    /// [`Self::read_stats`], and the f32 tensor `extra` (queued on the same device) in the same
+    /// read: its values come back third.
+    pub fn read_stats_with(
+        &self,
+        loss: Option<Tensor<1>>,
+        extra: Option<Tensor<1>>,
+    ) -> (Vec<TensorStats>, Option<f64>, Vec<f32>) {
         let loss = loss.map(|l| f32_of(l.inner().reshape([1])));
         let has_values = self.segments.iter().any(|s| s.len > 0);
-        if has_values || loss.is_some() {
+        if has_values || loss.is_some() || extra.is_some() {
             self.count_read();
         }
-        let read = self.ops.block_statistics(&self.tensors, None, loss);
+        let read = self.ops.block_statistics(&self.tensors, None, loss, extra);
         let mut stats = Padded::combine_segments(&self.segments, &read.values);
         self.locate_non_finite(&mut stats, &read.values);
-        (stats, read.loss)
+        (stats, read.loss, read.extra)
+    }
+
+    /// Whether a rule rewrote the gradients since they were collected.
+    pub fn rewritten(&self) -> bool {
+        self.rewritten
     }
 
     /// For tensors with NaN or inf: the first one's index and kind, from the first block that
@@ -206,6 +225,7 @@ impl DeviceGradients {
             self.tensors[t] = r;
         }
         self.cached = None;
+        self.rewritten = true;
     }
 
     /// The tensors that have values and pass `keep`, each as one unit.

@@ -11,7 +11,7 @@ use gradguard::{
 };
 
 use crate::device_ops::Engine;
-use crate::fused::{DevicePending, FusedOptimizer, FusedRule, Pending};
+use crate::fused::{DevicePending, DeviceStep, FusedOptimizer, FusedRule, Pending};
 use crate::update::Updates;
 use crate::view::{BurnGradients, Placement};
 
@@ -100,20 +100,46 @@ impl<M: Module + Clone> GuardCore<M> {
     pub fn step(
         &mut self,
         optimizer: &mut ModuleOptimizer,
-        fused: Option<&mut FusedOptimizer>,
+        mut fused: Option<&mut FusedOptimizer>,
         lr: ModuleLearningRate,
         module: M,
         mut grads: GradientsParams,
         loss: Option<Tensor<1>>,
     ) -> Result<GuardedStep<M>, Box<Stopped<M>>> {
         let with_values = self.guard.chain().needs_parameters();
-        let view =
-            BurnGradients::collect_with(&module, &mut grads, loss, with_values, self.placement);
-        let loss = view.loss();
         let base_lr = lr.base();
+        // The fused device step is queued before the statistics are read, where the guard would
+        // step with the gradients as they are, so that its measurement comes back in the same
+        // read (see `Ahead`).
+        let planned = fused
+            .as_ref()
+            .and(self.guard.step_ahead(base_lr, UnitLayout::InputFirst))
+            .filter(|step| step.measure == UpdateMeasure::Tensors);
+        let mut queued = None;
+        let (view, pairs) = BurnGradients::collect_ahead(
+            &module,
+            &mut grads,
+            loss,
+            with_values,
+            self.placement,
+            |flat| {
+                let step = planned?;
+                let done = fused
+                    .as_deref_mut()?
+                    .step_device(&module, flat, step.lr, true)?;
+                let statistics = done.statistics.clone();
+                queued = Some(done);
+                statistics
+            },
+        );
+        let ahead = queued
+            .zip(planned)
+            .map(|(done, step)| Ahead { step, done, pairs });
+        let loss = view.loss();
         let mut actions = BurnStep {
             optimizer,
             fused,
+            ahead,
             pending: None,
             device_pending: None,
             snapshot: &mut self.snapshot,
@@ -138,12 +164,27 @@ impl<M: Module + Clone> GuardCore<M> {
     }
 }
 
+/// A fused device step queued before the step's statistics were read, for the step the guard
+/// would take with the gradients as they are ([`Guard::step_ahead`]): its update's pair
+/// statistics came back in the statistics' read, so an applied step reads nothing more. Used
+/// only where the guard asks for this very step and no rule rewrote the gradients; dropped
+/// otherwise (its new weights and moments are in new buffers: nothing to undo).
+struct Ahead<M> {
+    step: OptimizerStep,
+    done: DeviceStep<M>,
+    /// The pair statistics, read with the gradients' (`None` where the kernel did not measure:
+    /// a float parameter without a gradient).
+    pairs: Option<Vec<f32>>,
+}
+
 /// The Burn side of one guarded step: what [`Guard::guarded_step`] asks of the module, the
 /// optimizer and the snapshot. Burn steps by value, so the module is held while it is stepped.
 struct BurnStep<'a, M> {
     optimizer: &'a mut ModuleOptimizer,
     /// The fused optimizer, when the step runs through one.
     fused: Option<&'a mut FusedOptimizer>,
+    /// The fused device step queued ahead of the decision, if any.
+    ahead: Option<Ahead<M>>,
     /// The fused optimizer's step, prepared and measured, not yet in the module.
     pending: Option<Pending>,
     /// The fused optimizer's device step: in the module, its state not yet in the optimizer.
@@ -209,11 +250,20 @@ impl<M: Module + Clone> BurnStep<'_, M> {
         engine: Engine,
     ) -> Option<Vec<UpdateNorms>> {
         let fused = self.fused.as_deref_mut()?;
-        let grads = view.device_grads()?;
-        let module = self.module.as_ref().expect("every action leaves a module");
-        // The kernel measures the step where the bound reads whole tensors only.
-        let measure = step.measure == UpdateMeasure::Tensors;
-        let done = fused.step_device(module, &grads, step.lr, measure)?;
+        let ahead = self
+            .ahead
+            .take()
+            .filter(|ahead| ahead.step == step && !view.rewritten());
+        let (done, read_ahead) = match ahead {
+            Some(ahead) => (ahead.done, ahead.pairs),
+            None => {
+                let grads = view.device_grads()?;
+                let module = self.module.as_ref().expect("every action leaves a module");
+                // The kernel measures the step where the bound reads whole tensors only.
+                let measure = step.measure == UpdateMeasure::Tensors;
+                (fused.step_device(module, &grads, step.lr, measure)?, None)
+            }
+        };
         self.device_pending = Some(done.pending);
         let units = match step.measure {
             UpdateMeasure::Nothing => {
@@ -225,19 +275,23 @@ impl<M: Module + Clone> BurnStep<'_, M> {
             UpdateMeasure::Units(layout) => Some(layout),
         };
         let old = self.take_module();
-        // The kernel measured the weights and the update as it stepped: one read.
-        let measured = match (units, done.statistics) {
-            (None, Some(statistics)) => {
+        // The kernel measured the weights and the update as it stepped: read with the
+        // gradients' statistics where the step was queued ahead, in one more read otherwise.
+        let (pairs, reads) = match (units, read_ahead, done.statistics) {
+            (None, Some(pairs), _) => (Some(pairs), 0),
+            (None, None, Some(statistics)) => {
                 let pairs = statistics
                     .into_data()
                     .try_to_vec::<f32>()
                     .unwrap_or_default();
-                Updates::from_pair_statistics(&old, &pairs, engine, step.recognize)
+                (Some(pairs), 1)
             }
-            _ => None,
+            _ => (None, 0),
         };
+        let measured =
+            pairs.and_then(|p| Updates::from_pair_statistics(&old, &p, engine, step.recognize));
         if let Some(updates) = measured {
-            self.host_reads += 1;
+            self.host_reads += reads;
             let norms = updates.norms.clone();
             self.before = Some((updates, old, self.optimizer.clone()));
             self.module = Some(done.module);

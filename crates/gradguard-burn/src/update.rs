@@ -147,7 +147,7 @@ fn device_norms(
     news: &[Tensor<1>],
 ) -> (Vec<(f64, f64)>, Vec<UpdateSpread>) {
     let segments = Padded::segments_of(olds.iter().map(|t| t.shape().num_elements()));
-    let read = ops.block_statistics(olds, Some(news), None);
+    let read = ops.block_statistics(olds, Some(news), None, None);
     pair_norms(&segments, &read.values, &read.deltas)
 }
 

@@ -56,6 +56,20 @@ pub(crate) fn is_host_memory(device: &Device) -> bool {
     flex(device.as_dispatch())
 }
 
+/// Each parameter's flat gradient by id (handles), where every gradient is f32.
+fn flat_f32_by_id(entries: &[Entry], grads: &[Tensor<1>]) -> Option<HashMap<ParamId, Tensor<1>>> {
+    if entries.iter().any(|e| e.dtype != DType::F32) {
+        return None;
+    }
+    Some(
+        entries
+            .iter()
+            .zip(grads)
+            .map(|(e, g)| (e.id, g.clone()))
+            .collect(),
+    )
+}
+
 /// A gradient's own buffer, lent to the host kernels as `[f32]` without a copy.
 #[derive(Debug, Clone)]
 struct Buffer(TensorData);
@@ -115,6 +129,22 @@ impl BurnGradients {
         with_values: bool,
         placement: Placement,
     ) -> Self {
+        Self::collect_ahead(module, grads, loss, with_values, placement, |_| None).0
+    }
+
+    /// [`BurnGradients::collect_with`], calling `ahead` on the device path before the statistics
+    /// are read, with each parameter's flat gradient by id (only where every gradient is f32):
+    /// what it queues runs before the read, and the f32 tensor it returns is read back with the
+    /// statistics and the loss, in the same host read — its values are returned (`None` where
+    /// `ahead` was not called or returned nothing).
+    pub(crate) fn collect_ahead<M: Module>(
+        module: &M,
+        grads: &mut GradientsParams,
+        loss: Option<Tensor<1>>,
+        with_values: bool,
+        placement: Placement,
+        ahead: impl FnOnce(&HashMap<ParamId, Tensor<1>>) -> Option<Tensor<1>>,
+    ) -> (Self, Option<Vec<f32>>) {
         let mut c = Collector::new(grads, with_values);
         module.visit(&mut c);
         let device = c.flat_grads.first().map(Tensor::device);
@@ -142,23 +172,27 @@ impl BurnGradients {
                     .collect();
                 host = host.with_parameters(values).expect("same names and shapes");
             }
-            BurnGradients {
+            let view = BurnGradients {
                 entries: c.entries,
                 storage: Storage::Host {
                     grads: host,
                     device,
                 },
                 loss,
-            }
+            };
+            (view, None)
         } else {
             let mut d = DeviceGradients::new(c.flat_grads, c.flat_values);
-            let (stats, loss) = d.read_stats(loss);
+            let extra = flat_f32_by_id(&c.entries, d.grads()).and_then(|g| ahead(&g));
+            let queued_ahead = extra.is_some();
+            let (stats, loss, read) = d.read_stats_with(loss, extra);
             d.cached = Some(stats);
-            BurnGradients {
+            let view = BurnGradients {
                 entries: c.entries,
                 storage: Storage::Device(Box::new(d)),
                 loss,
-            }
+            };
+            (view, queued_ahead.then_some(read))
         }
     }
 
@@ -214,16 +248,12 @@ impl BurnGradients {
         let Storage::Device(d) = &self.storage else {
             return None;
         };
-        if self.entries.iter().any(|e| e.dtype != DType::F32) {
-            return None;
-        }
-        Some(
-            self.entries
-                .iter()
-                .zip(d.grads())
-                .map(|(e, g)| (e.id, g.clone()))
-                .collect(),
-        )
+        flat_f32_by_id(&self.entries, d.grads())
+    }
+
+    /// On the device path: whether a rule rewrote the gradients since they were collected.
+    pub(crate) fn rewritten(&self) -> bool {
+        matches!(&self.storage, Storage::Device(d) if d.rewritten())
     }
 
     /// Takes the host buffers out by parameter id (empty on the device path); the view holds no

@@ -268,6 +268,11 @@ fn the_fused_optimizer_guards_as_the_wrapped_one() {
 }
 
 #[test]
+fn the_fused_step_is_queued_ahead_and_read_with_the_statistics() {
+    on_wgpu(common::fused_device_step_reads_once);
+}
+
+#[test]
 fn the_fused_kernel_measures_weights_of_any_magnitude() {
     on_wgpu(common::fused_measures_weights_of_any_magnitude);
 }

@@ -432,3 +432,45 @@ fn a_normalizing_optimizers_rate_follows_its_steps_and_warm_up_is_no_trouble() {
     judge(&mut g, 0.03, 2.0 * lr);
     assert_eq!(g.lr_multiplier(), 0.5);
 }
+
+#[test]
+fn the_step_ahead_is_the_step_an_applied_decision_takes() {
+    use gradguard::rules::{ClipByGlobalNorm, Rule, SkipIfNormAbove};
+    use gradguard::{LossScaler, LossScalerConfig, NormType};
+    let mut g = guard(quiet());
+    // Before the optimizer is recognized: unit norms, its spread too.
+    let ahead = g.step_ahead(0.01, UnitLayout::OutputFirst).unwrap();
+    assert_eq!(ahead.measure, UpdateMeasure::Units(UnitLayout::OutputFirst));
+    assert!(ahead.recognize);
+    // Recognized as normalizing, then m halved by an oversized step at a constant rate.
+    for ratio in [0.01, 0.03] {
+        judge(&mut g, &[update("a", 1.0, ratio)], 0.005).unwrap();
+    }
+    assert_eq!(g.lr_multiplier(), 0.5);
+    let ahead = g.step_ahead(0.005, UnitLayout::OutputFirst).unwrap();
+    assert_eq!((ahead.lr, ahead.lr_multiplier), (0.0025, 0.5));
+    assert_eq!(
+        (ahead.measure, ahead.recognize),
+        (UpdateMeasure::Tensors, false)
+    );
+    // The next applied step asks for exactly that step.
+    let mut recorder = Recorder::new(vec![update("a", 1.0, 0.001)]);
+    g.guarded_step(&mut recorder, Some(1.0), 0.005).unwrap();
+    let asked = format!("step at {} measuring {:?}", ahead.lr, ahead.measure);
+    assert_eq!(recorder.log[0], asked, "{:?}", recorder.log);
+    // A skip rule leaves the gradients as they are; a clip or a loss scaler may rewrite them,
+    // and without the bound there is nothing to measure.
+    let with = |rule: Box<dyn Rule>| Guard::new(quiet(), Chain::new(vec![rule]).unwrap()).unwrap();
+    let skip = with(Box::new(SkipIfNormAbove::new(10.0, NormType::L2).unwrap()));
+    assert!(skip.step_ahead(0.01, UnitLayout::OutputFirst).is_some());
+    let clip = with(Box::new(ClipByGlobalNorm::new(1.0).unwrap()));
+    assert_eq!(clip.step_ahead(0.01, UnitLayout::OutputFirst), None);
+    let scaler = LossScaler::new(LossScalerConfig::default()).unwrap();
+    let scaled = guard(quiet()).with_loss_scaler(scaler);
+    assert_eq!(scaled.step_ahead(0.01, UnitLayout::OutputFirst), None);
+    let unbounded = guard(GuardConfig {
+        update_bound: None,
+        ..quiet()
+    });
+    assert_eq!(unbounded.step_ahead(0.01, UnitLayout::OutputFirst), None);
+}

@@ -271,19 +271,14 @@ fn grid(blocks: usize) -> (u32, u32) {
     (x as u32, blocks.div_ceil(x).max(1) as u32)
 }
 
-/// Reads `stats` (f32) and the scalar `loss` (f32) in one host read: (the statistics, the loss).
-pub(crate) fn read(
-    stats: Option<&CubeTensor>,
-    loss: Option<&CubeTensor>,
-) -> (Vec<f32>, Option<f32>) {
-    let handles: Vec<_> = stats
-        .iter()
-        .chain(loss.iter())
-        .map(|t| t.handle.clone())
-        .collect();
-    let Some(client) = stats.or(loss).map(|t| t.client.clone()) else {
-        return (Vec::new(), None);
+/// Reads every present part (f32 tensors on one device) in one host read: each part's values,
+/// `None` for a part not given.
+pub(crate) fn read_parts(parts: &[Option<&CubeTensor>]) -> Vec<Option<Vec<f32>>> {
+    let present: Vec<&CubeTensor> = parts.iter().flatten().copied().collect();
+    let Some(client) = present.first().map(|t| t.client.clone()) else {
+        return vec![None; parts.len()];
     };
+    let handles = present.iter().map(|t| t.handle.clone()).collect();
     let bytes = client
         .read(handles)
         .expect("the device reads back its own buffers");
@@ -294,10 +289,11 @@ pub(crate) fn read(
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect()
     };
-    let mut parts = bytes.iter();
-    let stats_values = stats.map(|t| floats(parts.next().expect("one part per handle"), t));
-    let loss_value = loss.map(|t| floats(parts.next().expect("one part per handle"), t)[0]);
-    (stats_values.unwrap_or_default(), loss_value)
+    let mut read = bytes.iter();
+    parts
+        .iter()
+        .map(|part| part.map(|t| floats(read.next().expect("one part per handle"), t)))
+        .collect()
 }
 
 #[cfg(test)]

@@ -19,32 +19,37 @@ impl DeviceOps for CubeOps {
         tensors: &[Tensor<1>],
         after: Option<&[Tensor<1>]>,
         loss: Option<Tensor<1>>,
+        extra: Option<Tensor<1>>,
     ) -> BlockRead {
-        // The loss first: where it is not on a CubeCL device nothing is queued in vain.
-        let cube_loss = match &loss {
-            Some(l) => match cube::resolve(l) {
-                Some(l) => Some(l),
-                None => return TensorOps.block_statistics(tensors, after, loss),
-            },
-            None => None,
-        };
+        // The loss and the extra tensor first: where one is not on a CubeCL device nothing is
+        // queued in vain.
+        let on_cube = |t: &Option<Tensor<1>>| t.as_ref().map(cube::resolve);
+        let (cube_loss, cube_extra) = (on_cube(&loss), on_cube(&extra));
+        if matches!(cube_loss, Some(None)) || matches!(cube_extra, Some(None)) {
+            return TensorOps.block_statistics(tensors, after, loss, extra);
+        }
+        let (cube_loss, cube_extra) = (cube_loss.flatten(), cube_extra.flatten());
         let stats = match cube::queued::block_statistics(tensors, after) {
             cube::queued::Queued::Elsewhere => {
-                return TensorOps.block_statistics(tensors, after, loss);
+                return TensorOps.block_statistics(tensors, after, loss, extra);
             }
             cube::queued::Queued::Empty => None,
             cube::queued::Queued::Statistics(s) => Some(cube::queued::resolve(s)),
         };
-        if stats.is_none() && cube_loss.is_none() {
-            return BlockRead::default();
-        }
-        let (host, loss) = cube::read(stats.as_ref(), cube_loss.as_ref());
-        let loss = loss.map(f64::from);
+        let mut read = cube::read_parts(&[stats.as_ref(), cube_loss.as_ref(), cube_extra.as_ref()])
+            .into_iter();
+        let host = read.next().flatten().unwrap_or_default();
+        let loss = read
+            .next()
+            .flatten()
+            .and_then(|l| l.first().map(|&l| f64::from(l)));
+        let extra = read.next().flatten().unwrap_or_default();
         if after.is_none() {
             return BlockRead {
                 values: host,
                 deltas: Vec::new(),
                 loss,
+                extra,
             };
         }
         // Pair form: per block the statistics of the tensors, then those of the update.
@@ -57,6 +62,7 @@ impl DeviceOps for CubeOps {
             values,
             deltas,
             loss,
+            extra,
         }
     }
 
@@ -78,7 +84,10 @@ impl DeviceOps for CubeOps {
             cube::queued::Queued::Elsewhere => return TensorOps.unit_norms(tensors, after, spans),
             cube::queued::Queued::Empty => Vec::new(),
             cube::queued::Queued::Statistics(s) => {
-                cube::read(Some(&cube::queued::resolve(s)), None).0
+                let stats = cube::queued::resolve(s);
+                cube::read_parts(&[Some(&stats)])
+                    .remove(0)
+                    .unwrap_or_default()
             }
         };
         let lens: Vec<usize> = tensors.iter().map(|t| t.shape().num_elements()).collect();

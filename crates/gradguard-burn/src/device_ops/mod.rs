@@ -36,6 +36,9 @@ pub(crate) struct BlockRead {
     pub deltas: Vec<f32>,
     /// The loss, read in the same read.
     pub loss: Option<f64>,
+    /// The values of the extra tensor read in the same read (a step queued ahead's statistics);
+    /// empty without one.
+    pub extra: Vec<f32>,
 }
 
 /// What [`DeviceOps::rewrite`] does to every value x of tensor t, in this order: with
@@ -75,13 +78,15 @@ impl<'a> Rewrite<'a> {
 /// The guard's device operations; see the module documentation.
 pub(crate) trait DeviceOps: Debug + Sync {
     /// The block statistics of `tensors` — and with `after` (tensors of the same lengths), of
-    /// `after − tensors` — and the one-element `loss`, in one host read (none when there is
-    /// nothing to read: no values and no loss). Non-finite values are counted, not located.
+    /// `after − tensors` — the one-element `loss` and the f32 tensor `extra` (already queued on
+    /// the same device), in one host read (none when there is nothing to read). Non-finite values
+    /// are counted, not located.
     fn block_statistics(
         &self,
         tensors: &[Tensor<1>],
         after: Option<&[Tensor<1>]>,
         loss: Option<Tensor<1>>,
+        extra: Option<Tensor<1>>,
     ) -> BlockRead;
 
     /// The block statistics of `tensors`, queued and not read: [`crate::padded::PER_BLOCK`]

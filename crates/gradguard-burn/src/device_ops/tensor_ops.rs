@@ -18,6 +18,7 @@ impl DeviceOps for TensorOps {
         tensors: &[Tensor<1>],
         after: Option<&[Tensor<1>]>,
         loss: Option<Tensor<1>>,
+        extra: Option<Tensor<1>>,
     ) -> BlockRead {
         let (before, _) = Padded::new(tensors.to_vec());
         let deltas = after.map(|after| Padded::new(after.to_vec()).0.minus(&before));
@@ -29,19 +30,23 @@ impl DeviceOps for TensorOps {
             0
         };
         let n_deltas = if delta_values.is_some() { n } else { 0 };
+        let n_loss = usize::from(loss.is_some());
         let parts: Vec<Tensor<1>> = values
             .into_iter()
             .chain(delta_values)
             .chain(loss.map(f32_of))
+            .chain(extra.map(f32_of))
             .collect();
         if parts.is_empty() {
             return BlockRead::default();
         }
         let host = read_f32(Tensor::cat(parts, 0));
+        let losses = n + n_deltas;
         BlockRead {
             values: host[..n].to_vec(),
-            deltas: host[n..n + n_deltas].to_vec(),
-            loss: host.get(n + n_deltas).map(|&l| f64::from(l)),
+            deltas: host[n..losses].to_vec(),
+            loss: host[losses..losses + n_loss].first().map(|&l| f64::from(l)),
+            extra: host[losses + n_loss..].to_vec(),
         }
     }
 

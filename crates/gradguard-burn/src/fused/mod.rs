@@ -30,9 +30,9 @@ pub use rule::{AdamMoments, FusedRule};
 
 pub(crate) use buffers::map_values;
 use buffers::{HostValues, Pool, replace_values};
-pub(crate) use device::DevicePending;
 #[cfg(feature = "cube")]
 pub(crate) use device::{Afters, cube_inputs};
+pub(crate) use device::{DevicePending, DeviceStep};
 use rayon::prelude::*;
 
 /// One parameter's optimizer state: the step count and Adam's two moments (empty for SGD), with

@@ -1088,6 +1088,76 @@ pub fn fused_matches_the_wrapped_optimizer(dev: &Device, placement: Placement, p
     }
 }
 
+/// On a CubeCL device the fused step is queued before the gradients' statistics are read,
+/// where the guard would step with the gradients as they are: from the step after the one that
+/// recognizes the optimizer, an applied AdamW step under the default guard reads the device once
+/// (the statistics, the loss and the update's measurement together; two reads before). A step
+/// whose gradients a rule rewrote — a NaN zeroed under `NonFinitePolicy::Zero` — steps on the
+/// rewritten gradients (the step queued ahead is dropped), and a NaN step skipped under `Skip`
+/// leaves the weights as they were: both as Burn's AdamW under the same guard, within 1e-6.
+pub fn fused_device_step_reads_once(dev: &Device) {
+    use gradguard::NonFinitePolicy;
+    use gradguard_burn::FusedRule;
+    let rule = FusedRule::adamw(0.1);
+    let guard = |non_finite| {
+        let config = GuardConfig {
+            non_finite,
+            ..GuardConfig::default()
+        };
+        Guard::new(config, Chain::default()).unwrap()
+    };
+    for policy in [NonFinitePolicy::Skip, NonFinitePolicy::Zero] {
+        let start = Mlp::new(3, 72, dev);
+        let mut runs = Vec::new();
+        for mut optim in [
+            GuardedOptimizer::new(rule.to_burn(), guard(policy)),
+            GuardedOptimizer::fused(rule, guard(policy)),
+        ] {
+            let mut model = start.clone();
+            let mut run = Vec::new();
+            for s in 0..5 {
+                let (x, y) = batch(dev, 0.1 * s as f32);
+                let loss = model.loss(x, y);
+                let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+                if s == 3 {
+                    poison(&mut grads, model.layers[1].weight.id, 5);
+                }
+                let step = optim.step(1e-3, model, grads, Some(loss)).unwrap();
+                model = step.module;
+                run.push((weights(&model), step.report.decision, step.host_reads));
+            }
+            runs.push(run);
+        }
+        let (wrapped, fused) = (&runs[0], &runs[1]);
+        for (k, ((a, decision_a, _), (b, decision_b, reads))) in
+            wrapped.iter().zip(fused).enumerate()
+        {
+            assert_eq!(decision_a, decision_b, "{policy:?}: step {k}");
+            for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+                assert!(
+                    (x - y).abs() <= 1e-6 * y.abs().max(1.0),
+                    "{policy:?}: step {k}: {x} vs {y}"
+                );
+            }
+            // Step 0 recognizes AdamW (unit norms, read apart); step 3 holds the NaN.
+            if k == 1 || k == 2 || k == 4 {
+                assert_eq!(*reads, 1, "{policy:?}: step {k}: host reads");
+            }
+        }
+        let expected = match policy {
+            NonFinitePolicy::Skip => Decision::Skip,
+            _ => Decision::Apply,
+        };
+        assert_eq!(fused[3].1, expected, "{policy:?}: the NaN step");
+        if policy == NonFinitePolicy::Skip {
+            assert_eq!(
+                fused[3].0, fused[2].0,
+                "the skipped step changed the weights"
+            );
+        }
+    }
+}
+
 /// The fused step (the host kernels, or the CubeCL kernel) measures steps of weights far outside
 /// [2⁻⁴⁰, 2⁴⁰] (where the device's statistics are summed again, scaled) as the bound measures
 /// Burn's Adam step: the same largest ratio within

@@ -130,6 +130,33 @@ impl Guard {
         Ok(report)
     }
 
+    /// The optimizer step an applied decision would take now at base rate `lr`, for an adapter
+    /// of `layout` that queues the optimizer before the step's statistics are read (so that one
+    /// read brings back the gradients' statistics and the update's): `None` where the rules could
+    /// rewrite the gradients before the optimizer sees them — a rule that is not a skip (a clip,
+    /// AGC, AutoClip, ZClip, …) or a loss scaler, whose unscaling rewrites them every step — and
+    /// where the update bound is off (the step then needs no measurement, nothing to read).
+    ///
+    /// The step decided may still differ (the multiplier can move with this step's accounting, a
+    /// non-finite policy can zero values): the adapter uses the step it queued ahead only where
+    /// [`StepActions::step_optimizer`] asks for this very step and the gradients were not
+    /// rewritten, and drops it otherwise (a skipped or rolled-back step drops it too).
+    pub fn step_ahead(&self, lr: f64, layout: UnitLayout) -> Option<OptimizerStep> {
+        let rewrites = self.scaler.is_some()
+            || self
+                .chain
+                .rules()
+                .iter()
+                .any(|rule| rule.skip_limit().is_none());
+        let measure = self.update_measure(layout);
+        (!rewrites && measure != UpdateMeasure::Nothing).then(|| OptimizerStep {
+            lr: lr * self.counters.lr_multiplier,
+            lr_multiplier: self.counters.lr_multiplier,
+            measure,
+            recognize: self.recognizes_family(),
+        })
+    }
+
     /// Call once per batch before computing it: `true` while batches are being skipped after a
     /// rollback (and counts that batch as skipped).
     pub fn skip_batch(&mut self) -> bool {

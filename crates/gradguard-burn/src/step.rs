@@ -113,7 +113,7 @@ impl<M: Module + Clone> GuardCore<M> {
         // read (see `Ahead`).
         let planned = fused
             .as_ref()
-            .and(self.guard.step_ahead(base_lr, UnitLayout::InputFirst))
+            .and_then(|_| self.guard.step_ahead(base_lr, UnitLayout::InputFirst))
             .filter(|step| step.measure == UpdateMeasure::Tensors);
         let mut queued = None;
         let (view, pairs) = BurnGradients::collect_ahead(

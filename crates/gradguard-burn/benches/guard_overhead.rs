@@ -507,7 +507,8 @@ fn whole_step_cost<M: Module + Clone>(
          ratios to the plain step): plain {alone:.2} ms; `new`: default guard {with:.2} ms \
          ({:+.1}%), without its update bound {without:.2} ms ({:+.1}%); `fused`: default guard \
          {fused:.2} ms ({:+.1}%), without its update bound {fused_without:.2} ms ({:+.1}%); \
-         host reads per step: {} and {}, {} and {}",
+         host reads in a step (`new` with and without its bound, then `fused`): {} and {}, {} \
+         and {}",
         ROUNDS - 5,
         shares[0],
         shares[1],

@@ -10,9 +10,9 @@ use gradguard::{
     UpdateMeasure, UpdateNorms,
 };
 
-use crate::device_ops::Engine;
+use crate::device_ops::{Engine, QueuedUnitNorms};
 use crate::fused::{DevicePending, DeviceStep, FusedOptimizer, FusedRule, Pending};
-use crate::update::Updates;
+use crate::update::{Measuring, Updates};
 use crate::view::{BurnGradients, Placement};
 
 /// The module and optimizer state after a good step, to roll back to.
@@ -110,12 +110,19 @@ impl<M: Module + Clone> GuardCore<M> {
         let base_lr = lr.base();
         // The fused device step is queued before the statistics are read, where the guard would
         // step with the gradients as they are, so that its measurement comes back in the same
-        // read (see `Ahead`).
+        // read (see `Ahead`): the kernel's own statistics where the bound reads whole tensors,
+        // the unit kernel's over the weights and the step where it reads units (not on the
+        // step that recognizes the optimizer, which measures the spread too).
         let planned = fused
             .as_ref()
             .and_then(|_| self.guard.step_ahead(base_lr, UnitLayout::InputFirst))
-            .filter(|step| step.measure == UpdateMeasure::Tensors);
+            .filter(|step| match step.measure {
+                UpdateMeasure::Tensors => true,
+                UpdateMeasure::Units(_) => !step.recognize,
+                UpdateMeasure::Nothing => false,
+            });
         let mut queued = None;
+        let mut queued_units = None;
         let (view, pairs) = BurnGradients::collect_ahead(
             &module,
             &mut grads,
@@ -124,17 +131,33 @@ impl<M: Module + Clone> GuardCore<M> {
             self.placement,
             |flat| {
                 let step = planned?;
+                let whole = step.measure == UpdateMeasure::Tensors;
                 let done = fused
                     .as_deref_mut()?
-                    .step_device(&module, flat, step.lr, true)?;
-                let statistics = done.statistics.clone();
+                    .step_device(&module, flat, step.lr, whole)?;
+                let extra = match step.measure {
+                    UpdateMeasure::Units(layout) => {
+                        let first: Vec<Tensor<1>> = flat.values().take(1).cloned().collect();
+                        let engine = Engine::Device(crate::device_ops::choose(&first));
+                        let measuring =
+                            Measuring::collect(&module, &done.module, engine, Some(layout), false);
+                        let mut units = measuring.queue_units()?;
+                        let extra = units.tensor.take();
+                        queued_units = Some((measuring, units));
+                        extra
+                    }
+                    _ => done.statistics.clone(),
+                };
                 queued = Some(done);
-                statistics
+                extra
             },
         );
-        let ahead = queued
-            .zip(planned)
-            .map(|(done, step)| Ahead { step, done, pairs });
+        let ahead = queued.zip(planned).map(|(done, step)| Ahead {
+            step,
+            done,
+            read: pairs,
+            units: queued_units,
+        });
         let loss = view.loss();
         let mut actions = BurnStep {
             optimizer,
@@ -172,9 +195,13 @@ impl<M: Module + Clone> GuardCore<M> {
 struct Ahead<M> {
     step: OptimizerStep,
     done: DeviceStep<M>,
-    /// The pair statistics, read with the gradients' (`None` where the kernel did not measure:
-    /// a float parameter without a gradient).
-    pairs: Option<Vec<f32>>,
+    /// What came back with the gradients' statistics: the kernel's pair statistics, or the unit
+    /// norms' values where units are measured (`None` where nothing was measured: a float
+    /// parameter without a gradient).
+    read: Option<Vec<f32>>,
+    /// Where units are measured: the update paired with the weights before it, and what decodes
+    /// its unit norms from `read`.
+    units: Option<(Measuring, QueuedUnitNorms)>,
 }
 
 /// The Burn side of one guarded step: what [`Guard::guarded_step`] asks of the module, the
@@ -254,14 +281,18 @@ impl<M: Module + Clone> BurnStep<'_, M> {
             .ahead
             .take()
             .filter(|ahead| ahead.step == step && !view.rewritten());
-        let (done, read_ahead) = match ahead {
-            Some(ahead) => (ahead.done, ahead.pairs),
+        let (done, read_ahead, units_ahead) = match ahead {
+            Some(ahead) => (ahead.done, ahead.read, ahead.units),
             None => {
                 let grads = view.device_grads()?;
                 let module = self.module.as_ref().expect("every action leaves a module");
                 // The kernel measures the step where the bound reads whole tensors only.
                 let measure = step.measure == UpdateMeasure::Tensors;
-                (fused.step_device(module, &grads, step.lr, measure)?, None)
+                (
+                    fused.step_device(module, &grads, step.lr, measure)?,
+                    None,
+                    None,
+                )
             }
         };
         self.device_pending = Some(done.pending);
@@ -275,8 +306,16 @@ impl<M: Module + Clone> BurnStep<'_, M> {
             UpdateMeasure::Units(layout) => Some(layout),
         };
         let old = self.take_module();
-        // The kernel measured the weights and the update as it stepped: read with the
-        // gradients' statistics where the step was queued ahead, in one more read otherwise.
+        // The step's measurement came back with the gradients' statistics where it was queued
+        // ahead: the unit norms, or the kernel's pair statistics.
+        if let (Some((measuring, queued)), Some(read)) = (units_ahead, &read_ahead) {
+            let norms = queued.decode(read);
+            // (Read again, in one read, should they not have come back.)
+            self.host_reads += u32::from(norms.is_none());
+            let updates = measuring.finish(norms);
+            return Some(self.keep(updates, old, done.module));
+        }
+        // Otherwise the kernel's pair statistics are read now, where it measured.
         let (pairs, reads) = match (units, read_ahead, done.statistics) {
             (None, Some(pairs), _) => (Some(pairs), 0),
             (None, None, Some(statistics)) => {
@@ -292,12 +331,18 @@ impl<M: Module + Clone> BurnStep<'_, M> {
             pairs.and_then(|p| Updates::from_pair_statistics(&old, &p, engine, step.recognize));
         if let Some(updates) = measured {
             self.host_reads += reads;
-            let norms = updates.norms.clone();
-            self.before = Some((updates, old, self.optimizer.clone()));
-            self.module = Some(done.module);
-            return Some(norms);
+            return Some(self.keep(updates, old, done.module));
         }
         Some(self.measure_update(old, done.module, engine, units, step.recognize))
+    }
+
+    /// Keeps the step's measurement, the module before it and the optimizer for the bound's
+    /// decision; the module is `stepped` until then.
+    fn keep(&mut self, updates: Updates, old: M, stepped: M) -> Vec<UpdateNorms> {
+        let norms = updates.norms.clone();
+        self.before = Some((updates, old, self.optimizer.clone()));
+        self.module = Some(stepped);
+        norms
     }
 
     /// Measures the step from `old` to `stepped` and keeps both (and the optimizer) for the
@@ -313,10 +358,7 @@ impl<M: Module + Clone> BurnStep<'_, M> {
         let updates = Updates::measure(&old, &stepped, engine, units, recognize);
         let device_reads = if units.is_some() && recognize { 2 } else { 1 };
         self.host_reads += u32::from(matches!(engine, Engine::Device(_))) * device_reads;
-        let norms = updates.norms.clone();
-        self.before = Some((updates, old, self.optimizer.clone()));
-        self.module = Some(stepped);
-        norms
+        self.keep(updates, old, stepped)
     }
 }
 
@@ -467,8 +509,9 @@ pub struct GuardedStep<M> {
     /// What the guard measured and decided.
     pub report: StepReport,
     /// Device-to-host reads this step made: on an accelerator one for the statistics and the loss,
-    /// one for the update bound's norms, and one more only to locate a NaN or inf; on the host
-    /// path none.
+    /// one for the update bound's norms (none where the fused step and its measurement were
+    /// queued ahead and read with the statistics), and one more only to locate a NaN or inf; on
+    /// the host path none.
     pub host_reads: u32,
 }
 

@@ -17,7 +17,7 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::{Tensor, TensorData};
 use gradguard::{UnitLayout, UnitSpan, UpdateNorms, UpdateSpread};
 
-use crate::device_ops::{DeviceOps, Engine, Rewrite};
+use crate::device_ops::{DeviceOps, Engine, QueuedUnitNorms, Rewrite};
 use crate::padded::{PER_BLOCK, Padded, Segment};
 
 /// A parameter's position in `norms`, its value before the step, and its units when measured.
@@ -195,6 +195,28 @@ impl Updates {
         units: Option<UnitLayout>,
         spread: bool,
     ) -> Self {
+        Measuring::collect(before, after, engine, units, spread).finish(None)
+    }
+}
+
+/// A step's update paired with the weights before it, not yet measured: on a device every
+/// parameter is measured together, when [`Measuring::finish`] asks — or, for the unit-wise
+/// bound, from unit norms queued earlier ([`Measuring::queue_units`]) and read with something
+/// else.
+pub(crate) struct Measuring {
+    a: After,
+}
+
+impl Measuring {
+    /// Pairs every float parameter of `after` with its value in `before`; on the host path
+    /// (a CPU backend) measures them as it goes. `units` and `spread` as in [`Updates::measure`].
+    pub fn collect<M: Module>(
+        before: &M,
+        after: &M,
+        engine: Engine,
+        units: Option<UnitLayout>,
+        spread: bool,
+    ) -> Self {
         let mut a = After {
             before: Before::of(before)
                 .into_iter()
@@ -214,23 +236,42 @@ impl Updates {
             kept: HashMap::new(),
         };
         after.visit(&mut a);
-        if let Engine::Device(ops) = engine
+        Measuring { a }
+    }
+
+    /// On a device, with units and without the spread: every unit's norms queued (not read), to
+    /// be read with something else and handed to [`Self::finish`]. `None` otherwise.
+    pub fn queue_units(&self) -> Option<QueuedUnitNorms> {
+        let a = &self.a;
+        match a.engine {
+            Engine::Device(ops) if a.layout.is_some() && !a.spread && !a.olds.is_empty() => {
+                Some(ops.queued_unit_norms(&a.olds, Some(&a.news), &a.spans))
+            }
+            _ => None,
+        }
+    }
+
+    /// The measurements: on a device, with units, from `units` (the norms [`Self::queue_units`]
+    /// queued, as read back) or else in one host read; the tensors' own norms summed from them.
+    pub fn finish(self, units: Option<Vec<Vec<(f64, f64)>>>) -> Updates {
+        let mut a = self.a;
+        if let Engine::Device(ops) = a.engine
             && !a.olds.is_empty()
         {
             if a.layout.is_some() {
-                a.units = ops.unit_norms(&a.olds, Some(&a.news), &a.spans);
+                a.units = units.unwrap_or_else(|| ops.unit_norms(&a.olds, Some(&a.news), &a.spans));
                 a.sums = a
                     .units
                     .iter()
                     .map(|u| gradguard::kernel::tensor_norms_of_units(u))
                     .collect();
-                if spread {
+                if a.spread {
                     a.spreads = device_norms(ops, &a.olds, &a.news).1;
                 }
             } else {
                 let spreads;
                 (a.sums, spreads) = device_norms(ops, &a.olds, &a.news);
-                if spread {
+                if a.spread {
                     a.spreads = spreads;
                 }
             }
@@ -263,10 +304,12 @@ impl Updates {
         Updates {
             norms,
             before: a.kept,
-            engine,
+            engine: a.engine,
         }
     }
+}
 
+impl Updates {
     /// The measurements of a step whose kernel took them: `pairs` are the pair block statistics
     /// (per block, those of the weights, then those of the update; the layout of
     /// [`DeviceOps::block_statistics`]'s pair form) of every float parameter of `before`, in

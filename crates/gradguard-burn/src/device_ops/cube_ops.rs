@@ -4,7 +4,7 @@
 use burn::tensor::Tensor;
 use gradguard::UnitSpan;
 
-use super::{BlockRead, DeviceOps, Rewrite, TensorOps};
+use super::{BlockRead, DeviceOps, QueuedUnitNorms, Rewrite, TensorOps};
 use crate::cube;
 use crate::padded::PER_BLOCK;
 
@@ -90,8 +90,41 @@ impl DeviceOps for CubeOps {
                     .unwrap_or_default()
             }
         };
-        let lens: Vec<usize> = tensors.iter().map(|t| t.shape().num_elements()).collect();
-        cube::units::unit_sums_of(&host, spans, &lens, after.is_some())
+        unit_norms_of(tensors, after.is_some(), spans)(&host)
+    }
+
+    fn queued_unit_norms(
+        &self,
+        tensors: &[Tensor<1>],
+        after: Option<&[Tensor<1>]>,
+        spans: &[UnitSpan],
+    ) -> QueuedUnitNorms {
+        let tensor = match cube::queued::unit_statistics(tensors, after, spans) {
+            cube::queued::Queued::Elsewhere => {
+                return TensorOps.queued_unit_norms(tensors, after, spans);
+            }
+            cube::queued::Queued::Empty => None,
+            cube::queued::Queued::Statistics(s) => Some(cube::queued::into_tensor(s)),
+        };
+        QueuedUnitNorms::new(tensor, unit_norms_of(tensors, after.is_some(), spans))
+    }
+
+    fn rewrite(&self, values: &[Tensor<1>], how: Rewrite<'_>) -> Vec<Tensor<1>> {
+        cube::rewrite::rewrite(values, how).unwrap_or_else(|| TensorOps.rewrite(values, how))
+    }
+}
+
+/// What turns the unit kernel's output, read back, into every unit's (‖x_u‖, ‖after_u − x_u‖)
+/// of `tensors` split by `spans` (`pair`: with `after`).
+fn unit_norms_of(
+    tensors: &[Tensor<1>],
+    pair: bool,
+    spans: &[UnitSpan],
+) -> impl FnOnce(&[f32]) -> Vec<Vec<(f64, f64)>> + Send + 'static {
+    let lens: Vec<usize> = tensors.iter().map(|t| t.shape().num_elements()).collect();
+    let spans = spans.to_vec();
+    move |host| {
+        cube::units::unit_sums_of(host, &spans, &lens, pair)
             .into_iter()
             .map(|units| {
                 units
@@ -100,9 +133,5 @@ impl DeviceOps for CubeOps {
                     .collect()
             })
             .collect()
-    }
-
-    fn rewrite(&self, values: &[Tensor<1>], how: Rewrite<'_>) -> Vec<Tensor<1>> {
-        cube::rewrite::rewrite(values, how).unwrap_or_else(|| TensorOps.rewrite(values, how))
     }
 }

@@ -75,6 +75,43 @@ impl<'a> Rewrite<'a> {
     }
 }
 
+/// Per tensor, per unit: (‖x_u‖, ‖after_u − x_u‖).
+pub(crate) type UnitNorms = Vec<Vec<(f64, f64)>>;
+
+/// What turns the values read back into [`UnitNorms`].
+type DecodeUnitNorms = Box<dyn FnOnce(&[f32]) -> UnitNorms + Send>;
+
+/// Every unit's norms, queued: [`DeviceOps::queued_unit_norms`].
+pub(crate) struct QueuedUnitNorms {
+    /// The values to read; `None` when there is nothing to measure.
+    pub tensor: Option<Tensor<1>>,
+    /// How many values the tensor holds (0 without one).
+    len: usize,
+    /// Per tensor, per unit: (‖x_u‖, ‖after_u − x_u‖), from the values read.
+    decode: DecodeUnitNorms,
+}
+
+impl QueuedUnitNorms {
+    /// `tensor` to read and what decodes its values.
+    pub fn new(
+        tensor: Option<Tensor<1>>,
+        decode: impl FnOnce(&[f32]) -> UnitNorms + Send + 'static,
+    ) -> Self {
+        let len = tensor.as_ref().map_or(0, |t| t.shape().num_elements());
+        QueuedUnitNorms {
+            tensor,
+            len,
+            decode: Box::new(decode),
+        }
+    }
+
+    /// The norms from the values read; `None` when they are not the tensor's values (another
+    /// length).
+    pub fn decode(self, read: &[f32]) -> Option<UnitNorms> {
+        (read.len() == self.len).then(|| (self.decode)(read))
+    }
+}
+
 /// The guard's device operations; see the module documentation.
 pub(crate) trait DeviceOps: Debug + Sync {
     /// The block statistics of `tensors` — and with `after` (tensors of the same lengths), of
@@ -104,6 +141,16 @@ pub(crate) trait DeviceOps: Debug + Sync {
         after: Option<&[Tensor<1>]>,
         spans: &[UnitSpan],
     ) -> Vec<Vec<(f64, f64)>>;
+
+    /// [`Self::unit_norms`] queued and not read: the f32 tensor to read (`None`: nothing to
+    /// measure) and what turns its values into the norms. A step queued ahead of the guard's
+    /// decision reads it with the gradients' statistics ([`BlockRead::extra`]).
+    fn queued_unit_norms(
+        &self,
+        tensors: &[Tensor<1>],
+        after: Option<&[Tensor<1>]>,
+        spans: &[UnitSpan],
+    ) -> QueuedUnitNorms;
 
     /// `values` rewritten by `how` (flat, of the lengths they came in). The caller checks that
     /// every factor list matches its span.

@@ -5,7 +5,7 @@
 use burn::tensor::{Tensor, TensorData};
 use gradguard::UnitSpan;
 
-use super::{BlockRead, DeviceOps, Rewrite};
+use super::{BlockRead, DeviceOps, QueuedUnitNorms, Rewrite};
 use crate::padded::{PER_BLOCK, Padded, f32_of, pairwise_sums_along, read_f32};
 
 /// [`DeviceOps`] by Burn's tensor ops.
@@ -60,6 +60,17 @@ impl DeviceOps for TensorOps {
         after: Option<&[Tensor<1>]>,
         spans: &[UnitSpan],
     ) -> Vec<Vec<(f64, f64)>> {
+        let mut queued = self.queued_unit_norms(tensors, after, spans);
+        let host = queued.tensor.take().map(read_f32).unwrap_or_default();
+        queued.decode(&host).unwrap_or_default()
+    }
+
+    fn queued_unit_norms(
+        &self,
+        tensors: &[Tensor<1>],
+        after: Option<&[Tensor<1>]>,
+        spans: &[UnitSpan],
+    ) -> QueuedUnitNorms {
         let deltas: Option<Vec<Tensor<1>>> = after.map(|after| {
             tensors
                 .iter()
@@ -67,54 +78,64 @@ impl DeviceOps for TensorOps {
                 .map(|(b, a)| f32_of(a.clone()).sub(f32_of(b.clone())))
                 .collect()
         });
-        let measured =
-            |t: &Tensor<1>, span: &UnitSpan| t.shape().num_elements() > 0 && span.units() > 0;
+        let lens: Vec<usize> = tensors.iter().map(|t| t.shape().num_elements()).collect();
+        let measured = |len: usize, span: &UnitSpan| len > 0 && span.units() > 0;
         let mut parts = Vec::new();
         for set in std::iter::once(tensors).chain(deltas.as_deref()) {
-            for (t, span) in set.iter().zip(spans).filter(|(t, s)| measured(t, s)) {
+            for ((t, span), _) in set
+                .iter()
+                .zip(spans)
+                .zip(&lens)
+                .filter(|((_, s), len)| measured(**len, s))
+            {
                 parts.extend(unit_parts(f32_of(t.clone()), *span));
             }
         }
-        let host = if parts.is_empty() {
-            Vec::new()
-        } else {
-            read_f32(Tensor::cat(parts, 0))
-        };
-        // Per measured tensor: max, Σ(x/max)², NaN count, inf count, `units` values each.
-        let mut at = 0;
-        let mut decode = |t: &Tensor<1>, span: &UnitSpan| -> Vec<f64> {
-            let units = span.units();
-            if !measured(t, span) {
-                return vec![0.0; units];
-            }
-            let part = &host[at..at + 4 * units];
-            at += 4 * units;
-            (0..units)
-                .map(|u| {
-                    if part[2 * units + u] > 0.0 {
-                        f64::NAN
-                    } else if part[3 * units + u] > 0.0 {
-                        f64::INFINITY
-                    } else {
-                        f64::from(part[u]) * f64::from(part[units + u]).sqrt()
-                    }
-                })
+        let tensor = (!parts.is_empty()).then(|| Tensor::cat(parts, 0));
+        let spans = spans.to_vec();
+        let pair = deltas.is_some();
+        let decode = move |host: &[f32]| {
+            // Per measured tensor: max, Σ(x/max)², NaN count, inf count, `units` values each.
+            let mut at = 0;
+            let mut decode = |len: usize, span: &UnitSpan| -> Vec<f64> {
+                let units = span.units();
+                if !measured(len, span) {
+                    return vec![0.0; units];
+                }
+                let part = &host[at..at + 4 * units];
+                at += 4 * units;
+                (0..units)
+                    .map(|u| {
+                        if part[2 * units + u] > 0.0 {
+                            f64::NAN
+                        } else if part[3 * units + u] > 0.0 {
+                            f64::INFINITY
+                        } else {
+                            f64::from(part[u]) * f64::from(part[units + u]).sqrt()
+                        }
+                    })
+                    .collect()
+            };
+            let norms: Vec<Vec<f64>> = lens
+                .iter()
+                .zip(&spans)
+                .map(|(&l, s)| decode(l, s))
+                .collect();
+            let delta_norms: Vec<Vec<f64>> = if pair {
+                lens.iter()
+                    .zip(&spans)
+                    .map(|(&l, s)| decode(l, s))
+                    .collect()
+            } else {
+                spans.iter().map(|s| vec![0.0; s.units()]).collect()
+            };
+            norms
+                .into_iter()
+                .zip(delta_norms)
+                .map(|(w, d)| w.into_iter().zip(d).collect())
                 .collect()
         };
-        let norms: Vec<Vec<f64>> = tensors
-            .iter()
-            .zip(spans)
-            .map(|(t, s)| decode(t, s))
-            .collect();
-        let delta_norms: Vec<Vec<f64>> = match &deltas {
-            Some(d) => d.iter().zip(spans).map(|(t, s)| decode(t, s)).collect(),
-            None => spans.iter().map(|s| vec![0.0; s.units()]).collect(),
-        };
-        norms
-            .into_iter()
-            .zip(delta_norms)
-            .map(|(w, d)| w.into_iter().zip(d).collect())
-            .collect()
+        QueuedUnitNorms::new(tensor, decode)
     }
 
     fn rewrite(&self, values: &[Tensor<1>], how: Rewrite<'_>) -> Vec<Tensor<1>> {

@@ -1091,14 +1091,15 @@ pub fn fused_matches_the_wrapped_optimizer(dev: &Device, placement: Placement, p
 /// On a CubeCL device the fused step is queued before the gradients' statistics are read,
 /// where the guard would step with the gradients as they are: from the step after the one that
 /// recognizes the optimizer, an applied AdamW step under the default guard reads the device once
-/// (the statistics, the loss and the update's measurement together; two reads before). A step
+/// (the statistics, the loss and the update's measurement together; two reads before), and so
+/// does an SGD step, whose bound measures every unit (the unit norms queued ahead too). A step
 /// whose gradients a rule rewrote — a NaN zeroed under `NonFinitePolicy::Zero` — steps on the
 /// rewritten gradients (the step queued ahead is dropped), and a NaN step skipped under `Skip`
-/// leaves the weights as they were: both as Burn's AdamW under the same guard, within 1e-6.
+/// leaves the weights as they were: both as Burn's own optimizer under the same guard, within
+/// 1e-6.
 pub fn fused_device_step_reads_once(dev: &Device) {
     use gradguard::NonFinitePolicy;
     use gradguard_burn::FusedRule;
-    let rule = FusedRule::adamw(0.1);
     let guard = |non_finite| {
         let config = GuardConfig {
             non_finite,
@@ -1106,7 +1107,14 @@ pub fn fused_device_step_reads_once(dev: &Device) {
         };
         Guard::new(config, Chain::default()).unwrap()
     };
-    for policy in [NonFinitePolicy::Skip, NonFinitePolicy::Zero] {
+    // AdamW's bound measures whole tensors, SGD's units too.
+    let cases = [
+        (FusedRule::adamw(0.1), NonFinitePolicy::Skip),
+        (FusedRule::adamw(0.1), NonFinitePolicy::Zero),
+        (FusedRule::sgd(), NonFinitePolicy::Skip),
+        (FusedRule::sgd(), NonFinitePolicy::Zero),
+    ];
+    for (rule, policy) in cases {
         let start = Mlp::new(3, 72, dev);
         let mut runs = Vec::new();
         for mut optim in [
@@ -1139,9 +1147,9 @@ pub fn fused_device_step_reads_once(dev: &Device) {
                     "{policy:?}: step {k}: {x} vs {y}"
                 );
             }
-            // Step 0 recognizes AdamW (unit norms, read apart); step 3 holds the NaN.
+            // Step 0 recognizes the optimizer (unit norms, read apart); step 3 holds the NaN.
             if k == 1 || k == 2 || k == 4 {
-                assert_eq!(*reads, 1, "{policy:?}: step {k}: host reads");
+                assert_eq!(*reads, 1, "{rule:?}, {policy:?}: step {k}: host reads");
             }
         }
         let expected = match policy {

@@ -4,7 +4,7 @@
 use burn::tensor::Tensor;
 use gradguard::UnitSpan;
 
-use super::{BlockRead, DeviceOps, QueuedUnitNorms, Rewrite, TensorOps};
+use super::{BlockRead, DeviceOps, QueuedUnitNorms, Rewrite, TensorOps, UnitNorms};
 use crate::cube;
 use crate::padded::PER_BLOCK;
 
@@ -120,7 +120,7 @@ fn unit_norms_of(
     tensors: &[Tensor<1>],
     pair: bool,
     spans: &[UnitSpan],
-) -> impl FnOnce(&[f32]) -> Vec<Vec<(f64, f64)>> + Send + 'static {
+) -> impl FnOnce(&[f32]) -> UnitNorms + Send + 'static {
     let lens: Vec<usize> = tensors.iter().map(|t| t.shape().num_elements()).collect();
     let spans = spans.to_vec();
     move |host| {

@@ -108,15 +108,14 @@ impl<M: Module + Clone> GuardCore<M> {
     ) -> Result<GuardedStep<M>, Box<Stopped<M>>> {
         let with_values = self.guard.chain().needs_parameters();
         let base_lr = lr.base();
-        // The optimizer's step is queued before the statistics are read, where the guard would
+        // The fused device step is queued before the statistics are read, where the guard would
         // step with the gradients as they are, so that its measurement comes back in the same
-        // read (see `Ahead`): the fused kernel's own statistics, or the pair statistics of the
-        // weights before and after Burn's optimizer, where the bound reads whole tensors; the
-        // unit kernel's over both where it reads units (not on the step that recognizes the
-        // optimizer, which measures the spread too).
-        let planned = self
-            .guard
-            .step_ahead(base_lr, UnitLayout::InputFirst)
+        // read (see `Ahead`): the kernel's own statistics where the bound reads whole tensors,
+        // the unit kernel's over the weights and the step where it reads units (not on the
+        // step that recognizes the optimizer, which measures the spread too).
+        let planned = fused
+            .as_ref()
+            .and_then(|_| self.guard.step_ahead(base_lr, UnitLayout::InputFirst))
             .filter(|step| match step.measure {
                 UpdateMeasure::Tensors => true,
                 UpdateMeasure::Units(_) => !step.recognize,
@@ -124,69 +123,39 @@ impl<M: Module + Clone> GuardCore<M> {
             });
         let mut queued = None;
         let mut queued_units = None;
-        let (view, read) = BurnGradients::collect_ahead(
+        let (view, pairs) = BurnGradients::collect_ahead(
             &module,
             &mut grads,
             loss,
             with_values,
             self.placement,
-            |gradients| {
+            |flat| {
                 let step = planned?;
-                let first: Vec<Tensor<1>> = gradients.by_id.values().take(1).cloned().collect();
-                let ops = crate::device_ops::choose(&first);
                 let whole = step.measure == UpdateMeasure::Tensors;
-                let (stepped, whole_statistics) = match fused.as_deref_mut() {
-                    Some(fused) => {
-                        let done = fused.step_device(&module, &gradients.by_id, step.lr, whole)?;
-                        let statistics = done.statistics.clone();
-                        (SteppedAhead::Fused(Box::new(done)), statistics)
-                    }
-                    // Burn's optimizer, on a copy of its state, where the device queues work.
-                    None if ops.queues() => {
-                        let rate = if step.lr_multiplier == 1.0 {
-                            lr.clone()
-                        } else {
-                            step.lr.into()
-                        };
-                        let mut optimizer = optimizer.clone();
-                        let after = optimizer.step(rate, module.clone(), gradients.params(&module));
-                        let statistics = whole
-                            .then(|| Updates::queue_pair_statistics(&module, &after, ops))
-                            .flatten();
-                        (
-                            SteppedAhead::Burn {
-                                module: after,
-                                optimizer,
-                            },
-                            statistics,
-                        )
-                    }
-                    None => return None,
-                };
+                let done = fused
+                    .as_deref_mut()?
+                    .step_device(&module, flat, step.lr, whole)?;
                 let extra = match step.measure {
                     UpdateMeasure::Units(layout) => {
-                        let measuring = Measuring::collect(
-                            &module,
-                            stepped.module(),
-                            Engine::Device(ops),
-                            Some(layout),
-                            false,
-                        );
+                        let first: Vec<Tensor<1>> = flat.values().take(1).cloned().collect();
+                        let engine = Engine::Device(crate::device_ops::choose(&first));
+                        let measuring =
+                            Measuring::collect(&module, &done.module, engine, Some(layout), false);
                         let mut units = measuring.queue_units()?;
                         let extra = units.tensor.take();
                         queued_units = Some((measuring, units));
                         extra
                     }
-                    _ => whole_statistics,
+                    _ => done.statistics.clone(),
                 };
-                queued = Some(stepped);
+                queued = Some(done);
                 extra
             },
         );
-        let ahead = queued.zip(planned).map(|(stepped, step)| Ahead {
+        let ahead = queued.zip(planned).map(|(done, step)| Ahead {
             step,
-            stepped,
-            read,
+            done,
+            read: pairs,
             units: queued_units,
         });
         let loss = view.loss();
@@ -225,35 +194,14 @@ impl<M: Module + Clone> GuardCore<M> {
 /// otherwise (its new weights and moments are in new buffers: nothing to undo).
 struct Ahead<M> {
     step: OptimizerStep,
-    stepped: SteppedAhead<M>,
-    /// What came back with the gradients' statistics: the step's pair statistics, or the unit
+    done: DeviceStep<M>,
+    /// What came back with the gradients' statistics: the kernel's pair statistics, or the unit
     /// norms' values where units are measured (`None` where nothing was measured: a float
     /// parameter without a gradient).
     read: Option<Vec<f32>>,
     /// Where units are measured: the update paired with the weights before it, and what decodes
     /// its unit norms from `read`.
     units: Option<(Measuring, QueuedUnitNorms)>,
-}
-
-/// The step queued ahead.
-enum SteppedAhead<M> {
-    /// The fused optimizer's device step.
-    Fused(Box<DeviceStep<M>>),
-    /// Burn's optimizer's step, on a copy of its state (handles: nothing is copied until the
-    /// step writes).
-    Burn {
-        module: M,
-        optimizer: ModuleOptimizer,
-    },
-}
-
-impl<M> SteppedAhead<M> {
-    fn module(&self) -> &M {
-        match self {
-            SteppedAhead::Fused(done) => &done.module,
-            SteppedAhead::Burn { module, .. } => module,
-        }
-    }
 }
 
 /// The Burn side of one guarded step: what [`Guard::guarded_step`] asks of the module, the
@@ -334,13 +282,8 @@ impl<M: Module + Clone> BurnStep<'_, M> {
             .take()
             .filter(|ahead| ahead.step == step && !view.rewritten());
         let (done, read_ahead, units_ahead) = match ahead {
-            Some(Ahead {
-                stepped: SteppedAhead::Fused(done),
-                read,
-                units,
-                ..
-            }) => (*done, read, units),
-            _ => {
+            Some(ahead) => (ahead.done, ahead.read, ahead.units),
+            None => {
                 let grads = view.device_grads()?;
                 let module = self.module.as_ref().expect("every action leaves a module");
                 // The kernel measures the step where the bound reads whole tensors only.
@@ -402,50 +345,6 @@ impl<M: Module + Clone> BurnStep<'_, M> {
         norms
     }
 
-    /// Burn's optimizer's step queued ahead of the decision, where the guard asks for that very
-    /// step on gradients no rule rewrote and its measurement came back with the statistics: the
-    /// optimizer takes the state it stepped to, the module the weights. `None` otherwise (the
-    /// step ahead is dropped: its weights and state are new tensors).
-    fn step_burn_ahead(
-        &mut self,
-        view: &BurnGradients,
-        step: OptimizerStep,
-        engine: Engine,
-    ) -> Option<Vec<UpdateNorms>> {
-        let ahead = self
-            .ahead
-            .take()
-            .filter(|ahead| ahead.step == step && !view.rewritten())?;
-        let SteppedAhead::Burn {
-            module: stepped,
-            optimizer,
-        } = ahead.stepped
-        else {
-            return None;
-        };
-        let read = ahead.read?;
-        let updates = match ahead.units {
-            Some((measuring, queued)) => {
-                let norms = queued.decode(&read);
-                // (Read again, in one read, should they not have come back.)
-                self.host_reads += u32::from(norms.is_none());
-                measuring.finish(norms)
-            }
-            None => {
-                let old = self.module.as_ref().expect("every action leaves a module");
-                Updates::from_pair_statistics(old, &read, engine, step.recognize)?
-            }
-        };
-        self.lr.take();
-        let old = self.take_module();
-        let old_optimizer = std::mem::replace(self.optimizer, optimizer);
-        let norms = self.keep(updates, old, stepped);
-        if let Some((_, _, kept)) = self.before.as_mut() {
-            *kept = old_optimizer;
-        }
-        Some(norms)
-    }
-
     /// Measures the step from `old` to `stepped` and keeps both (and the optimizer) for the
     /// bound's decision; the module is `stepped` until then.
     fn measure_update(
@@ -488,9 +387,6 @@ impl<M: Module + Clone> StepActions for BurnStep<'_, M> {
             return Ok(norms);
         }
         if let Some(norms) = self.step_fused_device(&view, step, engine) {
-            return Ok(norms);
-        }
-        if let Some(norms) = self.step_burn_ahead(&view, step, engine) {
             return Ok(norms);
         }
         let module = self.take_module();

@@ -310,19 +310,6 @@ impl Measuring {
 }
 
 impl Updates {
-    /// The pair block statistics of every float parameter from `before` to `after` (both of one
-    /// module's structure), queued on the device and not read; [`Self::from_pair_statistics`]
-    /// decodes them once read. `None` where `ops` cannot queue them.
-    pub fn queue_pair_statistics<M: Module>(
-        before: &M,
-        after: &M,
-        ops: &dyn DeviceOps,
-    ) -> Option<Tensor<1>> {
-        let flat =
-            |m: &M| -> Vec<Tensor<1>> { Before::of(m).into_iter().map(|(_, _, t)| t).collect() };
-        ops.queued_pair_statistics(&flat(before), &flat(after))
-    }
-
     /// The measurements of a step whose kernel took them: `pairs` are the pair block statistics
     /// (per block, those of the weights, then those of the update; the layout of
     /// [`DeviceOps::block_statistics`]'s pair form) of every float parameter of `before`, in

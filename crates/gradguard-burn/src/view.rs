@@ -70,23 +70,6 @@ fn flat_f32_by_id(entries: &[Entry], grads: &[Tensor<1>]) -> Option<HashMap<Para
     )
 }
 
-/// The step's gradients as a step queued ahead of the guard's decision sees them, before any rule.
-pub(crate) struct AheadGradients<'a> {
-    /// Each parameter's flat gradient, by id.
-    pub by_id: HashMap<ParamId, Tensor<1>>,
-    entries: &'a [Entry],
-    flat: &'a [Tensor<1>],
-}
-
-impl AheadGradients<'_> {
-    /// The gradients for a Burn optimizer, each in its parameter's shape (handles, no copy).
-    pub fn params<M: Module>(&self, module: &M) -> GradientsParams {
-        let mut r = Restorer::new(self.entries, self.flat.to_vec());
-        module.visit(&mut r);
-        r.out
-    }
-}
-
 /// A gradient's own buffer, lent to the host kernels as `[f32]` without a copy.
 #[derive(Debug, Clone)]
 struct Buffer(TensorData);
@@ -150,7 +133,7 @@ impl BurnGradients {
     }
 
     /// [`BurnGradients::collect_with`], calling `ahead` on the device path before the statistics
-    /// are read, with the gradients ([`AheadGradients`]; only where every gradient is f32):
+    /// are read, with each parameter's flat gradient by id (only where every gradient is f32):
     /// what it queues runs before the read, and the f32 tensor it returns is read back with the
     /// statistics and the loss, in the same host read — its values are returned (`None` where
     /// `ahead` was not called or returned nothing).
@@ -160,7 +143,7 @@ impl BurnGradients {
         loss: Option<Tensor<1>>,
         with_values: bool,
         placement: Placement,
-        ahead: impl FnOnce(&AheadGradients<'_>) -> Option<Tensor<1>>,
+        ahead: impl FnOnce(&HashMap<ParamId, Tensor<1>>) -> Option<Tensor<1>>,
     ) -> (Self, Option<Vec<f32>>) {
         let mut c = Collector::new(grads, with_values);
         module.visit(&mut c);
@@ -200,13 +183,7 @@ impl BurnGradients {
             (view, None)
         } else {
             let mut d = DeviceGradients::new(c.flat_grads, c.flat_values);
-            let extra = flat_f32_by_id(&c.entries, d.grads()).and_then(|by_id| {
-                ahead(&AheadGradients {
-                    by_id,
-                    entries: &c.entries,
-                    flat: d.grads(),
-                })
-            });
+            let extra = flat_f32_by_id(&c.entries, d.grads()).and_then(|g| ahead(&g));
             let queued_ahead = extra.is_some();
             let (stats, loss, read) = d.read_stats_with(loss, extra);
             d.cached = Some(stats);

@@ -74,21 +74,6 @@ impl DeviceOps for CubeOps {
         }
     }
 
-    fn queues(&self) -> bool {
-        true
-    }
-
-    fn queued_pair_statistics(
-        &self,
-        tensors: &[Tensor<1>],
-        after: &[Tensor<1>],
-    ) -> Option<Tensor<1>> {
-        match cube::queued::block_statistics(tensors, Some(after)) {
-            cube::queued::Queued::Statistics(s) => Some(cube::queued::into_tensor(s)),
-            cube::queued::Queued::Elsewhere | cube::queued::Queued::Empty => None,
-        }
-    }
-
     fn unit_norms(
         &self,
         tensors: &[Tensor<1>],

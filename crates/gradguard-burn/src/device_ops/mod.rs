@@ -132,21 +132,6 @@ pub(crate) trait DeviceOps: Debug + Sync {
     /// a step later.
     fn queued_statistics(&self, tensors: &[Tensor<1>]) -> Option<Tensor<1>>;
 
-    /// Whether work given to this device is queued and run when read (a CubeCL device, behind
-    /// Burn's fusion stream): only there is a step worth queueing ahead of a read.
-    fn queues(&self) -> bool;
-
-    /// The pair-form block statistics of `tensors` and `after − tensors`, queued and not read:
-    /// per block, [`crate::padded::PER_BLOCK`] values of the tensors then as many of the
-    /// update (the fused step kernel's layout, which [`crate::update::Updates::from_pair_statistics`]
-    /// decodes). `None` where this implementation does not lay them out so (Burn's tensor ops),
-    /// or there is nothing to measure.
-    fn queued_pair_statistics(
-        &self,
-        tensors: &[Tensor<1>],
-        after: &[Tensor<1>],
-    ) -> Option<Tensor<1>>;
-
     /// Per tensor, per unit of `spans[t]`: (‖x_u‖, ‖after_u − x_u‖), the second 0 without
     /// `after`; NaN for a unit holding a NaN, inf for one holding an inf. One host read (none
     /// when no tensor has both values and units).

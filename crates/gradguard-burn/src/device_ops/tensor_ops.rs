@@ -54,15 +54,6 @@ impl DeviceOps for TensorOps {
         Padded::new(tensors.to_vec()).0.statistics()
     }
 
-    fn queues(&self) -> bool {
-        false
-    }
-
-    fn queued_pair_statistics(&self, _: &[Tensor<1>], _: &[Tensor<1>]) -> Option<Tensor<1>> {
-        // Its pair statistics come as two padded sets, not block by block.
-        None
-    }
-
     fn unit_norms(
         &self,
         tensors: &[Tensor<1>],

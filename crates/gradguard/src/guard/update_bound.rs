@@ -191,8 +191,8 @@ impl UpdateFamily {
     /// either way, as gradient descent with small gradients moves by less than η too — while the
     /// last layers move alike by η. Between the two lie layers whose largest gradients outweigh
     /// ε and the rest do not: their largest change approaches η (0.8–0.98 η) while their values
-    /// still spread, and they say nothing either (a Burn-initialized 24-layer tanh MLP has eight
-    /// such layers, as many values as its saturated ones). A layer whose largest change is
+    /// still spread, and they say nothing either (on Burn-initialized deep tanh MLPs they can hold
+    /// as many values as the saturated layers). A layer whose largest change is
     /// within 1% of η is saturated at its largest gradient; Adam's such layers move alike.
     /// Gradient descent's changes spread (the uniformity of a Gaussian gradient is about 0.35),
     /// so a tensor of its that reaches η does so by one large value, not by all of them; a
@@ -204,7 +204,8 @@ impl UpdateFamily {
     /// SGD by coincidence (a largest entry near 1; a unit of root-mean-square near 1). The unit
     /// reading still covers an AdamW step whose weight decay moves the embedding rows a batch did
     /// not use a little, and spreads the changes. The readings and grids that chose this:
-    /// `docs/measurements/2026-12-06-optimizer-recognition.md`.
+    /// `docs/measurements/2026-12-06-optimizer-recognition.md`, and for the 0.99 η of the
+    /// second reading `docs/measurements/2026-12-08-adam-epsilon-recognition.md`.
     ///
     /// `None` when `lr` is not positive and finite, an update is not finite, or nothing moved:
     /// nothing to recognize.

@@ -4,7 +4,7 @@
 //! at a size two CPU cores train in seconds. The layers are computed by [`super::attention`]
 //! (Burn's arithmetic, plus each layer's largest attention logit and optional qk-layernorm).
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::transformer::{TransformerEncoder, TransformerEncoderConfig};
 use burn::nn::{
     Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
@@ -40,7 +40,7 @@ pub struct TransformerConfig {
 }
 
 impl TransformerConfig {
-    /// Builds the model on `device` (Burn's initializers, seeded by the caller's device seed).
+    /// Builds the model on `device` (Burn's initializers, drawn here from the caller's device seed).
     pub fn init(&self, device: &Device) -> Result<LmTransformer, LabError> {
         if self.heads == 0 || !self.width.is_multiple_of(self.heads) {
             return Err(LabError::Config(format!(
@@ -62,7 +62,7 @@ impl TransformerConfig {
                 .with_norm_first(self.pre_norm)
                 .init(device);
         let d_k = self.width / self.heads;
-        Ok(LmTransformer {
+        let model = LmTransformer {
             tokens: embedding(self.vocab),
             positions: embedding(self.context),
             encoder,
@@ -75,7 +75,21 @@ impl TransformerConfig {
                 .pre_norm
                 .then(|| LayerNormConfig::new(self.width).init(device)),
             head: LinearConfig::new(self.width, self.vocab).init(device),
-        })
+        };
+        model.visit(&mut DrawNow);
+        Ok(model)
+    }
+}
+
+/// Draws every lazily initialized parameter of a module now. Burn initializes a parameter from
+/// the device's random generator at its first use, not where its module is built: a model used
+/// later, beside another thread drawing from the same generator (a sweep's parallel runs), would
+/// get numbers its seed did not choose.
+struct DrawNow;
+
+impl ModuleVisitor for DrawNow {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let _ = param.val();
     }
 }
 
@@ -142,7 +156,7 @@ impl LmTransformer {
 
 #[cfg(test)]
 mod tests {
-    use burn::module::{ModuleMapper, Param};
+    use burn::module::ModuleMapper;
     use burn::nn::transformer::TransformerEncoderInput;
     use burn::tensor::TensorData;
 
@@ -164,6 +178,33 @@ mod tests {
     fn ids(device: &Device) -> Tensor<2, Int> {
         let v: Vec<i64> = (0..24).map(|i| (i * 7 + 3) % 11).collect();
         Tensor::from_data(TensorData::new(v, [3, 8]), device)
+    }
+
+    /// Counts the parameters drawn so far and all of them.
+    #[derive(Default)]
+    struct Drawn {
+        drawn: usize,
+        all: usize,
+    }
+    impl ModuleVisitor for Drawn {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.all += 1;
+            self.drawn += usize::from(param.is_initialized());
+        }
+    }
+
+    #[test]
+    fn every_weight_is_drawn_when_the_model_is_built_not_at_its_first_use() {
+        // Burn draws a parameter at its first use unless asked earlier: a sweep's other run
+        // could then draw from the device's generator between the seed and the weights.
+        let device = Device::flex();
+        for qk_norm in [false, true] {
+            let model = config(qk_norm).init(&device).unwrap();
+            let mut count = Drawn::default();
+            model.visit(&mut count);
+            assert!(count.all > 20, "{} parameters", count.all);
+            assert_eq!(count.drawn, count.all, "qk-norm {qk_norm}");
+        }
     }
 
     #[test]

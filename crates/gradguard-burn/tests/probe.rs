@@ -9,7 +9,7 @@ use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::{DType, Device, Distribution, Tensor};
 use common::{Mlp, params_copy};
 use gradguard::probe::Health;
-use gradguard_burn::probe::{ProbeSettings, probe_model};
+use gradguard_burn::probe::{ProbeSettings, probe_model, probe_model_along};
 
 /// The shared test MLP (tanh, 8 inputs), its weights drawn from a fixed seed.
 fn mlp(depth: usize, width: usize, device: &Device) -> Mlp {
@@ -72,6 +72,46 @@ fn a_small_rate_is_healthy_a_large_one_explodes_and_the_safe_rate_lies_between()
         hot.verdict.reason.contains("the largest safe rate is"),
         "{}",
         hot.verdict.reason
+    );
+}
+
+#[test]
+fn a_path_the_user_names_is_read_at_initialization_and_after_the_trial() {
+    // A path whose start gets 1e-4 of its end's gradient (a recurrent net's first time step):
+    // the probe reads it on the profile's batches, then on the copy trained at the rate, and
+    // calls the model vanishing although its layers' profile is calm.
+    let device = Device::flex().autodiff();
+    let model = mlp(3, 32, &device);
+    let data = batches(10, &device);
+    let loss = |m: &Mlp, i: usize| {
+        let (x, y) = &data[i];
+        (m.forward(x.clone()) - y.clone()).square().mean()
+    };
+    let mut seen = Vec::new();
+    let path = |m: &Mlp, i: usize| {
+        seen.push((i, f64::from(loss(m, 0).into_scalar::<f32>())));
+        Some(vec![1e-4, 0.5, 1.0])
+    };
+    let sgd = SgdConfig::new().init();
+    let settings = ProbeSettings::at_rate(1e-2);
+    let p = probe_model_along(&model, &sgd, &settings, loss, path).unwrap();
+    let reading = p.path.expect("a path was given");
+    assert_eq!(reading.at_init, Some(1e-4));
+    assert_eq!(reading.after_trial, Some(1e-4));
+    assert_eq!(p.verdict.health, Health::Vanishes, "{}", p.verdict.reason);
+    // Batches 0-3 on the model as given, then batch 0 on the trained copy.
+    let batches: Vec<usize> = seen.iter().map(|(i, _)| *i).collect();
+    assert_eq!(batches, [0, 1, 2, 3, 0]);
+    assert!(seen[..4].iter().all(|(_, l)| *l == seen[0].1));
+    assert!(seen[4].1 < seen[0].1, "{seen:?}");
+    // Without a path, the same model is healthy at that rate.
+    let plain = probe_model(&model, &sgd, &settings, loss).unwrap();
+    assert_eq!(plain.path, None);
+    assert_eq!(
+        plain.verdict.health,
+        Health::Healthy,
+        "{}",
+        plain.verdict.reason
     );
 }
 

@@ -59,12 +59,14 @@ fn a_vanilla_rnn_and_the_lm_transformer_are_probed_with_their_optimizers() {
     let p = probe_task(&rnn, quick()).unwrap();
     check(&p, rnn.lr);
     assert_eq!(p.optimizer, "SGD");
+    assert!(p.probe.path.is_some_and(|t| t.at_init.is_some()));
 
     let mut lm = RunConfig::for_task(Task::Lm);
     lm.set_optimizer(OptimizerKind::Adamw);
     let p = probe_task(&lm, quick()).unwrap();
     check(&p, lm.lr);
     assert!(p.optimizer.starts_with("AdamW"), "{}", p.optimizer);
+    assert_eq!(p.probe.path, None, "no time steps");
     assert!(
         p.probe.first_step.iter().any(|t| t.name.contains(".mha.")),
         "{:?}",
@@ -100,4 +102,47 @@ fn a_rate_that_saturates_the_first_layers_vanishes_after_its_trial() {
         "{}",
         p.probe.verdict.reason
     );
+}
+
+#[test]
+fn a_gradient_that_fades_through_time_vanishes_though_the_weights_get_one() {
+    // A vanilla RNN at gain 0.7 over 30 steps: every weight gets a gradient (summed over the
+    // steps, dominated by the last ones), but the one reaching the first step is ~1e-5 of the
+    // last step's — the unprotected run stays at the trivial loss. At gain 1.1 the gradient
+    // reaches the start and the verdict rests on the trial
+    // (docs/measurements/2026-12-08-probe-through-time.md).
+    let rnn = |gain: f64| RunConfig {
+        seq_len: 30,
+        init_gain: gain,
+        ..RunConfig::for_task(Task::Order)
+    };
+    let faded = rnn(0.7);
+    let p = probe_task(&faded, ProbeSettings::at_rate(faded.lr)).unwrap();
+    check(&p, faded.lr);
+    assert!(
+        p.probe.profile.input_to_output().unwrap() > 0.01,
+        "{}",
+        p.text()
+    );
+    assert!(
+        p.probe.path.unwrap().at_init.unwrap() < 1e-3,
+        "{}",
+        p.text()
+    );
+    assert_eq!(p.probe.verdict.health, Health::Vanishes, "{}", p.text());
+    assert!(
+        p.probe
+            .verdict
+            .reason
+            .starts_with("the gradient reaching the first step of the path is"),
+        "{}",
+        p.probe.verdict.reason
+    );
+    assert!(p.text().contains("gradient through time"), "{}", p.text());
+
+    let kept = rnn(1.1);
+    let p = probe_task(&kept, ProbeSettings::at_rate(kept.lr)).unwrap();
+    check(&p, kept.lr);
+    assert!(p.probe.path.unwrap().at_init.unwrap() > 0.1, "{}", p.text());
+    assert_ne!(p.probe.verdict.health, Health::Vanishes, "{}", p.text());
 }

@@ -42,8 +42,8 @@ use burn::module::Module;
 use burn::optim::ModuleOptimizer;
 use burn::tensor::Tensor;
 use gradguard::GuardError;
-use gradguard::probe::run_probe;
 pub use gradguard::probe::{ModelProbe, ProbeSettings, TensorUpdate};
+use gradguard::probe::{path_ratio, run_probe_along};
 
 use trial::{gradient_profile, run_trial};
 
@@ -58,17 +58,46 @@ pub fn probe_model<M, L>(
     model: &M,
     optimizer: &ModuleOptimizer,
     settings: &ProbeSettings,
-    mut loss: L,
+    loss: L,
 ) -> Result<ModelProbe, GuardError>
 where
     M: Module + Clone,
     L: FnMut(&M, usize) -> Tensor<1>,
 {
+    probe_model_along(model, optimizer, settings, loss, |_: &M, _| None)
+}
+
+/// [`probe_model`] with a gradient path the parameters do not show: `path(model, i)` returns
+/// the gradient norms along it for batch `i`, input side first — for a recurrent net
+/// ‖∂L/∂h_t‖ for t = 1 … T (backpropagation through time), measured on its own backward pass
+/// (`None`: no reading for this model). The probe reads it on the profile's batches at
+/// initialization and on the reference batch after the trial at `settings.rate`, and the verdict
+/// calls a start-to-end ratio below [`gradguard::probe::STALLING_RATIO`] *vanishes*
+/// ([`gradguard::probe::PathReading`]).
+pub fn probe_model_along<M, L, P>(
+    model: &M,
+    optimizer: &ModuleOptimizer,
+    settings: &ProbeSettings,
+    mut loss: L,
+    mut path: P,
+) -> Result<ModelProbe, GuardError>
+where
+    M: Module + Clone,
+    L: FnMut(&M, usize) -> Tensor<1>,
+    P: FnMut(&M, usize) -> Option<Vec<f64>>,
+{
     settings.validate()?;
     let profiles: Vec<_> = (0..settings.profile_batches)
         .map(|batch| gradient_profile(model, loss(model, batch), settings))
         .collect();
-    run_probe(settings, &profiles, |rate, twin| {
-        Ok::<_, GuardError>(run_trial(model, optimizer, settings, rate, &mut loss, twin))
+    let along: Option<Vec<_>> = (0..settings.profile_batches)
+        .map(|batch| path(model, batch))
+        .collect();
+    let path_at_init = along.as_deref().and_then(path_ratio);
+    run_probe_along(settings, &profiles, path_at_init, |rate, twin| {
+        let (run, end) = run_trial(model, optimizer, settings, rate, &mut loss, twin);
+        // The path on the reference batch, where the trial at the user's rate kept its end.
+        let end_path = end.and_then(|m| path(&m, 0)).and_then(|n| path_ratio(&[n]));
+        Ok::<_, GuardError>(run.with_end_path(end_path))
     })
 }

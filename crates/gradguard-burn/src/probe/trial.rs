@@ -21,7 +21,8 @@ fn value(loss: Tensor<1>) -> Option<f64> {
 /// Trains a copy of `model` (and of `optimizer`) for `settings.trial_steps` steps at `rate`,
 /// batch `i` at step `i`; with `twin`, a copy perturbed by `settings.butterfly_epsilon` takes
 /// the same steps on the same batches with its own copy of the optimizer. Stops at the first
-/// loss that is not finite.
+/// loss that is not finite. With `twin` (the trial at the user's rate), the trained copy comes
+/// back too where its reference loss is finite, for the readings after the trial.
 pub(super) fn run_trial<M, L>(
     model: &M,
     optimizer: &ModuleOptimizer,
@@ -29,7 +30,7 @@ pub(super) fn run_trial<M, L>(
     rate: f64,
     loss: &mut L,
     twin: bool,
-) -> TrialRun
+) -> (TrialRun, Option<M>)
 where
     M: Module + Clone,
     L: FnMut(&M, usize) -> Tensor<1>,
@@ -87,8 +88,11 @@ where
         separation,
     );
     match end.filter(|_| profile_end && end_loss.is_some()) {
-        Some(end) => run.with_end(gradient_profile(&m, end, settings), last_step),
-        None => run,
+        Some(end) => (
+            run.with_end(gradient_profile(&m, end, settings), last_step),
+            Some(m),
+        ),
+        None => (run, None),
     }
 }
 

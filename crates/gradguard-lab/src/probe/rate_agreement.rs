@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use gradguard::probe::{Health, RateSearch, RateTrial, SafeRate, search_safe_rate};
+use gradguard::probe::{Health, PathReading, RateSearch, RateTrial, SafeRate, search_safe_rate};
 use gradguard_burn::probe::ProbeSettings;
 use gradguard_report::{Outcome, RunSummary};
 use rayon::prelude::*;
@@ -73,6 +73,10 @@ pub struct RateCell {
     /// The input-side over output-side layer's relative step in the trial's last step.
     #[serde(default)]
     pub last_step_input_to_output: Option<f64>,
+    /// A recurrent net's gradient through time at initialization and after the trial
+    /// (`None`: the other nets).
+    #[serde(default)]
+    pub through_time: Option<PathReading>,
     /// Whole runs spent on this cell.
     pub runs: usize,
     /// Seconds the probe took.
@@ -236,6 +240,7 @@ pub fn rate_cell(
             .as_ref()
             .and_then(|p| p.input_to_output()),
         last_step_input_to_output: gradguard::probe::input_to_output_update(&probe.probe.last_step),
+        through_time: probe.probe.path,
         runs: runs.len(),
         probe_seconds: probe.seconds,
     })

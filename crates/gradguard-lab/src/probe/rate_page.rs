@@ -118,6 +118,7 @@ mod tests {
             first_update_ratio: None,
             after_trial_input_to_output: None,
             last_step_input_to_output: None,
+            through_time: None,
             runs: 3,
             probe_seconds: 0.1,
         }

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use burn::tensor::Device;
-use gradguard_burn::probe::{ModelProbe, ProbeSettings, probe_model};
+use gradguard_burn::probe::{ModelProbe, ProbeSettings, probe_model_along};
 use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
@@ -13,6 +13,7 @@ use crate::models::Net;
 use crate::objective::data_loss;
 use crate::plan::{Plan, build_net};
 use crate::tasks::TaskData;
+use crate::through_time::hidden_gradient_norms;
 
 /// A probe of one task's model at its run's rate.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,7 +45,13 @@ pub fn probe_task(config: &RunConfig, settings: ProbeSettings) -> Result<TaskPro
         .map(|i| data.train_batch(i as u64, config.batch, config.seed))
         .collect();
     let loss = |net: &Net, i: usize| data_loss(net, &batches[i], &device, plan.precision);
-    let probe = probe_model(&net, &plan.optimizer(), &settings, loss)?;
+    // A recurrent net's gradient through time (‖∂L/∂h_t‖, t = 1 … T), which its parameters'
+    // profile cannot show; none for the other nets.
+    let through_time = |net: &Net, i: usize| {
+        let norms = hidden_gradient_norms(net, &batches[i], &device, plan.precision)?;
+        Some(norms.into_iter().map(|n| n.unwrap_or(f64::NAN)).collect())
+    };
+    let probe = probe_model_along(&net, &plan.optimizer(), &settings, loss, through_time)?;
     Ok(TaskProbe {
         task: config.task.name().to_string(),
         optimizer: plan.optimizer.describe(),
@@ -125,6 +132,15 @@ impl TaskProbe {
                     &format!(" (its last step moved it {m:.3e} as much, relative to its weights)");
             }
             out += "\n";
+        }
+        if let Some(path) = &p.path {
+            let text = |r: Option<f64>| r.map_or("no reading".into(), |r| format!("{r:.3e}"));
+            out += &format!(
+                "gradient through time, first step over last (‖∂L/∂h_1‖ / ‖∂L/∂h_T‖): {} at \
+                 initialization, {} after the steps\n",
+                text(path.at_init),
+                text(path.after_trial)
+            );
         }
         match p.butterfly.exponent() {
             Some(e) => {

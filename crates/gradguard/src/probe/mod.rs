@@ -13,6 +13,8 @@
 //!   asks one run per rate; this asks a few steps per rate);
 //! - [`Butterfly`]: two copies ε apart, trained on the same batches, and how fast they separate
 //!   (the finite-time Lyapunov exponent of training, per step);
+//! - [`PathReading`]: the gradient along a path the parameters do not show — through time in a
+//!   recurrent net — at initialization and after the trial;
 //! - [`ModelVerdict`]: explodes / vanishes / healthy, with the reason in one line;
 //! - [`run_probe`]: the protocol that strings them together, given an adapter's profiles and
 //!   trials, into a [`ModelProbe`] (`gradguard_burn::probe::probe_model`,
@@ -20,6 +22,7 @@
 
 mod butterfly;
 mod model;
+mod path;
 mod profile;
 mod search;
 mod trial;
@@ -28,8 +31,9 @@ mod verdict;
 pub use butterfly::Butterfly;
 pub use model::{
     ModelProbe, ProbeSettings, TensorUpdate, TrialRun, input_to_output_update, relative_update,
-    run_probe,
+    run_probe, run_probe_along,
 };
+pub use path::{PathReading, path_ratio};
 pub use profile::ProfileSummary;
 pub use search::{RateSearch, SafeRate, search_safe_rate};
 pub use trial::{DIVERGENCE_RISE, RateTrial, TrialStep};

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::butterfly::Butterfly;
+use super::path::PathReading;
 use super::profile::ProfileSummary;
 use super::search::{RateSearch, SafeRate, search_safe_rate};
 use super::trial::{RateTrial, TrialStep};
@@ -140,6 +141,9 @@ pub struct TrialRun {
     /// Each tensor's last step of the trial (empty: not measured — adapters keep it for the
     /// trial at the user's rate).
     pub last_step: Vec<TensorUpdate>,
+    /// The gradient path's start-to-end ratio after the trial, on the reference batch
+    /// ([`crate::probe::path_ratio`]; `None`: no path, or not measured).
+    pub end_path: Option<f64>,
 }
 
 impl TrialRun {
@@ -170,6 +174,7 @@ impl TrialRun {
             butterfly,
             end_profile: None,
             last_step: Vec::new(),
+            end_path: None,
         }
     }
 
@@ -178,6 +183,12 @@ impl TrialRun {
     pub fn with_end(mut self, profile: DepthProfile, last_step: Vec<TensorUpdate>) -> TrialRun {
         self.end_profile = Some(profile);
         self.last_step = last_step;
+        self
+    }
+
+    /// The same trial with the gradient path's ratio after its last step.
+    pub fn with_end_path(mut self, ratio: Option<f64>) -> TrialRun {
+        self.end_path = ratio;
         self
     }
 }
@@ -203,6 +214,10 @@ pub struct ModelProbe {
     /// measured).
     #[serde(default)]
     pub last_step: Vec<TensorUpdate>,
+    /// The gradient along the path the adapter was given (through time in a recurrent net;
+    /// `None`: no path).
+    #[serde(default)]
+    pub path: Option<PathReading>,
     /// The largest safe rate and every trial that found it.
     pub safe_rate: SafeRate,
     /// The verdict at the probed rate.
@@ -216,6 +231,19 @@ pub struct ModelProbe {
 pub fn run_probe<E: From<GuardError>>(
     settings: &ProbeSettings,
     profiles: &[DepthProfile],
+    trial: impl FnMut(f64, bool) -> Result<TrialRun, E>,
+) -> Result<ModelProbe, E> {
+    run_probe_along(settings, profiles, None, trial)
+}
+
+/// [`run_probe`] with a gradient path the parameters do not show (through time in a recurrent
+/// net): `path_at_init` is its start-to-end ratio over the profile's batches
+/// ([`crate::probe::path_ratio`]), and the trial at the user's rate brings its ratio after the
+/// trial ([`TrialRun::end_path`]); the verdict reads both.
+pub fn run_probe_along<E: From<GuardError>>(
+    settings: &ProbeSettings,
+    profiles: &[DepthProfile],
+    path_at_init: Option<f64>,
     mut trial: impl FnMut(f64, bool) -> Result<TrialRun, E>,
 ) -> Result<ModelProbe, E> {
     settings.validate()?;
@@ -251,7 +279,18 @@ pub fn run_probe<E: From<GuardError>>(
         profile,
         last_step: &walked.last_step,
     });
-    let verdict = verdict(settings.rate, &profile, &at_rate, after, &safe_rate);
+    let path = (path_at_init.is_some() || walked.end_path.is_some()).then_some(PathReading {
+        at_init: path_at_init,
+        after_trial: walked.end_path,
+    });
+    let verdict = verdict(
+        settings.rate,
+        &profile,
+        &at_rate,
+        after,
+        path.as_ref(),
+        &safe_rate,
+    );
     Ok(ModelProbe {
         settings: *settings,
         profile,
@@ -260,6 +299,7 @@ pub fn run_probe<E: From<GuardError>>(
         butterfly,
         after_trial,
         last_step: walked.last_step,
+        path,
         safe_rate,
         verdict,
     })
@@ -297,6 +337,7 @@ mod tests {
                 }),
                 end_profile: None,
                 last_step: Vec::new(),
+                end_path: None,
             })
         }
     }

@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::model::{TensorUpdate, input_to_output_update};
+use super::path::PathReading;
 use super::profile::ProfileSummary;
 use super::search::SafeRate;
 use super::trial::RateTrial;
@@ -19,7 +20,8 @@ pub enum Health {
     /// The loss blows up: the trial at the rate diverged, or the gradients at initialization
     /// are already not finite.
     Explodes,
-    /// The input-side layers get too little gradient to learn.
+    /// The input-side layers (or, through time, the first steps) get too little gradient to
+    /// learn.
     Vanishes,
     /// Neither.
     Healthy,
@@ -90,11 +92,18 @@ fn safe_text(safe: &SafeRate) -> String {
 /// gradient scale: a width-512 transformer's token embeddings, whose gradient falls to 0.5% of
 /// the head's within ten AdamW steps, still move as much as the head does
 /// (docs/measurements/2026-12-07-probe-after-trial.md).
+///
+/// Where the adapter measured a gradient path the parameters do not show (`path`: through time
+/// in a recurrent net, [`PathReading`]), its start-to-end ratio below [`STALLING_RATIO`] vanishes
+/// too, at initialization or after the trial, with no step condition: every time step shares
+/// the same weights, so no optimizer's step can give the first steps the gradient they lack
+/// (docs/measurements/2026-12-08-probe-through-time.md).
 pub fn verdict(
     rate: f64,
     profile: &ProfileSummary,
     at_rate: &RateTrial,
     after_trial: Option<AfterTrial<'_>>,
+    path: Option<&PathReading>,
     safe: &SafeRate,
 ) -> ModelVerdict {
     let explodes = |reason| ModelVerdict {
@@ -131,6 +140,13 @@ pub fn verdict(
     if let Some(reason) = starved(profile) {
         return vanishes(reason);
     }
+    let faded = |ratio: Option<f64>| ratio.filter(|r| *r < STALLING_RATIO);
+    if let Some(ratio) = faded(path.and_then(|p| p.at_init)) {
+        return vanishes(format!(
+            "the gradient reaching the first step of the path is {ratio:.1e} of the gradient at \
+             its end (below {STALLING_RATIO})"
+        ));
+    }
     if let Some(after) = after_trial {
         let moved = input_to_output_update(after.last_step);
         let still = after.last_step.is_empty() || moved.is_some_and(|r| r < STALLING_RATIO);
@@ -145,6 +161,16 @@ pub fn verdict(
                 "after {steps} steps at rate {rate:.3e}, {reason}{step}; {at_init} at initialization"
             ));
         }
+    }
+    if let Some(ratio) = faded(path.and_then(|p| p.after_trial)) {
+        let at_init = path
+            .and_then(|p| p.at_init)
+            .map_or("no reading".into(), |r| format!("{r:.1e}"));
+        return vanishes(format!(
+            "after {steps} steps at rate {rate:.3e}, the gradient reaching the first step of the \
+             path is {ratio:.1e} of the gradient at its end (below {STALLING_RATIO}); {at_init} at \
+             initialization"
+        ));
     }
     ModelVerdict {
         health: Health::Healthy,
@@ -197,6 +223,7 @@ mod tests {
             &summary(&[1.0, 1.0]),
             &trial(0.1, Some(9.0)),
             None,
+            None,
             &safe(),
         );
         assert_eq!(v.health, Health::Explodes);
@@ -215,6 +242,7 @@ mod tests {
             &summary(&[1e-4, 1.0, 1.0]),
             &trial(1e-3, Some(1.9)),
             None,
+            None,
             &safe(),
         );
         assert_eq!(v.health, Health::Vanishes);
@@ -228,6 +256,7 @@ mod tests {
             &summary(&[1.0, 1.0]),
             &trial(1e-3, Some(1.9)),
             None,
+            None,
             &safe(),
         );
         assert_eq!(v.health, Health::Healthy);
@@ -240,6 +269,7 @@ mod tests {
             1e-3,
             &summary(&[f64::NAN, 1.0]),
             &trial(1e-3, Some(1.9)),
+            None,
             None,
             &safe(),
         );
@@ -270,6 +300,7 @@ mod tests {
                         profile: &starved,
                         last_step,
                     }),
+                    None,
                     &safe(),
                 );
                 assert_eq!(v.health, Health::Vanishes, "{after}");
@@ -303,6 +334,7 @@ mod tests {
                     profile: &after,
                     last_step,
                 }),
+                None,
                 &safe(),
             )
             .health
@@ -315,5 +347,48 @@ mod tests {
         assert_eq!(judge(1e-3, &moving, 1.9), Health::Healthy);
         // A diverging trial explodes whatever the profile after it says.
         assert_eq!(judge(0.0, &still, 9.0), Health::Explodes);
+    }
+
+    #[test]
+    fn a_gradient_that_fades_through_time_vanishes_at_initialization_or_after_the_trial() {
+        // The parameters' profile is calm (a recurrent net's weights sum their gradient over
+        // every step); the path says the first steps get almost nothing.
+        let calm = summary(&[1.0, 1.0]);
+        let judge = |at_init: Option<f64>, after_trial: Option<f64>, end: f64| {
+            let path = PathReading {
+                at_init,
+                after_trial,
+            };
+            verdict(
+                0.1,
+                &calm,
+                &trial(0.1, Some(end)),
+                None,
+                Some(&path),
+                &safe(),
+            )
+        };
+        let v = judge(Some(2e-5), Some(0.5), 1.9);
+        assert_eq!(v.health, Health::Vanishes);
+        assert!(
+            v.reason
+                .starts_with("the gradient reaching the first step of the path is 2.0e-5"),
+            "{}",
+            v.reason
+        );
+        let v = judge(Some(0.3), Some(1e-4), 1.9);
+        assert_eq!(v.health, Health::Vanishes);
+        assert!(
+            v.reason.starts_with("after 5 steps at rate 1.000e-1")
+                && v.reason.contains("is 1.0e-4 of the gradient at its end")
+                && v.reason.ends_with("3.0e-1 at initialization"),
+            "{}",
+            v.reason
+        );
+        // At the threshold, or with no reading, the path says nothing.
+        assert_eq!(judge(Some(0.01), Some(0.02), 1.9).health, Health::Healthy);
+        assert_eq!(judge(None, None, 1.9).health, Health::Healthy);
+        // A diverging trial explodes whatever the path says.
+        assert_eq!(judge(Some(0.0), Some(0.0), 9.0).health, Health::Explodes);
     }
 }

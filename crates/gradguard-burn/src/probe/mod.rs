@@ -12,7 +12,9 @@
 //!   trained on the same batches, and how fast the two separate;
 //! - the **largest safe rate** for that optimizer: a few steps per rate, bracketed and bisected
 //!   ([`gradguard::probe::search_safe_rate`]), with the bracket as its uncertainty;
-//! - a **verdict** (explodes / vanishes / healthy) with its reason in one line.
+//! - a **verdict** (explodes / vanishes / healthy) with its reason in one line;
+//! - with [`probe_model_along`], a gradient path the parameters do not show — through time in a
+//!   recurrent net — at initialization and after the trial at your rate.
 //!
 //! No layer structure is assumed: everything is measured through the loss, the gradients and
 //! the optimizer's own steps, so the probe sees normalization, residual paths, attention and

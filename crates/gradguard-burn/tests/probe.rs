@@ -29,15 +29,18 @@ fn batches(n: usize, device: &Device) -> Vec<(Tensor<2>, Tensor<2>)> {
         .collect()
 }
 
+/// The mean squared error of `m` on batch `i` of `data`.
+fn mse(m: &Mlp, data: &[(Tensor<2>, Tensor<2>)], i: usize) -> Tensor<1> {
+    let (x, y) = &data[i];
+    (m.forward(x.clone()) - y.clone()).square().mean()
+}
+
 #[test]
 fn a_small_rate_is_healthy_a_large_one_explodes_and_the_safe_rate_lies_between() {
     let device = Device::flex().autodiff();
     let model = mlp(3, 32, &device);
     let data = batches(10, &device);
-    let loss = |m: &Mlp, i: usize| {
-        let (x, y) = &data[i];
-        (m.forward(x.clone()) - y.clone()).square().mean()
-    };
+    let loss = |m: &Mlp, i: usize| mse(m, &data, i);
     let sgd = SgdConfig::new().init();
     let calm = probe_model(&model, &sgd, &ProbeSettings::at_rate(1e-3), loss).unwrap();
     assert_eq!(
@@ -83,10 +86,7 @@ fn a_path_the_user_names_is_read_at_initialization_and_after_the_trial() {
     let device = Device::flex().autodiff();
     let model = mlp(3, 32, &device);
     let data = batches(10, &device);
-    let loss = |m: &Mlp, i: usize| {
-        let (x, y) = &data[i];
-        (m.forward(x.clone()) - y.clone()).square().mean()
-    };
+    let loss = |m: &Mlp, i: usize| mse(m, &data, i);
     let mut seen = Vec::new();
     let path = |m: &Mlp, i: usize| {
         seen.push((i, f64::from(loss(m, 0).into_scalar::<f32>())));
@@ -120,10 +120,7 @@ fn the_model_and_the_optimizer_given_are_unchanged() {
     let device = Device::flex().autodiff();
     let mut model = mlp(2, 16, &device);
     let data = batches(10, &device);
-    let loss = |m: &Mlp, i: usize| {
-        let (x, y) = &data[i];
-        (m.forward(x.clone()) - y.clone()).square().mean()
-    };
+    let loss = |m: &Mlp, i: usize| mse(m, &data, i);
     // An optimizer with state: Adam after one step.
     let mut adam: ModuleOptimizer = AdamConfig::new().init();
     let grads = GradientsParams::from_grads(loss(&model, 0).backward(), &model);
@@ -146,10 +143,7 @@ fn bad_settings_are_refused_by_name() {
     let device = Device::flex().autodiff();
     let model = mlp(1, 4, &device);
     let data = batches(1, &device);
-    let loss = |m: &Mlp, _: usize| {
-        let (x, y) = &data[0];
-        (m.forward(x.clone()) - y.clone()).square().mean()
-    };
+    let loss = |m: &Mlp, _: usize| mse(m, &data, 0);
     let settings = ProbeSettings {
         trial_steps: 0,
         ..ProbeSettings::at_rate(0.1)

@@ -8,6 +8,8 @@
 //! the largest safe rate bracketed by short trials, and a verdict. Candle's vars are mutable,
 //! so each trial steps the vars themselves with a fresh optimizer and puts every value back
 //! afterwards, whatever happened: when it returns, the model is as it was, bit for bit.
+//! [`probe_varmap_along`] also reads a gradient path the parameters do not show (through time
+//! in a recurrent net).
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -32,7 +34,8 @@ use candle_nn::{Optimizer, VarMap};
 use gradguard::Gradients;
 use gradguard::detect::{DepthProfile, depth_profile};
 use gradguard::probe::{
-    ModelProbe, ProbeSettings, TensorUpdate, TrialRun, TrialStep, relative_update, run_probe,
+    ModelProbe, ProbeSettings, TensorUpdate, TrialRun, TrialStep, path_ratio, relative_update,
+    run_probe_along,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -56,7 +59,30 @@ pub fn probe_varmap<O>(
     varmap: &VarMap,
     config: O::Config,
     settings: &ProbeSettings,
+    loss: impl FnMut(usize) -> candle_core::Result<Tensor>,
+) -> Result<ModelProbe, CandleGuardError>
+where
+    O: Optimizer,
+    O::Config: Clone,
+{
+    probe_varmap_along::<O>(varmap, config, settings, loss, |_| Ok(None))
+}
+
+/// [`probe_varmap`] with a gradient path the parameters do not show: `path(i)` returns the
+/// gradient norms along it for batch `i` from the vars' current values, input side first — for
+/// a recurrent net ‖∂L/∂h_t‖ for t = 1 … T, on its own backward pass (`None`: no reading). The
+/// probe reads it on the profile's batches at initialization and on the reference batch after
+/// the trial at `settings.rate`; the verdict calls a start-to-end ratio below
+/// [`gradguard::probe::STALLING_RATIO`] *vanishes* ([`gradguard::probe::PathReading`]).
+///
+/// # Errors
+/// As [`probe_varmap`], and the first error `path` returns.
+pub fn probe_varmap_along<O>(
+    varmap: &VarMap,
+    config: O::Config,
+    settings: &ProbeSettings,
     mut loss: impl FnMut(usize) -> candle_core::Result<Tensor>,
+    mut path: impl FnMut(usize) -> candle_core::Result<Option<Vec<f64>>>,
 ) -> Result<ModelProbe, CandleGuardError>
 where
     O: Optimizer,
@@ -65,13 +91,21 @@ where
     settings.validate()?;
     let vars = named_vars(varmap);
     let mut profiles = Vec::with_capacity(settings.profile_batches);
+    let mut along = Some(Vec::with_capacity(settings.profile_batches));
     for batch in 0..settings.profile_batches {
         profiles.push(gradient_profile(&vars, &loss(batch)?, settings)?);
+        let norms = path(batch)?;
+        along = along.zip(norms).map(|(mut all, n)| {
+            all.push(n);
+            all
+        });
     }
+    let path_at_init = along.as_deref().and_then(path_ratio);
     let start = copy_weights(&vars)?;
-    run_probe(
+    run_probe_along(
         settings,
         &profiles,
+        path_at_init,
         |rate, twin| -> Result<_, CandleGuardError> {
             let run = trial::<O>(
                 &vars,
@@ -81,6 +115,7 @@ where
                 rate,
                 twin,
                 &mut loss,
+                &mut path,
             );
             // Whatever the trial did, the model ends where it started.
             restore(&vars, &start)?;
@@ -170,8 +205,10 @@ fn step<O: Optimizer>(
 
 /// `settings.trial_steps` steps from `start` at `rate` with a fresh optimizer, batch `i` at step
 /// `i`; with `twin`, a copy perturbed by `settings.butterfly_epsilon` takes the same steps with
-/// its own optimizer (the vars hold each copy's values in turn). Leaves the vars wherever the
-/// trial ended: the caller restores them.
+/// its own optimizer (the vars hold each copy's values in turn). With `twin` (the trial at the
+/// user's rate), the readings after the trial — the depth profile and `path` — are taken on the
+/// trained copy. Leaves the vars wherever the trial ended: the caller restores them.
+#[allow(clippy::too_many_arguments)]
 fn trial<O>(
     vars: &Vars,
     start: &[Tensor],
@@ -180,6 +217,7 @@ fn trial<O>(
     rate: f64,
     twin: bool,
     loss: &mut impl FnMut(usize) -> candle_core::Result<Tensor>,
+    path: &mut impl FnMut(usize) -> candle_core::Result<Option<Vec<f64>>>,
 ) -> Result<TrialRun, CandleGuardError>
 where
     O: Optimizer,
@@ -249,7 +287,11 @@ where
     // The trial at the user's rate (the one with a twin) also measures where the gradient
     // reaches after its steps; the vars hold the trial's own copy here.
     Ok(match end.filter(|_| profile_end && end_loss.is_some()) {
-        Some(end) => run.with_end(gradient_profile(vars, &end, settings)?, last_step),
+        Some(end) => {
+            let end_path = path(0)?.and_then(|n| path_ratio(&[n]));
+            run.with_end(gradient_profile(vars, &end, settings)?, last_step)
+                .with_end_path(end_path)
+        }
         None => run,
     })
 }

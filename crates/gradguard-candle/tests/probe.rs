@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Linear, Module, ParamsAdamW, SGD, VarBuilder, VarMap};
 use gradguard::probe::{Health, ProbeSettings};
 use gradguard_candle::named_vars;
-use gradguard_candle::probe::probe_varmap;
+use gradguard_candle::probe::{probe_varmap, probe_varmap_along};
 
 struct Mlp {
     hidden: Vec<Linear>,
@@ -135,4 +135,46 @@ fn bad_settings_and_failing_losses_are_errors_and_the_model_is_unchanged() {
     let err = probe_varmap::<SGD>(&varmap, 0.1, &ProbeSettings::at_rate(0.1), failing).unwrap_err();
     assert!(err.to_string().contains("could not be read"), "{err}");
     assert_eq!(values(&varmap), weights, "the vars moved");
+}
+
+#[test]
+fn a_path_the_user_names_is_read_at_initialization_and_after_the_trial() {
+    // A path whose start gets 1e-4 of its end's gradient (a recurrent net's first time step):
+    // read on the profile's batches, then on the vars trained at the rate (the reference
+    // batch's loss is lower there), and the model is called vanishing; the vars end as given.
+    let varmap = VarMap::new();
+    let model = Mlp::new(&varmap, 3, 32);
+    let data = batches(10);
+    let loss = |i: usize| {
+        let (x, y) = &data[i];
+        (model.forward(x)? - y)?.sqr()?.mean_all()
+    };
+    let weights = values(&varmap);
+    let mut seen = Vec::new();
+    let path = |i: usize| {
+        seen.push((i, loss(0)?.to_scalar::<f32>()?));
+        Ok(Some(vec![1e-4, 0.5, 1.0]))
+    };
+    let settings = ProbeSettings::at_rate(1e-2);
+    let p = probe_varmap_along::<SGD>(&varmap, 1e-2, &settings, loss, path).unwrap();
+    let reading = p.path.expect("a path was given");
+    assert_eq!(
+        (reading.at_init, reading.after_trial),
+        (Some(1e-4), Some(1e-4))
+    );
+    assert_eq!(p.verdict.health, Health::Vanishes, "{}", p.verdict.reason);
+    let batches: Vec<usize> = seen.iter().map(|(i, _)| *i).collect();
+    assert_eq!(batches, [0, 1, 2, 3, 0]);
+    assert!(seen[..4].iter().all(|(_, l)| *l == seen[0].1));
+    assert!(seen[4].1 < seen[0].1, "{seen:?}");
+    assert_eq!(values(&varmap), weights);
+    // Without a path, the same model is healthy at that rate.
+    let plain = probe_varmap::<SGD>(&varmap, 1e-2, &settings, loss).unwrap();
+    assert_eq!(plain.path, None);
+    assert_eq!(
+        plain.verdict.health,
+        Health::Healthy,
+        "{}",
+        plain.verdict.reason
+    );
 }

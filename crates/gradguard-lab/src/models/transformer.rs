@@ -40,7 +40,8 @@ pub struct TransformerConfig {
 }
 
 impl TransformerConfig {
-    /// Builds the model on `device` (Burn's initializers, drawn here from the caller's device seed).
+    /// Builds the model on `device`: Burn's initializers, drawn here from the caller's device
+    /// seed.
     pub fn init(&self, device: &Device) -> Result<LmTransformer, LabError> {
         if self.heads == 0 || !self.width.is_multiple_of(self.heads) {
             return Err(LabError::Config(format!(

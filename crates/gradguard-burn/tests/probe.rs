@@ -94,7 +94,7 @@ fn a_path_the_user_names_is_read_at_initialization_and_after_the_trial() {
     };
     let sgd = SgdConfig::new().init();
     let settings = ProbeSettings::at_rate(1e-2);
-    let p = probe_model_along(&model, &sgd, &settings, loss, path).unwrap();
+    let p = probe_model_along(&model, &sgd, &settings, loss, "time step", path).unwrap();
     let reading = p.path.expect("a path was given");
     assert_eq!(reading.at_init, Some(1e-4));
     assert_eq!(reading.after_trial, Some(1e-4));

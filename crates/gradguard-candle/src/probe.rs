@@ -65,12 +65,13 @@ where
     O: Optimizer,
     O::Config: Clone,
 {
-    probe_varmap_along::<O>(varmap, config, settings, loss, |_| Ok(None))
+    probe_varmap_along::<O>(varmap, config, settings, loss, "point", |_| Ok(None))
 }
 
 /// [`probe_varmap`] with a gradient path the parameters do not show: `path(i)` returns the
 /// gradient norms along it for batch `i` from the vars' current values, input side first — for
-/// a recurrent net ‖∂L/∂h_t‖ for t = 1 … T, on its own backward pass (`None`: no reading). The
+/// a recurrent net ‖∂L/∂h_t‖ for t = 1 … T, on its own backward pass (`None`: no reading);
+/// `point` names one point of it for the verdict's sentence (`"time step"`). The
 /// probe reads it on the profile's batches at initialization and on the reference batch after
 /// the trial at `settings.rate`; the verdict calls a start-to-end ratio below
 /// [`gradguard::probe::STALLING_RATIO`] *vanishes* ([`gradguard::probe::PathReading`]).
@@ -82,6 +83,7 @@ pub fn probe_varmap_along<O>(
     config: O::Config,
     settings: &ProbeSettings,
     mut loss: impl FnMut(usize) -> candle_core::Result<Tensor>,
+    point: &str,
     mut path: impl FnMut(usize) -> candle_core::Result<Option<Vec<f64>>>,
 ) -> Result<ModelProbe, CandleGuardError>
 where
@@ -105,6 +107,7 @@ where
     run_probe_along(
         settings,
         &profiles,
+        point,
         path_at_init,
         |rate, twin| -> Result<_, CandleGuardError> {
             let run = trial::<O>(

@@ -156,7 +156,7 @@ fn a_path_the_user_names_is_read_at_initialization_and_after_the_trial() {
         Ok(Some(vec![1e-4, 0.5, 1.0]))
     };
     let settings = ProbeSettings::at_rate(1e-2);
-    let p = probe_varmap_along::<SGD>(&varmap, 1e-2, &settings, loss, path).unwrap();
+    let p = probe_varmap_along::<SGD>(&varmap, 1e-2, &settings, loss, "time step", path).unwrap();
     let reading = p.path.expect("a path was given");
     assert_eq!(
         (reading.at_init, reading.after_trial),

@@ -59,7 +59,7 @@ fn a_vanilla_rnn_and_the_lm_transformer_are_probed_with_their_optimizers() {
     let p = probe_task(&rnn, quick()).unwrap();
     check(&p, rnn.lr);
     assert_eq!(p.optimizer, "SGD");
-    assert!(p.probe.path.is_some_and(|t| t.at_init.is_some()));
+    assert!(p.probe.path.as_ref().is_some_and(|t| t.at_init.is_some()));
 
     let mut lm = RunConfig::for_task(Task::Lm);
     lm.set_optimizer(OptimizerKind::Adamw);
@@ -125,7 +125,7 @@ fn a_gradient_that_fades_through_time_vanishes_though_the_weights_get_one() {
         p.text()
     );
     assert!(
-        p.probe.path.unwrap().at_init.unwrap() < 1e-3,
+        p.probe.path.as_ref().unwrap().at_init.unwrap() < 1e-3,
         "{}",
         p.text()
     );
@@ -134,7 +134,7 @@ fn a_gradient_that_fades_through_time_vanishes_though_the_weights_get_one() {
         p.probe
             .verdict
             .reason
-            .starts_with("the gradient reaching the first step of the path is"),
+            .starts_with("the gradient reaching the first time step is"),
         "{}",
         p.probe.verdict.reason
     );
@@ -143,6 +143,11 @@ fn a_gradient_that_fades_through_time_vanishes_though_the_weights_get_one() {
     let kept = rnn(1.1);
     let p = probe_task(&kept, ProbeSettings::at_rate(kept.lr)).unwrap();
     check(&p, kept.lr);
-    assert!(p.probe.path.unwrap().at_init.unwrap() > 0.1, "{}", p.text());
+    assert!(
+        p.probe.path.as_ref().unwrap().at_init.unwrap() > 0.1,
+        "{}",
+        p.text()
+    );
+    assert_eq!(p.probe.path.as_ref().unwrap().point, "time step");
     assert_ne!(p.probe.verdict.health, Health::Vanishes, "{}", p.text());
 }

@@ -66,13 +66,14 @@ where
     M: Module + Clone,
     L: FnMut(&M, usize) -> Tensor<1>,
 {
-    probe_model_along(model, optimizer, settings, loss, |_: &M, _| None)
+    probe_model_along(model, optimizer, settings, loss, "point", |_: &M, _| None)
 }
 
 /// [`probe_model`] with a gradient path the parameters do not show: `path(model, i)` returns
 /// the gradient norms along it for batch `i`, input side first — for a recurrent net
 /// ‖∂L/∂h_t‖ for t = 1 … T (backpropagation through time), measured on its own backward pass
-/// (`None`: no reading for this model). The probe reads it on the profile's batches at
+/// (`None`: no reading for this model); `point` names one point of it for the verdict's
+/// sentence (`"time step"`). The probe reads it on the profile's batches at
 /// initialization and on the reference batch after the trial at `settings.rate`, and the verdict
 /// calls a start-to-end ratio below [`gradguard::probe::STALLING_RATIO`] *vanishes*
 /// ([`gradguard::probe::PathReading`]).
@@ -81,6 +82,7 @@ pub fn probe_model_along<M, L, P>(
     optimizer: &ModuleOptimizer,
     settings: &ProbeSettings,
     mut loss: L,
+    point: &str,
     mut path: P,
 ) -> Result<ModelProbe, GuardError>
 where
@@ -96,7 +98,7 @@ where
         .map(|batch| path(model, batch))
         .collect();
     let path_at_init = along.as_deref().and_then(path_ratio);
-    run_probe_along(settings, &profiles, path_at_init, |rate, twin| {
+    run_probe_along(settings, &profiles, point, path_at_init, |rate, twin| {
         let (run, end) = run_trial(model, optimizer, settings, rate, &mut loss, twin);
         // The path on the reference batch, where the trial at the user's rate kept its end.
         let end_path = end.and_then(|m| path(&m, 0)).and_then(|n| path_ratio(&[n]));

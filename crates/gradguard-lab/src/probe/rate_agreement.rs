@@ -240,7 +240,7 @@ pub fn rate_cell(
             .as_ref()
             .and_then(|p| p.input_to_output()),
         last_step_input_to_output: gradguard::probe::input_to_output_update(&probe.probe.last_step),
-        through_time: probe.probe.path,
+        through_time: probe.probe.path.clone(),
         runs: runs.len(),
         probe_seconds: probe.seconds,
     })

@@ -51,7 +51,8 @@ pub fn probe_task(config: &RunConfig, settings: ProbeSettings) -> Result<TaskPro
         let norms = hidden_gradient_norms(net, &batches[i], &device, plan.precision)?;
         Some(norms.into_iter().map(|n| n.unwrap_or(f64::NAN)).collect())
     };
-    let probe = probe_model_along(&net, &plan.optimizer(), &settings, loss, through_time)?;
+    let optimizer = plan.optimizer();
+    let probe = probe_model_along(&net, &optimizer, &settings, loss, "time step", through_time)?;
     Ok(TaskProbe {
         task: config.task.name().to_string(),
         optimizer: plan.optimizer.describe(),

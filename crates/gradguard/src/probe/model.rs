@@ -233,16 +233,18 @@ pub fn run_probe<E: From<GuardError>>(
     profiles: &[DepthProfile],
     trial: impl FnMut(f64, bool) -> Result<TrialRun, E>,
 ) -> Result<ModelProbe, E> {
-    run_probe_along(settings, profiles, None, trial)
+    run_probe_along(settings, profiles, "point", None, trial)
 }
 
 /// [`run_probe`] with a gradient path the parameters do not show (through time in a recurrent
-/// net): `path_at_init` is its start-to-end ratio over the profile's batches
+/// net, whose points are time steps: `point` names one, for the verdict's sentence):
+/// `path_at_init` is its start-to-end ratio over the profile's batches
 /// ([`crate::probe::path_ratio`]), and the trial at the user's rate brings its ratio after the
 /// trial ([`TrialRun::end_path`]); the verdict reads both.
 pub fn run_probe_along<E: From<GuardError>>(
     settings: &ProbeSettings,
     profiles: &[DepthProfile],
+    point: &str,
     path_at_init: Option<f64>,
     mut trial: impl FnMut(f64, bool) -> Result<TrialRun, E>,
 ) -> Result<ModelProbe, E> {
@@ -279,7 +281,8 @@ pub fn run_probe_along<E: From<GuardError>>(
         profile,
         last_step: &walked.last_step,
     });
-    let path = (path_at_init.is_some() || walked.end_path.is_some()).then_some(PathReading {
+    let path = (path_at_init.is_some() || walked.end_path.is_some()).then(|| PathReading {
+        point: point.to_string(),
         at_init: path_at_init,
         after_trial: walked.end_path,
     });

@@ -29,8 +29,10 @@ pub fn path_ratio(batches: &[Vec<f64>]) -> Option<f64> {
 
 /// The gradient reaching the start of a path relative to its end (see [`path_ratio`]), at
 /// initialization and after the trial at the probed rate.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PathReading {
+    /// What one point of the path is, for sentences ("time step": "the first time step").
+    pub point: String,
     /// Over the profile's batches at initialization.
     pub at_init: Option<f64>,
     /// On the reference batch after the trial at the probed rate (`None`: not measured, or the

@@ -142,9 +142,10 @@ pub fn verdict(
     }
     let faded = |ratio: Option<f64>| ratio.filter(|r| *r < STALLING_RATIO);
     if let Some(ratio) = faded(path.and_then(|p| p.at_init)) {
+        let point = path.map_or("point", |p| p.point.as_str());
         return vanishes(format!(
-            "the gradient reaching the first step of the path is {ratio:.1e} of the gradient at \
-             its end (below {STALLING_RATIO})"
+            "the gradient reaching the first {point} is {ratio:.1e} of the gradient at the last \
+             (below {STALLING_RATIO})"
         ));
     }
     if let Some(after) = after_trial {
@@ -166,9 +167,10 @@ pub fn verdict(
         let at_init = path
             .and_then(|p| p.at_init)
             .map_or("no reading".into(), |r| format!("{r:.1e}"));
+        let point = path.map_or("point", |p| p.point.as_str());
         return vanishes(format!(
-            "after {steps} steps at rate {rate:.3e}, the gradient reaching the first step of the \
-             path is {ratio:.1e} of the gradient at its end (below {STALLING_RATIO}); {at_init} at \
+            "after {steps} steps at rate {rate:.3e}, the gradient reaching the first {point} is \
+             {ratio:.1e} of the gradient at the last (below {STALLING_RATIO}); {at_init} at \
              initialization"
         ));
     }
@@ -356,6 +358,7 @@ mod tests {
         let calm = summary(&[1.0, 1.0]);
         let judge = |at_init: Option<f64>, after_trial: Option<f64>, end: f64| {
             let path = PathReading {
+                point: "time step".into(),
                 at_init,
                 after_trial,
             };
@@ -372,7 +375,7 @@ mod tests {
         assert_eq!(v.health, Health::Vanishes);
         assert!(
             v.reason
-                .starts_with("the gradient reaching the first step of the path is 2.0e-5"),
+                .starts_with("the gradient reaching the first time step is 2.0e-5"),
             "{}",
             v.reason
         );
@@ -380,7 +383,8 @@ mod tests {
         assert_eq!(v.health, Health::Vanishes);
         assert!(
             v.reason.starts_with("after 5 steps at rate 1.000e-1")
-                && v.reason.contains("is 1.0e-4 of the gradient at its end")
+                && v.reason
+                    .contains("first time step is 1.0e-4 of the gradient at the last")
                 && v.reason.ends_with("3.0e-1 at initialization"),
             "{}",
             v.reason

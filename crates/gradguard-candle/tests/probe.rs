@@ -55,15 +55,18 @@ fn values(varmap: &VarMap) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// The mean squared error of `model` on batch `i` of `data`.
+fn mse(model: &Mlp, data: &[(Tensor, Tensor)], i: usize) -> candle_core::Result<Tensor> {
+    let (x, y) = &data[i];
+    (model.forward(x)? - y)?.sqr()?.mean_all()
+}
+
 #[test]
 fn a_small_rate_is_healthy_a_large_one_explodes_and_the_model_is_unchanged() {
     let varmap = VarMap::new();
     let model = Mlp::new(&varmap, 3, 32);
     let data = batches(10);
-    let loss = |i: usize| {
-        let (x, y) = &data[i];
-        (model.forward(x)? - y)?.sqr()?.mean_all()
-    };
+    let loss = |i: usize| mse(&model, &data, i);
     let weights = values(&varmap);
 
     let calm = probe_varmap::<SGD>(&varmap, 1e-3, &ProbeSettings::at_rate(1e-3), loss).unwrap();
@@ -117,10 +120,7 @@ fn bad_settings_and_failing_losses_are_errors_and_the_model_is_unchanged() {
     let model = Mlp::new(&varmap, 1, 4);
     let data = batches(10);
     let weights = values(&varmap);
-    let loss = |i: usize| {
-        let (x, y) = &data[i];
-        (model.forward(x)? - y)?.sqr()?.mean_all()
-    };
+    let loss = |i: usize| mse(&model, &data, i);
     let err = probe_varmap::<SGD>(&varmap, 0.1, &ProbeSettings::at_rate(-1.0), loss).unwrap_err();
     assert!(err.to_string().contains("rate must be positive"), "{err}");
     // A loss that fails on the fifth call: the probe returns Candle's error, vars restored.
@@ -145,10 +145,7 @@ fn a_path_the_user_names_is_read_at_initialization_and_after_the_trial() {
     let varmap = VarMap::new();
     let model = Mlp::new(&varmap, 3, 32);
     let data = batches(10);
-    let loss = |i: usize| {
-        let (x, y) = &data[i];
-        (model.forward(x)? - y)?.sqr()?.mean_all()
-    };
+    let loss = |i: usize| mse(&model, &data, i);
     let weights = values(&varmap);
     let mut seen = Vec::new();
     let path = |i: usize| {

@@ -129,7 +129,7 @@ impl<M: Module + Clone> GuardCore<M> {
             loss,
             with_values,
             self.placement,
-            |flat| {
+            |flat, engine| {
                 let step = planned?;
                 let whole = step.measure == UpdateMeasure::Tensors;
                 let done = fused
@@ -137,8 +137,6 @@ impl<M: Module + Clone> GuardCore<M> {
                     .step_device(&module, flat, step.lr, whole)?;
                 let extra = match step.measure {
                     UpdateMeasure::Units(layout) => {
-                        let first: Vec<Tensor<1>> = flat.values().take(1).cloned().collect();
-                        let engine = Engine::Device(crate::device_ops::choose(&first));
                         let measuring =
                             Measuring::collect(&module, &done.module, engine, Some(layout), false);
                         let mut units = measuring.queue_units()?;

@@ -17,7 +17,7 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::{Tensor, TensorData};
 use gradguard::{UnitLayout, UnitSpan, UpdateNorms, UpdateSpread};
 
-use crate::device_ops::{DeviceOps, Engine, QueuedUnitNorms, Rewrite};
+use crate::device_ops::{DeviceOps, Engine, QueuedUnitNorms, Rewrite, UnitNorms};
 use crate::padded::{PER_BLOCK, Padded, Segment};
 
 /// A parameter's position in `norms`, its value before the step, and its units when measured.
@@ -253,7 +253,7 @@ impl Measuring {
 
     /// The measurements: on a device, with units, from `units` (the norms [`Self::queue_units`]
     /// queued, as read back) or else in one host read; the tensors' own norms summed from them.
-    pub fn finish(self, units: Option<Vec<Vec<(f64, f64)>>>) -> Updates {
+    pub fn finish(self, units: Option<UnitNorms>) -> Updates {
         let mut a = self.a;
         if let Engine::Device(ops) = a.engine
             && !a.olds.is_empty()

@@ -129,11 +129,12 @@ impl BurnGradients {
         with_values: bool,
         placement: Placement,
     ) -> Self {
-        Self::collect_ahead(module, grads, loss, with_values, placement, |_| None).0
+        Self::collect_ahead(module, grads, loss, with_values, placement, |_, _| None).0
     }
 
     /// [`BurnGradients::collect_with`], calling `ahead` on the device path before the statistics
-    /// are read, with each parameter's flat gradient by id (only where every gradient is f32):
+    /// are read, with each parameter's flat gradient by id (only where every gradient is f32) and
+    /// the device operations chosen for them (the [`Engine`] of this step's measurements):
     /// what it queues runs before the read, and the f32 tensor it returns is read back with the
     /// statistics and the loss, in the same host read — its values are returned (`None` where
     /// `ahead` was not called or returned nothing).
@@ -143,7 +144,7 @@ impl BurnGradients {
         loss: Option<Tensor<1>>,
         with_values: bool,
         placement: Placement,
-        ahead: impl FnOnce(&HashMap<ParamId, Tensor<1>>) -> Option<Tensor<1>>,
+        ahead: impl FnOnce(&HashMap<ParamId, Tensor<1>>, Engine) -> Option<Tensor<1>>,
     ) -> (Self, Option<Vec<f32>>) {
         let mut c = Collector::new(grads, with_values);
         module.visit(&mut c);
@@ -183,7 +184,8 @@ impl BurnGradients {
             (view, None)
         } else {
             let mut d = DeviceGradients::new(c.flat_grads, c.flat_values);
-            let extra = flat_f32_by_id(&c.entries, d.grads()).and_then(|g| ahead(&g));
+            let engine = Engine::Device(d.ops());
+            let extra = flat_f32_by_id(&c.entries, d.grads()).and_then(|g| ahead(&g, engine));
             let queued_ahead = extra.is_some();
             let (stats, loss, read) = d.read_stats_with(loss, extra);
             d.cached = Some(stats);

@@ -116,16 +116,16 @@ impl DeviceOps for TensorOps {
                     })
                     .collect()
             };
-            let norms: Vec<Vec<f64>> = lens
-                .iter()
-                .zip(&spans)
-                .map(|(&l, s)| decode(l, s))
-                .collect();
-            let delta_norms: Vec<Vec<f64>> = if pair {
+            // The weights' units, then the updates' in the same order.
+            let mut every_tensor = || -> Vec<Vec<f64>> {
                 lens.iter()
                     .zip(&spans)
                     .map(|(&l, s)| decode(l, s))
                     .collect()
+            };
+            let norms = every_tensor();
+            let delta_norms = if pair {
+                every_tensor()
             } else {
                 spans.iter().map(|s| vec![0.0; s.units()]).collect()
             };
